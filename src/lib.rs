@@ -1,0 +1,4 @@
+//! etcd-backup: verified, rotated etcd backup sets for OpenShift masters.
+
+pub mod retention;
+pub mod units;

@@ -1,0 +1,634 @@
+//! Retention policy: a pure function from sets + policy to a keep/delete plan with reasons.
+//!
+//! The `keep_*` rules follow restic's `forget` semantics and are applied per origin node:
+//! walking that node's sets newest first, `keep_last N` keeps the N newest; `keep_hourly N`
+//! keeps the newest set of each of the N most recent hours that have a set (likewise daily,
+//! weekly (ISO weeks), monthly, yearly); `keep_within D` keeps every set created within D of
+//! that node's newest set (relative to the newest set, not to "now", so a node that stopped
+//! taking backups does not see its history expire). A set kept by any rule stays. Calendar
+//! buckets are in UTC, the clock of RHCOS masters.
+//!
+//! Two safety rules come before everything else: the newest set of each origin, and the newest
+//! clean (not `--force`d) set of each origin, are never deleted.
+//!
+//! Then store-wide size pressure: while the kept sets exceed `max_total_size`, or the free
+//! space would stay below `min_free_space`, the oldest unprotected kept set goes.
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// What the planner needs to know about one set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetInfo {
+    pub id: String,
+    pub origin: String,
+    pub created: DateTime<Utc>,
+    pub size: u64,
+    pub dirty: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub keep_last: u32,
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    pub keep_yearly: u32,
+    pub keep_within: Option<Duration>,
+    pub max_total_size: Option<u64>,
+    pub min_free_space: Option<u64>,
+}
+
+impl Policy {
+    /// A policy with no keep rule would delete everything but the newest set: refused.
+    pub fn is_empty(&self) -> bool {
+        self.keep_last == 0
+            && self.keep_hourly == 0
+            && self.keep_daily == 0
+            && self.keep_weekly == 0
+            && self.keep_monthly == 0
+            && self.keep_yearly == 0
+            && self.keep_within.is_none_or(|d| d.is_zero())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeepReason {
+    NewestOfOrigin,
+    NewestClean,
+    Last,
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+    Yearly,
+    Within,
+}
+
+impl fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeepReason::NewestOfOrigin => "newest set of its origin",
+            KeepReason::NewestClean => "newest clean set of its origin",
+            KeepReason::Last => "keep_last",
+            KeepReason::Hourly => "keep_hourly",
+            KeepReason::Daily => "keep_daily",
+            KeepReason::Weekly => "keep_weekly",
+            KeepReason::Monthly => "keep_monthly",
+            KeepReason::Yearly => "keep_yearly",
+            KeepReason::Within => "keep_within",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// No keep rule matched.
+    NoRule,
+    /// Kept by a rule, but the store is over `max_total_size`.
+    MaxTotalSize,
+    /// Kept by a rule, but free space is under `min_free_space`.
+    MinFreeSpace,
+}
+
+impl fmt::Display for DeleteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeleteReason::NoRule => "no keep rule matches",
+            DeleteReason::MaxTotalSize => "store exceeds max_total_size",
+            DeleteReason::MinFreeSpace => "free space below min_free_space",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub set: SetInfo,
+    /// Every rule that would keep the set (may be non-empty for a set deleted by size pressure).
+    pub keep_reasons: Vec<KeepReason>,
+    /// `Some` when the set goes.
+    pub delete: Option<DeleteReason>,
+}
+
+impl Decision {
+    pub fn keep(&self) -> bool {
+        self.delete.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// One decision per input set, newest first.
+    pub decisions: Vec<Decision>,
+    /// A size limit is still not met after deleting every unprotected set.
+    pub pressure_unmet: Option<DeleteReason>,
+}
+
+impl Plan {
+    pub fn to_delete(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().filter(|d| !d.keep())
+    }
+}
+
+type Bucket = fn(&DateTime<Utc>) -> i64;
+
+const BUCKET_RULES: [(KeepReason, Bucket); 5] = [
+    (KeepReason::Hourly, |t| {
+        (t.year() as i64) * 1_000_000
+            + (t.month() as i64) * 10_000
+            + (t.day() as i64) * 100
+            + t.hour() as i64
+    }),
+    (KeepReason::Daily, |t| {
+        (t.year() as i64) * 10_000 + (t.month() as i64) * 100 + t.day() as i64
+    }),
+    (KeepReason::Weekly, |t| {
+        let week = t.iso_week();
+        (week.year() as i64) * 100 + week.week() as i64
+    }),
+    (KeepReason::Monthly, |t| {
+        (t.year() as i64) * 100 + t.month() as i64
+    }),
+    (KeepReason::Yearly, |t| t.year() as i64),
+];
+
+fn bucket_count(policy: &Policy, reason: KeepReason) -> u32 {
+    match reason {
+        KeepReason::Hourly => policy.keep_hourly,
+        KeepReason::Daily => policy.keep_daily,
+        KeepReason::Weekly => policy.keep_weekly,
+        KeepReason::Monthly => policy.keep_monthly,
+        KeepReason::Yearly => policy.keep_yearly,
+        _ => 0,
+    }
+}
+
+/// Plans retention for one store. `free_bytes` is the free space of the store's filesystem now
+/// (only consulted when `min_free_space` is set).
+pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64) -> Plan {
+    // Newest first; ties broken by id so the plan never depends on input order.
+    let mut sorted: Vec<&SetInfo> = sets.iter().collect();
+    sorted.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.id.cmp(&a.id)));
+
+    let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); sorted.len()];
+    let mut by_origin: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, set) in sorted.iter().enumerate() {
+        by_origin.entry(set.origin.as_str()).or_default().push(index);
+    }
+
+    for indices in by_origin.values() {
+        let newest = &sorted[indices[0]];
+        reasons[indices[0]].push(KeepReason::NewestOfOrigin);
+        if let Some(&clean) = indices.iter().find(|&&i| !sorted[i].dirty) {
+            reasons[clean].push(KeepReason::NewestClean);
+        }
+        for &index in indices.iter().take(policy.keep_last as usize) {
+            reasons[index].push(KeepReason::Last);
+        }
+        for (reason, bucket) in BUCKET_RULES {
+            let mut remaining = bucket_count(policy, reason);
+            let mut last_bucket = None;
+            for &index in indices {
+                if remaining == 0 {
+                    break;
+                }
+                let value = bucket(&sorted[index].created);
+                if last_bucket != Some(value) {
+                    reasons[index].push(reason);
+                    last_bucket = Some(value);
+                    remaining -= 1;
+                }
+            }
+        }
+        if let Some(within) = policy.keep_within.filter(|d| !d.is_zero()) {
+            let within = chrono::TimeDelta::from_std(within).unwrap_or(chrono::TimeDelta::MAX);
+            let cutoff = newest.created.checked_sub_signed(within);
+            for &index in indices {
+                if cutoff.is_none_or(|cutoff| sorted[index].created > cutoff) {
+                    reasons[index].push(KeepReason::Within);
+                }
+            }
+        }
+    }
+
+    let mut delete: Vec<Option<DeleteReason>> = reasons
+        .iter()
+        .map(|r| r.is_empty().then_some(DeleteReason::NoRule))
+        .collect();
+
+    // Size pressure, store-wide, oldest unprotected kept set first.
+    let protected = |r: &[KeepReason]| {
+        r.iter()
+            .any(|k| matches!(k, KeepReason::NewestOfOrigin | KeepReason::NewestClean))
+    };
+    let mut kept_bytes: u64 = 0;
+    let mut freed_bytes: u64 = 0;
+    for (index, set) in sorted.iter().enumerate() {
+        if delete[index].is_some() {
+            freed_bytes = freed_bytes.saturating_add(set.size);
+        } else {
+            kept_bytes = kept_bytes.saturating_add(set.size);
+        }
+    }
+    let over = |kept: u64, freed: u64| -> Option<DeleteReason> {
+        if policy.max_total_size.is_some_and(|max| kept > max) {
+            Some(DeleteReason::MaxTotalSize)
+        } else if policy
+            .min_free_space
+            .is_some_and(|min| free_bytes.saturating_add(freed) < min)
+        {
+            Some(DeleteReason::MinFreeSpace)
+        } else {
+            None
+        }
+    };
+    let mut pressure_unmet = None;
+    for index in (0..sorted.len()).rev() {
+        let Some(reason) = over(kept_bytes, freed_bytes) else {
+            break;
+        };
+        if delete[index].is_some() || protected(&reasons[index]) {
+            continue;
+        }
+        delete[index] = Some(reason);
+        kept_bytes -= sorted[index].size;
+        freed_bytes = freed_bytes.saturating_add(sorted[index].size);
+    }
+    if let Some(reason) = over(kept_bytes, freed_bytes) {
+        pressure_unmet = Some(reason);
+    }
+
+    let decisions = sorted
+        .into_iter()
+        .zip(reasons)
+        .zip(delete)
+        .map(|((set, mut keep_reasons), delete)| {
+            keep_reasons.sort();
+            keep_reasons.dedup();
+            Decision {
+                set: set.clone(),
+                keep_reasons,
+                delete,
+            }
+        })
+        .collect();
+    Plan {
+        decisions,
+        pressure_unmet,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    fn set(origin: &str, created: &str) -> SetInfo {
+        SetInfo {
+            id: format!("{created}-{origin}"),
+            origin: origin.to_string(),
+            created: at(created),
+            size: 100,
+            dirty: false,
+        }
+    }
+
+    fn kept(plan: &Plan) -> Vec<&str> {
+        plan.decisions
+            .iter()
+            .filter(|d| d.keep())
+            .map(|d| d.set.created_str())
+            .collect()
+    }
+
+    impl SetInfo {
+        fn created_str(&self) -> &str {
+            self.id.split("Z-").next().unwrap()
+        }
+    }
+
+    /// Sets of one origin at the given times, newest last in the input on purpose.
+    fn history(times: &[&str]) -> Vec<SetInfo> {
+        times.iter().map(|t| set("m0", t)).collect()
+    }
+
+    #[test]
+    fn keep_last_keeps_the_newest_n() {
+        let sets = history(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T01:00:00Z",
+            "2026-01-01T02:00:00Z",
+            "2026-01-01T03:00:00Z",
+        ]);
+        let policy = Policy {
+            keep_last: 2,
+            ..Policy::default()
+        };
+        let plan = plan(&sets, &policy, 0);
+        assert_eq!(
+            kept(&plan),
+            ["2026-01-01T03:00:00", "2026-01-01T02:00:00"]
+        );
+        assert!(plan.to_delete().all(|d| d.delete == Some(DeleteReason::NoRule)));
+    }
+
+    #[test]
+    fn bucket_rules_keep_newest_per_bucket_like_restic() {
+        // Table: (policy, expected kept) over one fixed history.
+        let sets = history(&[
+            "2026-03-01T10:05:00Z",
+            "2026-03-01T10:40:00Z",
+            "2026-03-01T11:10:00Z",
+            "2026-03-02T09:00:00Z",
+            "2026-03-02T23:59:59Z",
+            "2026-03-09T12:00:00Z",
+            "2026-04-01T00:00:00Z",
+        ]);
+        let table: &[(Policy, &[&str])] = &[
+            (
+                Policy { keep_hourly: 3, ..Policy::default() },
+                &["2026-04-01T00:00:00", "2026-03-09T12:00:00", "2026-03-02T23:59:59"],
+            ),
+            (
+                Policy { keep_daily: 3, ..Policy::default() },
+                &["2026-04-01T00:00:00", "2026-03-09T12:00:00", "2026-03-02T23:59:59"],
+            ),
+            (
+                Policy { keep_daily: 10, ..Policy::default() },
+                &[
+                    "2026-04-01T00:00:00",
+                    "2026-03-09T12:00:00",
+                    "2026-03-02T23:59:59",
+                    "2026-03-01T11:10:00",
+                ],
+            ),
+            (
+                // 2026-03-01 is a Sunday (ISO week 9), 03-02 a Monday (week 10).
+                Policy { keep_weekly: 4, ..Policy::default() },
+                &[
+                    "2026-04-01T00:00:00",
+                    "2026-03-09T12:00:00",
+                    "2026-03-02T23:59:59",
+                    "2026-03-01T11:10:00",
+                ],
+            ),
+            (
+                Policy { keep_monthly: 5, ..Policy::default() },
+                &["2026-04-01T00:00:00", "2026-03-09T12:00:00"],
+            ),
+            (
+                Policy { keep_yearly: 1, ..Policy::default() },
+                &["2026-04-01T00:00:00"],
+            ),
+            (
+                Policy { keep_hourly: 100, ..Policy::default() },
+                &[
+                    "2026-04-01T00:00:00",
+                    "2026-03-09T12:00:00",
+                    "2026-03-02T23:59:59",
+                    "2026-03-02T09:00:00",
+                    "2026-03-01T11:10:00",
+                    "2026-03-01T10:40:00",
+                ],
+            ),
+            (
+                // Within is relative to the newest set, strictly after the cutoff.
+                Policy { keep_within: Some(Duration::from_secs(23 * 86_400 + 12 * 3600)), ..Policy::default() },
+                &["2026-04-01T00:00:00", "2026-03-09T12:00:00"],
+            ),
+            (
+                Policy { keep_last: 1, keep_monthly: 2, ..Policy::default() },
+                &["2026-04-01T00:00:00", "2026-03-09T12:00:00"],
+            ),
+        ];
+        for (policy, expected) in table {
+            let plan = plan(&sets, policy, 0);
+            assert_eq!(kept(&plan), *expected, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_name_every_rule_that_keeps_a_set() {
+        let sets = history(&["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]);
+        let policy = Policy {
+            keep_last: 1,
+            keep_daily: 2,
+            ..Policy::default()
+        };
+        let plan = plan(&sets, &policy, 0);
+        assert_eq!(
+            plan.decisions[0].keep_reasons,
+            [
+                KeepReason::NewestOfOrigin,
+                KeepReason::NewestClean,
+                KeepReason::Last,
+                KeepReason::Daily
+            ]
+        );
+        assert_eq!(plan.decisions[1].keep_reasons, [KeepReason::Daily]);
+    }
+
+    #[test]
+    fn origins_are_planned_independently() {
+        let mut sets = history(&["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z"]);
+        sets.push(set("m1", "2025-06-01T00:00:00Z"));
+        sets.push(set("m1", "2025-05-01T00:00:00Z"));
+        let policy = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        let plan = plan(&sets, &policy, 0);
+        let kept: BTreeSet<_> = plan.decisions.iter().filter(|d| d.keep()).map(|d| d.set.id.as_str()).collect();
+        assert_eq!(
+            kept,
+            BTreeSet::from(["2026-01-01T01:00:00Z-m0", "2025-06-01T00:00:00Z-m1"])
+        );
+    }
+
+    #[test]
+    fn newest_clean_set_survives_dirty_ones() {
+        let mut sets = history(&["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"]);
+        sets[1].dirty = true;
+        sets[2].dirty = true;
+        let policy = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        let plan = plan(&sets, &policy, 0);
+        assert_eq!(kept(&plan), ["2026-01-01T02:00:00", "2026-01-01T00:00:00"]);
+        assert_eq!(plan.decisions[2].keep_reasons, [KeepReason::NewestClean]);
+    }
+
+    #[test]
+    fn max_total_size_drops_oldest_kept_first_but_never_the_newest() {
+        let sets = history(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T01:00:00Z",
+            "2026-01-01T02:00:00Z",
+            "2026-01-01T03:00:00Z",
+        ]);
+        let policy = Policy {
+            keep_last: 10,
+            max_total_size: Some(250),
+            ..Policy::default()
+        };
+        let plan = plan(&sets, &policy, 0);
+        assert_eq!(kept(&plan), ["2026-01-01T03:00:00", "2026-01-01T02:00:00"]);
+        assert!(plan.pressure_unmet.is_none());
+        assert_eq!(plan.decisions[3].delete, Some(DeleteReason::MaxTotalSize));
+
+        let tiny = Policy {
+            max_total_size: Some(10),
+            ..policy
+        };
+        let plan = super::plan(&sets, &tiny, 0);
+        assert_eq!(kept(&plan), ["2026-01-01T03:00:00"]);
+        assert_eq!(plan.pressure_unmet, Some(DeleteReason::MaxTotalSize));
+    }
+
+    #[test]
+    fn min_free_space_counts_space_freed_by_rules() {
+        let sets = history(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T01:00:00Z",
+            "2026-01-01T02:00:00Z",
+            "2026-01-01T03:00:00Z",
+        ]);
+        let policy = Policy {
+            keep_last: 3,
+            min_free_space: Some(1_000),
+            ..Policy::default()
+        };
+        // 850 free + 100 freed by keep_last = 950 < 1000: one more (the oldest kept) goes.
+        let plan = plan(&sets, &policy, 850);
+        assert_eq!(kept(&plan), ["2026-01-01T03:00:00", "2026-01-01T02:00:00"]);
+        assert_eq!(plan.decisions[2].delete, Some(DeleteReason::MinFreeSpace));
+        assert_eq!(plan.decisions[3].delete, Some(DeleteReason::NoRule));
+        // 900 + 100 = 1000: floor met, nothing extra.
+        assert_eq!(super::plan(&sets, &policy, 900).to_delete().count(), 1);
+    }
+
+    #[test]
+    fn empty_policy_is_detected() {
+        assert!(Policy::default().is_empty());
+        assert!(Policy { keep_within: Some(Duration::ZERO), ..Policy::default() }.is_empty());
+        assert!(!Policy { keep_weekly: 1, ..Policy::default() }.is_empty());
+        assert!(Policy { max_total_size: Some(1), ..Policy::default() }.is_empty());
+    }
+
+    fn arb_sets() -> impl Strategy<Value = Vec<SetInfo>> {
+        let one = (0usize..3, 0i64..(400 * 86_400), 1u64..1000, any::<bool>());
+        prop::collection::vec(one, 0..60).prop_map(|raw| {
+            let base = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+            raw.into_iter()
+                .enumerate()
+                .map(|(n, (origin, offset, size, dirty))| {
+                    let created = base + chrono::TimeDelta::seconds(offset);
+                    SetInfo {
+                        id: format!("{}-{n}-m{origin}", created.format("%Y%m%dT%H%M%SZ")),
+                        origin: format!("m{origin}"),
+                        created,
+                        size,
+                        dirty,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn arb_policy() -> impl Strategy<Value = Policy> {
+        (
+            (0u32..5, 0u32..30, 0u32..10, 0u32..6, 0u32..4, 0u32..2),
+            prop::option::of(0u64..(60 * 86_400)),
+            prop::option::of(0u64..30_000),
+            prop::option::of(0u64..30_000),
+        )
+            .prop_map(|((last, hourly, daily, weekly, monthly, yearly), within, max, min)| Policy {
+                keep_last: last,
+                keep_hourly: hourly,
+                keep_daily: daily,
+                keep_weekly: weekly,
+                keep_monthly: monthly,
+                keep_yearly: yearly,
+                keep_within: within.map(Duration::from_secs),
+                max_total_size: max,
+                min_free_space: min,
+            })
+    }
+
+    fn kept_ids(plan: &Plan) -> BTreeSet<String> {
+        plan.decisions.iter().filter(|d| d.keep()).map(|d| d.set.id.clone()).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn never_deletes_newest_or_newest_clean_of_any_origin(sets in arb_sets(), policy in arb_policy(), free in 0u64..20_000) {
+            let plan = plan(&sets, &policy, free);
+            prop_assert_eq!(plan.decisions.len(), sets.len());
+            let origins: BTreeSet<_> = sets.iter().map(|s| s.origin.clone()).collect();
+            for origin in origins {
+                let mut of_origin: Vec<_> = plan.decisions.iter().filter(|d| d.set.origin == origin).collect();
+                // plan output is newest first
+                prop_assert!(of_origin[0].keep());
+                of_origin.retain(|d| !d.set.dirty);
+                if let Some(clean) = of_origin.first() {
+                    prop_assert!(clean.keep());
+                }
+            }
+        }
+
+        #[test]
+        fn planning_the_kept_sets_again_deletes_nothing(sets in arb_sets(), policy in arb_policy()) {
+            // Without size pressure, the plan is a fixed point.
+            let policy = Policy { max_total_size: None, min_free_space: None, ..policy };
+            let first = plan(&sets, &policy, 0);
+            let kept: Vec<SetInfo> = first.decisions.iter().filter(|d| d.keep()).map(|d| d.set.clone()).collect();
+            let second = plan(&kept, &policy, 0);
+            prop_assert_eq!(second.to_delete().count(), 0);
+        }
+
+        #[test]
+        fn a_bigger_policy_keeps_a_superset(sets in arb_sets(), policy in arb_policy(), extra in arb_policy()) {
+            let small = Policy { max_total_size: None, min_free_space: None, ..policy };
+            let big = Policy {
+                keep_last: small.keep_last + extra.keep_last,
+                keep_hourly: small.keep_hourly + extra.keep_hourly,
+                keep_daily: small.keep_daily + extra.keep_daily,
+                keep_weekly: small.keep_weekly + extra.keep_weekly,
+                keep_monthly: small.keep_monthly + extra.keep_monthly,
+                keep_yearly: small.keep_yearly + extra.keep_yearly,
+                keep_within: small.keep_within.max(extra.keep_within),
+                ..small.clone()
+            };
+            let small_kept = kept_ids(&plan(&sets, &small, 0));
+            let big_kept = kept_ids(&plan(&sets, &big, 0));
+            prop_assert!(small_kept.is_subset(&big_kept));
+        }
+
+        #[test]
+        fn plan_does_not_depend_on_input_order(sets in arb_sets(), policy in arb_policy(), free in 0u64..20_000) {
+            let mut reversed = sets.clone();
+            reversed.reverse();
+            prop_assert_eq!(plan(&sets, &policy, free), plan(&reversed, &policy, free));
+        }
+
+        #[test]
+        fn size_limits_are_met_unless_reported(sets in arb_sets(), policy in arb_policy(), free in 0u64..20_000) {
+            let plan = plan(&sets, &policy, free);
+            let kept: u64 = plan.decisions.iter().filter(|d| d.keep()).map(|d| d.set.size).sum();
+            let freed: u64 = plan.decisions.iter().filter(|d| !d.keep()).map(|d| d.set.size).sum();
+            let unmet = policy.max_total_size.is_some_and(|m| kept > m)
+                || policy.min_free_space.is_some_and(|m| free + freed < m);
+            prop_assert_eq!(unmet, plan.pressure_unmet.is_some());
+        }
+    }
+}
