@@ -176,7 +176,10 @@ pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64) -> Plan {
     let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); sorted.len()];
     let mut by_origin: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, set) in sorted.iter().enumerate() {
-        by_origin.entry(set.origin.as_str()).or_default().push(index);
+        by_origin
+            .entry(set.origin.as_str())
+            .or_default()
+            .push(index);
     }
 
     for indices in by_origin.values() {
@@ -289,7 +292,9 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn set(origin: &str, created: &str) -> SetInfo {
@@ -334,11 +339,11 @@ mod tests {
             ..Policy::default()
         };
         let plan = plan(&sets, &policy, 0);
-        assert_eq!(
-            kept(&plan),
-            ["2026-01-01T03:00:00", "2026-01-01T02:00:00"]
+        assert_eq!(kept(&plan), ["2026-01-01T03:00:00", "2026-01-01T02:00:00"]);
+        assert!(
+            plan.to_delete()
+                .all(|d| d.delete == Some(DeleteReason::NoRule))
         );
-        assert!(plan.to_delete().all(|d| d.delete == Some(DeleteReason::NoRule)));
     }
 
     #[test]
@@ -355,15 +360,32 @@ mod tests {
         ]);
         let table: &[(Policy, &[&str])] = &[
             (
-                Policy { keep_hourly: 3, ..Policy::default() },
-                &["2026-04-01T00:00:00", "2026-03-09T12:00:00", "2026-03-02T23:59:59"],
+                Policy {
+                    keep_hourly: 3,
+                    ..Policy::default()
+                },
+                &[
+                    "2026-04-01T00:00:00",
+                    "2026-03-09T12:00:00",
+                    "2026-03-02T23:59:59",
+                ],
             ),
             (
-                Policy { keep_daily: 3, ..Policy::default() },
-                &["2026-04-01T00:00:00", "2026-03-09T12:00:00", "2026-03-02T23:59:59"],
+                Policy {
+                    keep_daily: 3,
+                    ..Policy::default()
+                },
+                &[
+                    "2026-04-01T00:00:00",
+                    "2026-03-09T12:00:00",
+                    "2026-03-02T23:59:59",
+                ],
             ),
             (
-                Policy { keep_daily: 10, ..Policy::default() },
+                Policy {
+                    keep_daily: 10,
+                    ..Policy::default()
+                },
                 &[
                     "2026-04-01T00:00:00",
                     "2026-03-09T12:00:00",
@@ -373,7 +395,10 @@ mod tests {
             ),
             (
                 // 2026-03-01 is a Sunday (ISO week 9), 03-02 a Monday (week 10).
-                Policy { keep_weekly: 4, ..Policy::default() },
+                Policy {
+                    keep_weekly: 4,
+                    ..Policy::default()
+                },
                 &[
                     "2026-04-01T00:00:00",
                     "2026-03-09T12:00:00",
@@ -382,15 +407,24 @@ mod tests {
                 ],
             ),
             (
-                Policy { keep_monthly: 5, ..Policy::default() },
+                Policy {
+                    keep_monthly: 5,
+                    ..Policy::default()
+                },
                 &["2026-04-01T00:00:00", "2026-03-09T12:00:00"],
             ),
             (
-                Policy { keep_yearly: 1, ..Policy::default() },
+                Policy {
+                    keep_yearly: 1,
+                    ..Policy::default()
+                },
                 &["2026-04-01T00:00:00"],
             ),
             (
-                Policy { keep_hourly: 100, ..Policy::default() },
+                Policy {
+                    keep_hourly: 100,
+                    ..Policy::default()
+                },
                 &[
                     "2026-04-01T00:00:00",
                     "2026-03-09T12:00:00",
@@ -402,11 +436,18 @@ mod tests {
             ),
             (
                 // Within is relative to the newest set, strictly after the cutoff.
-                Policy { keep_within: Some(Duration::from_secs(23 * 86_400 + 12 * 3600)), ..Policy::default() },
+                Policy {
+                    keep_within: Some(Duration::from_secs(23 * 86_400 + 12 * 3600)),
+                    ..Policy::default()
+                },
                 &["2026-04-01T00:00:00", "2026-03-09T12:00:00"],
             ),
             (
-                Policy { keep_last: 1, keep_monthly: 2, ..Policy::default() },
+                Policy {
+                    keep_last: 1,
+                    keep_monthly: 2,
+                    ..Policy::default()
+                },
                 &["2026-04-01T00:00:00", "2026-03-09T12:00:00"],
             ),
         ];
@@ -447,7 +488,12 @@ mod tests {
             ..Policy::default()
         };
         let plan = plan(&sets, &policy, 0);
-        let kept: BTreeSet<_> = plan.decisions.iter().filter(|d| d.keep()).map(|d| d.set.id.as_str()).collect();
+        let kept: BTreeSet<_> = plan
+            .decisions
+            .iter()
+            .filter(|d| d.keep())
+            .map(|d| d.set.id.as_str())
+            .collect();
         assert_eq!(
             kept,
             BTreeSet::from(["2026-01-01T01:00:00Z-m0", "2025-06-01T00:00:00Z-m1"])
@@ -456,7 +502,11 @@ mod tests {
 
     #[test]
     fn newest_clean_set_survives_dirty_ones() {
-        let mut sets = history(&["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"]);
+        let mut sets = history(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T01:00:00Z",
+            "2026-01-01T02:00:00Z",
+        ]);
         sets[1].dirty = true;
         sets[2].dirty = true;
         let policy = Policy {
@@ -520,9 +570,27 @@ mod tests {
     #[test]
     fn empty_policy_is_detected() {
         assert!(Policy::default().is_empty());
-        assert!(Policy { keep_within: Some(Duration::ZERO), ..Policy::default() }.is_empty());
-        assert!(!Policy { keep_weekly: 1, ..Policy::default() }.is_empty());
-        assert!(Policy { max_total_size: Some(1), ..Policy::default() }.is_empty());
+        assert!(
+            Policy {
+                keep_within: Some(Duration::ZERO),
+                ..Policy::default()
+            }
+            .is_empty()
+        );
+        assert!(
+            !Policy {
+                keep_weekly: 1,
+                ..Policy::default()
+            }
+            .is_empty()
+        );
+        assert!(
+            Policy {
+                max_total_size: Some(1),
+                ..Policy::default()
+            }
+            .is_empty()
+        );
     }
 
     fn arb_sets() -> impl Strategy<Value = Vec<SetInfo>> {
@@ -552,21 +620,27 @@ mod tests {
             prop::option::of(0u64..30_000),
             prop::option::of(0u64..30_000),
         )
-            .prop_map(|((last, hourly, daily, weekly, monthly, yearly), within, max, min)| Policy {
-                keep_last: last,
-                keep_hourly: hourly,
-                keep_daily: daily,
-                keep_weekly: weekly,
-                keep_monthly: monthly,
-                keep_yearly: yearly,
-                keep_within: within.map(Duration::from_secs),
-                max_total_size: max,
-                min_free_space: min,
-            })
+            .prop_map(
+                |((last, hourly, daily, weekly, monthly, yearly), within, max, min)| Policy {
+                    keep_last: last,
+                    keep_hourly: hourly,
+                    keep_daily: daily,
+                    keep_weekly: weekly,
+                    keep_monthly: monthly,
+                    keep_yearly: yearly,
+                    keep_within: within.map(Duration::from_secs),
+                    max_total_size: max,
+                    min_free_space: min,
+                },
+            )
     }
 
     fn kept_ids(plan: &Plan) -> BTreeSet<String> {
-        plan.decisions.iter().filter(|d| d.keep()).map(|d| d.set.id.clone()).collect()
+        plan.decisions
+            .iter()
+            .filter(|d| d.keep())
+            .map(|d| d.set.id.clone())
+            .collect()
     }
 
     proptest! {

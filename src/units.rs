@@ -12,9 +12,7 @@ const SECS_PER_UNIT: &[(&str, u64)] = &[
 
 /// Parses `30s`, `90m`, `1h30m`, `7d`, `2w`: one or more `<integer><unit>` terms, units `s m h d w`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("invalid duration '{text}': expected terms like 30s, 90m, 1h30m, 7d, 2w")
-    };
+    let bad = || format!("invalid duration '{text}': expected terms like 30s, 90m, 1h30m, 7d, 2w");
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -76,7 +74,9 @@ const BYTES_PER_UNIT: &[(&str, u64)] = &[
 /// Parses `512MiB`, `10GiB`, `20GB`, `4096B`: an integer and a unit (binary `KiB MiB GiB TiB`,
 /// decimal `KB MB GB TB`, or `B`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size '{text}': expected an integer and a unit like 512MiB, 10GiB, 20GB");
+    let bad = || {
+        format!("invalid size '{text}': expected an integer and a unit like 512MiB, 10GiB, 20GB")
+    };
     let trimmed = text.trim();
     let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
@@ -96,7 +96,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Formats a size exactly, in the largest binary unit that divides it (`10737418240` → `10GiB`).
 pub fn format_size(bytes: u64) -> String {
-    for (name, unit) in BYTES_PER_UNIT.iter().filter(|(name, _)| name.ends_with("iB")) {
+    for (name, unit) in BYTES_PER_UNIT
+        .iter()
+        .filter(|(name, _)| name.ends_with("iB"))
+    {
         if bytes >= *unit && bytes % unit == 0 {
             return format!("{}{name}", bytes / unit);
         }
@@ -137,7 +140,11 @@ mod tests {
             ("0s", 0),
         ];
         for (text, secs) in table {
-            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
         }
     }
 

@@ -1,0 +1,575 @@
+//! The set store: `ROOT/sets/<set-id>/` committed by atomic rename, `ROOT/.staging/` for work
+//! in progress, `ROOT/.lock` serialising backup, spray and prune. Local history, a peer's
+//! receiving side and a directory target are all this code.
+//!
+//! Invariants: a set is visible only after its verified, fsynced directory (manifest written
+//! last) is renamed into `sets/`; a set is deleted by renaming it out of `sets/` first; files are
+//! 0600 and directories 0700; names in `sets/` that are not set ids are never touched.
+
+use crate::manifest::{MANIFEST_NAME, Manifest, parse_set_id};
+use crate::retention::SetInfo;
+use crate::verify::open_regular;
+use anyhow::{Context, Result, bail, ensure};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{self, File};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const SETS_DIR: &str = "sets";
+pub const STAGING_DIR: &str = ".staging";
+pub const LOCK_FILE: &str = ".lock";
+pub const DIR_MODE: u32 = 0o700;
+pub const FILE_MODE: u32 = 0o600;
+const LOCK_POLL: Duration = Duration::from_millis(100);
+/// A manifest is small; anything larger is not ours.
+const MANIFEST_MAX_BYTES: u64 = 1 << 20;
+
+/// Another run holds the store lock; the CLI maps this to its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("store '{root}' is busy: {holder} holds its lock (waited {waited_secs}s)")]
+pub struct BusyError {
+    pub root: PathBuf,
+    pub holder: String,
+    pub waited_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A committed set as found on disk.
+#[derive(Debug, Clone)]
+pub struct StoredSet {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// Set when the files on disk do not match the manifest's names and sizes (cheap check; a
+    /// full re-hash is `verify`).
+    pub problem: Option<String>,
+}
+
+impl StoredSet {
+    pub fn id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    pub fn info(&self) -> SetInfo {
+        SetInfo {
+            id: self.manifest.id.clone(),
+            origin: self.manifest.origin.clone(),
+            created: self.manifest.created,
+            size: self.manifest.total_size(),
+            dirty: self.manifest.dirty,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Sets with a valid manifest, oldest first.
+    pub sets: Vec<StoredSet>,
+    /// Entries named like sets whose manifest cannot be read: `(dir, reason)`. Never deleted.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// Holds the store lock until dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _lock: Flock<File>,
+}
+
+/// Creates `path` as a 0700 directory, or checks an existing one is a real directory and makes
+/// it 0700.
+pub fn ensure_private_dir(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            if meta.permissions().mode() & 0o777 != DIR_MODE {
+                fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
+                    .with_context(|| format!("cannot chmod 0700 '{}'", path.display()))?;
+            }
+            Ok(())
+        }
+        Ok(_) => bail!("'{}' exists and is not a directory", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(path)
+            .with_context(|| format!("cannot create directory '{}'", path.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot stat '{}'", path.display())),
+    }
+}
+
+pub fn fsync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("cannot fsync directory '{}'", path.display()))
+}
+
+/// Writes `bytes` to `dir/name` (0600) through a temporary file, fsync and rename.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let target = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, &target)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("cannot write '{}'", target.display()));
+    }
+    fsync_dir(dir)
+}
+
+impl Store {
+    /// Opens the store at `root`, creating `root`, `sets/` and `.staging/` (0700) as needed.
+    pub fn open(root: &Path) -> Result<Store> {
+        if let Some(parent) = root.parent() {
+            if !parent.as_os_str().is_empty() && !parent.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(parent)
+                    .with_context(|| format!("cannot create '{}'", parent.display()))?;
+            }
+        }
+        // The root itself may be a symlink an administrator placed (another disk); nothing
+        // inside it is followed.
+        if !root.exists() {
+            ensure_private_dir(root)?;
+        } else {
+            ensure!(
+                root.is_dir(),
+                "store root '{}' is not a directory",
+                root.display()
+            );
+            fs::set_permissions(root, fs::Permissions::from_mode(DIR_MODE))
+                .with_context(|| format!("cannot chmod 0700 store root '{}'", root.display()))?;
+        }
+        let store = Store {
+            root: root.to_path_buf(),
+        };
+        ensure_private_dir(&store.sets_dir())?;
+        ensure_private_dir(&store.staging_dir())?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn sets_dir(&self) -> PathBuf {
+        self.root.join(SETS_DIR)
+    }
+
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join(STAGING_DIR)
+    }
+
+    /// Takes the store lock, waiting up to `wait` for another run to release it.
+    pub fn lock(&self, wait: Duration) -> Result<StoreLock> {
+        let path = self.root.join(LOCK_FILE);
+        let start = Instant::now();
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file '{}'", path.display()))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut lock) => {
+                    // Who holds it, for the message another run prints while it waits.
+                    let me = format!(
+                        "etcd-backup pid {} ({})",
+                        std::process::id(),
+                        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+                    );
+                    let _ = lock
+                        .set_len(0)
+                        .and_then(|()| lock.rewind())
+                        .and_then(|()| lock.write_all(me.as_bytes()));
+                    return Ok(StoreLock { _lock: lock });
+                }
+                Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
+                    file = returned;
+                    if start.elapsed() >= wait {
+                        let mut holder = String::new();
+                        let _ = file
+                            .rewind()
+                            .and_then(|()| file.read_to_string(&mut holder));
+                        return Err(BusyError {
+                            root: self.root.clone(),
+                            holder: if holder.trim().is_empty() {
+                                "another process".into()
+                            } else {
+                                holder.trim().to_string()
+                            },
+                            waited_secs: start.elapsed().as_secs(),
+                        }
+                        .into());
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err((_, errno)) => {
+                    bail!("cannot lock '{}': {errno}", path.display());
+                }
+            }
+        }
+    }
+
+    /// All sets, oldest first; entries that are not set ids are ignored and left alone.
+    pub fn list(&self) -> Result<Listing> {
+        let sets_dir = self.sets_dir();
+        let mut listing = Listing::default();
+        let entries = fs::read_dir(&sets_dir)
+            .with_context(|| format!("cannot list '{}'", sets_dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list '{}'", sets_dir.display()))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if parse_set_id(&name).is_none() {
+                tracing::debug!(path = %entry.path().display(), "not a set id, left alone");
+                continue;
+            }
+            match self.read_set(&name) {
+                Ok(set) => listing.sets.push(set),
+                Err(e) => listing.unreadable.push((entry.path(), format!("{e:#}"))),
+            }
+        }
+        listing
+            .sets
+            .sort_by(|a, b| a.manifest.id.cmp(&b.manifest.id));
+        Ok(listing)
+    }
+
+    /// Reads one committed set by id.
+    pub fn get(&self, id: &str) -> Result<StoredSet> {
+        ensure!(parse_set_id(id).is_some(), "'{id}' is not a set id");
+        let dir = self.sets_dir().join(id);
+        ensure!(
+            fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()),
+            "no set '{id}' in store '{}'",
+            self.root.display()
+        );
+        self.read_set(id)
+    }
+
+    fn read_set(&self, id: &str) -> Result<StoredSet> {
+        let dir = self.sets_dir().join(id);
+        ensure!(
+            fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()),
+            "'{}' is not a directory",
+            dir.display()
+        );
+        let manifest_path = dir.join(MANIFEST_NAME);
+        let file = open_regular(&manifest_path)?;
+        let mut bytes = Vec::new();
+        file.take(MANIFEST_MAX_BYTES)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read manifest '{}'", manifest_path.display()))?;
+        let manifest = Manifest::parse(&bytes)
+            .map_err(|e| anyhow::anyhow!("manifest '{}': {e}", manifest_path.display()))?;
+        ensure!(
+            manifest.id == id,
+            "manifest '{}' names set '{}', not '{id}'",
+            manifest_path.display(),
+            manifest.id
+        );
+        let problem = Self::structural_problem(&dir, &manifest);
+        Ok(StoredSet {
+            dir,
+            manifest,
+            problem,
+        })
+    }
+
+    /// Names and sizes on disk against the manifest: exactly its files, regular, right sizes.
+    fn structural_problem(dir: &Path, manifest: &Manifest) -> Option<String> {
+        for file in &manifest.files {
+            let path = dir.join(&file.name);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if !meta.is_file() => {
+                    return Some(format!("'{}' is not a regular file", path.display()));
+                }
+                Ok(meta) if meta.len() != file.size => {
+                    return Some(format!(
+                        "'{}' is {} bytes, manifest says {}",
+                        path.display(),
+                        meta.len(),
+                        file.size
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return Some(format!("'{}': {e}", path.display())),
+            }
+        }
+        let extra = fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).find(|e| {
+            let name = e.file_name();
+            name != MANIFEST_NAME && !manifest.files.iter().any(|f| *f.name == *name)
+        });
+        extra.map(|e| format!("unexpected entry '{}'", e.path().display()))
+    }
+
+    /// Makes a fresh private directory under `.staging/` for one piece of work.
+    pub fn new_staging(&self, label: &str) -> Result<PathBuf> {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+        let path = self
+            .staging_dir()
+            .join(format!("{label}-{stamp}-{}", std::process::id()));
+        fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&path)
+            .with_context(|| format!("cannot create staging directory '{}'", path.display()))?;
+        Ok(path)
+    }
+
+    /// Commits a staging directory that holds exactly the manifest's files, already verified
+    /// and fsynced: writes the manifest last, fsyncs, renames it into `sets/<id>` (never over an
+    /// existing entry) and fsyncs `sets/`.
+    pub fn commit(&self, staging: &Path, manifest: &Manifest) -> Result<StoredSet> {
+        for file in &manifest.files {
+            let path = staging.join(&file.name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE))
+                .with_context(|| format!("cannot chmod 0600 '{}'", path.display()))?;
+        }
+        fs::set_permissions(staging, fs::Permissions::from_mode(DIR_MODE))
+            .with_context(|| format!("cannot chmod 0700 '{}'", staging.display()))?;
+        write_atomic(staging, MANIFEST_NAME, &manifest.to_json())?;
+        let target = self.sets_dir().join(&manifest.id);
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            staging,
+            nix::fcntl::AT_FDCWD,
+            &target,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .with_context(|| {
+            format!(
+                "cannot commit '{}' as '{}'",
+                staging.display(),
+                target.display()
+            )
+        })?;
+        fsync_dir(&self.sets_dir())?;
+        fsync_dir(&self.staging_dir())?;
+        self.read_set(&manifest.id)
+    }
+
+    /// Deletes a set: renamed out of `sets/` first (so it is never seen half-deleted), then
+    /// removed; a leftover is collected by `gc_staging` later.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        ensure!(parse_set_id(id).is_some(), "'{id}' is not a set id");
+        let from = self.sets_dir().join(id);
+        let to = self
+            .staging_dir()
+            .join(format!("delete-{id}-{}", std::process::id()));
+        fs::rename(&from, &to)
+            .with_context(|| format!("cannot move '{}' out of the store", from.display()))?;
+        fsync_dir(&self.sets_dir())?;
+        fs::remove_dir_all(&to).with_context(|| format!("cannot remove '{}'", to.display()))
+    }
+
+    /// Removes staging entries older than `grace` (leftovers of failed or killed runs). Call it
+    /// while holding the lock.
+    pub fn gc_staging(&self, grace: Duration, now: SystemTime) -> Result<Vec<PathBuf>> {
+        let dir = self.staging_dir();
+        let mut removed = Vec::new();
+        for entry in
+            fs::read_dir(&dir).with_context(|| format!("cannot list '{}'", dir.display()))?
+        {
+            let entry = entry.with_context(|| format!("cannot list '{}'", dir.display()))?;
+            let path = entry.path();
+            let meta = entry
+                .metadata()
+                .with_context(|| format!("cannot stat '{}'", path.display()))?;
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if age < grace {
+                continue;
+            }
+            // remove_dir_all does not follow symlinks; a symlink itself is just unlinked.
+            let result = if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            result
+                .with_context(|| format!("cannot remove staging leftover '{}'", path.display()))?;
+            removed.push(path);
+        }
+        Ok(removed)
+    }
+
+    /// Free bytes for an unprivileged writer on the store's filesystem.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(&self.root)
+            .with_context(|| format!("cannot statvfs '{}'", self.root.display()))?;
+        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Checks, FileEntry, make_set_id};
+    use crate::verify::hash_file;
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Stages a set with two small files (content checks are `verify`'s business).
+    fn staged(store: &Store, origin: &str, offset_secs: i64) -> (PathBuf, Manifest) {
+        let staging = store.new_staging("test").unwrap();
+        let created = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc()
+            + chrono::TimeDelta::seconds(offset_secs);
+        let mut files = Vec::new();
+        for name in [
+            "snapshot_2026-01-01_000000.db",
+            "static_kuberesources_2026-01-01_000000.tar.gz",
+        ] {
+            let path = staging.join(name);
+            fs::write(&path, format!("{name} {offset_secs}")).unwrap();
+            let digest = hash_file(&path).unwrap();
+            files.push(FileEntry {
+                name: name.into(),
+                size: digest.size,
+                sha256: digest.hex(),
+            });
+        }
+        let manifest = Manifest {
+            format: 1,
+            id: make_set_id(created, origin),
+            origin: origin.into(),
+            created,
+            tool_version: "test".into(),
+            dirty: false,
+            files,
+            checks: Checks {
+                snapshot_page_size: 4096,
+                snapshot_sha256_trailer: true,
+                static_pod_dirs: vec![],
+            },
+        };
+        (staging, manifest)
+    }
+
+    #[test]
+    fn commit_makes_a_private_set_visible_and_delete_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        assert_eq!(mode(store.root()), 0o700);
+        let (staging, manifest) = staged(&store, "m0", 0);
+        assert!(
+            store.list().unwrap().sets.is_empty(),
+            "staging is never listed"
+        );
+        let set = store.commit(&staging, &manifest).unwrap();
+        assert!(!staging.exists());
+        assert!(set.problem.is_none());
+        for entry in fs::read_dir(&set.dir).unwrap() {
+            assert_eq!(mode(&entry.unwrap().path()), 0o600);
+        }
+        assert_eq!(mode(&set.dir), 0o700);
+        let listing = store.list().unwrap();
+        assert_eq!(listing.sets.len(), 1);
+        assert_eq!(listing.sets[0].manifest, manifest);
+
+        // Committing the same id again never replaces the existing set.
+        let (staging2, _) = staged(&store, "m0", 1);
+        assert!(store.commit(&staging2, &manifest).is_err());
+        assert_eq!(store.list().unwrap().sets[0].manifest, manifest);
+
+        store.delete(&manifest.id).unwrap();
+        assert!(store.list().unwrap().sets.is_empty());
+    }
+
+    #[test]
+    fn foreign_entries_are_left_alone_and_broken_sets_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::write(store.sets_dir().join("README"), "admin notes").unwrap();
+        fs::create_dir(store.sets_dir().join("20260101T000000.000Z-m9")).unwrap();
+        let (staging, manifest) = staged(&store, "m0", 0);
+        let set = store.commit(&staging, &manifest).unwrap();
+        fs::write(set.dir.join(&manifest.files[0].name), "shorter").unwrap();
+
+        let listing = store.list().unwrap();
+        assert_eq!(listing.unreadable.len(), 1);
+        assert!(
+            listing.unreadable[0].1.contains("manifest.json"),
+            "{:?}",
+            listing.unreadable
+        );
+        assert!(
+            listing.sets[0]
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("manifest says")
+        );
+        assert!(store.sets_dir().join("README").exists());
+    }
+
+    #[test]
+    fn gc_removes_only_old_staging_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = store.new_staging("backup").unwrap();
+        fs::write(old.join("static_kuberesources_x.tar.gz"), "orphan").unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, store.staging_dir().join("planted-link")).unwrap();
+
+        let now = SystemTime::now();
+        assert!(
+            store
+                .gc_staging(Duration::from_secs(3600), now)
+                .unwrap()
+                .is_empty()
+        );
+        let removed = store
+            .gc_staging(Duration::from_secs(3600), now + Duration::from_secs(7200))
+            .unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(!old.exists());
+        assert!(
+            outside.join("keep").exists(),
+            "a symlink in staging is never followed"
+        );
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let held = store.lock(Duration::ZERO).unwrap();
+        let err = store.lock(Duration::from_millis(250)).unwrap_err();
+        let busy = err.downcast_ref::<BusyError>().expect("a BusyError");
+        assert!(
+            busy.holder.contains(&format!("pid {}", std::process::id())),
+            "{busy}"
+        );
+        drop(held);
+        store.lock(Duration::ZERO).unwrap();
+    }
+}

@@ -1,0 +1,410 @@
+//! Content checks of the two backup files, each done in a single streaming pass that also
+//! computes the file's sha256: the etcd snapshot (bbolt meta page + sha256 trailer) and the
+//! static-pod-resources tar.gz (decompresses, CRC valid, lists the expected directories).
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+/// Read size for hashing: large enough that syscalls are noise next to SHA-256.
+const READ_BUF_BYTES: usize = 1 << 20;
+/// etcd appends the sha256 of the bbolt file after it.
+pub const TRAILER_BYTES: u64 = 32;
+const BBOLT_MAGIC: u32 = 0xED0C_DAED;
+const BBOLT_VERSION: u32 = 2;
+const BBOLT_META_PAGE_FLAG: u16 = 0x04;
+/// Page header (16 bytes) + meta fields up to the checksum (56 bytes).
+const BBOLT_META_END: usize = 72;
+/// The newest dir of each of these must be in the resources tar.gz (`cluster-backup.sh`).
+pub const REQUIRED_STATIC_PODS: [&str; 3] = [
+    "kube-apiserver-pod",
+    "kube-controller-manager-pod",
+    "kube-scheduler-pod",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigest {
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+impl FileDigest {
+    pub fn hex(&self) -> String {
+        hex(&self.sha256)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens a file for checking, refusing symlinks and anything that is not a regular file.
+pub fn open_regular(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open '{}'", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat '{}'", path.display()))?;
+    ensure!(meta.is_file(), "'{}' is not a regular file", path.display());
+    Ok(file)
+}
+
+/// Reads exactly `len` bytes of `reader` into `hasher` (fails on a short file).
+fn hash_exact(
+    reader: &mut impl Read,
+    hasher: &mut Sha256,
+    mut len: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    while len > 0 {
+        let want = buf.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+        let got = reader.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file is shorter than its size",
+            ));
+        }
+        hasher.update(&buf[..got]);
+        len -= got as u64;
+    }
+    Ok(())
+}
+
+fn expect_eof(reader: &mut impl Read) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    match reader.read(&mut byte)? {
+        0 => Ok(()),
+        _ => Err(io::Error::other("file grew while it was read")),
+    }
+}
+
+/// The page size from a bbolt file's first meta page, after checking flags, magic, version and
+/// the FNV-1a checksum. `page0` holds at least the first 72 bytes.
+pub fn bbolt_page_size(page0: &[u8]) -> Result<u32, String> {
+    if page0.len() < BBOLT_META_END + 8 {
+        return Err("too short for a bbolt meta page".into());
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([page0[at], page0[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(page0[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(page0[at..at + 8].try_into().expect("8 bytes"));
+    let magic = u32_at(16);
+    if magic != BBOLT_MAGIC {
+        return Err(format!(
+            "not a bbolt file (magic {magic:#010x}, want {BBOLT_MAGIC:#010x})"
+        ));
+    }
+    if u16_at(8) & BBOLT_META_PAGE_FLAG == 0 {
+        return Err("page 0 is not a meta page".into());
+    }
+    let version = u32_at(20);
+    if version != BBOLT_VERSION {
+        return Err(format!("unsupported bbolt version {version}"));
+    }
+    let checksum = fnv1a64(&page0[16..BBOLT_META_END]);
+    if checksum != u64_at(BBOLT_META_END) {
+        return Err("bbolt meta page checksum mismatch".into());
+    }
+    let page_size = u32_at(24);
+    if !page_size.is_power_of_two() || !(512..=65_536).contains(&page_size) {
+        return Err(format!("implausible bbolt page size {page_size}"));
+    }
+    Ok(page_size)
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Checks an etcd snapshot and hashes it in one pass: bbolt meta page, `(len - 32)` a multiple
+/// of the page size, and the trailer equal to the sha256 of everything before it. The whole-file
+/// sha256 reuses the prefix hash state (SHA-256 is streaming), so every byte is hashed once.
+pub fn check_snapshot(path: &Path) -> Result<(FileDigest, u32)> {
+    let mut file = open_regular(path)?;
+    let size = file.metadata()?.len();
+    let context = || format!("snapshot '{}'", path.display());
+    ensure!(
+        size >= TRAILER_BYTES + 2 * 512,
+        "{}: too small for an etcd snapshot ({size} bytes)",
+        context()
+    );
+    let mut buf = vec![0u8; READ_BUF_BYTES];
+    file.read_exact(&mut buf[..BBOLT_META_END + 8])
+        .with_context(context)?;
+    let page_size = bbolt_page_size(&buf[..BBOLT_META_END + 8])
+        .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
+    ensure!(
+        (size - TRAILER_BYTES) % u64::from(page_size) == 0,
+        "{}: size {size} is not {TRAILER_BYTES} bytes plus whole {page_size}-byte pages (truncated or not an etcd snapshot)",
+        context()
+    );
+    let mut hasher = Sha256::new();
+    hasher.update(&buf[..BBOLT_META_END + 8]);
+    hash_exact(
+        &mut file,
+        &mut hasher,
+        size - TRAILER_BYTES - (BBOLT_META_END as u64 + 8),
+        &mut buf,
+    )
+    .with_context(context)?;
+    let prefix_hash = hasher.clone().finalize();
+    let mut trailer = [0u8; TRAILER_BYTES as usize];
+    file.read_exact(&mut trailer).with_context(context)?;
+    expect_eof(&mut file).with_context(context)?;
+    if prefix_hash.as_slice() != trailer {
+        bail!(
+            "{}: sha256 trailer mismatch (file is corrupt: content hashes to {}, trailer says {})",
+            context(),
+            hex(&prefix_hash),
+            hex(&trailer)
+        );
+    }
+    hasher.update(trailer);
+    Ok((
+        FileDigest {
+            size,
+            sha256: hasher.finalize().into(),
+        },
+        page_size,
+    ))
+}
+
+/// A reader that hashes and counts everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Checks the static-pod-resources tar.gz and hashes it in one pass: the gzip stream decodes
+/// with a valid CRC, the tar lists the newest dir of every required static pod. Returns the
+/// `static-pod-resources/<pod>-<N>` dirs found.
+pub fn check_resources(path: &Path) -> Result<(FileDigest, Vec<String>)> {
+    let file = open_regular(path)?;
+    let size = file.metadata()?.len();
+    let context = || format!("resources archive '{}'", path.display());
+    let reader = HashingReader {
+        inner: io::BufReader::with_capacity(READ_BUF_BYTES, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    let mut dirs = BTreeSet::new();
+    for entry in archive.entries().with_context(context)? {
+        let entry = entry.with_context(context)?;
+        let entry_path = entry.path().with_context(context)?;
+        let mut parts = entry_path.components().filter_map(|c| match c {
+            std::path::Component::Normal(part) => part.to_str(),
+            _ => None,
+        });
+        if let (Some("static-pod-resources"), Some(dir)) = (parts.next(), parts.next()) {
+            dirs.insert(format!("static-pod-resources/{dir}"));
+        }
+    }
+    // Read the rest of the gzip stream (tar padding, CRC and length trailer) and the file.
+    let mut decoder = archive.into_inner();
+    io::copy(&mut decoder, &mut io::sink()).with_context(context)?;
+    let mut reader = decoder.into_inner();
+    io::copy(&mut reader, &mut io::sink()).with_context(context)?;
+    ensure!(
+        reader.bytes == size,
+        "{}: read {} bytes, expected {size}",
+        context(),
+        reader.bytes
+    );
+    let dirs: Vec<String> = dirs.into_iter().collect();
+    for pod in REQUIRED_STATIC_PODS {
+        let prefix = format!("static-pod-resources/{pod}-");
+        let found = dirs.iter().any(|d| {
+            d.strip_prefix(&prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        ensure!(
+            found,
+            "{}: no static-pod-resources/{pod}-<N> directory in the archive",
+            context()
+        );
+    }
+    Ok((
+        FileDigest {
+            size,
+            sha256: reader.hasher.finalize().into(),
+        },
+        dirs,
+    ))
+}
+
+/// Hashes a whole file in one streaming pass.
+pub fn hash_file(path: &Path) -> Result<FileDigest> {
+    let mut file = open_regular(path)?;
+    let size = file.metadata()?.len();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_BUF_BYTES];
+    hash_exact(&mut file, &mut hasher, size, &mut buf)
+        .and_then(|()| expect_eof(&mut file))
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    Ok(FileDigest {
+        size,
+        sha256: hasher.finalize().into(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A minimal file with etcd's snapshot shape: a valid bbolt meta page 0, filler pages, trailer.
+    pub fn fake_snapshot(pages: usize, page_size: u32) -> Vec<u8> {
+        let mut data = vec![0u8; pages * page_size as usize];
+        data[8..10].copy_from_slice(&BBOLT_META_PAGE_FLAG.to_le_bytes());
+        data[16..20].copy_from_slice(&BBOLT_MAGIC.to_le_bytes());
+        data[20..24].copy_from_slice(&BBOLT_VERSION.to_le_bytes());
+        data[24..28].copy_from_slice(&page_size.to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate().skip(page_size as usize) {
+            *b = (i % 251) as u8;
+        }
+        let checksum = fnv1a64(&data[16..BBOLT_META_END]);
+        data[BBOLT_META_END..BBOLT_META_END + 8].copy_from_slice(&checksum.to_le_bytes());
+        let trailer = Sha256::digest(&data);
+        data.extend_from_slice(&trailer);
+        data
+    }
+
+    fn write(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
+        let path = dir.join(name);
+        File::create(&path).unwrap().write_all(data).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_valid_snapshot_passes_and_its_hash_is_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = fake_snapshot(300, 4096);
+        let path = write(dir.path(), "s.db", &data);
+        let (digest, page_size) = check_snapshot(&path).unwrap();
+        assert_eq!(page_size, 4096);
+        assert_eq!(digest.size, data.len() as u64);
+        assert_eq!(digest.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(hash_file(&path).unwrap(), digest);
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = fake_snapshot(4, 4096);
+        let mut flipped = good.clone();
+        flipped[5000] ^= 0x01;
+        let mut truncated = good.clone();
+        truncated.truncate(good.len() - 100);
+        let mut bad_magic = good.clone();
+        bad_magic[16] ^= 0xff;
+        let mut bad_meta = good.clone();
+        bad_meta[40] ^= 0xff;
+        let table: [(&str, Vec<u8>, &str); 5] = [
+            ("flipped", flipped, "sha256 trailer mismatch"),
+            (
+                "truncated",
+                truncated,
+                "not 32 bytes plus whole 4096-byte pages",
+            ),
+            ("magic", bad_magic, "not a bbolt file"),
+            ("meta", bad_meta, "checksum mismatch"),
+            ("tiny", vec![0u8; 100], "too small"),
+        ];
+        for (name, data, expected) in table {
+            let path = write(dir.path(), name, &data);
+            let err = format!("{:#}", check_snapshot(&path).unwrap_err());
+            assert!(err.contains(expected), "{name}: {err}");
+            assert!(err.contains(&path.display().to_string()), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn symlinks_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = write(dir.path(), "real.db", &fake_snapshot(4, 4096));
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(check_snapshot(&link).is_err());
+        assert!(hash_file(&link).is_err());
+    }
+
+    pub fn fake_resources(pods: &[&str]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for pod in pods {
+            let mut header = tar::Header::new_gnu();
+            let body = b"apiVersion: v1\nkind: Pod\n";
+            header.set_size(body.len() as u64);
+            header.set_mode(0o600);
+            header.set_cksum();
+            builder
+                .append_data(
+                    &mut header,
+                    format!("static-pod-resources/{pod}/pod.yaml"),
+                    &body[..],
+                )
+                .unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn resources_archive_is_listed_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = fake_resources(&[
+            "kube-apiserver-pod-7",
+            "kube-controller-manager-pod-3",
+            "kube-scheduler-pod-4",
+            "etcd-pod-2",
+        ]);
+        let path = write(dir.path(), "r.tar.gz", &data);
+        let (digest, dirs) = check_resources(&path).unwrap();
+        assert_eq!(digest.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(dirs.len(), 4);
+        assert!(dirs.contains(&"static-pod-resources/etcd-pod-2".to_string()));
+    }
+
+    #[test]
+    fn incomplete_or_corrupt_archives_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = fake_resources(&["kube-apiserver-pod-7", "kube-scheduler-pod-4"]);
+        let path = write(dir.path(), "missing.tar.gz", &missing);
+        let err = format!("{:#}", check_resources(&path).unwrap_err());
+        assert!(err.contains("kube-controller-manager-pod"), "{err}");
+
+        let mut corrupt = fake_resources(&[
+            "kube-apiserver-pod-7",
+            "kube-controller-manager-pod-3",
+            "kube-scheduler-pod-4",
+        ]);
+        let at = corrupt.len() - 6; // inside the gzip CRC trailer
+        corrupt[at] ^= 0xff;
+        let path = write(dir.path(), "corrupt.tar.gz", &corrupt);
+        assert!(check_resources(&path).is_err());
+
+        let path = write(dir.path(), "plain.tar.gz", b"not gzip at all");
+        assert!(check_resources(&path).is_err());
+    }
+}
