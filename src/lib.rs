@@ -1,7 +1,13 @@
 //! etcd-backup: verified, rotated etcd backup sets for OpenShift masters.
+//!
+//! `main.rs` only calls [`cli::main`]; everything else lives here so `tests/` can reach it.
 
+pub mod backup;
+pub mod cli;
 pub mod config;
+pub mod logging;
 pub mod manifest;
+pub mod prune;
 pub mod retention;
 pub mod store;
 pub mod units;

@@ -100,7 +100,7 @@ pub fn format_size(bytes: u64) -> String {
         .iter()
         .filter(|(name, _)| name.ends_with("iB"))
     {
-        if bytes >= *unit && bytes % unit == 0 {
+        if bytes >= *unit && bytes.is_multiple_of(*unit) {
             return format!("{}{name}", bytes / unit);
         }
     }

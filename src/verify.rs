@@ -143,7 +143,7 @@ pub fn check_snapshot(path: &Path) -> Result<(FileDigest, u32)> {
     let page_size = bbolt_page_size(&buf[..BBOLT_META_END + 8])
         .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
     ensure!(
-        (size - TRAILER_BYTES) % u64::from(page_size) == 0,
+        (size - TRAILER_BYTES).is_multiple_of(u64::from(page_size)),
         "{}: size {size} is not {TRAILER_BYTES} bytes plus whole {page_size}-byte pages (truncated or not an etcd snapshot)",
         context()
     );

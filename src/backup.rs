@@ -1,0 +1,286 @@
+//! `backup`: runs `cluster-backup.sh` into a fresh staging directory, checks what it wrote,
+//! and commits a verified set. A failed attempt changes nothing in `sets/`.
+
+use crate::config::{BackupSettings, ForcePolicy, Settings};
+use crate::logging::message_id;
+use crate::manifest::{
+    BackupName, Checks, FORMAT_VERSION, FileEntry, FileKind, Manifest, make_set_id,
+    parse_backup_name,
+};
+use crate::store::{Store, StoredSet};
+use crate::verify::{check_resources, check_snapshot, open_regular};
+use anyhow::{Context, Result, bail, ensure};
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// After SIGTERM at the timeout, how long the script's process group gets before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(50);
+/// After the script exits, how long to wait for the rest of its output.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
+
+/// How one run of the script ended.
+#[derive(Debug)]
+enum ScriptEnd {
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// Runs `command [--force] <dir>` in its own process group, streams its output into the log
+/// line by line, and kills the group at the timeout. Returns how it ended and its last line.
+fn run_script(
+    command: &Path,
+    force: bool,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<(ScriptEnd, Option<String>)> {
+    let (reader, writer) =
+        std::io::pipe().context("cannot create a pipe for the backup command")?;
+    let mut cmd = Command::new(command);
+    if force {
+        cmd.arg("--force");
+    }
+    cmd.arg(dir)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().context("cannot duplicate pipe")?)
+        .stderr(writer)
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run backup command '{}'", command.display()))?;
+    // Close our copies of the write end, or the reader never sees EOF.
+    drop(cmd);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).split(b'\n') {
+            let Ok(line) = line else { break };
+            if lines_tx
+                .send(String::from_utf8_lossy(&line).trim_end().to_string())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut last_line = None;
+    let mut log_line = |line: String| {
+        tracing::info!(target: "script", forced = force, "{line}");
+        if !line.is_empty() {
+            last_line = Some(line);
+        }
+    };
+
+    let deadline = Instant::now() + timeout;
+    let end = loop {
+        if let Ok(line) = lines.recv_timeout(POLL) {
+            log_line(line);
+            continue;
+        }
+        if let Some(status) = child
+            .try_wait()
+            .context("cannot wait for the backup command")?
+        {
+            break ScriptEnd::Exited(status);
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                "backup command timed out, killing its process group"
+            );
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
+            let grace_end = Instant::now() + KILL_GRACE;
+            while child.try_wait()?.is_none() && Instant::now() < grace_end {
+                std::thread::sleep(POLL);
+            }
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            child.wait().context("cannot reap the backup command")?;
+            break ScriptEnd::TimedOut;
+        }
+    };
+    // The rest of the output; a grandchild that keeps the pipe open does not hold us up.
+    let drain_end = Instant::now() + OUTPUT_DRAIN;
+    while let Ok(line) = lines.recv_timeout(drain_end.saturating_duration_since(Instant::now())) {
+        log_line(line);
+    }
+    Ok((end, last_line))
+}
+
+/// The two files the script left in `dir`, checked for shape: regular files, exactly one of
+/// each kind, same stamp, dirty suffix iff `forced`, nothing else.
+fn find_backup_files(dir: &Path, forced: bool) -> Result<(PathBuf, PathBuf)> {
+    let mut snapshots = Vec::new();
+    let mut resources = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list '{}'", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list '{}'", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = parse_backup_name(&name).map(|n| n.kind);
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        match kind {
+            Some(FileKind::Snapshot) if is_file => snapshots.push(name),
+            Some(FileKind::Resources) if is_file => resources.push(name),
+            _ => bail!(
+                "unexpected entry '{}' left by the backup command",
+                entry.path().display()
+            ),
+        }
+    }
+    snapshots.sort();
+    resources.sort();
+    ensure!(
+        snapshots.len() == 1,
+        "expected exactly one snapshot_*.db in '{}', found {}: [{}]",
+        dir.display(),
+        snapshots.len(),
+        snapshots.join(", ")
+    );
+    ensure!(
+        resources.len() == 1,
+        "expected exactly one static_kuberesources_*.tar.gz in '{}', found {}: [{}]",
+        dir.display(),
+        resources.len(),
+        resources.join(", ")
+    );
+    let parsed: [BackupName; 2] = [
+        parse_backup_name(&snapshots[0]).expect("matched above"),
+        parse_backup_name(&resources[0]).expect("matched above"),
+    ];
+    ensure!(
+        parsed[0].stamp == parsed[1].stamp,
+        "'{}' and '{}' do not carry the same timestamp",
+        snapshots[0],
+        resources[0]
+    );
+    ensure!(
+        parsed.iter().all(|n| n.dirty == forced),
+        "file names {} the __POSSIBLY_DIRTY__ suffix although the command ran {} --force",
+        if forced { "lack" } else { "carry" },
+        if forced { "with" } else { "without" }
+    );
+    Ok((dir.join(&snapshots[0]), dir.join(&resources[0])))
+}
+
+/// Checks the staged files and builds the manifest; each byte is read exactly once.
+fn check_staged(
+    dir: &Path,
+    forced: bool,
+    id: String,
+    origin: &str,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<Manifest> {
+    let (db, tar) = find_backup_files(dir, forced)?;
+    let (db_digest, page_size) = check_snapshot(&db)?;
+    let (tar_digest, static_pod_dirs) = check_resources(&tar)?;
+    for path in [&db, &tar] {
+        open_regular(path)?
+            .sync_all()
+            .with_context(|| format!("cannot fsync '{}'", path.display()))?;
+    }
+    let entry = |path: &Path, digest: crate::verify::FileDigest| FileEntry {
+        name: path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned(),
+        size: digest.size,
+        sha256: digest.hex(),
+    };
+    Ok(Manifest {
+        format: FORMAT_VERSION,
+        id,
+        origin: origin.to_string(),
+        created,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        dirty: forced,
+        files: vec![entry(&db, db_digest), entry(&tar, tar_digest)],
+        checks: Checks {
+            snapshot_page_size: page_size,
+            snapshot_sha256_trailer: true,
+            static_pod_dirs,
+        },
+    })
+}
+
+/// One attempt: script into a fresh staging dir, then checks. `Ok(None)` means the script
+/// itself failed (exit status non-zero), the case `force = "fallback"` retries.
+fn attempt(
+    store: &Store,
+    settings: &BackupSettings,
+    forced: bool,
+    origin: &str,
+) -> Result<Option<Manifest>> {
+    let created = chrono::Utc::now();
+    let id = make_set_id(created, origin);
+    let staging = store.new_staging("backup")?;
+    tracing::info!(set_id = %id, staging = %staging.display(), forced, "running backup command");
+    let (end, last_line) = run_script(&settings.command, forced, &staging, settings.timeout)?;
+    let last = last_line.as_deref().unwrap_or("no output");
+    match end {
+        ScriptEnd::TimedOut => bail!(
+            "backup command '{}' did not finish within {}s and was killed (last output: {last}); leftovers in '{}' are removed after the grace period",
+            settings.command.display(),
+            settings.timeout.as_secs(),
+            staging.display()
+        ),
+        ScriptEnd::Exited(status) if !status.success() => {
+            tracing::warn!(
+                forced,
+                status = %status,
+                staging = %staging.display(),
+                "backup command failed: {last}"
+            );
+            return Ok(None);
+        }
+        ScriptEnd::Exited(_) => {}
+    }
+    let manifest = check_staged(&staging, forced, id, origin, created).with_context(|| {
+        format!(
+            "backup command '{}' succeeded but its output is not a valid backup",
+            settings.command.display()
+        )
+    })?;
+    store.commit(&staging, &manifest)?;
+    Ok(Some(manifest))
+}
+
+/// Takes one backup set per the force policy and commits it. The caller holds the lock.
+pub fn take_backup(settings: &Settings, store: &Store) -> Result<StoredSet> {
+    let started = Instant::now();
+    let backup = &settings.backup;
+    let first_forced = backup.force == ForcePolicy::Always;
+    let mut manifest = attempt(store, backup, first_forced, &settings.node_name)?;
+    if manifest.is_none() && backup.force == ForcePolicy::Fallback {
+        tracing::warn!("retrying the backup command with --force; the set will be marked dirty");
+        manifest = attempt(store, backup, true, &settings.node_name)?;
+    }
+    let Some(manifest) = manifest else {
+        bail!(
+            "backup command '{}' failed{} (see its output above)",
+            backup.command.display(),
+            if backup.force == ForcePolicy::Fallback {
+                ", also with --force"
+            } else {
+                ""
+            }
+        );
+    };
+    let set = store.get(&manifest.id)?;
+    tracing::info!(
+        message_id = message_id::BACKUP_SUCCEEDED,
+        set_id = %manifest.id,
+        origin = %manifest.origin,
+        dirty = manifest.dirty,
+        bytes = manifest.total_size(),
+        seconds = started.elapsed().as_secs_f64(),
+        "backup succeeded: set {} committed",
+        manifest.id
+    );
+    Ok(set)
+}

@@ -1,0 +1,378 @@
+//! Command line: parse, set up logging, dispatch, print the error chain, map it to an exit code.
+
+use crate::config::{ConfigError, DEFAULT_CONFIG_PATH, Settings};
+use crate::logging::{self, message_id};
+use crate::manifest::FileKind;
+use crate::store::{BusyError, Store, StoredSet};
+use crate::units::human_size;
+use crate::verify::{check_snapshot, hash_file};
+use crate::{backup, prune};
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_CONFIG: u8 = 3;
+pub const EXIT_PARTIAL: u8 = 4;
+pub const EXIT_BUSY: u8 = 5;
+pub const EXIT_STALE: u8 = 6;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failed (backup failed, a set is bad, an I/O error)
+  2  usage error
+  3  configuration error (the message names file:line:column)
+  4  partially failed (some targets failed; spray)
+  5  busy: another etcd-backup run holds the store lock
+  6  stale: status found no set, or the newest is older than status.max_age";
+
+#[derive(Debug, Parser)]
+#[command(name = "etcd-backup", version, about = "Scheduled, verified, rotated etcd backups for OpenShift masters", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Config file; drop-ins are read from config.d/*.toml beside it [default: /etc/etcd-backup/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More log detail (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the backup command, verify its files, commit a set, then prune
+    Backup,
+    /// Apply the retention policy to the store
+    Prune {
+        /// Print every set with the rule that keeps it or why it goes; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the sets in the store
+    List {
+        /// A JSON array of sets
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash sets from disk against their manifests (all sets when none is named)
+    Verify {
+        #[arg(value_name = "SET-ID")]
+        ids: Vec<String>,
+    },
+    /// The newest set and its age; non-zero when none or older than status.max_age
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration and print the effective result
+    CheckConfig,
+}
+
+/// What `main` calls.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let journal = logging::init(cli.verbose);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
+            if journal {
+                tracing::error!("{}", chain.join(": "));
+            } else {
+                eprintln!("error: {}", chain[0]);
+                for cause in &chain[1..] {
+                    eprintln!(" -> {cause}");
+                }
+            }
+            ExitCode::from(exit_code_for(&error))
+        }
+    }
+}
+
+fn exit_code_for(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else if error.downcast_ref::<BusyError>().is_some() {
+        EXIT_BUSY
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings> {
+    let (path, required) = match &cli.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    Ok(Settings::load(&path, required)?)
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    let settings = load_settings(&cli)?;
+    match cli.command {
+        Cmd::CheckConfig => {
+            print!("{}", settings.to_toml());
+            Ok(EXIT_OK)
+        }
+        Cmd::Backup => cmd_backup(&settings),
+        Cmd::Prune { dry_run } => cmd_prune(&settings, dry_run),
+        Cmd::List { json } => cmd_list(&settings, json),
+        Cmd::Verify { ids } => cmd_verify(&settings, &ids),
+        Cmd::Status { json } => cmd_status(&settings, json),
+    }
+}
+
+fn cmd_backup(settings: &Settings) -> Result<u8> {
+    let result = (|| {
+        let store = Store::open(&settings.store.root)?;
+        let _lock = store.lock(settings.store.lock_wait)?;
+        for removed in store.gc_staging(settings.store.gc_grace, SystemTime::now())? {
+            tracing::info!(path = %removed.display(), "removed staging leftover");
+        }
+        let set = backup::take_backup(settings, &store)?;
+        prune::prune(&store, &settings.retention, false)?;
+        Ok::<StoredSet, anyhow::Error>(set)
+    })();
+    match result {
+        Ok(set) => {
+            println!("{}", set.id());
+            Ok(EXIT_OK)
+        }
+        Err(error) => {
+            if error.downcast_ref::<BusyError>().is_none() {
+                tracing::error!(
+                    message_id = message_id::BACKUP_FAILED,
+                    store = %settings.store.root.display(),
+                    "backup failed: {error:#}"
+                );
+            }
+            Err(error)
+        }
+    }
+}
+
+fn cmd_prune(settings: &Settings, dry_run: bool) -> Result<u8> {
+    let store = Store::open(&settings.store.root)?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let plan = prune::prune(&store, &settings.retention, dry_run)?;
+    for decision in &plan.decisions {
+        let reasons: Vec<String> = decision
+            .keep_reasons
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        match decision.delete {
+            None => println!("keep    {}  ({})", decision.set.id, reasons.join(", ")),
+            Some(reason) => println!(
+                "{}  {}  ({reason})",
+                if dry_run { "would delete" } else { "deleted" },
+                decision.set.id
+            ),
+        }
+    }
+    if let Some(reason) = plan.pressure_unmet {
+        println!("warning: {reason} even after pruning every set that may go");
+    }
+    Ok(EXIT_OK)
+}
+
+fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
+    let store = open_existing(settings)?;
+    let listing = store.list()?;
+    for (dir, reason) in &listing.unreadable {
+        eprintln!("warning: unreadable set '{}': {reason}", dir.display());
+    }
+    if json {
+        let sets: Vec<serde_json::Value> = listing
+            .sets
+            .iter()
+            .map(|set| {
+                let m = &set.manifest;
+                serde_json::json!({
+                    "id": m.id,
+                    "origin": m.origin,
+                    "created": m.created,
+                    "size": m.total_size(),
+                    "dirty": m.dirty,
+                    "verified": set.problem.is_none(),
+                    "problem": set.problem,
+                    "path": set.dir,
+                    "files": m.files,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&sets)?);
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<40} {:<20} {:<20} {:>9} {:<5} VERIFIED",
+        "ID", "ORIGIN", "CREATED", "SIZE", "DIRTY"
+    );
+    for set in &listing.sets {
+        let m = &set.manifest;
+        println!(
+            "{:<40} {:<20} {:<20} {:>9} {:<5} {}",
+            m.id,
+            m.origin,
+            m.created.format("%Y-%m-%d %H:%M:%SZ"),
+            human_size(m.total_size()),
+            if m.dirty { "yes" } else { "no" },
+            match &set.problem {
+                None => "yes".to_string(),
+                Some(problem) => format!("NO: {problem}"),
+            }
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// Read-only commands do not create a store that is not there.
+fn open_existing(settings: &Settings) -> Result<Store> {
+    let root = &settings.store.root;
+    if !root.join(crate::store::SETS_DIR).is_dir() {
+        bail!(
+            "no store at '{}' (no backup has been taken there yet)",
+            root.display()
+        );
+    }
+    Store::open(root)
+}
+
+/// Re-hashes one set from disk; `Err` says what is wrong.
+fn verify_set(set: &StoredSet) -> Result<()> {
+    if let Some(problem) = &set.problem {
+        bail!("{problem}");
+    }
+    for file in &set.manifest.files {
+        let path = set.dir.join(&file.name);
+        let is_snapshot = crate::manifest::parse_backup_name(&file.name)
+            .is_some_and(|n| n.kind == FileKind::Snapshot);
+        let digest = if is_snapshot {
+            check_snapshot(&path)?.0
+        } else {
+            hash_file(&path)?
+        };
+        if digest.size != file.size || digest.hex() != file.sha256 {
+            bail!(
+                "'{}' does not match the manifest (sha256 {} size {}, manifest {} size {})",
+                path.display(),
+                digest.hex(),
+                digest.size,
+                file.sha256,
+                file.size
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cmd_verify(settings: &Settings, ids: &[String]) -> Result<u8> {
+    let store = open_existing(settings)?;
+    // Prune must not remove a set under our feet.
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let mut bad = 0usize;
+    let mut report = |id: &str, result: Result<()>| match result {
+        Ok(()) => println!("ok   {id}"),
+        Err(error) => {
+            bad += 1;
+            println!("BAD  {id}: {error:#}");
+        }
+    };
+    if ids.is_empty() {
+        let listing = store.list()?;
+        for (dir, reason) in &listing.unreadable {
+            report(&dir.display().to_string(), Err(anyhow::anyhow!("{reason}")));
+        }
+        for set in &listing.sets {
+            report(set.id(), verify_set(set));
+        }
+    } else {
+        for id in ids {
+            report(id, store.get(id).and_then(|set| verify_set(&set)));
+        }
+    }
+    if bad > 0 {
+        eprintln!("error: {bad} bad set(s) in '{}'", store.root().display());
+        return Ok(EXIT_FAILED);
+    }
+    Ok(EXIT_OK)
+}
+
+fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
+    let root = &settings.store.root;
+    let listing = if root.join(crate::store::SETS_DIR).is_dir() {
+        Store::open(root)?.list()?
+    } else {
+        Default::default()
+    };
+    let now = chrono::Utc::now();
+    let newest = listing.sets.iter().max_by_key(|s| s.manifest.created);
+    let max_age = settings.status.max_age;
+    let age = newest.map(|s| (now - s.manifest.created).to_std().unwrap_or_default());
+    let fresh = age.is_some_and(|age| age <= max_age);
+    if json {
+        let value = serde_json::json!({
+            "store": root,
+            "sets": listing.sets.len(),
+            "newest": newest.map(|s| serde_json::json!({
+                "id": s.manifest.id,
+                "origin": s.manifest.origin,
+                "created": s.manifest.created,
+                "dirty": s.manifest.dirty,
+            })),
+            "age_seconds": age.map(|a| a.as_secs()),
+            "max_age_seconds": max_age.as_secs(),
+            "fresh": fresh,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        match (newest, age) {
+            (Some(set), Some(age)) => println!(
+                "newest set {} from {} created {} ({} ago, bound {}): {}",
+                set.manifest.id,
+                set.manifest.origin,
+                set.manifest.created.format("%Y-%m-%d %H:%M:%SZ"),
+                crate::units::format_duration(age),
+                crate::units::format_duration(max_age),
+                if fresh { "fresh" } else { "STALE" }
+            ),
+            _ => println!("no backup set in '{}': STALE", root.display()),
+        }
+    }
+    Ok(if fresh { EXIT_OK } else { EXIT_STALE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_documented() {
+        let codes = [
+            EXIT_OK,
+            EXIT_FAILED,
+            EXIT_USAGE,
+            EXIT_CONFIG,
+            EXIT_PARTIAL,
+            EXIT_BUSY,
+            EXIT_STALE,
+        ];
+        let unique: std::collections::BTreeSet<_> = codes.iter().collect();
+        assert_eq!(unique.len(), codes.len());
+        for code in codes {
+            assert!(EXIT_CODES_HELP.contains(&format!("  {code}  ")), "{code}");
+        }
+    }
+}

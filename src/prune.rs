@@ -1,0 +1,60 @@
+//! Applying a retention plan to a store: the only place that deletes sets.
+
+use crate::logging::message_id;
+use crate::retention::{Plan, Policy, plan};
+use crate::store::Store;
+use anyhow::{Context, Result};
+
+/// Plans retention over the store's sets and, unless `dry_run`, deletes what the plan drops.
+/// Sets whose files do not match their manifest, and unreadable entries, are neither counted
+/// nor deleted: nothing the tool cannot vouch for is removed.
+pub fn prune(store: &Store, policy: &Policy, dry_run: bool) -> Result<Plan> {
+    let listing = store.list()?;
+    for (dir, reason) in &listing.unreadable {
+        tracing::warn!(path = %dir.display(), "unreadable set left alone: {reason}");
+    }
+    let mut infos = Vec::new();
+    for set in &listing.sets {
+        match &set.problem {
+            Some(problem) => {
+                tracing::warn!(set_id = %set.id(), "damaged set left alone: {problem}")
+            }
+            None => infos.push(set.info()),
+        }
+    }
+    let free = if policy.min_free_space.is_some() {
+        store.free_bytes()?
+    } else {
+        0
+    };
+    let plan = plan(&infos, policy, free);
+    if let Some(reason) = plan.pressure_unmet {
+        tracing::warn!(store = %store.root().display(), "{reason} even after pruning every set that may go");
+    }
+    if dry_run {
+        return Ok(plan);
+    }
+    let mut deleted = Vec::new();
+    let mut freed: u64 = 0;
+    for decision in plan.to_delete() {
+        store
+            .delete(&decision.set.id)
+            .with_context(|| format!("cannot prune set '{}'", decision.set.id))?;
+        tracing::debug!(set_id = %decision.set.id, reason = %decision.delete.expect("to delete"), "set pruned");
+        deleted.push(decision.set.id.as_str());
+        freed += decision.set.size;
+    }
+    if !deleted.is_empty() {
+        tracing::info!(
+            message_id = message_id::SETS_PRUNED,
+            count = deleted.len(),
+            bytes = freed,
+            set_ids = %deleted.join(","),
+            store = %store.root().display(),
+            "pruned {} set(s): {}",
+            deleted.len(),
+            deleted.join(", ")
+        );
+    }
+    Ok(plan)
+}
