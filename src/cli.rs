@@ -7,7 +7,7 @@ use crate::store::{BusyError, Store, StoredSet};
 use crate::units::human_size;
 use crate::verify::{check_snapshot, hash_file};
 use crate::{backup, prune};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,21 +78,28 @@ enum Cmd {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let journal = logging::init(cli.verbose);
-    match run(cli) {
+    match run(cli, journal) {
         Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
-            if journal {
-                tracing::error!("{}", chain.join(": "));
-            } else {
-                eprintln!("error: {}", chain[0]);
-                for cause in &chain[1..] {
-                    eprintln!(" -> {cause}");
-                }
-            }
-            ExitCode::from(exit_code_for(&error))
+        Err(error) => ExitCode::from(report(&error, journal, None)),
+    }
+}
+
+/// Reports an error once: as one journal entry (with `message_id` when given) under systemd,
+/// as `error: …` then ` -> cause` lines on stderr otherwise. Returns the exit code for it.
+fn report(error: &anyhow::Error, journal: bool, message_id: Option<&str>) -> u8 {
+    let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
+    if journal {
+        match message_id {
+            Some(id) => tracing::error!(message_id = id, "{}", chain.join(": ")),
+            None => tracing::error!("{}", chain.join(": ")),
+        }
+    } else {
+        eprintln!("error: {}", chain[0]);
+        for cause in &chain[1..] {
+            eprintln!(" -> {cause}");
         }
     }
+    exit_code_for(error)
 }
 
 fn exit_code_for(error: &anyhow::Error) -> u8 {
@@ -113,14 +120,14 @@ fn load_settings(cli: &Cli) -> Result<Settings> {
     Ok(Settings::load(&path, required)?)
 }
 
-fn run(cli: Cli) -> Result<u8> {
+fn run(cli: Cli, journal: bool) -> Result<u8> {
     let settings = load_settings(&cli)?;
     match cli.command {
         Cmd::CheckConfig => {
             print!("{}", settings.to_toml());
             Ok(EXIT_OK)
         }
-        Cmd::Backup => cmd_backup(&settings),
+        Cmd::Backup => Ok(cmd_backup(&settings, journal)),
         Cmd::Prune { dry_run } => cmd_prune(&settings, dry_run),
         Cmd::List { json } => cmd_list(&settings, json),
         Cmd::Verify { ids } => cmd_verify(&settings, &ids),
@@ -128,7 +135,8 @@ fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-fn cmd_backup(settings: &Settings) -> Result<u8> {
+/// A failed backup, whatever the cause (busy store included), is one BACKUP_FAILED entry.
+fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
     let result = (|| {
         let store = Store::open(&settings.store.root)?;
         let _lock = store.lock(settings.store.lock_wait)?;
@@ -136,24 +144,20 @@ fn cmd_backup(settings: &Settings) -> Result<u8> {
             tracing::info!(path = %removed.display(), "removed staging leftover");
         }
         let set = backup::take_backup(settings, &store)?;
-        prune::prune(&store, &settings.retention, false)?;
+        prune::prune(&store, &settings.retention, false)
+            .with_context(|| format!("set {} was committed, but pruning failed", set.id()))?;
         Ok::<StoredSet, anyhow::Error>(set)
     })();
     match result {
         Ok(set) => {
             println!("{}", set.id());
-            Ok(EXIT_OK)
+            EXIT_OK
         }
-        Err(error) => {
-            if error.downcast_ref::<BusyError>().is_none() {
-                tracing::error!(
-                    message_id = message_id::BACKUP_FAILED,
-                    store = %settings.store.root.display(),
-                    "backup failed: {error:#}"
-                );
-            }
-            Err(error)
-        }
+        Err(error) => report(
+            &error.context("backup failed"),
+            journal,
+            Some(message_id::BACKUP_FAILED),
+        ),
     }
 }
 

@@ -1,0 +1,311 @@
+//! `backup`, `list`, `verify`, `prune`, `status` against a real etcd and the stand-in script.
+
+use crate::util::*;
+use std::process::Command;
+
+#[test]
+fn backup_commits_a_verified_private_set_that_etcd_can_restore() {
+    let node = Node::new("");
+    let id = node.backup();
+    assert!(id.ends_with("-master-0"), "{id}");
+
+    let sets = node.sets();
+    assert_eq!(sets.len(), 1);
+    let set = &sets[0];
+    assert_eq!(set["id"], id.as_str());
+    assert_eq!(set["origin"], "master-0");
+    assert_eq!(set["dirty"], false);
+    assert_eq!(set["verified"], true);
+
+    // The set dir is exactly the script's two files plus the manifest, all private, and the
+    // manifest's sizes and hashes are those of the files on disk.
+    let dir = node.set_dir(&id);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&node.store()), 0o700);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names[0] == "manifest.json");
+    assert!(
+        names[1].starts_with("snapshot_") && names[1].ends_with(".db"),
+        "{names:?}"
+    );
+    assert!(
+        names[2].starts_with("static_kuberesources_") && names[2].ends_with(".tar.gz"),
+        "{names:?}"
+    );
+    for name in &names {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    let files = set["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    for file in files {
+        let path = dir.join(file["name"].as_str().unwrap());
+        assert_eq!(
+            file["size"].as_u64().unwrap(),
+            std::fs::metadata(&path).unwrap().len()
+        );
+        assert_eq!(file["sha256"].as_str().unwrap(), sha256_hex(&path));
+    }
+    // The archive holds the newest kube-apiserver revision, not the older one.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let pods = manifest["checks"]["static_pod_dirs"].to_string();
+    assert!(
+        pods.contains("kube-apiserver-pod-4") && !pods.contains("kube-apiserver-pod-3"),
+        "{pods}"
+    );
+    assert!(
+        node.staging_entries()
+            .iter()
+            .all(|p| !p.is_dir() || std::fs::read_dir(p).unwrap().next().is_none())
+    );
+
+    // The proof that the set is usable: etcd restores it (this checks the sha256 trailer) and
+    // the restored data holds the keys that were loaded.
+    let etcd = etcd();
+    let restored = tempfile::tempdir().unwrap();
+    let data_dir = restored.path().join("member-data");
+    let out = Command::new(etcd.bin_dir.join("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(dir.join(&names[1]))
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(data_dir.join("member/snap/db").is_file());
+    let status = Command::new(etcd.bin_dir.join("etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(dir.join(&names[1]))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["totalKey"].as_u64().unwrap() >= 2_000, "{status}");
+
+    node.run(&["verify"])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
+    node.run(&["verify", &id]).expect_code(0);
+    node.run(&["list"])
+        .expect_code(0)
+        .expect_stdout(&id)
+        .expect_stdout("master-0");
+}
+
+/// Every failure mode of the script: non-zero exit, a clear message, no new set, and the older
+/// set untouched.
+#[test]
+fn failed_backups_leave_the_history_as_it_was() {
+    let node = Node::new("[retention]\nkeep_last = 1\n");
+    node.write_config_raw(&format!(
+        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\n[backup]\ncommand = \"{}\"\ntimeout = \"3s\"\n[retention]\nkeep_last = 1\n",
+        node.store().display(),
+        standin().display()
+    ));
+    let good = node.backup();
+    let before = fingerprint(&node.set_dir(&good));
+
+    let table = [
+        ("exit1", "failed, also with --force"),
+        ("orphan-tar", "failed, also with --force"),
+        ("hang", "did not finish within 3s and was killed"),
+        ("flip-byte", "sha256 trailer mismatch"),
+        ("truncate", "not 32 bytes plus whole 4096-byte pages"),
+        ("two-db", "expected exactly one snapshot_*.db"),
+    ];
+    for (mode, message) in table {
+        let started = std::time::Instant::now();
+        let run = node.run_failing(mode, &["backup"]);
+        run.expect_code(1)
+            .expect_stderr(message)
+            .expect_stderr("error: ");
+        assert_eq!(
+            node.set_ids(),
+            std::slice::from_ref(&good),
+            "{mode}: no new set, the old one kept"
+        );
+        assert_eq!(
+            fingerprint(&node.set_dir(&good)),
+            before,
+            "{mode}: old set untouched"
+        );
+        if mode == "hang" {
+            // The script ignores SIGTERM: SIGKILL after the grace period ends it.
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "{mode} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    // The orphan tar.gz and the corrupt files stay in staging (never in sets/) until collected.
+    let leftovers = node.staging_entries();
+    assert!(!leftovers.is_empty());
+    node.run(&["verify"]).expect_code(0);
+}
+
+#[test]
+fn fallback_retries_with_force_and_marks_the_set_dirty() {
+    let node = Node::new("");
+    let run = node.run_failing("progressing", &["backup"]);
+    run.expect_code(0)
+        .expect_stderr("retrying the backup command with --force");
+    let sets = node.sets();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0]["dirty"], true);
+    let names = sets[0]["files"].to_string();
+    assert_eq!(names.matches("__POSSIBLY_DIRTY__").count(), 2, "{names}");
+
+    // With force = "never" the same situation is a failure.
+    node.write_config_raw(&format!(
+        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\n[backup]\ncommand = \"{}\"\nforce = \"never\"\n[retention]\nkeep_last = 5\n",
+        node.store().display(),
+        standin().display()
+    ));
+    node.run_failing("progressing", &["backup"])
+        .expect_code(1)
+        .expect_stderr("operator is progressing");
+    assert_eq!(node.sets().len(), 1);
+}
+
+#[test]
+fn retention_runs_after_each_backup_and_prune_explains_itself() {
+    let node = Node::new("[retention]\nkeep_last = 2\n");
+    let ids: Vec<String> = (0..3).map(|_| node.backup()).collect();
+    assert_eq!(node.set_ids(), ids[1..].to_vec(), "the oldest went");
+
+    // A bigger policy then a smaller one: dry run names rules and deletes nothing.
+    node.write_config("[retention]\nkeep_last = 1\nkeep_daily = 1\n");
+    let run = node.run(&["prune", "--dry-run"]);
+    run.expect_code(0)
+        .expect_stdout(&format!("keep    {}  (newest set of its origin, newest clean set of its origin, keep_last, keep_daily)", ids[2]))
+        .expect_stdout(&format!("would delete  {}  (no keep rule matches)", ids[1]));
+    assert_eq!(node.set_ids().len(), 2);
+    node.run(&["prune"])
+        .expect_code(0)
+        .expect_stdout(&format!("deleted  {}", ids[1]));
+    assert_eq!(node.set_ids(), [ids[2].clone()]);
+}
+
+#[test]
+fn staging_leftovers_are_collected_after_the_grace_period() {
+    let node = Node::new("");
+    node.run_failing("orphan-tar", &["backup"]).expect_code(1);
+    let leftovers = node.staging_entries();
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "one staging dir per attempt (fallback retried): {leftovers:?}"
+    );
+    // Within the grace period (default 1h) a new backup leaves them alone...
+    node.backup();
+    assert!(leftovers.iter().all(|p| p.exists()));
+    // ...after it, they are removed. A foreign file in sets/ is never touched.
+    std::fs::write(node.store().join("sets/NOTES.txt"), "admin notes").unwrap();
+    node.write_config_raw(&format!(
+        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\ngc_grace = \"0s\"\n[backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 5\n",
+        node.store().display(),
+        standin().display()
+    ));
+    node.run(&["backup"])
+        .expect_code(0)
+        .expect_stderr("removed staging leftover");
+    assert!(leftovers.iter().all(|p| !p.exists()));
+    assert!(node.store().join("sets/NOTES.txt").exists());
+    assert_eq!(node.sets().len(), 2);
+}
+
+#[test]
+fn a_held_lock_makes_backup_exit_busy() {
+    let node = Node::new("[store]\n");
+    node.write_config_raw(&format!(
+        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\nlock_wait = \"0s\"\n[backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 5\n",
+        node.store().display(),
+        standin().display()
+    ));
+    let store = etcd_backup::store::Store::open(&node.store()).unwrap();
+    let lock = store.lock(std::time::Duration::ZERO).unwrap();
+    node.run(&["backup"])
+        .expect_code(5)
+        .expect_stderr("is busy")
+        .expect_stderr(&format!("pid {}", std::process::id()));
+    node.run(&["prune"]).expect_code(5);
+    drop(lock);
+    node.backup();
+}
+
+#[test]
+fn verify_and_list_catch_damage_on_disk() {
+    let node = Node::new("");
+    let first = node.backup();
+    let second = node.backup();
+    let dir = node.set_dir(&first);
+    let tar = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    // Same size, one bit different: only a re-hash sees it.
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&tar, &bytes).unwrap();
+    let run = node.run(&["verify"]);
+    run.expect_code(1)
+        .expect_stdout(&format!("BAD  {first}"))
+        .expect_stdout(&format!("ok   {second}"));
+    assert!(
+        run.stdout.contains("does not match the manifest"),
+        "{}",
+        run.stdout
+    );
+    node.run(&["verify", &second]).expect_code(0);
+    node.run(&["verify", "20200101T000000.000Z-nope"])
+        .expect_code(1)
+        .expect_stdout("no set '20200101T000000.000Z-nope'");
+
+    // A truncated file is visible to list without re-hashing.
+    std::fs::write(&tar, &bytes[..10]).unwrap();
+    let sets = node.sets();
+    let damaged = sets.iter().find(|s| s["id"] == first.as_str()).unwrap();
+    assert_eq!(damaged["verified"], false);
+    assert!(
+        damaged["problem"]
+            .as_str()
+            .unwrap()
+            .contains("manifest says")
+    );
+    // prune never deletes a damaged set, even with a policy that keeps only one.
+    node.write_config("[retention]\nkeep_last = 1\n");
+    node.run(&["prune"]).expect_code(0);
+    assert!(node.set_dir(&first).exists());
+}
+
+#[test]
+fn status_reports_freshness_with_its_own_exit_code() {
+    let node = Node::new("[status]\nmax_age = \"1h\"\n");
+    node.run(&["status"]).expect_code(6).expect_stdout("STALE");
+    let id = node.backup();
+    node.run(&["status"])
+        .expect_code(0)
+        .expect_stdout(&id)
+        .expect_stdout("fresh");
+    let run = node.run(&["status", "--json"]);
+    run.expect_code(0);
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["newest"]["id"], id.as_str());
+    assert_eq!(status["fresh"], true);
+    assert_eq!(status["max_age_seconds"], 3600);
+
+    node.write_config("[status]\nmax_age = \"1s\"\n");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    node.run(&["status"]).expect_code(6).expect_stdout("STALE");
+}

@@ -1,0 +1,6 @@
+//! One integration-test crate (as ripgrep does it) driving the real binary.
+
+mod backup;
+mod config;
+mod units;
+mod util;

@@ -1,0 +1,381 @@
+//! Test fixtures on real parts: one real etcd on loopback per test binary, loaded with data,
+//! and per-test "nodes" (a fake /etc/kubernetes, a store, a config) that drive the real binary
+//! with the `cluster-backup.sh` stand-in from `tests/lab/`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_etcd-backup");
+const ETCD_START_SECS: u64 = 30;
+/// Keys loaded into the test etcd (1 KiB values): a snapshot of ~3 MB.
+const LOADED_KEYS: usize = 2_000;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn standin() -> PathBuf {
+    repo().join("tests/lab/cluster-backup")
+}
+
+/// Where `tests/lab/install-deps` put etcd 3.5 (override with ETCD_BIN_DIR).
+pub fn etcd_bin_dir() -> PathBuf {
+    let dir = std::env::var_os("ETCD_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("ETCD_BACKUP_CACHE")
+                .unwrap_or("/var/cache/etcd-backup-lab".into());
+            PathBuf::from(cache).join("etcd-v3.5.1")
+        });
+    assert!(
+        dir.join("etcdutl").is_file(),
+        "etcd binaries not found in '{}': run tests/lab/install-deps first (the README test command does)",
+        dir.display()
+    );
+    dir
+}
+
+pub struct Etcd {
+    pub endpoint: String,
+    pub bin_dir: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The shared etcd of this test binary, started on first use and killed when the binary exits
+/// (PR_SET_PDEATHSIG from a thread that lives as long as the process).
+pub fn etcd() -> &'static Etcd {
+    static ETCD: OnceLock<Etcd> = OnceLock::new();
+    ETCD.get_or_init(|| {
+        let bin_dir = etcd_bin_dir();
+        let data = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(data.path().join("etcd.log")).unwrap();
+        let mut cmd = Command::new(bin_dir.join("etcd"));
+        cmd.args(["--name", "test", "--data-dir"])
+            .arg(data.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = cmd.spawn();
+            let ok = child.is_ok();
+            tx.send(child.map(|_| ()).map_err(|e| e.to_string()))
+                .unwrap();
+            if ok {
+                // The death signal fires when this thread ends: keep it for the whole run.
+                loop {
+                    std::thread::park();
+                }
+            }
+        });
+        rx.recv().unwrap().expect("cannot start etcd");
+        let etcd = Etcd {
+            endpoint,
+            bin_dir,
+            _data: data,
+        };
+        let start = Instant::now();
+        while !etcd.etcdctl(&["endpoint", "health"]).status.success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(ETCD_START_SECS),
+                "etcd did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        etcd.load(LOADED_KEYS);
+        etcd
+    })
+}
+
+impl Etcd {
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        Command::new(self.bin_dir.join("etcdctl"))
+            .arg(format!("--endpoints={}", self.endpoint))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Puts `keys` keys of 1 KiB through `etcdctl txn`, 100 puts per transaction.
+    fn load(&self, keys: usize) {
+        let value = "v".repeat(1024);
+        for batch in (0..keys).collect::<Vec<_>>().chunks(100) {
+            let mut txn = String::from("\n");
+            for key in batch {
+                txn.push_str(&format!("put /registry/test/key-{key:06} {value}\n"));
+            }
+            // An empty line ends the success ops, another the (empty) failure ops.
+            txn.push_str("\n\n");
+            let mut child = Command::new(self.bin_dir.join("etcdctl"))
+                .arg(format!("--endpoints={}", self.endpoint))
+                .arg("txn")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(txn.as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success(), "etcdctl txn failed");
+        }
+    }
+}
+
+/// One simulated master: a fake /etc/kubernetes, a store and a config file in a temp dir.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Node {
+    /// A node whose config is `[node]`, `[store]`, `[backup]` defaults for tests plus `extra`.
+    pub fn new(extra: &str) -> Node {
+        let etcd = etcd();
+        let dir = tempfile::tempdir().unwrap();
+        let kube = dir.path().join("kubernetes/static-pod-resources");
+        // Two revisions of kube-apiserver: the newer (by mtime) must be the one archived.
+        for (pod, age_secs) in [
+            ("kube-apiserver-pod-3", 7200),
+            ("kube-apiserver-pod-4", 60),
+            ("kube-controller-manager-pod-2", 60),
+            ("kube-scheduler-pod-5", 60),
+            ("etcd-pod-2", 60),
+        ] {
+            let pod_dir = kube.join(pod);
+            std::fs::create_dir_all(pod_dir.join("configmaps/config")).unwrap();
+            std::fs::write(
+                pod_dir.join("configmaps/config/config.yaml"),
+                format!("pod: {pod}\n"),
+            )
+            .unwrap();
+            std::fs::create_dir_all(pod_dir.join("secrets/serving-cert")).unwrap();
+            std::fs::write(
+                pod_dir.join("secrets/serving-cert/tls.key"),
+                "-----BEGIN PRIVATE KEY-----\n",
+            )
+            .unwrap();
+            let when = std::time::SystemTime::now() - Duration::from_secs(age_secs);
+            std::fs::File::open(&pod_dir)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        let mut env = BTreeMap::new();
+        env.insert(
+            "STANDIN_ETCDCTL".into(),
+            etcd.bin_dir.join("etcdctl").display().to_string(),
+        );
+        env.insert("STANDIN_ENDPOINTS".into(), etcd.endpoint.clone());
+        env.insert(
+            "STANDIN_CONFIG_DIR".into(),
+            dir.path().join("kubernetes").display().to_string(),
+        );
+        let node = Node { dir, env };
+        node.write_config(extra);
+        node
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("etc/config.toml")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Writes the config: test defaults, then `extra` tables (which must not repeat
+    /// `[node]`, `[store]` or `[backup]`; use `write_config_raw` for that).
+    pub fn write_config(&self, extra: &str) {
+        let base = format!(
+            "[node]\nname = \"master-0\"\n\n[store]\nroot = \"{}\"\n\n[backup]\ncommand = \"{}\"\ntimeout = \"60s\"\n\n",
+            self.store().display(),
+            standin().display()
+        );
+        let extra = if extra.contains("[retention]") {
+            extra.to_string()
+        } else {
+            format!("[retention]\nkeep_last = 10\n{extra}")
+        };
+        self.write_config_raw(&format!("{base}{extra}"));
+    }
+
+    pub fn write_config_raw(&self, text: &str) {
+        std::fs::create_dir_all(self.config_path().parent().unwrap()).unwrap();
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .envs(&self.env)
+            .env_remove("JOURNAL_STREAM");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd(args).output().unwrap(), args)
+    }
+
+    pub fn run_failing(&self, mode: &str, args: &[&str]) -> Run {
+        Run::from(
+            self.cmd(args).env("STANDIN_FAIL", mode).output().unwrap(),
+            args,
+        )
+    }
+
+    /// `list --json`, parsed.
+    pub fn sets(&self) -> Vec<serde_json::Value> {
+        let run = self.run(&["list", "--json"]);
+        run.expect_code(0);
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+
+    pub fn set_ids(&self) -> Vec<String> {
+        self.sets()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// A successful backup; returns the new set id.
+    pub fn backup(&self) -> String {
+        let run = self.run(&["backup"]);
+        run.expect_code(0);
+        run.stdout.trim().to_string()
+    }
+
+    pub fn set_dir(&self, id: &str) -> PathBuf {
+        self.store().join("sets").join(id)
+    }
+
+    pub fn staging_entries(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.store().join(".staging")) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// One finished run of the binary, with readable failure output.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub args: String,
+}
+
+impl Run {
+    fn from(output: Output, args: &[&str]) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            args: args.join(" "),
+        }
+    }
+
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "etcd-backup {} exited {} (want {code})\n--- stdout\n{}\n--- stderr\n{}",
+            self.args, self.code, self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_stderr(&self, needle: &str) -> &Run {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n--- stderr\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_stdout(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}\n--- stdout\n{}",
+            self.stdout
+        );
+        self
+    }
+}
+
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Every file and dir under a set dir, with their sha256 (files) — to prove "untouched".
+pub fn fingerprint(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        out.insert(
+            path.file_name().unwrap().to_string_lossy().into_owned(),
+            sha256_hex(&path),
+        );
+    }
+    out
+}
