@@ -109,3 +109,37 @@ fn usage_errors_exit_2_and_help_documents_exit_codes() {
         .expect_stdout("Exit codes:")
         .expect_stdout("5  busy");
 }
+
+#[test]
+fn the_packaged_example_config_is_the_defaults() {
+    // packaging/config.toml documents every key with its default: it must load and change
+    // nothing but the node name it leaves to the hostname.
+    let node = Node::new("");
+    let example = repo().join("packaging/config.toml");
+    let check = |config: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("check-config")
+            .output()
+            .unwrap()
+    };
+    let shipped = check(&example);
+    assert!(
+        shipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
+    let empty = node.dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let defaults = check(&empty);
+    assert!(String::from_utf8_lossy(&shipped.stdout).contains("packaging/config.toml"));
+    let body = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(body(&shipped.stdout), body(&defaults.stdout));
+}
