@@ -2,5 +2,6 @@
 
 mod backup;
 mod config;
+mod journal;
 mod units;
 mod util;
