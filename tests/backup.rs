@@ -105,11 +105,7 @@ fn backup_commits_a_verified_private_set_that_etcd_can_restore() {
 #[test]
 fn failed_backups_leave_the_history_as_it_was() {
     let node = Node::new("[retention]\nkeep_last = 1\n");
-    node.write_config_raw(&format!(
-        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\n[backup]\ncommand = \"{}\"\ntimeout = \"3s\"\n[retention]\nkeep_last = 1\n",
-        node.store().display(),
-        standin().display()
-    ));
+    node.write_config_with("", "timeout = \"3s\"", "[retention]\nkeep_last = 1\n");
     let good = node.backup();
     let before = fingerprint(&node.set_dir(&good));
 
@@ -165,11 +161,7 @@ fn fallback_retries_with_force_and_marks_the_set_dirty() {
     assert_eq!(names.matches("__POSSIBLY_DIRTY__").count(), 2, "{names}");
 
     // With force = "never" the same situation is a failure.
-    node.write_config_raw(&format!(
-        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\n[backup]\ncommand = \"{}\"\nforce = \"never\"\n[retention]\nkeep_last = 5\n",
-        node.store().display(),
-        standin().display()
-    ));
+    node.write_config_with("", "force = \"never\"", "");
     node.run_failing("progressing", &["backup"])
         .expect_code(1)
         .expect_stderr("operator is progressing");
@@ -210,11 +202,7 @@ fn staging_leftovers_are_collected_after_the_grace_period() {
     assert!(leftovers.iter().all(|p| p.exists()));
     // ...after it, they are removed. A foreign file in sets/ is never touched.
     std::fs::write(node.store().join("sets/NOTES.txt"), "admin notes").unwrap();
-    node.write_config_raw(&format!(
-        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\ngc_grace = \"0s\"\n[backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 5\n",
-        node.store().display(),
-        standin().display()
-    ));
+    node.write_config_with("gc_grace = \"0s\"", "", "");
     node.run(&["backup"])
         .expect_code(0)
         .expect_stderr("removed staging leftover");
@@ -225,12 +213,8 @@ fn staging_leftovers_are_collected_after_the_grace_period() {
 
 #[test]
 fn a_held_lock_makes_backup_exit_busy() {
-    let node = Node::new("[store]\n");
-    node.write_config_raw(&format!(
-        "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\nlock_wait = \"0s\"\n[backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 5\n",
-        node.store().display(),
-        standin().display()
-    ));
+    let node = Node::new("");
+    node.write_config_with("lock_wait = \"0s\"", "", "");
     let store = etcd_backup::store::Store::open(&node.store()).unwrap();
     let lock = store.lock(std::time::Duration::ZERO).unwrap();
     node.run(&["backup"])

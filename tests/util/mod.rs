@@ -225,20 +225,30 @@ impl Node {
         self.dir.path().join("store")
     }
 
-    /// Writes the config: test defaults, then `extra` tables (which must not repeat
-    /// `[node]`, `[store]` or `[backup]`; use `write_config_raw` for that).
+    /// Writes the config: test defaults, then `extra` tables (other than `[node]`, `[store]`,
+    /// `[backup]`; without a `[retention]` table, `keep_last = 10`).
     pub fn write_config(&self, extra: &str) {
-        let base = format!(
-            "[node]\nname = \"master-0\"\n\n[store]\nroot = \"{}\"\n\n[backup]\ncommand = \"{}\"\ntimeout = \"60s\"\n\n",
+        self.write_config_with("", "", extra);
+    }
+
+    /// Like `write_config`, with extra keys for the `[store]` and `[backup]` tables.
+    pub fn write_config_with(&self, store_keys: &str, backup_keys: &str, extra: &str) {
+        let timeout = if backup_keys.contains("timeout") {
+            ""
+        } else {
+            "timeout = \"60s\"\n"
+        };
+        let retention = if extra.contains("[retention]") {
+            ""
+        } else {
+            "[retention]\nkeep_last = 10\n"
+        };
+        self.write_config_raw(&format!(
+            "[node]\nname = \"master-0\"\n\n[store]\nroot = \"{}\"\n{store_keys}\n\n\
+             [backup]\ncommand = \"{}\"\n{timeout}{backup_keys}\n\n{retention}{extra}",
             self.store().display(),
             standin().display()
-        );
-        let extra = if extra.contains("[retention]") {
-            extra.to_string()
-        } else {
-            format!("[retention]\nkeep_last = 10\n{extra}")
-        };
-        self.write_config_raw(&format!("{base}{extra}"));
+        ));
     }
 
     pub fn write_config_raw(&self, text: &str) {
