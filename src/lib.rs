@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod manifest;
+pub mod peers;
 pub mod prune;
 pub mod retention;
 pub mod store;
