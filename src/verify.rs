@@ -2,7 +2,7 @@
 //! computes the file's sha256: the etcd snapshot (bbolt meta page + sha256 trailer) and the
 //! static-pod-resources tar.gz (decompresses, CRC valid, lists the expected directories).
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -125,57 +125,122 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Checks an etcd snapshot and hashes it in one pass: bbolt meta page, `(len - 32)` a multiple
-/// of the page size, and the trailer equal to the sha256 of everything before it. The whole-file
-/// sha256 reuses the prefix hash state (SHA-256 is streaming), so every byte is hashed once.
+/// Hashes a stream of known length that must be an etcd snapshot, checking it on the way:
+/// bbolt meta page, `(len - 32)` a multiple of the page size, and the trailer equal to the
+/// sha256 of everything before it. The whole-stream sha256 reuses the prefix hash state
+/// (SHA-256 is streaming), so every byte is hashed once. Used by `backup` (reading a file) and
+/// by `receive` (writing one).
+pub struct SnapshotHasher {
+    size: u64,
+    pos: u64,
+    hasher: Sha256,
+    head: Vec<u8>,
+    prefix_hash: Option<[u8; 32]>,
+    trailer: [u8; TRAILER_BYTES as usize],
+}
+
+/// The smallest plausible snapshot: two meta pages of the smallest page size and the trailer.
+const MIN_SNAPSHOT_BYTES: u64 = TRAILER_BYTES + 2 * 512;
+const HEAD_BYTES: usize = BBOLT_META_END + 8;
+
+impl SnapshotHasher {
+    pub fn new(size: u64) -> Result<SnapshotHasher, String> {
+        if size < MIN_SNAPSHOT_BYTES {
+            return Err(format!("too small for an etcd snapshot ({size} bytes)"));
+        }
+        Ok(SnapshotHasher {
+            size,
+            pos: 0,
+            hasher: Sha256::new(),
+            head: Vec::with_capacity(HEAD_BYTES),
+            prefix_hash: None,
+            trailer: [0; TRAILER_BYTES as usize],
+        })
+    }
+
+    /// Feeds the next bytes; more than `size` in all is an error.
+    pub fn update(&mut self, mut data: &[u8]) -> Result<(), String> {
+        if data.len() as u64 > self.size - self.pos {
+            return Err(format!("more than the expected {} bytes", self.size));
+        }
+        let prefix_len = self.size - TRAILER_BYTES;
+        while !data.is_empty() {
+            if self.pos < prefix_len {
+                let n = data
+                    .len()
+                    .min(usize::try_from(prefix_len - self.pos).unwrap_or(usize::MAX));
+                let (now, rest) = data.split_at(n);
+                if self.head.len() < HEAD_BYTES {
+                    let take = now.len().min(HEAD_BYTES - self.head.len());
+                    self.head.extend_from_slice(&now[..take]);
+                }
+                self.hasher.update(now);
+                self.pos += n as u64;
+                if self.pos == prefix_len {
+                    self.prefix_hash = Some(self.hasher.clone().finalize().into());
+                }
+                data = rest;
+            } else {
+                let at = (self.pos - prefix_len) as usize;
+                self.trailer[at..at + data.len()].copy_from_slice(data);
+                self.hasher.update(data);
+                self.pos += data.len() as u64;
+                data = &[];
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks everything; returns the digest of the whole stream and the bbolt page size.
+    pub fn finish(self) -> Result<(FileDigest, u32), String> {
+        if self.pos != self.size {
+            return Err(format!("{} bytes, expected {}", self.pos, self.size));
+        }
+        let page_size = bbolt_page_size(&self.head)?;
+        if !(self.size - TRAILER_BYTES).is_multiple_of(u64::from(page_size)) {
+            return Err(format!(
+                "size {} is not {TRAILER_BYTES} bytes plus whole {page_size}-byte pages (truncated or not an etcd snapshot)",
+                self.size
+            ));
+        }
+        let prefix_hash = self.prefix_hash.expect("set when pos passed the prefix");
+        if prefix_hash != self.trailer {
+            return Err(format!(
+                "sha256 trailer mismatch (file is corrupt: content hashes to {}, trailer says {})",
+                hex(&prefix_hash),
+                hex(&self.trailer)
+            ));
+        }
+        Ok((
+            FileDigest {
+                size: self.size,
+                sha256: self.hasher.finalize().into(),
+            },
+            page_size,
+        ))
+    }
+}
+
+/// Checks an etcd snapshot file and hashes it in one streaming pass (see [`SnapshotHasher`]).
 pub fn check_snapshot(path: &Path) -> Result<(FileDigest, u32)> {
     let mut file = open_regular(path)?;
     let size = file.metadata()?.len();
     let context = || format!("snapshot '{}'", path.display());
-    ensure!(
-        size >= TRAILER_BYTES + 2 * 512,
-        "{}: too small for an etcd snapshot ({size} bytes)",
-        context()
-    );
+    let mut checker =
+        SnapshotHasher::new(size).map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
     let mut buf = vec![0u8; READ_BUF_BYTES];
-    file.read_exact(&mut buf[..BBOLT_META_END + 8])
-        .with_context(context)?;
-    let page_size = bbolt_page_size(&buf[..BBOLT_META_END + 8])
-        .map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
-    ensure!(
-        (size - TRAILER_BYTES).is_multiple_of(u64::from(page_size)),
-        "{}: size {size} is not {TRAILER_BYTES} bytes plus whole {page_size}-byte pages (truncated or not an etcd snapshot)",
-        context()
-    );
-    let mut hasher = Sha256::new();
-    hasher.update(&buf[..BBOLT_META_END + 8]);
-    hash_exact(
-        &mut file,
-        &mut hasher,
-        size - TRAILER_BYTES - (BBOLT_META_END as u64 + 8),
-        &mut buf,
-    )
-    .with_context(context)?;
-    let prefix_hash = hasher.clone().finalize();
-    let mut trailer = [0u8; TRAILER_BYTES as usize];
-    file.read_exact(&mut trailer).with_context(context)?;
-    expect_eof(&mut file).with_context(context)?;
-    if prefix_hash.as_slice() != trailer {
-        bail!(
-            "{}: sha256 trailer mismatch (file is corrupt: content hashes to {}, trailer says {})",
-            context(),
-            hex(&prefix_hash),
-            hex(&trailer)
-        );
+    loop {
+        let n = file.read(&mut buf).with_context(context)?;
+        if n == 0 {
+            break;
+        }
+        checker
+            .update(&buf[..n])
+            .map_err(|e| anyhow::anyhow!("{}: file grew while it was read: {e}", context()))?;
     }
-    hasher.update(trailer);
-    Ok((
-        FileDigest {
-            size,
-            sha256: hasher.finalize().into(),
-        },
-        page_size,
-    ))
+    checker
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", context()))
 }
 
 /// A reader that hashes and counts everything read through it.
@@ -336,6 +401,29 @@ pub(crate) mod tests {
             assert!(err.contains(expected), "{name}: {err}");
             assert!(err.contains(&path.display().to_string()), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn streaming_check_does_not_depend_on_chunking() {
+        let data = fake_snapshot(5, 4096);
+        let whole = {
+            let mut h = SnapshotHasher::new(data.len() as u64).unwrap();
+            h.update(&data).unwrap();
+            h.finish().unwrap()
+        };
+        for chunk in [1usize, 7, 31, 32, 33, 4096, 5000] {
+            let mut h = SnapshotHasher::new(data.len() as u64).unwrap();
+            for piece in data.chunks(chunk) {
+                h.update(piece).unwrap();
+            }
+            assert_eq!(h.finish().unwrap(), whole, "chunk {chunk}");
+        }
+        let mut h = SnapshotHasher::new(data.len() as u64).unwrap();
+        h.update(&data).unwrap();
+        assert!(h.update(b"x").is_err(), "more than the size is refused");
+        let mut h = SnapshotHasher::new(data.len() as u64).unwrap();
+        h.update(&data[..100]).unwrap();
+        assert!(h.finish().unwrap_err().contains("expected"));
     }
 
     #[test]
