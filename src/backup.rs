@@ -168,7 +168,7 @@ fn find_backup_files(dir: &Path, forced: bool) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Checks the staged files and builds the manifest; each byte is read exactly once.
-fn check_staged(
+pub(crate) fn check_staged(
     dir: &Path,
     forced: bool,
     id: String,

@@ -12,6 +12,9 @@ pub mod message_id {
     pub const BACKUP_SUCCEEDED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b70";
     pub const BACKUP_FAILED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b71";
     pub const SETS_PRUNED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b72";
+    pub const SET_SENT: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b73";
+    pub const TARGET_FAILED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b74";
+    pub const SET_RECEIVED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b75";
 }
 
 /// Sets up logging for this process; `verbosity` counts `-v` flags (INFO, DEBUG, TRACE).

@@ -11,6 +11,7 @@ use crate::retention::SetInfo;
 use crate::verify::open_regular;
 use anyhow::{Context, Result, bail, ensure};
 use nix::fcntl::{Flock, FlockArg};
+use sha2::Digest;
 use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -20,6 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 pub const SETS_DIR: &str = "sets";
 pub const STAGING_DIR: &str = ".staging";
 pub const LOCK_FILE: &str = ".lock";
+pub const RECEIVE_LOCK_FILE: &str = ".receive.lock";
+/// Staging dirs of incoming sets: `recv-<set-id>`, kept across cut transfers to resume them.
+pub const RECEIVE_STAGING_PREFIX: &str = "recv-";
 pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 const LOCK_POLL: Duration = Duration::from_millis(100);
@@ -45,6 +49,8 @@ pub struct Store {
 pub struct StoredSet {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// sha256 of the `manifest.json` bytes: what spray offers and compares.
+    pub manifest_sha256: String,
     /// Set when the files on disk do not match the manifest's names and sizes (cheap check; a
     /// full re-hash is `verify`).
     pub problem: Option<String>,
@@ -176,7 +182,13 @@ impl Store {
 
     /// Takes the store lock, waiting up to `wait` for another run to release it.
     pub fn lock(&self, wait: Duration) -> Result<StoreLock> {
-        let path = self.root.join(LOCK_FILE);
+        self.lock_named(LOCK_FILE, wait)
+    }
+
+    /// Takes the lock file `name` in the store root (`.lock` for the store itself,
+    /// `.receive.lock` for one receiver at a time).
+    pub fn lock_named(&self, name: &str, wait: Duration) -> Result<StoreLock> {
+        let path = self.root.join(name);
         let start = Instant::now();
         let mut file = fs::OpenOptions::new()
             .read(true)
@@ -289,9 +301,11 @@ impl Store {
             manifest.id
         );
         let problem = Self::structural_problem(&dir, &manifest);
+        let manifest_sha256 = crate::verify::hex(&sha2::Sha256::digest(&bytes));
         Ok(StoredSet {
             dir,
             manifest,
+            manifest_sha256,
             problem,
         })
     }
@@ -387,6 +401,8 @@ impl Store {
     pub fn gc_staging(&self, grace: Duration, now: SystemTime) -> Result<Vec<PathBuf>> {
         let dir = self.staging_dir();
         let mut removed = Vec::new();
+        // A running receiver writes into recv-* without the store lock: leave those alone.
+        let receiving = self.lock_named(RECEIVE_LOCK_FILE, Duration::ZERO).is_err();
         for entry in
             fs::read_dir(&dir).with_context(|| format!("cannot list '{}'", dir.display()))?
         {
@@ -400,7 +416,12 @@ impl Store {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or_default();
-            if age < grace {
+            let in_use = receiving
+                && entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(RECEIVE_STAGING_PREFIX);
+            if age < grace || in_use {
                 continue;
             }
             // remove_dir_all does not follow symlinks; a symlink itself is just unlinked.

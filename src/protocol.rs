@@ -1,0 +1,710 @@
+//! The spray protocol, version 1: frames on a byte stream (an SSH exec channel to `receive`, or
+//! a pipe to an in-process receiver for directory targets), and the pure decision of what a
+//! receiver lacks.
+//!
+//! A frame is `kind: u8`, `length: u32 BE`, `payload`. Kind `C` carries one JSON [`Message`]
+//! (at most [`MAX_CONTROL_BYTES`]); kind `D` carries file data: `encoding: u8` (0 raw, 1 zstd)
+//! and at most [`CHUNK_BYTES`] of data once decoded. The conversation:
+//!
+//! ```text
+//! sender                                  receiver
+//! Hello {version, sender, offers}   →
+//!                                   ←     Welcome {version, receiver, wants}   (or Error)
+//! per wanted set, newest first:
+//!   SetBegin {id, manifest}         →
+//!   per file: FileBegin {name, offset} D… FileEnd {name}
+//!   SetEnd {id}                     →
+//!                                   ←     Committed {id}                       (or Error)
+//! Bye                               →
+//! ```
+
+use crate::manifest::parse_set_id;
+use crate::retention::{Policy, SetInfo, plan};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Read, Write};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest JSON frame: a Hello offering thousands of sets fits.
+pub const MAX_CONTROL_BYTES: usize = 1 << 20;
+/// Largest decoded data frame; also the sender's read size.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Largest encoded data frame: zstd's worst case for a chunk plus the encoding byte.
+const MAX_DATA_FRAME_BYTES: usize = CHUNK_BYTES + (CHUNK_BYTES >> 7) + 1024;
+const KIND_CONTROL: u8 = b'C';
+const KIND_DATA: u8 = b'D';
+const ENCODING_RAW: u8 = 0;
+const ENCODING_ZSTD: u8 = 1;
+/// zstd level 1: the fastest; etcd snapshots still shrink several times.
+const ZSTD_LEVEL: i32 = 1;
+
+/// A set the sender holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offer {
+    pub id: String,
+    /// sha256 of the exact `manifest.json` bytes the sender will send.
+    pub manifest_sha256: String,
+    pub size: u64,
+    pub dirty: bool,
+}
+
+/// A set the receiver lacks, with the bytes of each file it already holds from a cut transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Want {
+    pub id: String,
+    pub held: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Message {
+    Hello {
+        version: u32,
+        sender: String,
+        offers: Vec<Offer>,
+    },
+    Welcome {
+        version: u32,
+        receiver: String,
+        wants: Vec<Want>,
+    },
+    SetBegin {
+        id: String,
+        manifest: String,
+    },
+    FileBegin {
+        name: String,
+        offset: u64,
+    },
+    FileEnd {
+        name: String,
+    },
+    SetEnd {
+        id: String,
+    },
+    Committed {
+        id: String,
+    },
+    Bye,
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    Control(Message),
+    /// Decoded file data.
+    Data(Vec<u8>),
+}
+
+/// Protocol violations: the peer sent something this side must refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol violation: {0}")]
+    Violation(String),
+}
+
+impl ProtocolError {
+    pub fn violation(message: impl Into<String>) -> ProtocolError {
+        ProtocolError::Violation(message.into())
+    }
+}
+
+/// A connection's byte stream, which can close its sending direction on its own: after a
+/// failed write the sender half-closes, so the receiver sees EOF instead of waiting for data,
+/// and then reads whatever the receiver had to say.
+pub trait Stream: Read + Write {
+    fn close_write(&mut self) -> io::Result<()>;
+}
+
+/// Both directions of a connection, framed.
+pub struct Conn<S> {
+    stream: S,
+    compress: bool,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    encoded: Vec<u8>,
+    /// File data bytes before and after encoding, for the statistics.
+    pub data_bytes_sent: u64,
+    pub wire_bytes_sent: u64,
+    pub data_bytes_received: u64,
+}
+
+impl<S: Stream> Conn<S> {
+    pub fn new(stream: S, compress: bool) -> Conn<S> {
+        Conn {
+            stream,
+            compress,
+            compressor: None,
+            decompressor: None,
+            encoded: Vec::new(),
+            data_bytes_sent: 0,
+            wire_bytes_sent: 0,
+            data_bytes_received: 0,
+        }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    fn write_frame(&mut self, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut header = [0u8; 5];
+        header[0] = kind;
+        header[1..].copy_from_slice(&(len as u32).to_be_bytes());
+        self.stream.write_all(&header)?;
+        for part in parts {
+            self.stream.write_all(part)?;
+        }
+        self.wire_bytes_sent += 5 + len as u64;
+        Ok(())
+    }
+
+    /// Sends a message and flushes: the peer may be waiting for it.
+    pub fn send(&mut self, message: &Message) -> io::Result<()> {
+        let json = serde_json::to_vec(message).map_err(io::Error::other)?;
+        self.write_frame(KIND_CONTROL, &[&json])?;
+        self.stream.flush()
+    }
+
+    /// Sends one chunk of file data (at most [`CHUNK_BYTES`]), zstd-compressed when enabled and
+    /// smaller.
+    pub fn send_data(&mut self, chunk: &[u8]) -> io::Result<()> {
+        assert!(chunk.len() <= CHUNK_BYTES, "chunk larger than CHUNK_BYTES");
+        self.data_bytes_sent += chunk.len() as u64;
+        if self.compress {
+            let compressor = match &mut self.compressor {
+                Some(c) => c,
+                None => self
+                    .compressor
+                    .insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+            };
+            self.encoded
+                .resize(zstd::zstd_safe::compress_bound(chunk.len()), 0);
+            let n = compressor.compress_to_buffer(chunk, &mut self.encoded[..])?;
+            if n < chunk.len() {
+                let encoded = std::mem::take(&mut self.encoded);
+                let result = self.write_frame(KIND_DATA, &[&[ENCODING_ZSTD], &encoded[..n]]);
+                self.encoded = encoded;
+                return result;
+            }
+        }
+        self.write_frame(KIND_DATA, &[&[ENCODING_RAW], chunk])
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+
+    /// Ends the sending direction (the peer reads EOF); reading goes on.
+    pub fn close_write(&mut self) -> io::Result<()> {
+        self.stream.close_write()
+    }
+
+    /// Reads the next frame, refusing anything malformed or oversized before allocating for it.
+    pub fn next_frame(&mut self) -> Result<Frame, ProtocolError> {
+        let mut header = [0u8; 5];
+        self.stream.read_exact(&mut header)?;
+        let len = u32::from_be_bytes(header[1..].try_into().expect("4 bytes")) as usize;
+        match header[0] {
+            KIND_CONTROL => {
+                if len > MAX_CONTROL_BYTES {
+                    return Err(ProtocolError::violation(format!(
+                        "control frame of {len} bytes (limit {MAX_CONTROL_BYTES})"
+                    )));
+                }
+                let mut json = vec![0u8; len];
+                self.stream.read_exact(&mut json)?;
+                let message = serde_json::from_slice(&json)
+                    .map_err(|e| ProtocolError::violation(format!("invalid control frame: {e}")))?;
+                Ok(Frame::Control(message))
+            }
+            KIND_DATA => {
+                if len == 0 || len > MAX_DATA_FRAME_BYTES {
+                    return Err(ProtocolError::violation(format!(
+                        "data frame of {len} bytes"
+                    )));
+                }
+                let mut payload = vec![0u8; len];
+                self.stream.read_exact(&mut payload)?;
+                let data = match payload[0] {
+                    ENCODING_RAW if len - 1 <= CHUNK_BYTES => payload.split_off(1),
+                    ENCODING_ZSTD => {
+                        let decompressor = match &mut self.decompressor {
+                            Some(d) => d,
+                            None => self.decompressor.insert(zstd::bulk::Decompressor::new()?),
+                        };
+                        let mut out = Vec::with_capacity(CHUNK_BYTES);
+                        decompressor
+                            .decompress_to_buffer(&payload[1..], &mut out)
+                            .map_err(|e| {
+                                ProtocolError::violation(format!("bad zstd data frame: {e}"))
+                            })?;
+                        out
+                    }
+                    other => {
+                        return Err(ProtocolError::violation(format!(
+                            "data frame with unknown encoding {other} or oversized"
+                        )));
+                    }
+                };
+                self.data_bytes_received += data.len() as u64;
+                Ok(Frame::Data(data))
+            }
+            other => Err(ProtocolError::violation(format!(
+                "unknown frame kind {other:#04x}"
+            ))),
+        }
+    }
+
+    /// The next frame, which must be a control message.
+    pub fn next_message(&mut self) -> Result<Message, ProtocolError> {
+        match self.next_frame()? {
+            Frame::Control(message) => Ok(message),
+            Frame::Data(_) => Err(ProtocolError::violation(
+                "data frame where a message was expected",
+            )),
+        }
+    }
+}
+
+/// Two one-way streams as one connection (pipes to an in-process receiver).
+pub struct Duplex<R, W> {
+    pub reader: R,
+    /// `None` once the sending direction is closed.
+    pub writer: Option<W>,
+}
+
+impl<R, W> Duplex<R, W> {
+    pub fn new(reader: R, writer: W) -> Duplex<R, W> {
+        Duplex {
+            reader,
+            writer: Some(writer),
+        }
+    }
+
+    fn writer(&mut self) -> io::Result<&mut W> {
+        self.writer
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "sending side closed"))
+    }
+}
+
+impl<R: Read, W> Read for Duplex<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl<R, W: Write> Write for Duplex<R, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer()?.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer()?.flush()
+    }
+}
+
+impl<R: Read, W: Write> Stream for Duplex<R, W> {
+    fn close_write(&mut self) -> io::Result<()> {
+        self.writer = None;
+        Ok(())
+    }
+}
+
+/// Both ends of an in-process connection over OS pipes: `(sender side, receiver side)`.
+pub fn pipe_pair() -> io::Result<(
+    Duplex<io::PipeReader, io::PipeWriter>,
+    Duplex<io::PipeReader, io::PipeWriter>,
+)> {
+    let (to_receiver_r, to_receiver_w) = io::pipe()?;
+    let (to_sender_r, to_sender_w) = io::pipe()?;
+    Ok((
+        Duplex::new(to_sender_r, to_receiver_w),
+        Duplex::new(to_receiver_r, to_sender_w),
+    ))
+}
+
+/// A set the receiver holds: what `wants` compares offers with.
+#[derive(Debug, Clone)]
+pub struct HeldSet {
+    pub info: SetInfo,
+    pub manifest_sha256: String,
+}
+
+/// A cut transfer in the receiver's staging: the manifest digest it was for and bytes per file.
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    pub manifest_sha256: String,
+    pub held: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WantPlan {
+    /// Newest first.
+    pub wants: Vec<Want>,
+    /// Offers with the id of a held set but another manifest: never overwritten.
+    pub conflicts: Vec<String>,
+    /// Offers the receiver's own retention would delete at once (or that are not set ids).
+    pub declined: Vec<String>,
+}
+
+/// What a receiver lacks: offers it does not hold, that its own retention policy would keep
+/// (otherwise every spray would send them again), resuming cut transfers of the same manifest.
+pub fn wants(
+    offers: &[Offer],
+    held: &[HeldSet],
+    partials: &BTreeMap<String, Partial>,
+    policy: &Policy,
+    free_bytes: u64,
+) -> WantPlan {
+    let mut result = WantPlan::default();
+    let held_by_id: BTreeMap<&str, &HeldSet> =
+        held.iter().map(|h| (h.info.id.as_str(), h)).collect();
+    let mut candidates: BTreeMap<&str, (&Offer, SetInfo)> = BTreeMap::new();
+    for offer in offers {
+        match held_by_id.get(offer.id.as_str()) {
+            Some(h) if h.manifest_sha256 == offer.manifest_sha256 => {}
+            Some(_) => result.conflicts.push(offer.id.clone()),
+            None => match parse_set_id(&offer.id) {
+                Some((created, origin)) => {
+                    let info = SetInfo {
+                        id: offer.id.clone(),
+                        origin: origin.to_string(),
+                        created,
+                        size: offer.size,
+                        dirty: offer.dirty,
+                    };
+                    candidates.insert(offer.id.as_str(), (offer, info));
+                }
+                None => result.declined.push(offer.id.clone()),
+            },
+        }
+    }
+    let mut all: Vec<SetInfo> = held.iter().map(|h| h.info.clone()).collect();
+    all.extend(candidates.values().map(|(_, info)| info.clone()));
+    // Plan as if the candidates had arrived: their bytes are no longer free.
+    let incoming: u64 = candidates.values().map(|(_, info)| info.size).sum();
+    let kept: BTreeSet<String> = plan(&all, policy, free_bytes.saturating_sub(incoming))
+        .decisions
+        .into_iter()
+        .filter(|d| d.keep())
+        .map(|d| d.set.id)
+        .collect();
+    for (id, (offer, _)) in candidates.iter().rev() {
+        if !kept.contains(*id) {
+            result.declined.push(id.to_string());
+            continue;
+        }
+        let held = partials
+            .get(*id)
+            .filter(|p| p.manifest_sha256 == offer.manifest_sha256)
+            .map(|p| p.held.clone())
+            .unwrap_or_default();
+        result.wants.push(Want {
+            id: id.to_string(),
+            held,
+        });
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A stream whose reads come from `input` and whose writes are collected.
+    struct Loop {
+        input: io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Read for Loop {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl Write for Loop {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Stream for Loop {
+        fn close_write(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn encode(compress: bool, f: impl FnOnce(&mut Conn<Loop>)) -> Vec<u8> {
+        let mut conn = Conn::new(
+            Loop {
+                input: io::Cursor::new(Vec::new()),
+                output: Vec::new(),
+            },
+            compress,
+        );
+        f(&mut conn);
+        conn.into_inner().output
+    }
+
+    fn decode(bytes: Vec<u8>) -> Conn<Loop> {
+        Conn::new(
+            Loop {
+                input: io::Cursor::new(bytes),
+                output: Vec::new(),
+            },
+            false,
+        )
+    }
+
+    #[test]
+    fn frames_round_trip_raw_and_compressed() {
+        let compressible = b"apiVersion: v1\nkind: ConfigMap\n".repeat(4000);
+        let random: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for compress in [false, true] {
+            let hello = Message::Hello {
+                version: 1,
+                sender: "m0".into(),
+                offers: vec![],
+            };
+            let mut wire_bytes = 0;
+            let bytes = encode(compress, |c| {
+                c.send(&hello).unwrap();
+                c.send_data(&compressible).unwrap();
+                c.send_data(&random).unwrap();
+                c.send(&Message::Bye).unwrap();
+                wire_bytes = c.wire_bytes_sent;
+            });
+            assert_eq!(wire_bytes, bytes.len() as u64);
+            if compress {
+                assert!(
+                    bytes.len() < compressible.len() / 10 + random.len() + 200,
+                    "compressed: {}",
+                    bytes.len()
+                );
+            }
+            let mut conn = decode(bytes);
+            assert_eq!(conn.next_frame().unwrap(), Frame::Control(hello));
+            assert_eq!(
+                conn.next_frame().unwrap(),
+                Frame::Data(compressible.clone())
+            );
+            assert_eq!(conn.next_frame().unwrap(), Frame::Data(random.clone()));
+            assert_eq!(conn.next_message().unwrap(), Message::Bye);
+            assert!(
+                matches!(conn.next_frame(), Err(ProtocolError::Io(_))),
+                "EOF"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_frames_are_refused_before_allocation() {
+        let frame = |kind: u8, len: u32, payload: &[u8]| {
+            let mut v = vec![kind];
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(payload);
+            v
+        };
+        let table: Vec<(Vec<u8>, &str)> = vec![
+            (
+                frame(b'C', u32::MAX, b""),
+                "control frame of 4294967295 bytes",
+            ),
+            (frame(b'D', u32::MAX, b""), "data frame of 4294967295 bytes"),
+            (frame(b'D', 0, b""), "data frame of 0 bytes"),
+            (frame(b'X', 1, b"x"), "unknown frame kind"),
+            (frame(b'C', 9, b"{\"type\":1"), "invalid control frame"),
+            (
+                frame(b'C', 15, b"{\"type\":\"nope\"}"),
+                "invalid control frame",
+            ),
+            (
+                frame(b'C', 26, b"{\"type\":\"bye\",\"extra\":true}"),
+                "invalid control frame",
+            ),
+            (frame(b'D', 4, &[7, 1, 2, 3]), "unknown encoding 7"),
+            (frame(b'D', 4, &[1, 1, 2, 3]), "bad zstd data frame"),
+        ];
+        for (bytes, expected) in table {
+            let err = decode(bytes).next_frame().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} / {expected}");
+        }
+        // A zstd frame that inflates past the chunk limit is refused.
+        let bomb = zstd::bulk::compress(&vec![0u8; CHUNK_BYTES + 1], 1).unwrap();
+        let mut payload = vec![1u8];
+        payload.extend_from_slice(&bomb);
+        let err = decode(frame(b'D', payload.len() as u32, &payload))
+            .next_frame()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad zstd data frame"), "{err}");
+    }
+
+    fn info(id: &str, size: u64) -> SetInfo {
+        let (created, origin) = parse_set_id(id).unwrap();
+        SetInfo {
+            id: id.into(),
+            origin: origin.into(),
+            created,
+            size,
+            dirty: false,
+        }
+    }
+
+    fn offer(id: &str, digest: &str) -> Offer {
+        Offer {
+            id: id.into(),
+            manifest_sha256: digest.into(),
+            size: 100,
+            dirty: false,
+        }
+    }
+
+    const A: &str = "20260101T000000.000Z-m0";
+    const B: &str = "20260101T010000.000Z-m0";
+    const C: &str = "20260101T020000.000Z-m0";
+
+    #[test]
+    fn wants_what_is_missing_newest_first_and_resumes_partials() {
+        let policy = Policy {
+            keep_last: 10,
+            ..Policy::default()
+        };
+        let held = vec![HeldSet {
+            info: info(A, 100),
+            manifest_sha256: "a".into(),
+        }];
+        let partials = BTreeMap::from([
+            (
+                C.to_string(),
+                Partial {
+                    manifest_sha256: "c".into(),
+                    held: BTreeMap::from([("f".into(), 42)]),
+                },
+            ),
+            (
+                B.to_string(),
+                Partial {
+                    manifest_sha256: "stale".into(),
+                    held: BTreeMap::from([("f".into(), 7)]),
+                },
+            ),
+        ]);
+        let offers = vec![offer(A, "a"), offer(B, "b"), offer(C, "c")];
+        let plan = wants(&offers, &held, &partials, &policy, 0);
+        assert_eq!(
+            plan.wants,
+            [
+                Want {
+                    id: C.into(),
+                    held: BTreeMap::from([("f".into(), 42)])
+                },
+                Want {
+                    id: B.into(),
+                    held: BTreeMap::new()
+                },
+            ]
+        );
+        assert!(plan.conflicts.is_empty() && plan.declined.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_wanted_twice_or_overwritten() {
+        let policy = Policy {
+            keep_last: 10,
+            ..Policy::default()
+        };
+        let held = vec![
+            HeldSet {
+                info: info(A, 100),
+                manifest_sha256: "a".into(),
+            },
+            HeldSet {
+                info: info(B, 100),
+                manifest_sha256: "b".into(),
+            },
+        ];
+        let plan = wants(
+            &[offer(A, "a"), offer(B, "other")],
+            &held,
+            &BTreeMap::new(),
+            &policy,
+            0,
+        );
+        assert!(plan.wants.is_empty());
+        assert_eq!(plan.conflicts, [B]);
+        let plan = wants(
+            &[offer("../../etc", "x")],
+            &held,
+            &BTreeMap::new(),
+            &policy,
+            0,
+        );
+        assert_eq!(plan.declined, ["../../etc"]);
+    }
+
+    #[test]
+    fn sets_the_receiver_would_prune_at_once_are_declined() {
+        // The receiver keeps the 2 newest per origin: offering three older sets of m0 while it
+        // holds two newer ones means none is wanted — or each spray would resend them.
+        let policy = Policy {
+            keep_last: 2,
+            ..Policy::default()
+        };
+        let held = vec![
+            HeldSet {
+                info: info("20260201T000000.000Z-m0", 100),
+                manifest_sha256: "x".into(),
+            },
+            HeldSet {
+                info: info("20260202T000000.000Z-m0", 100),
+                manifest_sha256: "y".into(),
+            },
+        ];
+        let plan = wants(
+            &[offer(A, "a"), offer(B, "b"), offer(C, "c")],
+            &held,
+            &BTreeMap::new(),
+            &policy,
+            0,
+        );
+        assert!(plan.wants.is_empty(), "{plan:?}");
+        assert_eq!(plan.declined.len(), 3);
+        // Sets of another origin are planned on their own.
+        let plan = wants(
+            &[offer("20260101T000000.000Z-m1", "z")],
+            &held,
+            &BTreeMap::new(),
+            &policy,
+            0,
+        );
+        assert_eq!(plan.wants.len(), 1);
+        // A free-space floor the receiver cannot meet declines what would not fit.
+        let tight = Policy {
+            keep_within: Some(Duration::from_secs(86_400 * 365)),
+            min_free_space: Some(1000),
+            ..Policy::default()
+        };
+        let plan = wants(&[offer(C, "c")], &held, &BTreeMap::new(), &tight, 950);
+        assert!(plan.wants.is_empty(), "{plan:?}");
+    }
+}

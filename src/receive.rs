@@ -1,0 +1,796 @@
+//! `receive`: the server side of the spray protocol, run as the SSH forced command on a peer
+//! (and in-process for directory targets). It trusts nothing: every name comes from a manifest
+//! that parses and matches its offered digest, every byte is bounded by the manifest, every file
+//! is hashed (and the snapshot trailer checked) while it is written, and only a complete,
+//! verified set is committed — by the same store code as a local backup.
+
+use crate::config::Settings;
+use crate::logging::message_id;
+use crate::manifest::{FileEntry, FileKind, Manifest, parse_backup_name};
+use crate::protocol::{
+    Conn, Frame, HeldSet, Message, PROTOCOL_VERSION, Partial, ProtocolError, Stream, Want, wants,
+};
+use crate::store::{
+    RECEIVE_LOCK_FILE, RECEIVE_STAGING_PREFIX, Store, ensure_private_dir, write_atomic,
+};
+use crate::verify::{SnapshotHasher, hex};
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+/// The offered manifest, kept beside a partial transfer so a resume can be matched to it.
+const OFFER_FILE: &str = ".offer-manifest.json";
+const READ_BUF_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+pub struct ReceiveStats {
+    pub committed: Vec<String>,
+    /// File data bytes received (decoded).
+    pub data_bytes: u64,
+}
+
+/// Serves one sender on `conn`. A protocol violation or a failed check is answered with an
+/// Error frame before returning the error; a broken connection just returns it (and keeps the
+/// partial files for the next run to resume).
+pub fn serve<S: Stream>(
+    settings: &Settings,
+    store: &Store,
+    conn: &mut Conn<S>,
+) -> Result<ReceiveStats> {
+    let mut stats = ReceiveStats::default();
+    let result = session(settings, store, conn, &mut stats);
+    if let Err(error) = &result {
+        let connection_lost = error
+            .downcast_ref::<ProtocolError>()
+            .is_some_and(|e| matches!(e, ProtocolError::Io(_)));
+        if !connection_lost {
+            let _ = conn.send(&Message::Error {
+                message: format!("{error:#}"),
+            });
+        }
+    }
+    stats.data_bytes = conn.data_bytes_received;
+    result.map(|()| stats)
+}
+
+fn session<S: Stream>(
+    settings: &Settings,
+    store: &Store,
+    conn: &mut Conn<S>,
+    stats: &mut ReceiveStats,
+) -> Result<()> {
+    let _receiving = store.lock_named(RECEIVE_LOCK_FILE, settings.store.lock_wait)?;
+    let (sender, offers) = match conn.next_message()? {
+        Message::Hello {
+            version,
+            sender,
+            offers,
+        } if version == PROTOCOL_VERSION => (sender, offers),
+        Message::Hello { version, .. } => {
+            bail!(
+                "sender speaks protocol version {version}; this receiver speaks {PROTOCOL_VERSION}"
+            )
+        }
+        other => {
+            return Err(
+                ProtocolError::violation(format!("expected hello, got {}", name(&other))).into(),
+            );
+        }
+    };
+    let listing = store.list()?;
+    let held: Vec<HeldSet> = listing
+        .sets
+        .iter()
+        .filter(|s| s.problem.is_none())
+        .map(|s| HeldSet {
+            info: s.info(),
+            manifest_sha256: s.manifest_sha256.clone(),
+        })
+        .collect();
+    let partials = partials(store)?;
+    let plan = wants(
+        &offers,
+        &held,
+        &partials,
+        &settings.retention,
+        store.free_bytes()?,
+    );
+    for id in &plan.conflicts {
+        tracing::warn!(set_id = %id, sender = %sender, "offered set has the id of a held set but another manifest; keeping ours");
+    }
+    if !plan.declined.is_empty() {
+        tracing::debug!(
+            count = plan.declined.len(),
+            "declined sets that retention here would not keep"
+        );
+    }
+    let digests: BTreeMap<&str, &str> = offers
+        .iter()
+        .map(|o| (o.id.as_str(), o.manifest_sha256.as_str()))
+        .collect();
+    let mut pending: BTreeMap<String, Want> = plan
+        .wants
+        .iter()
+        .map(|w| (w.id.clone(), w.clone()))
+        .collect();
+    conn.send(&Message::Welcome {
+        version: PROTOCOL_VERSION,
+        receiver: settings.node_name.clone(),
+        wants: plan.wants,
+    })?;
+    loop {
+        match conn.next_message()? {
+            Message::SetBegin { id, manifest } => {
+                let want = pending.remove(&id).ok_or_else(|| {
+                    ProtocolError::violation(format!("set '{id}' was not asked for"))
+                })?;
+                let digest = digests.get(id.as_str()).copied().unwrap_or_default();
+                let staging = store
+                    .staging_dir()
+                    .join(format!("{RECEIVE_STAGING_PREFIX}{id}"));
+                let started = Instant::now();
+                let before = conn.data_bytes_received;
+                match receive_set(settings, store, conn, &want, digest, &manifest, &staging) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        let violation = !error
+                            .downcast_ref::<ProtocolError>()
+                            .is_some_and(|e| matches!(e, ProtocolError::Io(_)));
+                        if violation {
+                            let _ = fs::remove_dir_all(&staging);
+                        }
+                        return Err(error.context(format!("receiving set '{id}' from {sender}")));
+                    }
+                }
+                tracing::info!(
+                    message_id = message_id::SET_RECEIVED,
+                    set_id = %id,
+                    sender = %sender,
+                    bytes = conn.data_bytes_received - before,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "set received: {id} from {sender}"
+                );
+                stats.committed.push(id.clone());
+                conn.send(&Message::Committed { id })?;
+            }
+            Message::Bye => return Ok(()),
+            other => {
+                return Err(ProtocolError::violation(format!(
+                    "expected set_begin or bye, got {}",
+                    name(&other)
+                ))
+                .into());
+            }
+        }
+    }
+}
+
+fn name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "hello",
+        Message::Welcome { .. } => "welcome",
+        Message::SetBegin { .. } => "set_begin",
+        Message::FileBegin { .. } => "file_begin",
+        Message::FileEnd { .. } => "file_end",
+        Message::SetEnd { .. } => "set_end",
+        Message::Committed { .. } => "committed",
+        Message::Bye => "bye",
+        Message::Error { .. } => "error",
+    }
+}
+
+/// Cut transfers in staging: the manifest digest each was for and the bytes held per file.
+fn partials(store: &Store) -> Result<BTreeMap<String, Partial>> {
+    let mut found = BTreeMap::new();
+    let staging = store.staging_dir();
+    for entry in
+        fs::read_dir(&staging).with_context(|| format!("cannot list '{}'", staging.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix(RECEIVE_STAGING_PREFIX) else {
+            continue;
+        };
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let Ok(text) = fs::read(entry.path().join(OFFER_FILE)) else {
+            continue;
+        };
+        let mut held = BTreeMap::new();
+        for file in fs::read_dir(entry.path())? {
+            let file = file?;
+            let file_name = file.file_name().to_string_lossy().into_owned();
+            if parse_backup_name(&file_name).is_some() && file.file_type()?.is_file() {
+                held.insert(file_name, file.metadata()?.len());
+            }
+        }
+        found.insert(
+            id.to_string(),
+            Partial {
+                manifest_sha256: hex(&Sha256::digest(&text)),
+                held,
+            },
+        );
+    }
+    Ok(found)
+}
+
+fn violation(message: String) -> anyhow::Error {
+    ProtocolError::Violation(message).into()
+}
+
+fn receive_set<S: Stream>(
+    settings: &Settings,
+    store: &Store,
+    conn: &mut Conn<S>,
+    want: &Want,
+    offered_digest: &str,
+    manifest_text: &str,
+    staging: &Path,
+) -> Result<()> {
+    let digest = hex(&Sha256::digest(manifest_text.as_bytes()));
+    if digest != offered_digest {
+        return Err(violation(format!(
+            "manifest digest {digest} is not the offered {offered_digest}"
+        )));
+    }
+    let manifest = Manifest::parse(manifest_text.as_bytes())
+        .map_err(|e| violation(format!("manifest refused: {e}")))?;
+    if manifest.id != want.id {
+        return Err(violation(format!(
+            "manifest is for set '{}', not '{}'",
+            manifest.id, want.id
+        )));
+    }
+    // A partial transfer for another manifest is stale: start over.
+    if fs::read(staging.join(OFFER_FILE)).is_ok_and(|old| old != manifest_text.as_bytes()) {
+        fs::remove_dir_all(staging)
+            .with_context(|| format!("cannot clear '{}'", staging.display()))?;
+    }
+    ensure_private_dir(staging)?;
+    write_atomic(staging, OFFER_FILE, manifest_text.as_bytes())?;
+    let held: u64 = manifest
+        .files
+        .iter()
+        .map(|f| fs::symlink_metadata(staging.join(&f.name)).map_or(0, |m| m.len().min(f.size)))
+        .sum();
+    let needed = manifest.total_size() - held;
+    let free = store.free_bytes()?;
+    if needed > free {
+        return Err(violation(format!(
+            "set '{}' needs {needed} more bytes, only {free} are free in '{}'",
+            manifest.id,
+            store.root().display()
+        )));
+    }
+    for file in &manifest.files {
+        match conn.next_message()? {
+            Message::FileBegin { name, offset } if name == file.name => {
+                receive_file(conn, staging, file, offset)?
+            }
+            other => {
+                return Err(violation(format!(
+                    "expected file_begin for '{}', got {other:?}",
+                    file.name
+                )));
+            }
+        }
+    }
+    match conn.next_message()? {
+        Message::SetEnd { id } if id == manifest.id => {}
+        other => {
+            return Err(violation(format!(
+                "expected set_end for '{}', got {}",
+                manifest.id,
+                name(&other)
+            )));
+        }
+    }
+    fs::remove_file(staging.join(OFFER_FILE))
+        .with_context(|| format!("cannot clean '{}'", staging.display()))?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    store.commit(staging, &manifest)?;
+    crate::prune::prune(store, &settings.retention, false)?;
+    Ok(())
+}
+
+/// What a received file is checked with while it is written.
+enum Check {
+    Snapshot(SnapshotHasher),
+    Plain(Sha256, u64),
+}
+
+impl Check {
+    fn update(&mut self, data: &[u8]) -> Result<(), String> {
+        match self {
+            Check::Snapshot(h) => h.update(data),
+            Check::Plain(h, n) => {
+                h.update(data);
+                *n += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<String, String> {
+        match self {
+            Check::Snapshot(h) => h.finish().map(|(digest, _)| digest.hex()),
+            Check::Plain(h, _) => Ok(hex(&h.finalize())),
+        }
+    }
+}
+
+fn receive_file<S: Stream>(
+    conn: &mut Conn<S>,
+    staging: &Path,
+    entry: &FileEntry,
+    offset: u64,
+) -> Result<()> {
+    let path = staging.join(&entry.name);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::store::FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("cannot open '{}'", path.display()))?;
+    let on_disk = file.metadata()?.len();
+    if offset > on_disk || offset > entry.size {
+        return Err(violation(format!(
+            "'{}': resume offset {offset} beyond the {on_disk} bytes held",
+            entry.name
+        )));
+    }
+    file.set_len(offset)?;
+    let is_snapshot = parse_backup_name(&entry.name).is_some_and(|n| n.kind == FileKind::Snapshot);
+    let mut check = if is_snapshot {
+        Check::Snapshot(
+            SnapshotHasher::new(entry.size)
+                .map_err(|e| violation(format!("'{}': {e}", entry.name)))?,
+        )
+    } else {
+        Check::Plain(Sha256::new(), 0)
+    };
+    // The bytes held from a cut transfer are hashed once more; everything new as it is written.
+    hash_prefix(&mut file, offset, &mut check)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut pos = offset;
+    loop {
+        match conn.next_frame()? {
+            Frame::Data(data) => {
+                if pos + data.len() as u64 > entry.size {
+                    return Err(violation(format!(
+                        "'{}': more data than its {} bytes",
+                        entry.name, entry.size
+                    )));
+                }
+                file.write_all(&data)
+                    .with_context(|| format!("cannot write '{}'", path.display()))?;
+                check
+                    .update(&data)
+                    .map_err(|e| violation(format!("'{}': {e}", entry.name)))?;
+                pos += data.len() as u64;
+            }
+            Frame::Control(Message::FileEnd { name }) if name == entry.name => break,
+            Frame::Control(other) => {
+                return Err(violation(format!(
+                    "expected data or file_end for '{}', got {}",
+                    entry.name,
+                    name(&other)
+                )));
+            }
+        }
+    }
+    if pos != entry.size {
+        return Err(violation(format!(
+            "'{}': {pos} bytes received, manifest says {}",
+            entry.name, entry.size
+        )));
+    }
+    let digest = check
+        .finish()
+        .map_err(|e| violation(format!("'{}': {e}", entry.name)))?;
+    if digest != entry.sha256 {
+        return Err(violation(format!(
+            "'{}': sha256 {digest} does not match the manifest's {}",
+            entry.name, entry.sha256
+        )));
+    }
+    file.sync_all()
+        .with_context(|| format!("cannot fsync '{}'", path.display()))
+}
+
+fn hash_prefix(file: &mut File, len: u64, check: &mut Check) -> Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; READ_BUF_BYTES.min(len as usize).max(1)];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        file.read_exact(&mut buf[..want])?;
+        check.update(&buf[..want]).map_err(|e| anyhow!("{e}"))?;
+        left -= want as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::make_set_id;
+    use crate::protocol::{Duplex, Offer, pipe_pair};
+    use crate::spray::{PushStats, push};
+    use crate::store::StoredSet;
+    use crate::verify::tests::{fake_resources, fake_snapshot};
+    use std::io::{PipeReader, PipeWriter};
+    use std::path::PathBuf;
+
+    type End = Conn<Duplex<PipeReader, PipeWriter>>;
+
+    struct Side {
+        _dir: tempfile::TempDir,
+        store: Store,
+        settings: Settings,
+    }
+
+    fn side(name: &str) -> Side {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::defaults(name.to_string());
+        settings.store.root = dir.path().join("store");
+        settings.retention = crate::retention::Policy {
+            keep_last: 10,
+            ..Default::default()
+        };
+        settings.store.lock_wait = std::time::Duration::from_secs(5);
+        let store = Store::open(&settings.store.root).unwrap();
+        Side {
+            _dir: dir,
+            store,
+            settings,
+        }
+    }
+
+    /// A set made through the real backup checks: a snapshot of `pages` pages + resources.
+    fn make_set(side: &Side, minutes: i64, pages: usize) -> StoredSet {
+        let created = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc()
+            + chrono::TimeDelta::minutes(minutes);
+        let staging = side.store.new_staging("test").unwrap();
+        let stamp = created.format("%F_%H%M%S");
+        fs::write(
+            staging.join(format!("snapshot_{stamp}.db")),
+            fake_snapshot(pages, 4096),
+        )
+        .unwrap();
+        fs::write(
+            staging.join(format!("static_kuberesources_{stamp}.tar.gz")),
+            fake_resources(&[
+                "kube-apiserver-pod-2",
+                "kube-controller-manager-pod-2",
+                "kube-scheduler-pod-2",
+            ]),
+        )
+        .unwrap();
+        let origin = side.settings.node_name.clone();
+        let manifest = crate::backup::check_staged(
+            &staging,
+            false,
+            make_set_id(created, &origin),
+            &origin,
+            created,
+        )
+        .unwrap();
+        side.store.commit(&staging, &manifest).unwrap()
+    }
+
+    /// Runs `sender(conn)` against `serve` on `receiver`; returns both results.
+    fn exchange<T: Send>(
+        receiver: &Side,
+        compress: bool,
+        sender: impl FnOnce(&mut End) -> T + Send,
+    ) -> (T, Result<ReceiveStats>) {
+        let (a, b) = pipe_pair().unwrap();
+        let mut sending = Conn::new(a, compress);
+        let mut receiving = Conn::new(b, false);
+        std::thread::scope(|scope| {
+            let server =
+                scope.spawn(move || serve(&receiver.settings, &receiver.store, &mut receiving));
+            let sent = sender(&mut sending);
+            drop(sending);
+            (sent, server.join().unwrap())
+        })
+    }
+
+    fn spray(from: &Side, to: &Side, compress: bool) -> (Result<PushStats>, Result<ReceiveStats>) {
+        let sets = from.store.list().unwrap().sets;
+        exchange(to, compress, |conn| {
+            push(conn, &from.settings.node_name, &sets)
+        })
+    }
+
+    fn ids(side: &Side) -> Vec<String> {
+        side.store
+            .list()
+            .unwrap()
+            .sets
+            .iter()
+            .map(|s| s.id().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn sets_arrive_verified_and_a_second_run_sends_nothing() {
+        let (m0, m1) = (side("m0"), side("m1"));
+        let a = make_set(&m0, 0, 40);
+        let b = make_set(&m0, 60, 50);
+        for compress in [true, false] {
+            let (sent, received) = spray(&m0, &m1, compress);
+            let sent = sent.unwrap();
+            received.unwrap();
+            if compress {
+                assert_eq!(
+                    sent.sent,
+                    [b.id().to_string(), a.id().to_string()],
+                    "newest first"
+                );
+                assert_eq!(
+                    sent.data_bytes,
+                    a.manifest.total_size() + b.manifest.total_size()
+                );
+                assert!(
+                    sent.wire_bytes < sent.data_bytes,
+                    "zstd on the wire: {sent:?}"
+                );
+            } else {
+                assert!(sent.sent.is_empty() && sent.data_bytes == 0, "{sent:?}");
+                assert_eq!(sent.offered, 2);
+            }
+        }
+        let listing = m1.store.list().unwrap();
+        assert_eq!(ids(&m1), ids(&m0));
+        for (theirs, ours) in listing.sets.iter().zip(m0.store.list().unwrap().sets) {
+            assert_eq!(theirs.manifest_sha256, ours.manifest_sha256);
+            assert!(theirs.problem.is_none());
+            for file in &theirs.manifest.files {
+                assert_eq!(
+                    fs::read(theirs.dir.join(&file.name)).unwrap(),
+                    fs::read(ours.dir.join(&file.name)).unwrap()
+                );
+            }
+        }
+        assert!(
+            fs::read_dir(m1.store.staging_dir())
+                .unwrap()
+                .next()
+                .is_none(),
+            "staging clean"
+        );
+    }
+
+    /// A writer that fails after `budget` bytes: a link cut mid-transfer.
+    struct Cut<W> {
+        inner: W,
+        budget: usize,
+    }
+
+    impl<W: Write> Write for Cut<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.budget == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "link cut",
+                ));
+            }
+            let n = buf.len().min(self.budget);
+            self.budget -= n;
+            self.inner.write(&buf[..n])
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    #[test]
+    fn a_cut_transfer_commits_nothing_and_resumes() {
+        let (m0, m1) = (side("m0"), side("m1"));
+        let set = make_set(&m0, 0, 600); // ~2.4 MiB snapshot
+        let sets = m0.store.list().unwrap().sets;
+        let (a, b) = pipe_pair().unwrap();
+        let mut receiving = Conn::new(b, false);
+        let (sent, received) = std::thread::scope(|scope| {
+            let (settings, store) = (&m1.settings, &m1.store);
+            let server = scope.spawn(move || serve(settings, store, &mut receiving));
+            let cut = Duplex::new(
+                a.reader,
+                Cut {
+                    inner: a.writer.unwrap(),
+                    budget: 1_500_000,
+                },
+            );
+            let mut sending = Conn::new(cut, false);
+            let sent = push(&mut sending, "m0", &sets);
+            drop(sending);
+            (sent, server.join().unwrap())
+        });
+        assert!(sent.is_err() && received.is_err());
+        assert!(ids(&m1).is_empty(), "nothing committed");
+        let partial = m1.store.staging_dir().join(format!("recv-{}", set.id()));
+        assert!(partial.join(OFFER_FILE).exists(), "partial kept for resume");
+
+        let (sent, received) = spray(&m0, &m1, false);
+        let sent = sent.unwrap();
+        received.unwrap();
+        assert_eq!(sent.sent, [set.id().to_string()]);
+        assert!(
+            sent.data_bytes < set.manifest.total_size() - 1_000_000,
+            "resumed: {sent:?}"
+        );
+        assert_eq!(
+            m1.store.list().unwrap().sets[0].manifest_sha256,
+            set.manifest_sha256
+        );
+        assert!(!partial.exists());
+    }
+
+    /// Sends a Hello offering `manifest` (a crafted one), then `frames` after set_begin.
+    fn hostile(
+        receiver: &Side,
+        manifest: &Manifest,
+        after_begin: impl FnOnce(&mut End) + Send,
+    ) -> String {
+        let text = String::from_utf8(manifest.to_json()).unwrap();
+        let digest = hex(&Sha256::digest(text.as_bytes()));
+        let (_, received) = exchange(receiver, false, |conn| {
+            let offer = Offer {
+                id: manifest.id.clone(),
+                manifest_sha256: digest,
+                size: 1,
+                dirty: false,
+            };
+            conn.send(&Message::Hello {
+                version: 1,
+                sender: "evil".into(),
+                offers: vec![offer],
+            })
+            .unwrap();
+            let _ = conn.next_message().unwrap();
+            let _ = conn.send(&Message::SetBegin {
+                id: manifest.id.clone(),
+                manifest: text.clone(),
+            });
+            after_begin(conn);
+        });
+        assert!(ids(receiver).is_empty(), "nothing committed");
+        format!("{:#}", received.unwrap_err())
+    }
+
+    fn staging_is_clean(side: &Side) -> bool {
+        fs::read_dir(side.store.staging_dir())
+            .unwrap()
+            .next()
+            .is_none()
+    }
+
+    #[test]
+    fn hostile_senders_are_refused_and_leave_nothing() {
+        let (m0, m1) = (side("m0"), side("m1"));
+        let good = make_set(&m0, 0, 10).manifest;
+        let db = good.files[0].clone();
+        let send_file = |conn: &mut End, data: &[u8]| {
+            let _ = conn.send(&Message::FileBegin {
+                name: db.name.clone(),
+                offset: 0,
+            });
+            let _ = conn.send_data(data);
+            let _ = conn.send(&Message::FileEnd {
+                name: db.name.clone(),
+            });
+        };
+        let real = fs::read(m0.store.list().unwrap().sets[0].dir.join(&db.name)).unwrap();
+
+        // Path traversal in a file name: the manifest itself is refused.
+        let mut evil = good.clone();
+        evil.files[0].name = "../../../etc/cron.d/snapshot_1.db".into();
+        let err = hostile(&m1, &evil, |_| {});
+        assert!(err.contains("manifest refused"), "{err}");
+
+        // More data than the manifest says.
+        let mut small = good.clone();
+        small.files[0].size = 100;
+        let err = hostile(&m1, &small, |c| send_file(c, &real));
+        assert!(
+            err.contains("more data than its 100 bytes") || err.contains("too small"),
+            "{err}"
+        );
+        assert!(staging_is_clean(&m1));
+
+        // Right size, wrong bytes.
+        let mut flipped = real.clone();
+        flipped[5000] ^= 1;
+        let err = hostile(&m1, &good, |c| send_file(c, &flipped));
+        assert!(err.contains("sha256 trailer mismatch"), "{err}");
+        assert!(staging_is_clean(&m1));
+
+        // A set larger than the free space is refused before anything is written.
+        let mut huge = good.clone();
+        huge.files[0].size = 1 << 60;
+        let err = hostile(&m1, &huge, |_| {});
+        assert!(err.contains("only") && err.contains("are free"), "{err}");
+        assert!(staging_is_clean(&m1));
+
+        // A frame out of order.
+        let err = hostile(&m1, &good, |c| {
+            let _ = c.send(&Message::SetEnd {
+                id: good.id.clone(),
+            });
+        });
+        assert!(err.contains("expected file_begin"), "{err}");
+        assert!(staging_is_clean(&m1));
+
+        // Garbage instead of a frame.
+        let err = hostile(&m1, &good, |c| {
+            let _ = c.get_mut().write_all(b"GET / HTTP/1.1\r\n\r\n");
+        });
+        assert!(err.contains("protocol violation"), "{err}");
+        assert!(staging_is_clean(&m1));
+
+        // A set that was not asked for.
+        let (_, received) = exchange(&m1, false, |conn| {
+            conn.send(&Message::Hello {
+                version: 1,
+                sender: "evil".into(),
+                offers: vec![],
+            })
+            .unwrap();
+            let _ = conn.next_message();
+            let _ = conn.send(&Message::SetBegin {
+                id: good.id.clone(),
+                manifest: "{}".into(),
+            });
+        });
+        assert!(format!("{:#}", received.unwrap_err()).contains("was not asked for"));
+
+        // Another protocol version.
+        let (reply, received) = exchange(&m1, false, |conn| {
+            conn.send(&Message::Hello {
+                version: 2,
+                sender: "future".into(),
+                offers: vec![],
+            })
+            .unwrap();
+            conn.next_message().unwrap()
+        });
+        assert!(matches!(reply, Message::Error { message } if message.contains("version 2")));
+        assert!(received.is_err());
+    }
+
+    #[test]
+    fn a_truncated_stream_commits_nothing() {
+        let (m0, m1) = (side("m0"), side("m1"));
+        let good = make_set(&m0, 0, 10).manifest;
+        let real = fs::read(
+            m0.store.list().unwrap().sets[0]
+                .dir
+                .join(&good.files[0].name),
+        )
+        .unwrap();
+        let err = hostile(&m1, &good, |c| {
+            let _ = c.send(&Message::FileBegin {
+                name: good.files[0].name.clone(),
+                offset: 0,
+            });
+            let _ = c.send_data(&real[..1000]);
+        });
+        assert!(err.contains("connection"), "{err}");
+        let _: PathBuf = m1.store.staging_dir();
+    }
+}
