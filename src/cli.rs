@@ -27,7 +27,7 @@ Exit codes:
   1  failed (backup failed, a set is bad, an I/O error)
   2  usage error
   3  configuration error (the message names file:line:column)
-  4  partially failed (some targets failed; spray)
+  4  partially failed: some spray targets failed (spray), or status found a target behind
   5  busy: another etcd-backup run holds the store lock
   6  stale: status found no set, or the newest is older than status.max_age";
 
@@ -70,14 +70,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Push sets to every peer and directory target; exit 4 when some targets failed
+    Spray,
     /// Check the configuration and print the effective result
     CheckConfig,
+    /// Serve one sender on stdin/stdout (the SSH forced command on peers)
+    #[command(hide = true)]
+    Receive,
 }
 
 /// What `main` calls.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let journal = logging::init(cli.verbose);
+    // The receiver's stderr goes back over SSH and is dropped: its journal is the audit trail.
+    let journal = logging::init(cli.verbose, matches!(cli.command, Cmd::Receive));
     match run(cli, journal) {
         Ok(code) => ExitCode::from(code),
         Err(error) => ExitCode::from(report(&error, journal, None)),
@@ -132,6 +138,8 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         Cmd::List { json } => cmd_list(&settings, json),
         Cmd::Verify { ids } => cmd_verify(&settings, &ids),
         Cmd::Status { json } => cmd_status(&settings, json),
+        Cmd::Spray => cmd_spray(&settings),
+        Cmd::Receive => cmd_receive(&settings),
     }
 }
 
@@ -159,6 +167,72 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
             Some(message_id::BACKUP_FAILED),
         ),
     }
+}
+
+fn cmd_spray(settings: &Settings) -> Result<u8> {
+    let store = Store::open(&settings.store.root)?;
+    // Prune must not delete a set while it is being sent.
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let (targets, warnings) = crate::spray::targets(settings)?;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
+    if targets.is_empty() {
+        tracing::warn!(
+            "no spray targets: no peers in etcd.env or spray.peers, no [[spray.target]]"
+        );
+        return Ok(EXIT_OK);
+    }
+    // An empty local history still runs: it sends nothing and deletes nothing remotely.
+    let sets: Vec<StoredSet> = store
+        .list()?
+        .sets
+        .into_iter()
+        .filter(|s| s.problem.is_none())
+        .collect();
+    let results = crate::spray::spray_all(settings, &targets, &sets);
+    crate::spray::write_state(&store, &results)?;
+    let failed = results.iter().filter(|r| r.result.is_err()).count();
+    for result in &results {
+        match &result.result {
+            Ok(stats) => println!(
+                "ok      {}  ({} sent, {} bytes, {} on the wire)",
+                result.name,
+                stats.sent.len(),
+                stats.data_bytes,
+                stats.wire_bytes
+            ),
+            Err(error) => println!(
+                "FAILED  {}  after {} attempt(s): {error}",
+                result.name, result.attempts
+            ),
+        }
+    }
+    Ok(match failed {
+        0 => EXIT_OK,
+        n if n == results.len() => EXIT_FAILED,
+        _ => EXIT_PARTIAL,
+    })
+}
+
+fn cmd_receive(settings: &Settings) -> Result<u8> {
+    use std::os::fd::AsFd;
+    let store = Store::open(&settings.store.root)?;
+    // Raw descriptors: stdout carries frames only, in large writes.
+    let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let stream = crate::protocol::Duplex::new(
+        std::io::BufReader::with_capacity(crate::protocol::CHUNK_BYTES, input),
+        std::io::BufWriter::with_capacity(1 << 16, output),
+    );
+    let mut conn = crate::protocol::Conn::new(stream, false);
+    let stats = crate::receive::serve(settings, &store, &mut conn)?;
+    tracing::debug!(
+        sets = stats.committed.len(),
+        bytes = stats.data_bytes,
+        "receive done"
+    );
+    Ok(EXIT_OK)
 }
 
 fn cmd_prune(settings: &Settings, dry_run: bool) -> Result<u8> {
@@ -315,6 +389,16 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
     } else {
         Default::default()
     };
+    let targets = if root.join(crate::store::SETS_DIR).is_dir() {
+        crate::spray::read_state(&Store::open(root)?)
+    } else {
+        Default::default()
+    };
+    let behind: Vec<&String> = targets
+        .iter()
+        .filter(|(_, t)| t.last_error.is_some())
+        .map(|(name, _)| name)
+        .collect();
     let now = chrono::Utc::now();
     let newest = listing.sets.iter().max_by_key(|s| s.manifest.created);
     let max_age = settings.status.max_age;
@@ -333,6 +417,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             "age_seconds": age.map(|a| a.as_secs()),
             "max_age_seconds": max_age.as_secs(),
             "fresh": fresh,
+            "targets": targets,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -348,8 +433,33 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             ),
             _ => println!("no backup set in '{}': STALE", root.display()),
         }
+        for (name, target) in &targets {
+            match &target.last_error {
+                None => println!(
+                    "target {name}: current (last success {})",
+                    fmt_time(target.last_success)
+                ),
+                Some(error) => println!(
+                    "target {name}: BEHIND since the last success {}: {error}",
+                    fmt_time(target.last_success)
+                ),
+            }
+        }
     }
-    Ok(if fresh { EXIT_OK } else { EXIT_STALE })
+    Ok(if !fresh {
+        EXIT_STALE
+    } else if !behind.is_empty() {
+        EXIT_PARTIAL
+    } else {
+        EXIT_OK
+    })
+}
+
+fn fmt_time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    time.map_or_else(
+        || "never".to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+    )
 }
 
 #[cfg(test)]

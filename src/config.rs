@@ -51,6 +51,7 @@ pub struct Settings {
     pub backup: BackupSettings,
     pub retention: Policy,
     pub status: StatusSettings,
+    pub spray: SpraySettings,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -74,6 +75,108 @@ pub struct BackupSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusSettings {
     pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// The peer's key must be in known_hosts.
+    Strict,
+    /// Pin an unknown peer's key on first contact; refuse any later change.
+    AcceptNew,
+}
+
+impl HostKeyPolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            HostKeyPolicy::Strict => "strict",
+            HostKeyPolicy::AcceptNew => "accept-new",
+        }
+    }
+}
+
+/// `host` or `host:port` or `[v6]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+pub const SSH_PORT: u16 = 22;
+
+/// Parses `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+pub fn parse_peer_addr(text: &str) -> Result<PeerAddr, String> {
+    let bad = || format!("invalid peer '{text}': expected host, host:port or [IPv6]:port");
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if after.is_empty() => (host, None),
+            None => return Err(bad()),
+        }
+    } else if text.matches(':').count() > 1 {
+        (text, None)
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+        None => SSH_PORT,
+    };
+    let valid_host = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
+        && !host.starts_with('-');
+    if !valid_host {
+        return Err(bad());
+    }
+    Ok(PeerAddr {
+        host: host.to_string(),
+        port,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirTarget {
+    pub path: PathBuf,
+    /// Refuse to write unless `path` is a mount point (an unmounted NFS share must not fill
+    /// the root disk).
+    pub require_mount: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpraySettings {
+    /// OpenShift's etcd.env, for the peers; `None` when disabled with `etcd_env = ""`.
+    pub etcd_env: Option<PathBuf>,
+    /// Peers named explicitly, in addition to those of etcd.env.
+    pub peers: Vec<PeerAddr>,
+    pub user: String,
+    pub identity: PathBuf,
+    pub known_hosts: PathBuf,
+    pub host_key_policy: HostKeyPolicy,
+    pub remote_command: String,
+    pub connect_timeout: Duration,
+    /// Any single read or write on a peer connection.
+    pub io_timeout: Duration,
+    /// Attempts per target within one run.
+    pub attempts: u32,
+    /// zstd on the wire to peers.
+    pub compress: bool,
+    pub targets: Vec<DirTarget>,
 }
 
 impl Settings {
@@ -101,6 +204,20 @@ impl Settings {
             },
             status: StatusSettings {
                 max_age: Duration::from_secs(3 * 3600),
+            },
+            spray: SpraySettings {
+                etcd_env: Some(PathBuf::from(crate::peers::DEFAULT_ETCD_ENV)),
+                peers: Vec::new(),
+                user: "core".to_string(),
+                identity: PathBuf::from("/etc/etcd-backup/spray_key"),
+                known_hosts: PathBuf::from("/etc/etcd-backup/known_hosts"),
+                host_key_policy: HostKeyPolicy::Strict,
+                remote_command: "sudo -n /usr/local/bin/etcd-backup receive".to_string(),
+                connect_timeout: Duration::from_secs(10),
+                io_timeout: Duration::from_secs(60),
+                attempts: 3,
+                compress: true,
+                targets: Vec::new(),
             },
             sources: Vec::new(),
         }
@@ -228,6 +345,37 @@ impl Settings {
             "\n[status]\nmax_age = {}",
             quote(&format_duration(self.status.max_age))
         );
+        let sp = &self.spray;
+        let peers: Vec<String> = sp.peers.iter().map(|p| quote(&p.to_string())).collect();
+        let _ = writeln!(
+            out,
+            "\n[spray]\netcd_env = {}\npeers = [{}]\nuser = {}\nidentity = {}\nknown_hosts = {}\n\
+             host_key_policy = {}\nremote_command = {}\nconnect_timeout = {}\nio_timeout = {}\n\
+             attempts = {}\ncompress = {}",
+            quote(
+                &sp.etcd_env
+                    .as_ref()
+                    .map_or(String::new(), |p| p.to_string_lossy().into_owned())
+            ),
+            peers.join(", "),
+            quote(&sp.user),
+            quote(&sp.identity.to_string_lossy()),
+            quote(&sp.known_hosts.to_string_lossy()),
+            quote(sp.host_key_policy.as_str()),
+            quote(&sp.remote_command),
+            quote(&format_duration(sp.connect_timeout)),
+            quote(&format_duration(sp.io_timeout)),
+            sp.attempts,
+            sp.compress,
+        );
+        for target in &sp.targets {
+            let _ = writeln!(
+                out,
+                "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}",
+                quote(&target.path.to_string_lossy()),
+                target.require_mount
+            );
+        }
         out
     }
 }
@@ -299,6 +447,46 @@ struct FileFragment {
     /// override it key by key.
     retention: Option<Spanned<RetentionFragment>>,
     status: Option<StatusFragment>,
+    spray: Option<SprayFragment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SprayFragment {
+    /// Default: OpenShift's path; "" disables etcd.env discovery.
+    etcd_env: Option<Spanned<String>>,
+    /// Default: none.
+    peers: Option<Vec<Spanned<String>>>,
+    /// Default `core`.
+    user: Option<Spanned<String>>,
+    /// Default `/etc/etcd-backup/spray_key`.
+    identity: Option<Spanned<String>>,
+    /// Default `/etc/etcd-backup/known_hosts`.
+    known_hosts: Option<Spanned<String>>,
+    /// Default `strict`.
+    host_key_policy: Option<HostKeyPolicy>,
+    /// Default `sudo -n /usr/local/bin/etcd-backup receive`.
+    remote_command: Option<Spanned<String>>,
+    /// Default `10s`.
+    connect_timeout: Option<Spanned<String>>,
+    /// Default `60s`.
+    io_timeout: Option<Spanned<String>>,
+    /// Default 3.
+    attempts: Option<Spanned<u32>>,
+    /// Default true.
+    compress: Option<bool>,
+    /// `[[spray.target]]` tables; a file that has them replaces the list.
+    target: Option<Vec<TargetFragment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFragment {
+    /// Only `dir` so far.
+    kind: Spanned<String>,
+    path: Spanned<String>,
+    /// Default true.
+    require_mount: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,10 +620,99 @@ impl FileFragment {
                 p.min_free_space = Some(file.size(min, "retention.min_free_space")?);
             }
         }
+        if let Some(spray) = self.spray {
+            spray.apply(file, &mut settings.spray)?;
+        }
         if let Some(status) = self.status {
             if let Some(max_age) = &status.max_age {
                 settings.status.max_age = file.duration(max_age, "status.max_age", false)?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl SprayFragment {
+    fn apply(self, file: &Source<'_>, spray: &mut SpraySettings) -> Result<(), ConfigError> {
+        if let Some(path) = &self.etcd_env {
+            spray.etcd_env = if path.get_ref().is_empty() {
+                None
+            } else {
+                Some(file.absolute_path(path, "spray.etcd_env")?)
+            };
+        }
+        if let Some(peers) = &self.peers {
+            spray.peers = peers
+                .iter()
+                .map(|p| {
+                    parse_peer_addr(p.get_ref())
+                        .map_err(|e| file.error(p, format!("spray.peers: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(user) = &self.user {
+            let valid = !user.get_ref().is_empty()
+                && user
+                    .get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid {
+                return Err(file.error(
+                    user,
+                    format!("spray.user '{}' is not a user name", user.get_ref()),
+                ));
+            }
+            spray.user = user.get_ref().clone();
+        }
+        if let Some(identity) = &self.identity {
+            spray.identity = file.absolute_path(identity, "spray.identity")?;
+        }
+        if let Some(known_hosts) = &self.known_hosts {
+            spray.known_hosts = file.absolute_path(known_hosts, "spray.known_hosts")?;
+        }
+        if let Some(policy) = self.host_key_policy {
+            spray.host_key_policy = policy;
+        }
+        if let Some(command) = &self.remote_command {
+            if command.get_ref().trim().is_empty() {
+                return Err(file.error(command, "spray.remote_command is empty"));
+            }
+            spray.remote_command = command.get_ref().clone();
+        }
+        if let Some(timeout) = &self.connect_timeout {
+            spray.connect_timeout = file.duration(timeout, "spray.connect_timeout", false)?;
+        }
+        if let Some(timeout) = &self.io_timeout {
+            spray.io_timeout = file.duration(timeout, "spray.io_timeout", false)?;
+        }
+        if let Some(attempts) = &self.attempts {
+            if *attempts.get_ref() == 0 {
+                return Err(file.error(attempts, "spray.attempts must be at least 1"));
+            }
+            spray.attempts = *attempts.get_ref();
+        }
+        if let Some(compress) = self.compress {
+            spray.compress = compress;
+        }
+        if let Some(targets) = self.target {
+            spray.targets = targets
+                .into_iter()
+                .map(|t| {
+                    if t.kind.get_ref() != "dir" {
+                        return Err(file.error(
+                            &t.kind,
+                            format!(
+                                "unknown spray.target kind '{}' (known: dir)",
+                                t.kind.get_ref()
+                            ),
+                        ));
+                    }
+                    Ok(DirTarget {
+                        path: file.absolute_path(&t.path, "spray.target.path")?,
+                        require_mount: t.require_mount.unwrap_or(true),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
         }
         Ok(())
     }
@@ -640,6 +917,74 @@ max_age = "1h30m"
                 ..s
             }
         );
+    }
+
+    #[test]
+    fn spray_section_is_applied_and_checked() {
+        let s = load(&[(
+            "/c.toml",
+            "[spray]\netcd_env = \"\"\npeers = [\"10.0.0.4\", \"m2.example.com:2222\", \"[fd00::5]:22\", \"fd00::6\"]\n\
+             host_key_policy = \"accept-new\"\nio_timeout = \"30s\"\n\
+             [[spray.target]]\nkind = \"dir\"\npath = \"/mnt/nfs\"\n\
+             [[spray.target]]\nkind = \"dir\"\npath = \"/srv/copy\"\nrequire_mount = false\n",
+        )])
+        .unwrap();
+        let sp = &s.spray;
+        assert_eq!(sp.etcd_env, None);
+        let peers: Vec<String> = sp.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            peers,
+            [
+                "10.0.0.4:22",
+                "m2.example.com:2222",
+                "[fd00::5]:22",
+                "[fd00::6]:22"
+            ]
+        );
+        assert_eq!(sp.host_key_policy, HostKeyPolicy::AcceptNew);
+        assert_eq!(sp.io_timeout, Duration::from_secs(30));
+        assert_eq!(sp.targets.len(), 2);
+        assert!(sp.targets[0].require_mount && !sp.targets[1].require_mount);
+        let again = load(&[("/c.toml", s.to_toml().as_str())]).unwrap();
+        assert_eq!(again.spray, s.spray);
+
+        let table: &[(&str, &str)] = &[
+            (
+                "[spray]\npeers = [\"ok\", \"bad host\"]\n",
+                "/c.toml:2:16: spray.peers: invalid peer 'bad host'",
+            ),
+            (
+                "[spray]\npeers = [\"h:0\"]\n",
+                "/c.toml:2:10: spray.peers: invalid peer 'h:0'",
+            ),
+            (
+                "[spray]\nhost_key_policy = \"trust-me\"\n",
+                "/c.toml:2:19: unknown variant `trust-me`",
+            ),
+            (
+                "[spray]\nattempts = 0\n",
+                "/c.toml:2:12: spray.attempts must be at least 1",
+            ),
+            (
+                "[[spray.target]]\nkind = \"s3\"\npath = \"/x\"\n",
+                "/c.toml:2:8: unknown spray.target kind 's3'",
+            ),
+            (
+                "[[spray.target]]\nkind = \"dir\"\npath = \"rel\"\n",
+                "/c.toml:3:8: spray.target.path must be an absolute path",
+            ),
+            (
+                "[spray]\nidentity = \"key\"\n",
+                "/c.toml:2:12: spray.identity must be an absolute path",
+            ),
+        ];
+        for (text, expected) in table {
+            let message = error(&[("/c.toml", text)]);
+            assert!(
+                message.starts_with(expected),
+                "for {text:?}\n got: {message}\nwant: {expected}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod prune;
 pub mod receive;
 pub mod retention;
 pub mod spray;
+pub mod ssh;
 pub mod store;
 pub mod units;
 pub mod verify;

@@ -18,13 +18,14 @@ pub mod message_id {
 }
 
 /// Sets up logging for this process; `verbosity` counts `-v` flags (INFO, DEBUG, TRACE).
-pub fn init(verbosity: u8) -> bool {
+/// `prefer_journal`: log to journald whenever it is there, even when stderr is elsewhere.
+pub fn init(verbosity: u8, prefer_journal: bool) -> bool {
     let level = match verbosity {
         0 => LevelFilter::INFO,
         1 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     };
-    if libsystemd::logging::connected_to_journal() {
+    if prefer_journal || libsystemd::logging::connected_to_journal() {
         // Without a prefix, a field `message_id` arrives as MESSAGE_ID, `set_id` as SET_ID.
         if let Ok(layer) = tracing_journald::layer() {
             let layer = layer.with_field_prefix(None);

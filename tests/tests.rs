@@ -3,5 +3,6 @@
 mod backup;
 mod config;
 mod journal;
+mod spray_dir;
 mod units;
 mod util;
