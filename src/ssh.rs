@@ -56,6 +56,8 @@ impl SshStream {
     /// Ends the conversation cleanly and returns the remote command's exit status.
     pub fn finish(&mut self) -> Result<i32> {
         self.channel.send_eof()?;
+        // libssh2 refuses wait_close before the remote's EOF has been seen.
+        self.channel.wait_eof()?;
         self.channel.wait_close()?;
         Ok(self.channel.exit_status()?)
     }

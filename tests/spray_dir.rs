@@ -6,10 +6,21 @@ use crate::util::*;
 fn target_ids(node: &Node, dir: &std::path::Path) -> Vec<String> {
     let config = node.dir.path().join("target.toml");
     std::fs::write(&config, format!("[store]\nroot = \"{}\"\n", dir.display())).unwrap();
-    let out = std::process::Command::new(BIN).arg("--config").arg(&config).args(["list", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sets: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    sets.iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    sets.iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn spray_config(node: &Node, retention: &str, targets: &[(&std::path::Path, bool)]) {
@@ -31,15 +42,22 @@ fn sets_reach_a_dir_target_once_and_are_never_deleted_by_the_source() {
     let ids: Vec<String> = (0..2).map(|_| node.backup()).collect();
 
     let run = node.run(&["spray"]);
-    run.expect_code(0).expect_stdout("ok      dir:").expect_stdout("(2 sent");
+    run.expect_code(0)
+        .expect_stdout("ok      dir:")
+        .expect_stdout("(2 sent");
     assert_eq!(target_ids(&node, &nfs), ids);
     // Both files unmodified, private, verified by `verify` in the target store too.
     for id in &ids {
-        assert_eq!(fingerprint(&node.set_dir(id)), fingerprint(&nfs.join("sets").join(id)));
+        assert_eq!(
+            fingerprint(&node.set_dir(id)),
+            fingerprint(&nfs.join("sets").join(id))
+        );
         assert_eq!(mode(&nfs.join("sets").join(id)), 0o700);
     }
     // Nothing new: nothing sent.
-    node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent, 0 bytes");
+    node.run(&["spray"])
+        .expect_code(0)
+        .expect_stdout("(0 sent, 0 bytes");
 
     // The local history shrinks; the target keeps what it has.
     spray_config(&node, "[retention]\nkeep_last = 1", &[(&nfs, false)]);
@@ -47,7 +65,9 @@ fn sets_reach_a_dir_target_once_and_are_never_deleted_by_the_source() {
     assert_eq!(node.set_ids().len(), 1);
     node.run(&["spray"]).expect_code(0);
     assert_eq!(target_ids(&node, &nfs), ids);
-    node.run(&["status"]).expect_code(0).expect_stdout("current");
+    node.run(&["status"])
+        .expect_code(0)
+        .expect_stdout("current");
 }
 
 #[test]
@@ -55,13 +75,22 @@ fn an_unmounted_target_is_refused_and_the_others_still_get_their_sets() {
     let node = Node::new("");
     let unmounted = node.dir.path().join("not-mounted");
     let good = node.dir.path().join("copy");
-    spray_config(&node, "[retention]\nkeep_last = 10", &[(&unmounted, true), (&good, false)]);
+    spray_config(
+        &node,
+        "[retention]\nkeep_last = 10",
+        &[(&unmounted, true), (&good, false)],
+    );
     std::fs::create_dir(&unmounted).unwrap();
     let id = node.backup();
     let run = node.run(&["spray"]);
-    run.expect_code(4).expect_stdout("FAILED  dir:").expect_stdout("is not a mount point");
+    run.expect_code(4)
+        .expect_stdout("FAILED  dir:")
+        .expect_stdout("is not a mount point");
     assert_eq!(target_ids(&node, &good), [id]);
-    assert!(std::fs::read_dir(&unmounted).unwrap().next().is_none(), "nothing written to the unmounted path");
+    assert!(
+        std::fs::read_dir(&unmounted).unwrap().next().is_none(),
+        "nothing written to the unmounted path"
+    );
     node.run(&["status"]).expect_code(4).expect_stdout("BEHIND");
 
     // Only failing targets: failed (1), not partial.

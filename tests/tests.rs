@@ -4,5 +4,6 @@ mod backup;
 mod config;
 mod journal;
 mod spray_dir;
+mod spray_ssh;
 mod units;
 mod util;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -267,11 +269,11 @@ impl Node {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        Run::from(self.cmd(args).output().unwrap(), args)
+        Run::from_output(self.cmd(args).output().unwrap(), args)
     }
 
     pub fn run_failing(&self, mode: &str, args: &[&str]) -> Run {
-        Run::from(
+        Run::from_output(
             self.cmd(args).env("STANDIN_FAIL", mode).output().unwrap(),
             args,
         )
@@ -319,7 +321,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(output: Output, args: &[&str]) -> Run {
+    pub fn from_output(output: Output, args: &[&str]) -> Run {
         Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

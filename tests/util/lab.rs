@@ -1,0 +1,302 @@
+//! Three masters in network namespaces, each with a real OpenSSH sshd: a switch namespace with
+//! a bridge, veth pairs created inside the namespaces, addresses that exist only there, and
+//! every client run inside a namespace (`Host::cmd`). The peers' `core` user has an authorized
+//! key `restrict,command="sudo -n <binary> --config <its config> receive"`, as the MachineConfig
+//! will install. Torn down on drop.
+
+use super::*;
+use std::process::Child;
+
+pub const SUBNET: &str = "10.251.0";
+
+pub struct Host {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub dir: PathBuf,
+    sshd: Option<Child>,
+}
+
+impl Host {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    /// A command run inside this host's network namespace.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns]).arg(program);
+        cmd
+    }
+
+    /// The binary, inside the namespace, with this host's config.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self
+            .cmd(BIN)
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap();
+        Run::from_output(out, args)
+    }
+
+    pub fn set_ids(&self) -> Vec<String> {
+        let run = self.run(&["list", "--json"]);
+        run.expect_code(0);
+        let sets: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+        sets.iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn start_sshd(&mut self) {
+        let child = self
+            .cmd("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.sshd = Some(child);
+        // Listening within a second (measured ~0.1 s); bounded.
+        let start = Instant::now();
+        while !self
+            .cmd("bash")
+            .args(["-c", &format!("echo > /dev/tcp/{}/22", self.ip)])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sshd on {} did not start",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop_sshd(&mut self) {
+        if let Some(mut child) = self.sshd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Gives this host a new host key and restarts its sshd (a reinstalled node).
+    pub fn new_host_key(&mut self) {
+        self.stop_sshd();
+        let key = self.dir.join("ssh_host_ecdsa_key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        keygen(&key, "ecdsa");
+        self.start_sshd();
+    }
+
+    /// Takes this host's link down or up (inside the switch namespace).
+    pub fn link(&self, lab: &Lab, up: bool) {
+        sh(&format!(
+            "ip -n {} link set {}p {}",
+            lab.switch,
+            self.name,
+            if up { "up" } else { "down" }
+        ));
+    }
+}
+
+pub struct Lab {
+    pub hosts: Vec<Host>,
+    pub switch: String,
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    /// The fake /etc/kubernetes and stand-in settings the hosts' backups use.
+    kube: Node,
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn keygen(path: &Path, kind: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    /// Three hosts m0 m1 m2 at 10.251.0.1-3, sshd on each; `m0` has the spray config written by
+    /// `write_sender_config`. Every host's store is empty.
+    pub fn new() -> Lab {
+        let id = format!(
+            "eb{}x{}",
+            std::process::id(),
+            LAB_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // sshd with StrictModes no still wants its files readable; the tempdir is 0700 root.
+        let switch = format!("{id}sw");
+        sh(&format!(
+            "ip netns add {switch} && ip -n {switch} link add br0 type bridge && ip -n {switch} link set br0 up"
+        ));
+        let key = dir.path().join("spray_key");
+        keygen(&key, "ecdsa");
+        let public_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let mut hosts = Vec::new();
+        for n in 0..3 {
+            let name = format!("m{n}");
+            let netns = format!("{id}{name}");
+            let ip = format!("{SUBNET}.{}", n + 1);
+            let host_dir = dir.path().join(&name);
+            std::fs::create_dir(&host_dir).unwrap();
+            sh(&format!(
+                "ip netns add {netns} && ip -n {netns} link set lo up && \
+                 ip -n {netns} link add eth0 type veth peer name {name}p netns {switch} && \
+                 ip -n {switch} link set {name}p master br0 up && \
+                 ip -n {netns} addr add {ip}/24 dev eth0 && ip -n {netns} link set eth0 up"
+            ));
+            keygen(&host_dir.join("ssh_host_ecdsa_key"), "ecdsa");
+            std::fs::write(
+                host_dir.join("sshd_config"),
+                format!(
+                    "ListenAddress {ip}\nPort 22\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\nUsePAM no\nStrictModes no\n\
+                     AllowUsers core\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
+                    hk = host_dir.join("ssh_host_ecdsa_key").display(),
+                    dir = host_dir.display()
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                host_dir.join("authorized_keys"),
+                format!(
+                    "restrict,command=\"sudo -n {BIN} --config {} receive\" {public_key}",
+                    host_dir.join("config.toml").display()
+                ),
+            )
+            .unwrap();
+            hosts.push(Host {
+                name,
+                netns,
+                ip,
+                dir: host_dir,
+                sshd: None,
+            });
+        }
+        // sshd drops privileges to read authorized_keys as core: the path must be reachable.
+        sh(&format!("chmod 0755 {}", dir.path().display()));
+        for host in &hosts {
+            sh(&format!("chmod 0755 {}", host.dir.display()));
+            sh(&format!(
+                "chmod 0644 {}/authorized_keys",
+                host.dir.display()
+            ));
+        }
+        let known_hosts = dir.path().join("known_hosts");
+        let mut lines = String::new();
+        for host in &hosts {
+            let public = std::fs::read_to_string(host.dir.join("ssh_host_ecdsa_key.pub")).unwrap();
+            lines.push_str(&format!("{} {}", host.ip, public));
+        }
+        std::fs::write(&known_hosts, lines).unwrap();
+        let mut lab = Lab {
+            hosts,
+            switch,
+            dir,
+            key,
+            known_hosts,
+            kube: Node::new(""),
+        };
+        for host in &mut lab.hosts {
+            host.start_sshd();
+        }
+        // The three masters, as OpenShift's etcd.env names them.
+        let mut env = String::from("export ETCDCTL_API=\"3\"\n");
+        for host in &lab.hosts {
+            let safe = format!("lab_master_{}", &host.name[1..]);
+            env.push_str(&format!(
+                "export NODE_{safe}_ETCD_NAME=\"lab-master-{}\"\nexport NODE_{safe}_ETCD_URL_HOST=\"{ip}\"\nexport NODE_{safe}_IP=\"{ip}\"\n",
+                &host.name[1..],
+                ip = host.ip
+            ));
+        }
+        std::fs::write(lab.dir.path().join("etcd.env"), env).unwrap();
+        for n in 0..3 {
+            lab.write_config(n, "");
+        }
+        lab
+    }
+
+    /// Host `n`'s config: its store, the stand-in script, etcd.env discovery of the other two,
+    /// the spray key, plus `extra` keys for `[spray]`.
+    pub fn write_config(&self, n: usize, spray_extra: &str) {
+        let host = &self.hosts[n];
+        std::fs::write(
+            host.config(),
+            format!(
+                "[node]\nname = \"lab-master-{n}\"\n[store]\nroot = \"{}\"\nlock_wait = \"20s\"\n\
+                 [backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 10\n\
+                 [spray]\netcd_env = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"3s\"\n\
+                 io_timeout = \"5s\"\nattempts = 1\n{spray_extra}\n",
+                host.store().display(),
+                standin().display(),
+                self.dir.path().join("etcd.env").display(),
+                self.key.display(),
+                self.known_hosts.display(),
+            ),
+        )
+        .unwrap();
+    }
+
+    /// A backup on host `n` (run outside its namespace: the test etcd is on this loopback).
+    pub fn backup(&self, n: usize) -> String {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(self.hosts[n].config())
+            .arg("backup")
+            .envs(&self.kube.env)
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap();
+        let run = Run::from_output(out, &["backup"]);
+        run.expect_code(0);
+        run.stdout.trim().to_string()
+    }
+}
+
+static LAB_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for host in &mut self.hosts {
+            host.stop_sshd();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &host.netns])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch])
+            .status();
+    }
+}
