@@ -27,6 +27,39 @@ use std::time::Instant;
 const OFFER_FILE: &str = ".offer-manifest.json";
 const READ_BUF_BYTES: usize = 1 << 20;
 
+/// A reader that gives up when no byte arrives for `timeout`: a receiver whose sender's link
+/// was cut must not wait (holding the receive lock) until TCP gives up hours later.
+pub struct TimeoutReader<R> {
+    inner: R,
+    timeout: std::time::Duration,
+}
+
+impl<R: std::os::fd::AsFd> TimeoutReader<R> {
+    pub fn new(inner: R, timeout: std::time::Duration) -> TimeoutReader<R> {
+        TimeoutReader { inner, timeout }
+    }
+}
+
+impl<R: Read + std::os::fd::AsFd> Read for TimeoutReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let millis = self.timeout.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(self.inner.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        )
+        .map_err(std::io::Error::from)?;
+        if ready == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no data from the sender for {}s", self.timeout.as_secs()),
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct ReceiveStats {
     pub committed: Vec<String>,

@@ -20,6 +20,11 @@ use std::sync::Mutex;
 const CIPHERS: &str = "aes128-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes256-ctr,chacha20-poly1305@openssh.com";
 /// ECDSA first: FIPS-mode sshd has no ed25519; RSA last.
 const HOST_KEY_TYPES: &str = "ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,ssh-ed25519,rsa-sha2-512,rsa-sha2-256,ssh-rsa";
+/// libssh2's timeout after a transport error: long enough to read what the peer already sent
+/// (its Error frame), short enough that the half-close and the teardown of a dead link cost
+/// nothing. libssh2 busy-polls a hung-up socket until its timeout (seen with strace: 5 s per
+/// call, three calls) and shutdown(2) cannot stop it once the kernel has dropped the link.
+const DEAD_LINK_TIMEOUT_MS: u32 = 100;
 /// One writer of known_hosts at a time (peers are contacted concurrently).
 static KNOWN_HOSTS_WRITE: Mutex<()> = Mutex::new(());
 
@@ -27,28 +32,49 @@ static KNOWN_HOSTS_WRITE: Mutex<()> = Mutex::new(());
 pub struct SshStream {
     // Field order matters for drop: channel, then session, and the socket was shut down before.
     channel: ssh2::Channel,
-    _session: Session,
+    session: Session,
     socket: TcpStream,
+}
+
+impl SshStream {
+    /// After a transport error every later libssh2 call (the half-close, reading the
+    /// receiver's reason, the teardown) gets [`DEAD_LINK_TIMEOUT_MS`] instead of the full
+    /// timeout each.
+    fn dead_on_error<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                self.session.set_timeout(DEAD_LINK_TIMEOUT_MS);
+            }
+        }
+        result
+    }
 }
 
 impl Read for SshStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.channel.read(buf)
+        let result = self.channel.read(buf);
+        self.dead_on_error(result)
     }
 }
 
 impl Write for SshStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.channel.write(buf)
+        let result = self.channel.write(buf);
+        self.dead_on_error(result)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.channel.flush()
+        let result = self.channel.flush();
+        self.dead_on_error(result)
     }
 }
 
 impl Stream for SshStream {
     fn close_write(&mut self) -> io::Result<()> {
-        self.channel.send_eof().map_err(io::Error::other)
+        let result = self.channel.send_eof().map_err(io::Error::from);
+        self.dead_on_error(result)
     }
 }
 
@@ -65,6 +91,7 @@ impl SshStream {
 
 impl Drop for SshStream {
     fn drop(&mut self) {
+        self.session.set_timeout(DEAD_LINK_TIMEOUT_MS);
         // After a clean finish this is harmless; after an error it keeps libssh2's own
         // teardown from waiting on a dead link.
         let _ = self.socket.shutdown(Shutdown::Both);
@@ -131,7 +158,7 @@ pub fn connect(peer: &PeerAddr, settings: &SpraySettings) -> Result<SshStream> {
     let (session, channel) = result?;
     Ok(SshStream {
         channel,
-        _session: session,
+        session,
         socket,
     })
 }

@@ -12,7 +12,7 @@ fn a_set_reaches_both_peers_verified_and_a_rerun_sends_nothing() {
         .expect_stdout("ok      lab-master-1")
         .expect_stdout("ok      lab-master-2");
     for peer in &lab.hosts[1..] {
-        assert_eq!(peer.set_ids(), [id.clone()], "{}", peer.name);
+        assert_eq!(peer.set_ids(), std::slice::from_ref(&id), "{}", peer.name);
         peer.run(&["verify"]).expect_code(0);
         assert_eq!(
             fingerprint(&peer.store().join("sets").join(&id)),
@@ -29,4 +29,249 @@ fn a_set_reaches_both_peers_verified_and_a_rerun_sends_nothing() {
         "{}",
         again.stdout
     );
+}
+
+#[test]
+fn a_changed_host_key_is_refused_and_the_other_peer_still_gets_the_set() {
+    let mut lab = Lab::new();
+    let id = lab.backup(0);
+    lab.hosts[2].new_host_key();
+    let run = lab.hosts[0].run(&["spray"]);
+    run.expect_code(4)
+        .expect_stdout("ok      lab-master-1")
+        .expect_stdout("FAILED  lab-master-2")
+        .expect_stdout("does not match the one in");
+    assert_eq!(lab.hosts[1].set_ids(), [id]);
+    assert!(
+        lab.hosts[2].set_ids().is_empty(),
+        "nothing sent to the changed peer"
+    );
+    lab.hosts[0]
+        .run(&["status"])
+        .expect_code(4)
+        .expect_stdout("BEHIND");
+}
+
+#[test]
+fn accept_new_pins_a_key_on_first_contact_and_refuses_a_change() {
+    let mut lab = Lab::new();
+    lab.backup(0);
+    std::fs::write(&lab.known_hosts, "").unwrap();
+    lab.write_config(0, "host_key_policy = \"accept-new\"");
+    lab.hosts[0].run(&["spray"]).expect_code(0);
+    let pinned = std::fs::read_to_string(&lab.known_hosts).unwrap();
+    assert_eq!(pinned.lines().count(), 2, "{pinned}");
+    assert_eq!(mode(&lab.known_hosts), 0o600);
+    lab.hosts[1].new_host_key();
+    lab.backup(0);
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("FAILED  lab-master-1")
+        .expect_stdout("does not match");
+
+    // strict with an empty known_hosts: nobody is trusted.
+    std::fs::write(&lab.known_hosts, "").unwrap();
+    lab.write_config(0, "");
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(1)
+        .expect_stdout("is not in");
+}
+
+#[test]
+fn a_private_key_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    lab.backup(0);
+    std::fs::set_permissions(&lab.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(1)
+        .expect_stdout("accessible by group or others (mode 0644)");
+    assert!(lab.hosts[1].set_ids().is_empty());
+}
+
+#[test]
+fn a_peer_down_fails_alone_within_the_timeout() {
+    let mut lab = Lab::new();
+    let id = lab.backup(0);
+    lab.hosts[2].stop_sshd();
+    lab.hosts[1].link(&lab, true);
+    let started = std::time::Instant::now();
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("FAILED  lab-master-2")
+        .expect_stdout("cannot connect");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(lab.hosts[1].set_ids(), std::slice::from_ref(&id));
+    // A link that is down: bounded by connect_timeout (3s).
+    lab.hosts[2].start_sshd();
+    lab.hosts[2].link(&lab, false);
+    let started = std::time::Instant::now();
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("FAILED  lab-master-2");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    lab.hosts[2].link(&lab, true);
+    lab.hosts[0].run(&["spray"]).expect_code(0);
+    assert_eq!(lab.hosts[2].set_ids(), [id]);
+}
+
+#[test]
+fn the_restricted_key_can_only_deliver_sets() {
+    let lab = Lab::new();
+    let marker = lab.dir.path().join("pwned");
+    let ssh = |extra: &[&str], remote: &[&str]| {
+        let out = lab.hosts[0]
+            .cmd("ssh")
+            .args(["-i"])
+            .arg(&lab.key)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "ConnectTimeout=5",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", lab.known_hosts.display()))
+            .args(extra)
+            .arg(format!("core@{}", lab.hosts[1].ip))
+            .args(remote)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Another command: the forced `receive` runs instead, and fails on a silent stdin.
+    let (ok, _) = ssh(&[], &["touch", marker.to_str().unwrap()]);
+    assert!(!ok);
+    let (ok, _) = ssh(
+        &["-tt"],
+        &["/bin/sh", "-c", &format!("touch {}", marker.display())],
+    );
+    assert!(!ok);
+    // Remote port forwarding is refused.
+    let (ok, stderr) = ssh(
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "12345:127.0.0.1:22",
+        ],
+        &[],
+    );
+    assert!(!ok, "{stderr}");
+    assert!(!marker.exists(), "the key ran a command of its own");
+    // sftp cannot write anywhere.
+    let out = lab.hosts[0]
+        .cmd("sftp")
+        .args(["-i"])
+        .arg(&lab.key)
+        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", lab.known_hosts.display()))
+        .args(["-b", "-"])
+        .arg(format!("core@{}", lab.hosts[1].ip))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("put /etc/hostname {}\n", marker.display()).as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(!out.success());
+    assert!(!marker.exists());
+    assert!(lab.hosts[1].set_ids().is_empty());
+}
+
+#[test]
+fn a_link_cut_mid_transfer_is_bounded_and_the_next_run_resumes() {
+    let lab = Lab::new();
+    let id = lab.backup(0);
+    let size: u64 = std::fs::read_dir(lab.hosts[0].store().join("sets").join(&id))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    // No compression and a slow link to m1, so that the cut lands mid-transfer.
+    lab.write_config(0, "compress = false");
+    lab.hosts[1].shape(&lab, "add");
+    let started = std::time::Instant::now();
+    let spray = lab.hosts[0]
+        .cmd(BIN)
+        .arg("--config")
+        .arg(lab.hosts[0].config())
+        .arg("spray")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    lab.hosts[1].link(&lab, false);
+    let out = spray.wait_with_output().unwrap();
+    let run = Run::from_output(out, &["spray"]);
+    run.expect_code(4)
+        .expect_stdout("ok      lab-master-2")
+        .expect_stdout("FAILED  lab-master-1");
+    assert!(
+        // Cut at 2.5 s, io_timeout 5 s; libssh2's teardown of the dead link must not add more.
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "bounded: {:?}\n{}",
+        started.elapsed(),
+        run.stderr
+    );
+    assert!(
+        lab.hosts[1].set_ids().is_empty(),
+        "nothing committed on the cut peer"
+    );
+
+    lab.hosts[1].link(&lab, true);
+    lab.hosts[1].shape(&lab, "del");
+    let run = lab.hosts[0].run(&["spray"]);
+    run.expect_code(0);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("lab-master-1"))
+        .unwrap()
+        .to_string();
+    let sent: u64 = line
+        .split("sent, ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        sent > 0 && sent < size,
+        "resumed: sent {sent} of {size} bytes ({line})"
+    );
+    assert_eq!(lab.hosts[1].set_ids(), [id]);
+    lab.hosts[1].run(&["verify"]).expect_code(0);
 }

@@ -46,7 +46,11 @@ impl Host {
         Run::from_output(out, args)
     }
 
+    /// The sets in this host's store (none when nothing ever arrived).
     pub fn set_ids(&self) -> Vec<String> {
+        if !self.store().join("sets").is_dir() {
+            return Vec::new();
+        }
         let run = self.run(&["list", "--json"]);
         run.expect_code(0);
         let sets: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
@@ -100,6 +104,15 @@ impl Host {
         let _ = std::fs::remove_file(key.with_extension("pub"));
         keygen(&key, "ecdsa");
         self.start_sshd();
+    }
+
+    /// Shapes (`add`) or unshapes (`del`) the traffic towards this host to 2 Mbit/s, at its
+    /// switch port.
+    pub fn shape(&self, lab: &Lab, op: &str) {
+        sh(&format!(
+            "tc -n {} qdisc {op} dev {}p root tbf rate 2mbit burst 32kbit latency 400ms",
+            lab.switch, self.name
+        ));
     }
 
     /// Takes this host's link down or up (inside the switch namespace).
