@@ -133,3 +133,46 @@ fn timers_are_persistent_randomized_and_hourly() {
         Some("/usr/local/bin/etcd-backup backup")
     );
 }
+
+#[test]
+fn all_four_units_ship() {
+    let names = unit_names();
+    for unit in [
+        "etcd-backup.service",
+        "etcd-backup.timer",
+        "etcd-backup-spray.service",
+        "etcd-backup-spray.timer",
+    ] {
+        assert!(
+            names.contains(&unit.to_string()),
+            "{unit} missing from systemd/"
+        );
+    }
+}
+
+#[test]
+fn spray_timer_runs_every_15_minutes() {
+    let timer = repo().join("systemd/etcd-backup-spray.timer");
+    assert_eq!(directive(&timer, "Persistent").as_deref(), Some("true"));
+    assert!(directive(&timer, "RandomizedDelaySec").is_some());
+    let calendar = directive(&timer, "OnCalendar").unwrap();
+    let out = Command::new("systemd-analyze")
+        .args([
+            "calendar",
+            "--base-time=2026-01-01 10:20:00 UTC",
+            "--iterations=3",
+            &calendar,
+        ])
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for next in ["10:30:00", "10:45:00", "11:00:00"] {
+        assert!(text.contains(&format!("2026-01-01 {next}")), "{text}");
+    }
+    let service = repo().join("systemd/etcd-backup-spray.service");
+    assert_eq!(
+        directive(&service, "ExecStart").as_deref(),
+        Some("/usr/local/bin/etcd-backup spray")
+    );
+}
