@@ -98,6 +98,18 @@ fn the_check_catches_a_typo() {
     assert!(text.contains("oneshoot"), "{text}");
 }
 
+/// `systemd-analyze calendar`'s next `iterations` elapses of `calendar` after 2026-01-01 10:20 UTC.
+fn next_elapses(calendar: &str, iterations: u32) -> String {
+    let out = Command::new("systemd-analyze")
+        .args(["calendar", "--base-time=2026-01-01 10:20:00 UTC"])
+        .arg(format!("--iterations={iterations}"))
+        .arg(calendar)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn directive(unit: &Path, key: &str) -> Option<String> {
     std::fs::read_to_string(unit)
         .unwrap()
@@ -111,17 +123,7 @@ fn timers_are_persistent_randomized_and_hourly() {
     assert_eq!(directive(&timer, "Persistent").as_deref(), Some("true"));
     assert!(directive(&timer, "RandomizedDelaySec").is_some());
     let calendar = directive(&timer, "OnCalendar").unwrap();
-    let out = Command::new("systemd-analyze")
-        .args([
-            "calendar",
-            "--base-time=2026-01-01 10:20:00 UTC",
-            "--iterations=2",
-            &calendar,
-        ])
-        .env("TZ", "UTC")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = next_elapses(&calendar, 2);
     assert!(
         text.contains("2026-01-01 11:00:00") && text.contains("2026-01-01 12:00:00"),
         "{text}"
@@ -156,17 +158,7 @@ fn spray_timer_runs_every_15_minutes() {
     assert_eq!(directive(&timer, "Persistent").as_deref(), Some("true"));
     assert!(directive(&timer, "RandomizedDelaySec").is_some());
     let calendar = directive(&timer, "OnCalendar").unwrap();
-    let out = Command::new("systemd-analyze")
-        .args([
-            "calendar",
-            "--base-time=2026-01-01 10:20:00 UTC",
-            "--iterations=3",
-            &calendar,
-        ])
-        .env("TZ", "UTC")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = next_elapses(&calendar, 3);
     for next in ["10:30:00", "10:45:00", "11:00:00"] {
         assert!(text.contains(&format!("2026-01-01 {next}")), "{text}");
     }

@@ -262,24 +262,92 @@ impl Lab {
     }
 
     /// Host `n`'s config: its store, the stand-in script, etcd.env discovery of the other two,
-    /// the spray key, plus `extra` keys for `[spray]`.
+    /// the spray key, plus `spray_extra` keys for `[spray]` (a key given there replaces the
+    /// lab's default for it).
     pub fn write_config(&self, n: usize, spray_extra: &str) {
         let host = &self.hosts[n];
+        let defaults = [
+            (
+                "etcd_env",
+                format!("\"{}\"", self.dir.path().join("etcd.env").display()),
+            ),
+            ("identity", format!("\"{}\"", self.key.display())),
+            ("known_hosts", format!("\"{}\"", self.known_hosts.display())),
+            ("connect_timeout", "\"3s\"".to_string()),
+            ("io_timeout", "\"5s\"".to_string()),
+            ("attempts", "1".to_string()),
+        ];
+        let mut spray = String::new();
+        for (key, value) in defaults {
+            if !spray_extra
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{key} =")))
+            {
+                spray.push_str(&format!("{key} = {value}\n"));
+            }
+        }
         std::fs::write(
             host.config(),
             format!(
                 "[node]\nname = \"lab-master-{n}\"\n[store]\nroot = \"{}\"\nlock_wait = \"20s\"\n\
-                 [backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 10\n\
-                 [spray]\netcd_env = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"3s\"\n\
-                 io_timeout = \"5s\"\nattempts = 1\n{spray_extra}\n",
+                 [backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 10\n[spray]\n{spray}{spray_extra}\n",
                 host.store().display(),
                 standin().display(),
-                self.dir.path().join("etcd.env").display(),
-                self.key.display(),
-                self.known_hosts.display(),
             ),
         )
         .unwrap();
+    }
+
+    /// For benchmarks only: an unrestricted key for `core` on every host (the scp baseline),
+    /// and a directory it may write to. Returns the key.
+    pub fn allow_plain_key(&self) -> PathBuf {
+        let key = self.dir.path().join("plain_key");
+        keygen(&key, "ecdsa");
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        for host in &self.hosts {
+            let mut keys = std::fs::read_to_string(host.dir.join("authorized_keys")).unwrap();
+            keys.push_str(&public);
+            std::fs::write(host.dir.join("authorized_keys"), keys).unwrap();
+            sh(&format!("install -d -m 0777 {}/scp", host.dir.display()));
+        }
+        key
+    }
+
+    /// Loads `mib` MiB of values shaped like Kubernetes objects into the test etcd: structure
+    /// that repeats, ids and payloads that do not (real etcd data compresses a few times).
+    pub fn load_etcd(&self, mib: usize) {
+        let etcd = etcd();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut random_hex = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b"0123456789abcdef"[(seed & 15) as usize])
+                })
+                .collect()
+        };
+        let template =
+            "apiVersion=v1;kind=ConfigMap;metadata.namespace=openshift-bench;labels.app=bench;"
+                .repeat(40);
+        let mut key = 0usize;
+        let mut loaded = 0usize;
+        while loaded < mib << 20 {
+            let puts: Vec<String> = (0..100)
+                .map(|_| {
+                    let value = format!(
+                        "uid={};{template};payload={}",
+                        random_hex(32),
+                        random_hex(3000)
+                    );
+                    loaded += value.len();
+                    key += 1;
+                    format!("/kubernetes.io/configmaps/bench/{key:08} {value}")
+                })
+                .collect();
+            etcd.txn_put(&puts);
+        }
     }
 
     /// A backup on host `n` (run outside its namespace: the test etcd is on this loopback).

@@ -141,27 +141,37 @@ impl Etcd {
     fn load(&self, keys: usize) {
         let value = "v".repeat(1024);
         for batch in (0..keys).collect::<Vec<_>>().chunks(100) {
-            let mut txn = String::from("\n");
-            for key in batch {
-                txn.push_str(&format!("put /registry/test/key-{key:06} {value}\n"));
-            }
-            // An empty line ends the success ops, another the (empty) failure ops.
-            txn.push_str("\n\n");
-            let mut child = Command::new(self.bin_dir.join("etcdctl"))
-                .arg(format!("--endpoints={}", self.endpoint))
-                .arg("txn")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(txn.as_bytes())
-                .unwrap();
-            assert!(child.wait().unwrap().success(), "etcdctl txn failed");
+            let puts: Vec<String> = batch
+                .iter()
+                .map(|key| format!("/registry/test/key-{key:06} {value}"))
+                .collect();
+            self.txn_put(&puts);
         }
+    }
+
+    /// One transaction of `put <key> <value>` lines (values without spaces or quotes).
+    pub fn txn_put(&self, puts: &[String]) {
+        // An empty first line: no compares; an empty line ends the puts, another the (empty)
+        // failure ops.
+        let mut txn = String::from("\n");
+        for put in puts {
+            txn.push_str(&format!("put {put}\n"));
+        }
+        txn.push_str("\n\n");
+        let mut child = Command::new(self.bin_dir.join("etcdctl"))
+            .arg(format!("--endpoints={}", self.endpoint))
+            .args(["txn", "--command-timeout=60s"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(txn.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "etcdctl txn failed");
     }
 }
 
