@@ -437,7 +437,8 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
         for (name, target) in &targets {
             match &target.last_error {
                 None => println!(
-                    "target {name}: current (last success {})",
+                    "target {name}: current, holds {} of our sets (last success {})",
+                    target.sets_held,
                     fmt_time(target.last_success)
                 ),
                 Some(error) => println!(

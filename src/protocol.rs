@@ -69,6 +69,8 @@ pub enum Message {
         version: u32,
         receiver: String,
         wants: Vec<Want>,
+        /// How many of the offered sets the receiver already holds.
+        holds: usize,
     },
     SetBegin {
         id: String,
@@ -353,6 +355,8 @@ pub struct Partial {
 pub struct WantPlan {
     /// Newest first.
     pub wants: Vec<Want>,
+    /// Offered sets already held, same manifest.
+    pub holds: usize,
     /// Offers with the id of a held set but another manifest: never overwritten.
     pub conflicts: Vec<String>,
     /// Offers the receiver's own retention would delete at once (or that are not set ids).
@@ -374,7 +378,7 @@ pub fn wants(
     let mut candidates: BTreeMap<&str, (&Offer, SetInfo)> = BTreeMap::new();
     for offer in offers {
         match held_by_id.get(offer.id.as_str()) {
-            Some(h) if h.manifest_sha256 == offer.manifest_sha256 => {}
+            Some(h) if h.manifest_sha256 == offer.manifest_sha256 => result.holds += 1,
             Some(_) => result.conflicts.push(offer.id.clone()),
             None => match parse_set_id(&offer.id) {
                 Some((created, origin)) => {

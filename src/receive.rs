@@ -155,6 +155,7 @@ fn session<S: Stream>(
         version: PROTOCOL_VERSION,
         receiver: settings.node_name.clone(),
         wants: plan.wants,
+        holds: plan.holds,
     })?;
     loop {
         match conn.next_message()? {
@@ -586,6 +587,7 @@ mod tests {
             } else {
                 assert!(sent.sent.is_empty() && sent.data_bytes == 0, "{sent:?}");
                 assert_eq!(sent.offered, 2);
+                assert_eq!(sent.held, 2, "the receiver holds both");
             }
         }
         let listing = m1.store.list().unwrap();

@@ -12,8 +12,10 @@ use std::io::{Read, Seek, SeekFrom};
 pub struct PushStats {
     /// Sets the receiver committed in this run.
     pub sent: Vec<String>,
-    /// Sets the receiver holds or declined (retention there): nothing to send.
+    /// Sets offered (every local set without a problem).
     pub offered: usize,
+    /// Offered sets the receiver holds after this run (the rest it declined by its retention).
+    pub held: usize,
     /// File bytes sent (before compression) and bytes on the wire.
     pub data_bytes: u64,
     pub wire_bytes: u64,
@@ -48,8 +50,13 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
         sender: sender.to_string(),
         offers,
     })?;
-    let wants = match reply(conn)? {
-        Message::Welcome { version, wants, .. } if version == PROTOCOL_VERSION => wants,
+    let (wants, holds) = match reply(conn)? {
+        Message::Welcome {
+            version,
+            wants,
+            holds,
+            ..
+        } if version == PROTOCOL_VERSION => (wants, holds),
         Message::Welcome { version, .. } => {
             bail!("receiver speaks protocol version {version}, not {PROTOCOL_VERSION}")
         }
@@ -121,6 +128,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
         }
     }
     conn.send(&Message::Bye)?;
+    stats.held = holds + stats.sent.len();
     stats.data_bytes = conn.data_bytes_sent;
     stats.wire_bytes = conn.wire_bytes_sent;
     Ok(stats)
@@ -391,6 +399,8 @@ pub struct TargetState {
     pub last_error: Option<String>,
     pub sets_sent: usize,
     pub bytes_sent: u64,
+    /// Of this node's sets, how many the target holds after its last successful run.
+    pub sets_held: usize,
 }
 
 pub const STATE_FILE: &str = "spray-state.json";
@@ -415,6 +425,7 @@ pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Res
                 entry.last_success = Some(now);
                 entry.last_error = None;
                 entry.sets_sent = stats.sent.len();
+                entry.sets_held = stats.held;
                 entry.bytes_sent = stats.data_bytes;
             }
             Err(error) => entry.last_error = Some(error.clone()),

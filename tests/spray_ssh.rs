@@ -4,13 +4,23 @@ use crate::util::lab::Lab;
 use crate::util::*;
 
 #[test]
-fn a_set_reaches_both_peers_verified_and_a_rerun_sends_nothing() {
+fn a_set_reaches_both_peers_and_a_dir_target_verified_and_a_rerun_sends_nothing() {
     let lab = Lab::new();
+    let nfs = lab.dir.path().join("nfs");
+    lab.write_config(
+        0,
+        &format!(
+            "\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false",
+            nfs.display()
+        ),
+    );
     let id = lab.backup(0);
     let run = lab.hosts[0].run(&["spray"]);
     run.expect_code(0)
         .expect_stdout("ok      lab-master-1")
-        .expect_stdout("ok      lab-master-2");
+        .expect_stdout("ok      lab-master-2")
+        .expect_stdout("ok      dir:");
+    assert!(nfs.join("sets").join(&id).join("manifest.json").is_file());
     for peer in &lab.hosts[1..] {
         assert_eq!(peer.set_ids(), std::slice::from_ref(&id), "{}", peer.name);
         peer.run(&["verify"]).expect_code(0);
@@ -25,9 +35,20 @@ fn a_set_reaches_both_peers_verified_and_a_rerun_sends_nothing() {
     again.expect_code(0);
     assert_eq!(
         again.stdout.matches("(0 sent, 0 bytes").count(),
-        2,
+        3,
         "{}",
         again.stdout
+    );
+    let status = lab.hosts[0].run(&["status"]);
+    status.expect_code(0);
+    assert_eq!(
+        status
+            .stdout
+            .matches("current, holds 1 of our sets")
+            .count(),
+        3,
+        "{}",
+        status.stdout
     );
 }
 
