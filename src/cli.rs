@@ -151,14 +151,41 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
         for removed in store.gc_staging(settings.store.gc_grace, SystemTime::now())? {
             tracing::info!(path = %removed.display(), "removed staging leftover");
         }
-        let set = backup::take_backup(settings, &store)?;
-        prune::prune(&store, &settings.retention, false)
-            .with_context(|| format!("set {} was committed, but pruning failed", set.id()))?;
-        Ok::<StoredSet, anyhow::Error>(set)
+        let held: Vec<_> = store
+            .list()?
+            .sets
+            .iter()
+            .filter(|s| s.problem.is_none())
+            .map(|s| s.info())
+            .collect();
+        let turn = crate::takeover::whose_turn(
+            &settings.node_name,
+            &settings.backup.snapshot_nodes,
+            &held,
+            chrono::Utc::now(),
+            settings.backup.takeover_after,
+        );
+        let set = match turn {
+            crate::takeover::Turn::Skip(why) => {
+                tracing::info!("not taking a backup: {why}");
+                None
+            }
+            crate::takeover::Turn::Take(why) => {
+                tracing::info!("taking a backup: {why}");
+                Some(backup::take_backup(settings, &store)?)
+            }
+        };
+        prune::prune(&store, &settings.retention, false).with_context(|| match &set {
+            Some(set) => format!("set {} was committed, but pruning failed", set.id()),
+            None => "pruning failed".to_string(),
+        })?;
+        Ok::<Option<StoredSet>, anyhow::Error>(set)
     })();
     match result {
         Ok(set) => {
-            println!("{}", set.id());
+            if let Some(set) = set {
+                println!("{}", set.id());
+            }
             EXIT_OK
         }
         Err(error) => report(

@@ -70,6 +70,11 @@ pub struct BackupSettings {
     pub command: PathBuf,
     pub force: ForcePolicy,
     pub timeout: Duration,
+    /// Priority list of the nodes that take backups; empty: every node does.
+    pub snapshot_nodes: Vec<String>,
+    /// The next snapshot node takes over when the newest set from every node before it is
+    /// older than this.
+    pub takeover_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +198,8 @@ impl Settings {
                 command: PathBuf::from("/usr/local/bin/cluster-backup.sh"),
                 force: ForcePolicy::Fallback,
                 timeout: Duration::from_secs(15 * 60),
+                snapshot_nodes: Vec::new(),
+                takeover_after: Duration::from_secs(2 * 3600),
             },
             retention: Policy {
                 keep_last: 3,
@@ -319,10 +326,17 @@ impl Settings {
         );
         let _ = writeln!(
             out,
-            "\n[backup]\ncommand = {}\nforce = {}\ntimeout = {}",
+            "\n[backup]\ncommand = {}\nforce = {}\ntimeout = {}\nsnapshot_nodes = [{}]\ntakeover_after = {}",
             quote(&self.backup.command.to_string_lossy()),
             quote(self.backup.force.as_str()),
             quote(&format_duration(self.backup.timeout)),
+            self.backup
+                .snapshot_nodes
+                .iter()
+                .map(|n| quote(n))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote(&format_duration(self.backup.takeover_after)),
         );
         let r = &self.retention;
         let _ = writeln!(
@@ -516,6 +530,10 @@ struct BackupFragment {
     force: Option<ForcePolicy>,
     /// Default `15m`.
     timeout: Option<Spanned<String>>,
+    /// Default: none (every node takes backups).
+    snapshot_nodes: Option<Vec<Spanned<String>>>,
+    /// Default `2h`.
+    takeover_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -581,6 +599,38 @@ impl FileFragment {
             }
             if let Some(timeout) = &backup.timeout {
                 settings.backup.timeout = file.duration(timeout, "backup.timeout", false)?;
+            }
+            if let Some(nodes) = &backup.snapshot_nodes {
+                let mut names = Vec::new();
+                for node in nodes {
+                    if !is_node_name(node.get_ref()) {
+                        return Err(file.error(
+                            node,
+                            format!(
+                                "backup.snapshot_nodes: '{}' is not a node name",
+                                node.get_ref()
+                            ),
+                        ));
+                    }
+                    if names
+                        .iter()
+                        .any(|n: &String| n.eq_ignore_ascii_case(node.get_ref()))
+                    {
+                        return Err(file.error(
+                            node,
+                            format!(
+                                "backup.snapshot_nodes: '{}' is listed twice",
+                                node.get_ref()
+                            ),
+                        ));
+                    }
+                    names.push(node.get_ref().clone());
+                }
+                settings.backup.snapshot_nodes = names;
+            }
+            if let Some(after) = &backup.takeover_after {
+                settings.backup.takeover_after =
+                    file.duration(after, "backup.takeover_after", false)?;
             }
         }
         if let Some(retention) = self.retention {
@@ -916,6 +966,29 @@ max_age = "1h30m"
                 sources: vec![],
                 ..s
             }
+        );
+    }
+
+    #[test]
+    fn snapshot_nodes_are_checked() {
+        let s = load(&[(
+            "/c.toml",
+            "[backup]\nsnapshot_nodes = [\"m0\", \"m1\"]\ntakeover_after = \"90m\"\n",
+        )])
+        .unwrap();
+        assert_eq!(s.backup.snapshot_nodes, ["m0", "m1"]);
+        assert_eq!(s.backup.takeover_after, Duration::from_secs(5400));
+        let again = load(&[("/c.toml", s.to_toml().as_str())]).unwrap();
+        assert_eq!(again.backup, s.backup);
+        let message = error(&[("/c.toml", "[backup]\nsnapshot_nodes = [\"m0\", \"M0\"]\n")]);
+        assert!(
+            message.starts_with("/c.toml:2:25: backup.snapshot_nodes: 'M0' is listed twice"),
+            "{message}"
+        );
+        let message = error(&[("/c.toml", "[backup]\nsnapshot_nodes = [\"m_0\"]\n")]);
+        assert!(
+            message.starts_with("/c.toml:2:19: backup.snapshot_nodes: 'm_0' is not a node name"),
+            "{message}"
         );
     }
 

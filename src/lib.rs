@@ -15,5 +15,6 @@ pub mod retention;
 pub mod spray;
 pub mod ssh;
 pub mod store;
+pub mod takeover;
 pub mod units;
 pub mod verify;

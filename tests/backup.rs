@@ -293,3 +293,45 @@ fn status_reports_freshness_with_its_own_exit_code() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     node.run(&["status"]).expect_code(6).expect_stdout("STALE");
 }
+
+#[test]
+fn the_next_snapshot_node_takes_over_when_the_first_falls_silent() {
+    let m0 = Node::new("");
+    let m1 = Node::new("");
+    let order = "snapshot_nodes = [\"master-0\", \"master-1\"]\ntakeover_after = \"3s\"";
+    // m0 sprays its sets into m1's store, as the spray timer does.
+    m0.write_config_with(
+        "",
+        order,
+        &format!(
+            "[retention]\nkeep_last = 10\n[spray]\netcd_env = \"\"\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+            m1.store().display()
+        ),
+    );
+    let m1_config = std::fs::read_to_string(m1.config_path())
+        .unwrap()
+        .replace("\"master-0\"\n\n[store]", "\"master-1\"\n\n[store]");
+    m1.write_config_raw(&m1_config.replace("[backup]\n", &format!("[backup]\n{order}\n")));
+
+    let first = m0.backup();
+    m0.run(&["spray"]).expect_code(0);
+    let run = m1.run(&["backup"]);
+    run.expect_code(0)
+        .expect_stderr("not taking a backup: master-0 comes first");
+    assert!(run.stdout.trim().is_empty());
+    assert_eq!(m1.set_ids(), [first]);
+
+    // master-0 falls silent for longer than the bound: master-1 takes over.
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    let run = m1.run(&["backup"]);
+    run.expect_code(0).expect_stderr("taking over");
+    let taken = run.stdout.trim().to_string();
+    assert!(taken.ends_with("-master-1"), "{taken}");
+
+    // master-0 is back and its sets arrive again: master-1 steps back.
+    m0.backup();
+    m0.run(&["spray"]).expect_code(0);
+    m1.run(&["backup"])
+        .expect_code(0)
+        .expect_stderr("not taking a backup");
+}
