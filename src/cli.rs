@@ -74,9 +74,37 @@ enum Cmd {
     Spray,
     /// Check the configuration and print the effective result
     CheckConfig,
+    /// Print the objects that install etcd-backup on OpenShift
+    Render {
+        #[command(subcommand)]
+        what: RenderCmd,
+    },
     /// Serve one sender on stdin/stdout (the SSH forced command on peers)
     #[command(hide = true)]
     Receive,
+}
+
+#[derive(Debug, Subcommand)]
+enum RenderCmd {
+    /// A MachineConfig for the master pool: binary, config, spray key, units, core's key
+    Machineconfig {
+        /// The config.toml every master gets (validated; must not set node.name)
+        #[arg(long, value_name = "FILE")]
+        node_config: PathBuf,
+        /// The binary to install [default: this one]
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+        /// The spray private key (ECDSA P-256 recommended) [default: generate a fresh one]
+        #[arg(long, value_name = "FILE")]
+        spray_key: Option<PathBuf>,
+        /// The peers' host keys; without it the config pins them on first contact (accept-new)
+        #[arg(long, value_name = "FILE")]
+        known_hosts: Option<PathBuf>,
+        #[arg(long, default_value = "99-master-etcd-backup")]
+        name: String,
+    },
+    /// The OpenShift 4.17+ node disruption policy: timer restarts instead of reboots
+    NodeDisruptionPolicy,
 }
 
 /// What `main` calls.
@@ -127,6 +155,10 @@ fn load_settings(cli: &Cli) -> Result<Settings> {
 }
 
 fn run(cli: Cli, journal: bool) -> Result<u8> {
+    // Rendering happens on an admin's machine: etcd-backup's own config is not needed there.
+    if let Cmd::Render { what } = &cli.command {
+        return cmd_render(what);
+    }
     let settings = load_settings(&cli)?;
     match cli.command {
         Cmd::CheckConfig => {
@@ -140,6 +172,7 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Spray => cmd_spray(&settings),
         Cmd::Receive => cmd_receive(&settings),
+        Cmd::Render { .. } => unreachable!("handled above"),
     }
 }
 
@@ -194,6 +227,64 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
             Some(message_id::BACKUP_FAILED),
         ),
     }
+}
+
+fn cmd_render(what: &RenderCmd) -> Result<u8> {
+    use crate::render;
+    let RenderCmd::Machineconfig {
+        node_config,
+        binary,
+        spray_key,
+        known_hosts,
+        name,
+    } = what
+    else {
+        print!("{}", render::node_disruption_policy());
+        return Ok(EXIT_OK);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))
+    };
+    let config_toml = read(node_config)?;
+    // The same loader the masters use; an empty hostname shows whether node.name is pinned.
+    let settings =
+        Settings::from_sources(String::new(), &[(node_config.clone(), config_toml.clone())])?;
+    if !settings.node_name.is_empty() {
+        return Err(ConfigError(format!(
+            "{}: node.name is set, but every master gets this file: leave it out (each master uses its hostname)",
+            node_config.display()
+        ))
+        .into());
+    }
+    let binary_path = binary
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let binary = std::fs::read(&binary_path)
+        .with_context(|| format!("cannot read '{}'", binary_path.display()))?;
+    let (private, public) = match spray_key {
+        Some(path) => (read(path)?, render::public_key_of(path)?),
+        None => render::generate_keypair()?,
+    };
+    let known_hosts = known_hosts.as_ref().map(read).transpose()?;
+    let yaml = render::machineconfig(&render::Inputs {
+        name,
+        binary: &binary,
+        config_toml: &config_toml,
+        known_hosts: known_hosts.as_deref(),
+        spray_private_key: &private,
+        spray_public_key: &public,
+    })?;
+    if yaml.len() > render::MACHINECONFIG_BUDGET_BYTES {
+        tracing::warn!(
+            bytes = yaml.len(),
+            budget = render::MACHINECONFIG_BUDGET_BYTES,
+            "the MachineConfig is {} KiB, over the {} KiB budget (etcd refuses requests over 1.5 MiB and the rendered master config holds every MachineConfig)",
+            yaml.len() >> 10,
+            render::MACHINECONFIG_BUDGET_BYTES >> 10
+        );
+    }
+    print!("{yaml}");
+    Ok(EXIT_OK)
 }
 
 fn cmd_spray(settings: &Settings) -> Result<u8> {

@@ -11,6 +11,7 @@ pub mod peers;
 pub mod protocol;
 pub mod prune;
 pub mod receive;
+pub mod render;
 pub mod retention;
 pub mod spray;
 pub mod ssh;

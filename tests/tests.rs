@@ -3,6 +3,7 @@
 mod backup;
 mod config;
 mod journal;
+mod render;
 mod spray_dir;
 mod spray_ssh;
 mod units;
