@@ -6,47 +6,53 @@ use std::process::Command;
 
 /// Parses YAML with PyYAML and returns it as JSON.
 fn parse_yaml(yaml: &str) -> serde_json::Value {
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, json, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "not YAML");
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import sys, json, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)",
+    ]);
+    let out = run_with_stdin(cmd, yaml.as_bytes());
+    assert!(
+        out.status.success(),
+        "not YAML: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The bytes of an Ignition `contents` (data URL, gzip when declared), decoded by Python.
 fn decode(contents: &serde_json::Value) -> Vec<u8> {
-    let source = contents["source"].as_str().unwrap();
-    let gzip = contents["compression"] == "gzip";
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, base64, gzip; d = base64.b64decode(sys.argv[1].split(',', 1)[1]); \
-             sys.stdout.buffer.write(gzip.decompress(d) if sys.argv[2] == '1' else d)",
-            source,
-            if gzip { "1" } else { "0" },
-        ])
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import sys, json, base64, gzip; c = json.load(sys.stdin); \
+         d = base64.b64decode(c['source'].split(',', 1)[1]); \
+         sys.stdout.buffer.write(gzip.decompress(d) if c.get('compression') == 'gzip' else d)",
+    ]);
+    let out = run_with_stdin(cmd, contents.to_string().as_bytes());
+    assert!(out.status.success(), "cannot decode {contents}");
+    out.stdout
+}
+
+/// `render machineconfig --node-config <config> <args…>`.
+fn render(config: &std::path::Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["render", "machineconfig", "--node-config"])
+        .arg(config)
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A successful render, parsed.
+fn render_ok(config: &std::path::Path, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = render(config, args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    out.stdout
+    parse_yaml(&String::from_utf8(out.stdout).unwrap())
 }
 
 fn file<'a>(mc: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
@@ -79,22 +85,15 @@ fn the_machineconfig_carries_everything_and_decodes_back() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     std::fs::write(&binary, &bytes).unwrap();
-    let out = Command::new(BIN)
-        .args(["render", "machineconfig", "--node-config"])
-        .arg(&config)
-        .arg("--spray-key")
-        .arg(&key)
-        .arg("--binary")
-        .arg(&binary)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mc = render_ok(
+        &config,
+        &[
+            "--spray-key".as_ref(),
+            key.as_os_str(),
+            "--binary".as_ref(),
+            binary.as_os_str(),
+        ],
     );
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    let mc = parse_yaml(&yaml);
 
     assert_eq!(mc["apiVersion"], "machineconfiguration.openshift.io/v1");
     assert_eq!(mc["kind"], "MachineConfig");
@@ -186,21 +185,15 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
     std::fs::write(&known, "10.0.0.4 ecdsa-sha2-nistp256 AAAA\n").unwrap();
     let binary = node.dir.path().join("etcd-backup");
     std::fs::write(&binary, b"\x7fELF stand-in").unwrap();
-    let out = Command::new(BIN)
-        .args(["render", "machineconfig", "--node-config"])
-        .arg(&config)
-        .arg("--known-hosts")
-        .arg(&known)
-        .arg("--binary")
-        .arg(&binary)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mc = render_ok(
+        &config,
+        &[
+            "--known-hosts".as_ref(),
+            known.as_os_str(),
+            "--binary".as_ref(),
+            binary.as_os_str(),
+        ],
     );
-    let mc = parse_yaml(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(
         decode(&file(&mc, "/etc/etcd-backup/known_hosts").unwrap()["contents"]),
         b"10.0.0.4 ecdsa-sha2-nistp256 AAAA\n"
@@ -215,19 +208,11 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
     );
 
     std::fs::write(&config, "[node]\nname = \"master-0\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["render", "machineconfig", "--node-config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = render(&config, &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node.name is set"));
     std::fs::write(&config, "[retention]\nkeep_last = 0\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["render", "machineconfig", "--node-config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = render(&config, &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!(
         "{}:1:1: the retention policy is empty",

@@ -158,20 +158,15 @@ impl Etcd {
             txn.push_str(&format!("put {put}\n"));
         }
         txn.push_str("\n\n");
-        let mut child = Command::new(self.bin_dir.join("etcdctl"))
-            .arg(format!("--endpoints={}", self.endpoint))
-            .args(["txn", "--command-timeout=60s"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(txn.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "etcdctl txn failed");
+        let mut cmd = Command::new(self.bin_dir.join("etcdctl"));
+        cmd.arg(format!("--endpoints={}", self.endpoint))
+            .args(["txn", "--command-timeout=60s"]);
+        let out = run_with_stdin(cmd, txn.as_bytes());
+        assert!(
+            out.status.success(),
+            "etcdctl txn failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -369,6 +364,18 @@ impl Run {
         );
         self
     }
+}
+
+/// Runs `cmd` with `input` on its stdin; stdout and stderr are collected.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 pub fn sha256_hex(path: &Path) -> String {
