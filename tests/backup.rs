@@ -90,6 +90,7 @@ fn backup_commits_a_verified_private_set_that_etcd_can_restore() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(status["totalKey"].as_u64().unwrap() >= 2_000, "{status}");
 
+    assert_private(&node.store());
     node.run(&["verify"])
         .expect_code(0)
         .expect_stdout(&format!("ok   {id}"));
@@ -142,9 +143,11 @@ fn failed_backups_leave_the_history_as_it_was() {
             );
         }
     }
-    // The orphan tar.gz and the corrupt files stay in staging (never in sets/) until collected.
+    // The orphan tar.gz and the corrupt files stay in staging (never in sets/) until collected,
+    // as private as everything else.
     let leftovers = node.staging_entries();
     assert!(!leftovers.is_empty());
+    assert_private(&node.store());
     node.run(&["verify"]).expect_code(0);
 }
 

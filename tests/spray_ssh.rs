@@ -39,6 +39,14 @@ fn a_set_reaches_both_peers_and_a_dir_target_verified_and_a_rerun_sends_nothing(
         "{}",
         again.stdout
     );
+    for store in [
+        lab.hosts[0].store(),
+        lab.hosts[1].store(),
+        lab.hosts[2].store(),
+        nfs.clone(),
+    ] {
+        assert_private(&store);
+    }
     let status = lab.hosts[0].run(&["status"]);
     status.expect_code(0);
     assert_eq!(

@@ -387,6 +387,28 @@ pub fn sha256_hex(path: &Path) -> String {
         .collect()
 }
 
+/// Every file under a store is 0600 and every directory 0700 (symlinks are never created).
+#[track_caller]
+pub fn assert_private(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        assert_eq!(mode(&dir), 0o700, "directory {}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert!(!meta.file_type().is_symlink(), "symlink {}", path.display());
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "file {}", path.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 0, "nothing to audit in {}", root.display());
+}
+
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(path)
