@@ -302,12 +302,8 @@ fn cmd_spray(settings: &Settings) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     // An empty local history still runs: it sends nothing and deletes nothing remotely.
-    let sets: Vec<StoredSet> = store
-        .list()?
-        .sets
-        .into_iter()
-        .filter(|s| s.problem.is_none())
-        .collect();
+    // Damaged sets are left out by `push` itself.
+    let sets = store.list()?.sets;
     let results = crate::spray::spray_all(settings, &targets, &sets);
     crate::spray::write_state(&store, &results)?;
     let failed = results.iter().filter(|r| r.result.is_err()).count();

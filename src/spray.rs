@@ -25,25 +25,22 @@ pub struct PushStats {
 /// first, resuming cut files from where they stopped. An error the receiver reports is returned
 /// with its message.
 pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> Result<PushStats> {
-    let mut manifests: BTreeMap<&str, (&StoredSet, String)> = BTreeMap::new();
-    let mut offers = Vec::new();
-    for set in sets.iter().filter(|s| s.problem.is_none()) {
-        let path = set.dir.join(crate::manifest::MANIFEST_NAME);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read '{}'", path.display()))?;
-        // Offer exactly the bytes that will be sent.
-        let digest = crate::verify::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
-        if digest != set.manifest_sha256 {
-            bail!("manifest '{}' changed while spraying", path.display());
-        }
-        offers.push(Offer {
+    // Damaged sets are never offered. The manifest bytes offered are the ones the store read,
+    // hashed and will send.
+    let intact: BTreeMap<&str, &StoredSet> = sets
+        .iter()
+        .filter(|s| s.problem.is_none())
+        .map(|s| (s.id(), s))
+        .collect();
+    let offers: Vec<Offer> = intact
+        .values()
+        .map(|set| Offer {
             id: set.id().to_string(),
-            manifest_sha256: digest,
+            manifest_sha256: set.manifest_sha256.clone(),
             size: set.manifest.total_size(),
             dirty: set.manifest.dirty,
-        });
-        manifests.insert(set.id(), (set, text));
-    }
+        })
+        .collect();
     let offered = offers.len();
     conn.send(&Message::Hello {
         version: PROTOCOL_VERSION,
@@ -68,7 +65,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
     };
     let mut buf = vec![0u8; crate::protocol::CHUNK_BYTES];
     for want in &wants {
-        let Some((set, text)) = manifests.get(want.id.as_str()) else {
+        let Some(set) = intact.get(want.id.as_str()) else {
             bail!(
                 "receiver asked for set '{}', which was not offered",
                 want.id
@@ -77,7 +74,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
         let result = (|| -> Result<()> {
             conn.send(&Message::SetBegin {
                 id: want.id.clone(),
-                manifest: text.clone(),
+                manifest: set.manifest_json.clone(),
             })?;
             for file in &set.manifest.files {
                 let offset = want.held.get(&file.name).copied().unwrap_or(0);

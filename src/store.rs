@@ -49,7 +49,8 @@ pub struct Store {
 pub struct StoredSet {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    /// sha256 of the `manifest.json` bytes: what spray offers and compares.
+    /// The `manifest.json` text as read, and its sha256: what spray offers and sends.
+    pub manifest_json: String,
     pub manifest_sha256: String,
     /// Set when the files on disk do not match the manifest's names and sizes (cheap check; a
     /// full re-hash is `verify`).
@@ -302,9 +303,13 @@ impl Store {
         );
         let problem = Self::structural_problem(&dir, &manifest);
         let manifest_sha256 = crate::verify::hex(&sha2::Sha256::digest(&bytes));
+        // Valid JSON that serde_json parsed is UTF-8 (non-ASCII can only sit in strings).
+        let manifest_json = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("manifest '{}' is not UTF-8", manifest_path.display()))?;
         Ok(StoredSet {
             dir,
             manifest,
+            manifest_json,
             manifest_sha256,
             problem,
         })
