@@ -78,10 +78,7 @@ pub fn serve<S: Stream>(
     let mut stats = ReceiveStats::default();
     let result = session(settings, store, conn, &mut stats);
     if let Err(error) = &result {
-        let connection_lost = error
-            .downcast_ref::<ProtocolError>()
-            .is_some_and(|e| matches!(e, ProtocolError::Io(_)));
-        if !connection_lost {
+        if !connection_lost(error) {
             let _ = conn.send(&Message::Error {
                 message: format!("{error:#}"),
             });
@@ -172,10 +169,8 @@ fn session<S: Stream>(
                 match receive_set(settings, store, conn, &want, digest, &manifest, &staging) {
                     Ok(()) => {}
                     Err(error) => {
-                        let violation = !error
-                            .downcast_ref::<ProtocolError>()
-                            .is_some_and(|e| matches!(e, ProtocolError::Io(_)));
-                        if violation {
+                        // A cut link keeps the partial files for the next run to resume.
+                        if !connection_lost(&error) {
                             let _ = fs::remove_dir_all(&staging);
                         }
                         return Err(error.context(format!("receiving set '{id}' from {sender}")));
@@ -202,6 +197,14 @@ fn session<S: Stream>(
             }
         }
     }
+}
+
+/// The sender's link broke (as opposed to a refusal or a failed check): nothing to answer, and
+/// partial files are worth keeping.
+fn connection_lost(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<ProtocolError>()
+        .is_some_and(|e| matches!(e, ProtocolError::Io(_)))
 }
 
 fn name(message: &Message) -> &'static str {
