@@ -499,13 +499,10 @@ fn cmd_verify(settings: &Settings, ids: &[String]) -> Result<u8> {
 
 fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
     let root = &settings.store.root;
-    let listing = if root.join(crate::store::SETS_DIR).is_dir() {
-        Store::open(root)?.list()?
-    } else {
-        Default::default()
-    };
-    let targets = if root.join(crate::store::SETS_DIR).is_dir() {
-        crate::spray::read_state(&Store::open(root)?)
+    // No store yet is a status too (stale), not an error.
+    let (listing, targets) = if root.join(crate::store::SETS_DIR).is_dir() {
+        let store = Store::open(root)?;
+        (store.list()?, crate::spray::read_state(&store))
     } else {
         Default::default()
     };
