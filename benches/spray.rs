@@ -157,14 +157,14 @@ fn main() {
         scp_secs / raw_secs
     );
     println!(
-        "spray, 1 peer, zstd:              {one_secs:6.2} s  {:6.0} MiB/s  = {:.2}x scp (target >= 1.0x); wire {:.0} MiB ({:.1}x smaller)",
+        "spray, 1 peer, lz4:               {one_secs:6.2} s  {:6.0} MiB/s  = {:.2}x scp (target >= 1.0x); wire {:.0} MiB ({:.1}x smaller)",
         rate(one_secs),
         scp_secs / one_secs,
         mib_of(wire),
         bytes as f64 / wire.max(1) as f64
     );
     println!(
-        "spray, 2 peers, zstd:             {two_secs:6.2} s  = {:.2}x one peer (target <= 1.2x); sender CPU {two_cpu:.2} s vs {one_cpu:.2} s for one",
+        "spray, 2 peers, lz4:              {two_secs:6.2} s  = {:.2}x one peer (target <= 1.2x); sender CPU {two_cpu:.2} s vs {one_cpu:.2} s for one",
         two_secs / one_secs
     );
     println!("spray, no-op (both current):      {noop_secs:6.3} s  (target <= 0.3 s)");

@@ -179,7 +179,7 @@ pub struct SpraySettings {
     pub io_timeout: Duration,
     /// Attempts per target within one run.
     pub attempts: u32,
-    /// zstd on the wire to peers.
+    /// LZ4 on the wire to peers.
     pub compress: bool,
     pub targets: Vec<DirTarget>,
 }

@@ -3,7 +3,7 @@
 //! receiver lacks.
 //!
 //! A frame is `kind: u8`, `length: u32 BE`, `payload`. Kind `C` carries one JSON [`Message`]
-//! (at most [`MAX_CONTROL_BYTES`]); kind `D` carries file data: `encoding: u8` (0 raw, 1 zstd)
+//! (at most [`MAX_CONTROL_BYTES`]); kind `D` carries file data: `encoding: u8` (0 raw, 1 LZ4 block)
 //! and at most [`CHUNK_BYTES`] of data once decoded. The conversation:
 //!
 //! ```text
@@ -29,14 +29,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_CONTROL_BYTES: usize = 1 << 20;
 /// Largest decoded data frame; also the sender's read size.
 pub const CHUNK_BYTES: usize = 1 << 20;
-/// Largest encoded data frame: zstd's worst case for a chunk plus the encoding byte.
-const MAX_DATA_FRAME_BYTES: usize = CHUNK_BYTES + (CHUNK_BYTES >> 7) + 1024;
+/// Largest encoded data frame: the encoding byte and a chunk (a chunk that does not shrink is
+/// sent raw).
+const MAX_DATA_FRAME_BYTES: usize = CHUNK_BYTES + 1;
 const KIND_CONTROL: u8 = b'C';
 const KIND_DATA: u8 = b'D';
 const ENCODING_RAW: u8 = 0;
-const ENCODING_ZSTD: u8 = 1;
-/// zstd level 1: the fastest; etcd snapshots still shrink several times.
-const ZSTD_LEVEL: i32 = 1;
+/// An LZ4 block: fast enough to keep up with the cipher on one core, and pure Rust (the
+/// MachineConfig carries the binary, so every kilobyte counts).
+const ENCODING_LZ4: u8 = 1;
 
 /// A set the sender holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +129,6 @@ pub trait Stream: Read + Write {
 pub struct Conn<S> {
     stream: S,
     compress: bool,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
-    decompressor: Option<zstd::bulk::Decompressor<'static>>,
     encoded: Vec<u8>,
     /// File data bytes before and after encoding, for the statistics.
     pub data_bytes_sent: u64,
@@ -142,8 +141,6 @@ impl<S: Stream> Conn<S> {
         Conn {
             stream,
             compress,
-            compressor: None,
-            decompressor: None,
             encoded: Vec::new(),
             data_bytes_sent: 0,
             wire_bytes_sent: 0,
@@ -179,24 +176,19 @@ impl<S: Stream> Conn<S> {
         self.stream.flush()
     }
 
-    /// Sends one chunk of file data (at most [`CHUNK_BYTES`]), zstd-compressed when enabled and
+    /// Sends one chunk of file data (at most [`CHUNK_BYTES`]), LZ4-compressed when enabled and
     /// smaller.
     pub fn send_data(&mut self, chunk: &[u8]) -> io::Result<()> {
         assert!(chunk.len() <= CHUNK_BYTES, "chunk larger than CHUNK_BYTES");
         self.data_bytes_sent += chunk.len() as u64;
         if self.compress {
-            let compressor = match &mut self.compressor {
-                Some(c) => c,
-                None => self
-                    .compressor
-                    .insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
-            };
             self.encoded
-                .resize(zstd::zstd_safe::compress_bound(chunk.len()), 0);
-            let n = compressor.compress_to_buffer(chunk, &mut self.encoded[..])?;
+                .resize(lz4_flex::block::get_maximum_output_size(chunk.len()), 0);
+            let n = lz4_flex::block::compress_into(chunk, &mut self.encoded)
+                .map_err(io::Error::other)?;
             if n < chunk.len() {
                 let encoded = std::mem::take(&mut self.encoded);
-                let result = self.write_frame(KIND_DATA, &[&[ENCODING_ZSTD], &encoded[..n]]);
+                let result = self.write_frame(KIND_DATA, &[&[ENCODING_LZ4], &encoded[..n]]);
                 self.encoded = encoded;
                 return result;
             }
@@ -241,17 +233,12 @@ impl<S: Stream> Conn<S> {
                 self.stream.read_exact(&mut payload)?;
                 let data = match payload[0] {
                     ENCODING_RAW if len - 1 <= CHUNK_BYTES => payload.split_off(1),
-                    ENCODING_ZSTD => {
-                        let decompressor = match &mut self.decompressor {
-                            Some(d) => d,
-                            None => self.decompressor.insert(zstd::bulk::Decompressor::new()?),
-                        };
-                        let mut out = Vec::with_capacity(CHUNK_BYTES);
-                        decompressor
-                            .decompress_to_buffer(&payload[1..], &mut out)
-                            .map_err(|e| {
-                                ProtocolError::violation(format!("bad zstd data frame: {e}"))
-                            })?;
+                    ENCODING_LZ4 => {
+                        let mut out = vec![0u8; CHUNK_BYTES];
+                        let n = lz4_flex::block::decompress_into(&payload[1..], &mut out).map_err(
+                            |e| ProtocolError::violation(format!("bad LZ4 data frame: {e}")),
+                        )?;
+                        out.truncate(n);
                         out
                     }
                     other => {
@@ -546,21 +533,21 @@ mod tests {
                 "invalid control frame",
             ),
             (frame(b'D', 4, &[7, 1, 2, 3]), "unknown encoding 7"),
-            (frame(b'D', 4, &[1, 1, 2, 3]), "bad zstd data frame"),
+            (frame(b'D', 4, &[1, 1, 2, 3]), "bad LZ4 data frame"),
         ];
         for (bytes, expected) in table {
             let err = decode(bytes).next_frame().unwrap_err().to_string();
             assert!(err.contains(expected), "{err} / {expected}");
         }
-        // A zstd frame that inflates past the chunk limit is refused.
-        let bomb = zstd::bulk::compress(&vec![0u8; CHUNK_BYTES + 1], 1).unwrap();
+        // An LZ4 block that inflates past the chunk limit is refused.
+        let bomb = lz4_flex::block::compress(&vec![0u8; CHUNK_BYTES + 1]);
         let mut payload = vec![1u8];
         payload.extend_from_slice(&bomb);
         let err = decode(frame(b'D', payload.len() as u32, &payload))
             .next_frame()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("bad zstd data frame"), "{err}");
+        assert!(err.contains("bad LZ4 data frame"), "{err}");
     }
 
     fn info(id: &str, size: u64) -> SetInfo {

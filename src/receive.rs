@@ -585,7 +585,7 @@ mod tests {
                 );
                 assert!(
                     sent.wire_bytes < sent.data_bytes,
-                    "zstd on the wire: {sent:?}"
+                    "compressed on the wire: {sent:?}"
                 );
             } else {
                 assert!(sent.sent.is_empty() && sent.data_bytes == 0, "{sent:?}");
