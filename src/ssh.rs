@@ -248,7 +248,7 @@ fn check_host_key(session: &Session, peer: &PeerAddr, settings: &SpraySettings) 
             std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))?;
             std::fs::rename(&temp, path)
                 .with_context(|| format!("cannot write '{}'", path.display()))?;
-            tracing::warn!(peer = %peer, known_hosts = %path.display(), "pinned the host key of a new peer (accept-new)");
+            tracing::warn!(peer = %peer, known_hosts = %path.display(), "pinned the host key of new peer {peer} in {} (accept-new)", path.display());
             Ok(())
         }
         CheckResult::NotFound => bail!(

@@ -3,6 +3,8 @@
 mod backup;
 mod config;
 mod journal;
+mod masters;
+mod release;
 mod render;
 mod spray_dir;
 mod spray_ssh;
