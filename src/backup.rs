@@ -208,6 +208,14 @@ pub(crate) fn check_staged(
     })
 }
 
+/// Removes a failed attempt's staging directory (never following symlinks in it); a failure
+/// to do so is logged and left to the staging GC.
+fn discard(staging: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(staging) {
+        tracing::warn!(staging = %staging.display(), "cannot remove a failed attempt's staging: {e}");
+    }
+}
+
 /// One attempt: script into a fresh staging dir, checks, commit. `Ok(None)` means the script
 /// itself failed (exit status non-zero), the case `force = "fallback"` retries.
 fn attempt(
@@ -222,20 +230,21 @@ fn attempt(
     tracing::info!(set_id = %id, staging = %staging.display(), forced, "running backup command");
     let (end, last_line) = run_script(&settings.command, forced, &staging, settings.timeout)?;
     let last = last_line.as_deref().unwrap_or("no output");
+    // What a failed script left (a partial snapshot as large as a set) is no evidence worth
+    // its space: it goes now, so that a retry or the next run has the room. The output of a
+    // script that claimed success but fails the checks stays for inspection until `gc_grace`.
     match end {
-        ScriptEnd::TimedOut => bail!(
-            "backup command '{}' did not finish within {}s and was killed (last output: {last}); leftovers in '{}' are removed after the grace period",
-            settings.command.display(),
-            settings.timeout.as_secs(),
-            staging.display()
-        ),
+        ScriptEnd::TimedOut => {
+            discard(&staging);
+            bail!(
+                "backup command '{}' did not finish within {}s and was killed (last output: {last})",
+                settings.command.display(),
+                settings.timeout.as_secs(),
+            )
+        }
         ScriptEnd::Exited(status) if !status.success() => {
-            tracing::warn!(
-                forced,
-                status = %status,
-                staging = %staging.display(),
-                "backup command failed: {last}"
-            );
+            tracing::warn!(forced, status = %status, "backup command failed: {last}");
+            discard(&staging);
             return Ok(None);
         }
         ScriptEnd::Exited(_) => {}
@@ -278,10 +287,34 @@ fn proc_self_field(path: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Refuses to start when the store's filesystem has less free space than the newest set took:
+/// the script would fill the disk (twice, under `force = "fallback"`) and fail anyway, and a
+/// full disk under /var can take etcd down with it.
+fn ensure_room(store: &Store) -> Result<()> {
+    let listing = store.list()?;
+    let Some(newest) = listing.sets.iter().max_by_key(|s| s.info().created) else {
+        return Ok(());
+    };
+    let needed = newest.manifest.total_size();
+    let free = store.free_bytes()?;
+    if free < needed {
+        bail!(
+            "not enough space in the store '{}': {} free, the newest set ({}) took {}; \
+             free up space there or lower the retention (keep_*, max_total_size)",
+            store.root().display(),
+            crate::units::human_size(free),
+            newest.id(),
+            crate::units::human_size(needed)
+        );
+    }
+    Ok(())
+}
+
 /// Takes one backup set per the force policy and commits it. The caller holds the lock.
 pub fn take_backup(settings: &Settings, store: &Store) -> Result<StoredSet> {
     let started = Instant::now();
     let backup = &settings.backup;
+    ensure_room(store)?;
     let first_forced = backup.force == ForcePolicy::Always;
     let mut set = attempt(store, backup, first_forced, &settings.node_name)?;
     if set.is_none() && backup.force == ForcePolicy::Fallback {

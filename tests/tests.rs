@@ -2,6 +2,7 @@
 
 mod backup;
 mod config;
+mod disk_full;
 mod journal;
 mod masters;
 mod release;

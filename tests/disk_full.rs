@@ -1,0 +1,129 @@
+//! A store on a small filesystem (a tmpfs of a few MiB mounted over the node's store): a backup
+//! that does not fit fails cleanly and loses nothing; the free-space floor of retention holds.
+
+use crate::util::{Node, fingerprint};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs of `mib` MiB mounted at `path` until dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(path: &Path, mib: u64) -> SmallFs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs on {}", path.display());
+        SmallFs(path.to_path_buf())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        stat.blocks_available() * stat.fragment_size()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_backup_that_does_not_fit_fails_and_the_history_is_intact() {
+    let node = Node::new("");
+    let set_bytes = {
+        // Size one set on an ordinary disk first.
+        let id = node.backup();
+        let size = node.sets()[0]["size"].as_u64().unwrap();
+        std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+        size
+    };
+    // Room for one set and a half.
+    let mib = (set_bytes * 3 / 2).div_ceil(1 << 20);
+    let fs = SmallFs::mount(&node.store(), mib);
+    let first = node.backup();
+    let history = fingerprint(&node.set_dir(&first));
+
+    let run = node.run(&["backup"]);
+    run.expect_code(1)
+        .expect_stderr("not enough space in the store")
+        .expect_stderr(&first);
+    assert_eq!(node.set_ids(), [first.clone()], "no new set, none lost");
+    assert_eq!(
+        fingerprint(&node.set_dir(&first)),
+        history,
+        "byte-identical"
+    );
+    node.run(&["verify"]).expect_code(0);
+    assert!(
+        node.staging_entries().is_empty(),
+        "the failed run removed its staging: {:?}",
+        node.staging_entries()
+    );
+    assert!(
+        fs.free_bytes() > set_bytes / 3,
+        "the space the failed run used is free again"
+    );
+}
+
+#[test]
+fn retention_keeps_the_free_space_floor() {
+    let node = Node::new("");
+    let id = node.backup();
+    let set_bytes = node.sets()[0]["size"].as_u64().unwrap();
+    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    // Room for about four sets; the floor asks for two sets' worth to stay free.
+    let mib = (set_bytes * 4).div_ceil(1 << 20) + 1;
+    let floor_mib = (set_bytes * 2).div_ceil(1 << 20);
+    node.write_config(&format!(
+        "[retention]\nkeep_last = 10\nmin_free_space = \"{floor_mib}MiB\"\n"
+    ));
+    let fs = SmallFs::mount(&node.store(), mib);
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        taken.push(node.backup());
+        let ids = node.set_ids();
+        assert_eq!(ids.last(), taken.last(), "the newest set always stays");
+        assert!(
+            fs.free_bytes() >= floor_mib << 20 || ids.len() == 1,
+            "free {} < floor {floor_mib} MiB with {} sets",
+            fs.free_bytes(),
+            ids.len()
+        );
+    }
+    let ids = node.set_ids();
+    assert!(ids.len() < taken.len(), "the floor pruned sets: {ids:?}");
+    assert_eq!(
+        ids[..],
+        taken[taken.len() - ids.len()..],
+        "the oldest went first"
+    );
+}
+
+#[test]
+fn a_disk_that_fills_during_the_snapshot_leaves_no_set_and_no_staging() {
+    let node = Node::new("");
+    // Smaller than one set and no history to size it by: the script itself hits ENOSPC.
+    let _fs = SmallFs::mount(&node.store(), 1);
+    let run = node.run(&["backup"]);
+    run.expect_code(1)
+        .expect_stderr("no space left on device")
+        .expect_stderr("failed, also with --force");
+    assert!(node.set_ids().is_empty());
+    assert!(
+        node.staging_entries().is_empty(),
+        "both attempts removed their staging: {:?}",
+        node.staging_entries()
+    );
+}
