@@ -58,7 +58,7 @@ fn a_backup_that_does_not_fit_fails_and_the_history_is_intact() {
     run.expect_code(1)
         .expect_stderr("not enough space in the store")
         .expect_stderr(&first);
-    assert_eq!(node.set_ids(), [first.clone()], "no new set, none lost");
+    assert_eq!(node.set_ids(), vec![first.clone()], "no new set, none lost");
     assert_eq!(
         fingerprint(&node.set_dir(&first)),
         history,
