@@ -207,6 +207,25 @@ fn the_restricted_key_can_only_deliver_sets() {
         &[],
     );
     assert!(!ok, "{stderr}");
+    // Local forwarding (stdio to a port on the peer) is refused.
+    let (ok, stderr) = ssh(&["-W", "127.0.0.1:22"], &[]);
+    assert!(!ok, "{stderr}");
+    // `receive` with arguments of the client's choosing (another config whose store is the
+    // marker path; run as asked, it would create it): the forced command ignores them.
+    let evil = lab.dir.path().join("evil.toml");
+    std::fs::write(&evil, format!("[store]\nroot = \"{}\"\n", marker.display())).unwrap();
+    let (ok, _) = ssh(
+        &[],
+        &[
+            "sudo",
+            "-n",
+            crate::util::BIN,
+            "--config",
+            evil.to_str().unwrap(),
+            "receive",
+        ],
+    );
+    assert!(!ok);
     assert!(!marker.exists(), "the key ran a command of its own");
     // sftp cannot write anywhere.
     let out = lab.hosts[0]
