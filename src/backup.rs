@@ -54,6 +54,7 @@ fn run_script(
         .with_context(|| format!("cannot run backup command '{}'", command.display()))?;
     // Close our copies of the write end, or the reader never sees EOF.
     drop(cmd);
+    crate::failpoint::hit("backup:script-running");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
 
     let (lines_tx, lines) = mpsc::channel::<String>();
@@ -229,6 +230,7 @@ fn attempt(
     let staging = store.new_staging("backup")?;
     tracing::info!(set_id = %id, staging = %staging.display(), forced, "running backup command");
     let (end, last_line) = run_script(&settings.command, forced, &staging, settings.timeout)?;
+    crate::failpoint::hit("backup:script-exited");
     let last = last_line.as_deref().unwrap_or("no output");
     // What a failed script left (a partial snapshot as large as a set) is no evidence worth
     // its space: it goes now, so that a retry or the next run has the room. The output of a

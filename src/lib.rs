@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod failpoint;
 pub mod logging;
 pub mod manifest;
 pub mod peers;

@@ -185,6 +185,7 @@ fn session<S: Stream>(
                     "set received: {id} from {sender}"
                 );
                 stats.committed.push(id.clone());
+                crate::failpoint::hit("receive:before-ack");
                 conn.send(&Message::Committed { id })?;
             }
             Message::Bye => return Ok(()),
@@ -331,6 +332,7 @@ fn receive_set<S: Stream>(
     }
     fs::remove_file(staging.join(OFFER_FILE))
         .with_context(|| format!("cannot clean '{}'", staging.display()))?;
+    crate::failpoint::hit("receive:before-commit");
     let _lock = store.lock(settings.store.lock_wait)?;
     store.commit(staging, &manifest)?;
     crate::prune::prune(store, &settings.retention, false)?;
@@ -412,6 +414,7 @@ fn receive_file<S: Stream>(
                 }
                 file.write_all(&data)
                     .with_context(|| format!("cannot write '{}'", path.display()))?;
+                crate::failpoint::hit("receive:writing");
                 check
                     .update(&data)
                     .map_err(|e| violation(format!("'{}': {e}", entry.name)))?;

@@ -99,6 +99,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
                         .read_exact(&mut buf[..n])
                         .with_context(|| format!("cannot read '{}'", path.display()))?;
                     conn.send_data(&buf[..n])?;
+                    crate::failpoint::hit("spray:sending");
                     left -= n as u64;
                 }
                 conn.send(&Message::FileEnd {

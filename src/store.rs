@@ -367,6 +367,7 @@ impl Store {
         fs::set_permissions(staging, fs::Permissions::from_mode(DIR_MODE))
             .with_context(|| format!("cannot chmod 0700 '{}'", staging.display()))?;
         write_atomic(staging, MANIFEST_NAME, &manifest.to_json())?;
+        crate::failpoint::hit("store:manifest-written");
         let target = self.sets_dir().join(&manifest.id);
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
@@ -382,6 +383,7 @@ impl Store {
                 target.display()
             )
         })?;
+        crate::failpoint::hit("store:renamed");
         fsync_dir(&self.sets_dir())?;
         fsync_dir(&self.staging_dir())?;
         self.read_set(&manifest.id)
@@ -398,6 +400,7 @@ impl Store {
         fs::rename(&from, &to)
             .with_context(|| format!("cannot move '{}' out of the store", from.display()))?;
         fsync_dir(&self.sets_dir())?;
+        crate::failpoint::hit("store:deleting");
         fs::remove_dir_all(&to).with_context(|| format!("cannot remove '{}'", to.display()))
     }
 

@@ -2,6 +2,8 @@
 
 mod backup;
 mod config;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod disk_full;
 mod journal;
 mod masters;
