@@ -1,0 +1,91 @@
+//! Runs that meet: two backups at once, spray while a prune runs, two senders to one receiver.
+//! Each run either waits for the other or exits busy (5) naming the holder; nothing is
+//! corrupted and nothing is lost.
+
+use crate::util::*;
+use std::process::Child;
+
+fn spawn(node: &Node, args: &[&str]) -> Child {
+    node.cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child, args: &[&str]) -> Run {
+    Run::from_output(child.wait_with_output().unwrap(), args)
+}
+
+#[test]
+fn two_backups_at_once_one_waits_or_one_is_busy() {
+    // Without waiting: exactly one runs, the other exits busy and says who holds the store.
+    let node = Node::new("");
+    node.write_config_with("lock_wait = \"0s\"", "", "");
+    let (a, b) = (spawn(&node, &["backup"]), spawn(&node, &["backup"]));
+    let runs = [finish(a, &["backup"]), finish(b, &["backup"])];
+    let mut codes: Vec<i32> = runs.iter().map(|r| r.code).collect();
+    codes.sort();
+    assert_eq!(codes, [0, 5], "one ran, one was busy");
+    let busy = runs.iter().find(|r| r.code == 5).unwrap();
+    busy.expect_stderr("is busy").expect_stderr("pid ");
+    assert_eq!(node.set_ids().len(), 1);
+
+    // With the default wait: both run, one after the other, and both sets are whole.
+    node.write_config("");
+    let (a, b) = (spawn(&node, &["backup"]), spawn(&node, &["backup"]));
+    finish(a, &["backup"]).expect_code(0);
+    finish(b, &["backup"]).expect_code(0);
+    assert_eq!(node.set_ids().len(), 3);
+    node.run(&["verify"]).expect_code(0);
+    assert_private(&node.store());
+}
+
+#[test]
+fn two_senders_to_one_receiver_both_deliver() {
+    let (a, b) = (Node::new(""), Node::new(""));
+    let shared = a.dir.path().join("nfs");
+    for (node, name) in [(&a, "master-0"), (&b, "master-1")] {
+        node.write_config_raw(&format!(
+            "[node]\nname = \"{name}\"\n[store]\nroot = \"{}\"\n[backup]\ncommand = \"{}\"\n\
+             [retention]\nkeep_last = 10\n[spray]\netcd_env = \"\"\nattempts = 3\n\
+             [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+            node.store().display(),
+            standin().display(),
+            shared.display()
+        ));
+        node.backup();
+        node.backup();
+    }
+    let (sa, sb) = (spawn(&a, &["spray"]), spawn(&b, &["spray"]));
+    finish(sa, &["spray"]).expect_code(0);
+    finish(sb, &["spray"]).expect_code(0);
+    let target = a.dir.path().join("target.toml");
+    std::fs::write(
+        &target,
+        format!(
+            "[store]\nroot = \"{}\"\n[retention]\nkeep_last = 10\n",
+            shared.display()
+        ),
+    )
+    .unwrap();
+    let listing = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&target)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    let sets: Vec<serde_json::Value> = serde_json::from_slice(&listing.stdout).unwrap();
+    let mut ids: Vec<String> = sets
+        .iter()
+        .map(|s| {
+            assert_eq!(s["verified"], true, "{s}");
+            s["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = a.set_ids().into_iter().chain(b.set_ids()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "every set of both senders, each once");
+    assert_private(&shared);
+}
