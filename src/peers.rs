@@ -66,6 +66,10 @@ pub fn parse_etcd_env(text: &str) -> EtcdEnv {
             problems.push(format!("line {number}: {key} names no node"));
             continue;
         }
+        if value.is_empty() {
+            problems.push(format!("line {number}: {key} is empty"));
+            continue;
+        }
         let fields = by_safe.entry(safe.to_string()).or_default();
         let slot = match suffix {
             "_ETCD_NAME" => &mut fields.name,
@@ -184,7 +188,8 @@ export NODE_ci_ln_x7_master_2_example_com_IP="[fd00::5]"
     #[test]
     fn malformed_lines_are_reported_with_numbers_and_skipped() {
         let text = "export NODE_a_IP=\"10.0.0.1\"\nthis is not shell\nexport NODE_a_ETCD_NAME=\"a\n\
-                    # a comment\n\nexport NODE_b_IP=\"not-an-ip\"\nexport NODE__IP=\"10.0.0.9\"\nNODE_c_IP=10.0.0.3\n";
+                    # a comment\n\nexport NODE_b_IP=\"not-an-ip\"\nexport NODE__IP=\"10.0.0.9\"\nNODE_c_IP=10.0.0.3\n\
+                    export NODE_c_ETCD_NAME=\"\"\n";
         let env = parse_etcd_env(text);
         assert_eq!(
             env.problems,
@@ -192,6 +197,7 @@ export NODE_ci_ln_x7_master_2_example_com_IP="[fd00::5]"
                 "line 2: not an `export KEY=\"value\"` line",
                 "line 3: not an `export KEY=\"value\"` line",
                 "line 7: NODE__IP names no node",
+                "line 9: NODE_c_ETCD_NAME is empty",
                 "NODE_b_IP: 'not-an-ip' is not an IP address",
             ]
         );
