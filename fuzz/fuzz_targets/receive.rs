@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let mut conn = Conn::new(Duplex::new(data, std::io::sink()), true);
     if etcd_backup::receive::serve(&settings, &store, &mut conn).is_ok() {
         for set in store.list().unwrap().sets {
-            assert!(set.problem.is_none(), "committed a set that does not verify");
+            assert!(
+                set.problem.is_none(),
+                "committed a set that does not verify"
+            );
         }
     }
     // Nothing but the store appeared in the directory.
