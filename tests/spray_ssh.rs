@@ -323,3 +323,37 @@ fn a_link_cut_mid_transfer_is_bounded_and_the_next_run_resumes() {
     assert_eq!(lab.hosts[1].set_ids(), [id]);
     lab.hosts[1].run(&["verify"]).expect_code(0);
 }
+
+#[test]
+fn a_frozen_sshd_or_an_unreachable_host_is_bounded_and_the_other_peer_gets_its_set() {
+    let lab = Lab::new();
+    let id = lab.backup(0);
+    // master-1's sshd accepts TCP but never speaks: bounded by io_timeout (5s in the lab).
+    lab.hosts[1].freeze_sshd(true);
+    let started = std::time::Instant::now();
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("FAILED  lab-master-1");
+    let frozen = started.elapsed();
+    assert!(frozen < std::time::Duration::from_secs(15), "{frozen:?}");
+    assert_eq!(lab.hosts[2].set_ids(), std::slice::from_ref(&id));
+    lab.hosts[1].freeze_sshd(false);
+    lab.hosts[0].run(&["spray"]).expect_code(0);
+    assert_eq!(lab.hosts[1].set_ids(), std::slice::from_ref(&id));
+
+    // An address on the lab's network that no host has: bounded by connect_timeout (3s), named.
+    lab.write_config(0, "peers = [\"10.251.0.9\"]\n");
+    let started = std::time::Instant::now();
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("FAILED  10.251.0.9")
+        .expect_stdout("cannot connect");
+    let unreachable = started.elapsed();
+    assert!(
+        unreachable < std::time::Duration::from_secs(10),
+        "{unreachable:?}"
+    );
+    eprintln!("frozen sshd: {frozen:?}, unreachable host: {unreachable:?}");
+}

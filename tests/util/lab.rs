@@ -89,6 +89,18 @@ impl Host {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) this host's listening sshd: connections are
+    /// accepted by the kernel, but no SSH banner ever comes.
+    pub fn freeze_sshd(&self, frozen: bool) {
+        let pid = self.sshd.as_ref().expect("sshd running").id() as i32;
+        let signal = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    }
+
     pub fn stop_sshd(&mut self) {
         if let Some(mut child) = self.sshd.take() {
             let _ = child.kill();
