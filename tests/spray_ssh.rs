@@ -357,3 +357,95 @@ fn a_frozen_sshd_or_an_unreachable_host_is_bounded_and_the_other_peer_gets_its_s
     );
     eprintln!("frozen sshd: {frozen:?}, unreachable host: {unreachable:?}");
 }
+
+#[test]
+fn a_receiver_that_stops_reading_or_a_reset_handshake_is_bounded() {
+    let lab = Lab::new();
+    let id = lab.backup(0);
+    // master-2's receiver is stopped (SIGSTOP) as soon as it starts: it reads nothing more.
+    let pattern = format!("{} receive", lab.hosts[2].config().display());
+    let stopper = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            let out = std::process::Command::new("pkill")
+                .args(["-STOP", "-f", &pattern])
+                .status()
+                .unwrap();
+            if out.success() {
+                return Some(pattern);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        None
+    });
+    let started = std::time::Instant::now();
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("FAILED  lab-master-2");
+    let stalled = started.elapsed();
+    let pattern = stopper.join().unwrap().expect("the receiver was stopped");
+    assert!(stalled < std::time::Duration::from_secs(15), "{stalled:?}");
+    assert_eq!(lab.hosts[1].set_ids(), std::slice::from_ref(&id));
+    std::process::Command::new("pkill")
+        .args(["-CONT", "-f", &pattern])
+        .status()
+        .unwrap();
+    // The thawed receiver finds the connection gone and lets go of its lock; the next run
+    // delivers.
+    let start = std::time::Instant::now();
+    loop {
+        let run = lab.hosts[0].run(&["spray"]);
+        if run.code == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{}",
+            run.stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(lab.hosts[2].set_ids(), std::slice::from_ref(&id));
+
+    // A peer that sends half a banner, then resets the connection.
+    let mut reset = lab.hosts[2]
+        .cmd("python3")
+        .arg("-c")
+        .arg(format!(
+            "import socket, struct\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{}', 2222)); s.listen()\n\
+             while True:\n\
+             \x20   c, _ = s.accept(); c.sendall(b'SSH-2.0-Open')\n\
+             \x20   c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); c.close()\n",
+            lab.hosts[2].ip
+        ))
+        .spawn()
+        .unwrap();
+    let listening = std::time::Instant::now();
+    while !lab.hosts[0]
+        .cmd("bash")
+        .args(["-c", &format!("echo > /dev/tcp/{}/2222", lab.hosts[2].ip)])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(listening.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    lab.write_config(0, &format!("peers = [\"{}:2222\"]\n", lab.hosts[2].ip));
+    let started = std::time::Instant::now();
+    let run = lab.hosts[0].run(&["spray"]);
+    let _ = reset.kill();
+    let _ = reset.wait();
+    run.expect_code(4)
+        .expect_stdout(&format!("FAILED  {}:2222", lab.hosts[2].ip));
+    let refused = started.elapsed();
+    assert!(refused < std::time::Duration::from_secs(10), "{refused:?}");
+    eprintln!(
+        "receiver stopped: {stalled:?}, reset handshake: {refused:?}\n{}",
+        run.stdout
+    );
+}
