@@ -206,3 +206,72 @@ fn kill_9_at_every_crash_point_loses_nothing_and_leaves_nothing() {
     }
     eprintln!("crash matrix: {} points, {runs} runs", POINTS.len());
 }
+
+/// The receiving side on a real SSH peer: `receive` under sshd and sudo is killed at each of
+/// its crash points (the point reaches it through the forced command, as `sudo VAR=value`).
+#[test]
+fn kill_9_in_an_ssh_peers_receive_loses_nothing_and_the_next_run_delivers() {
+    let lab = crate::util::lab::Lab::new();
+    let peer = &lab.hosts[2];
+    let keys = peer.dir.join("authorized_keys");
+    let normal = std::fs::read_to_string(&keys).unwrap();
+    let peer_store = Store {
+        config: peer.config(),
+        root: peer.store(),
+    };
+    for point in [
+        "receive:writing",
+        "receive:before-commit",
+        "store:manifest-written",
+        "store:renamed",
+        "receive:before-ack",
+    ] {
+        let id = lab.backup(0);
+        let before = if peer.store().exists() {
+            peer_store.ids()
+        } else {
+            Vec::new()
+        };
+        std::fs::write(
+            &keys,
+            normal.replace(
+                "sudo -n ",
+                &format!("sudo -n ETCD_BACKUP_FAILPOINT={point} "),
+            ),
+        )
+        .unwrap();
+        lab.hosts[0]
+            .run(&["spray"])
+            .expect_code(4)
+            .expect_stdout("FAILED  lab-master-2");
+        assert!(
+            lab.hosts[1].set_ids().contains(&id),
+            "{point}: the other peer"
+        );
+        // Where the receiver died shows in its store: before the rename the set is only in
+        // staging; after it, complete (which also proves sudo passed the point on).
+        let after = peer_store.ids();
+        if matches!(point, "store:renamed" | "receive:before-ack") {
+            assert!(after.contains(&id), "{point}: committed before the kill");
+        } else {
+            assert!(!after.contains(&id), "{point}: not committed");
+            assert!(!peer_store.staging().is_empty(), "{point}: partial kept");
+        }
+        for old in &before {
+            assert!(after.contains(old), "{point}: the peer lost {old}");
+        }
+        std::fs::write(&keys, &normal).unwrap();
+        lab.hosts[0].run(&["spray"]).expect_code(0);
+        assert!(
+            peer_store.ids().contains(&id),
+            "{point}: delivered next run"
+        );
+        assert_eq!(
+            peer_store.staging(),
+            Vec::<PathBuf>::new(),
+            "{point}: the peer's staging"
+        );
+        peer_store.run(&["verify"]).expect_code(0);
+        assert_private(&peer.store());
+    }
+}
