@@ -1,5 +1,5 @@
 //! Crash points for the crash-matrix tests: with the `failpoints` feature, a process whose
-//! `ETCD_BACKUP_FAILPOINT` names a point kills itself with SIGKILL there, exactly as `kill -9`
+//! `ETCD_BACKUP_FAILPOINT` names a point kills itself with SIGKILL there (or stops, see `hit`), exactly as `kill -9`
 //! would (no destructors, no flush, locks released by the kernel). Without the feature,
 //! `hit` is an empty inline function and release builds carry nothing of it.
 
@@ -16,11 +16,22 @@ pub const POINTS: [&str; 9] = [
     "receive:before-ack",
 ];
 
+/// `ETCD_BACKUP_FAILPOINT=<point>` kills the process there; `<point>:stop` stops it there
+/// (SIGSTOP, once) so that a test can run something else while it is held at that point.
 #[inline(always)]
 pub fn hit(point: &'static str) {
     debug_assert!(POINTS.contains(&point), "unknown failpoint {point}");
     #[cfg(feature = "failpoints")]
-    if std::env::var("ETCD_BACKUP_FAILPOINT").is_ok_and(|v| v == point) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    if let Ok(wanted) = std::env::var("ETCD_BACKUP_FAILPOINT") {
+        use nix::sys::signal::{Signal, raise};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static STOPPED: AtomicBool = AtomicBool::new(false);
+        if wanted == point {
+            let _ = raise(Signal::SIGKILL);
+        } else if wanted.strip_suffix(":stop") == Some(point)
+            && !STOPPED.swap(true, Ordering::SeqCst)
+        {
+            let _ = raise(Signal::SIGSTOP);
+        }
     }
 }

@@ -89,3 +89,78 @@ fn two_senders_to_one_receiver_both_deliver() {
     assert_eq!(ids, expected, "every set of both senders, each once");
     assert_private(&shared);
 }
+
+/// Whether `pid` is stopped (state `T` in /proc).
+#[cfg(feature = "failpoints")]
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit(") ").next().unwrap_or("").starts_with('T'))
+        .unwrap_or(false)
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn prune_during_a_spray_is_busy_or_waits_and_both_finish_whole() {
+    let node = Node::new("");
+    let nfs = node.dir.path().join("nfs");
+    let config = |keep_last: u32, lock_wait: &str| {
+        node.write_config_with(
+            &format!("lock_wait = \"{lock_wait}\""),
+            "",
+            &format!(
+                "[retention]\nkeep_last = {keep_last}\n[spray]\netcd_env = \"\"\nattempts = 1\n\
+                 [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+                nfs.display()
+            ),
+        )
+    };
+    config(10, "10m");
+    for _ in 0..3 {
+        node.backup();
+    }
+    // The spray is held (SIGSTOP) in the middle of sending, with the store locked.
+    let spray = node
+        .cmd(&["spray"])
+        .env("ETCD_BACKUP_FAILPOINT", "spray:sending:stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !stopped(spray.id()) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    config(1, "0s");
+    node.run(&["prune"])
+        .expect_code(5)
+        .expect_stderr("is busy")
+        .expect_stderr(&format!("pid {}", spray.id()));
+    assert_eq!(node.set_ids().len(), 3, "nothing pruned under the spray");
+    // With a wait, prune runs as soon as the spray lets go.
+    config(1, "1m");
+    let prune = spawn(&node, &["prune"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spray.id() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    finish(spray, &["spray"]).expect_code(0);
+    finish(prune, &["prune"]).expect_code(0);
+    assert_eq!(node.set_ids().len(), 1, "pruned after the spray");
+    node.run(&["verify"]).expect_code(0);
+    let target = node.dir.path().join("target.toml");
+    std::fs::write(&target, format!("[store]\nroot = \"{}\"\n", nfs.display())).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&target)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches("ok ").count(),
+        3,
+        "the target holds all three sets, whole"
+    );
+}
