@@ -449,3 +449,44 @@ fn a_receiver_that_stops_reading_or_a_reset_handshake_is_bounded() {
         run.stdout
     );
 }
+
+/// `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the
+/// resolver of master-0 then asks master-2's address, where no DNS server listens.
+struct LabResolver(std::path::PathBuf);
+
+impl Drop for LabResolver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // /etc/netns itself, if this test made it (fails harmlessly when not empty).
+        let _ = std::fs::remove_dir(self.0.parent().unwrap());
+    }
+}
+
+#[test]
+fn a_peer_name_that_does_not_resolve_fails_alone_and_is_named() {
+    let lab = Lab::new();
+    let id = lab.backup(0);
+    let dir = std::path::Path::new("/etc/netns").join(&lab.hosts[0].netns);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _resolver = LabResolver(dir.clone());
+    std::fs::write(
+        dir.join("resolv.conf"),
+        format!(
+            "nameserver {}\noptions timeout:1 attempts:1\n",
+            lab.hosts[2].ip
+        ),
+    )
+    .unwrap();
+    lab.write_config(0, "peers = [\"master-9.lab.invalid\"]\n");
+    let started = std::time::Instant::now();
+    lab.hosts[0]
+        .run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("FAILED  master-9.lab.invalid")
+        .expect_stdout("resolve");
+    let elapsed = started.elapsed();
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(lab.hosts[1].set_ids(), std::slice::from_ref(&id));
+    assert_eq!(lab.hosts[2].set_ids(), std::slice::from_ref(&id));
+    eprintln!("unresolvable name: {elapsed:?}");
+}
