@@ -6,6 +6,7 @@ mod config;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod disk_full;
+mod hostile_store;
 mod journal;
 mod masters;
 mod release;

@@ -1,0 +1,80 @@
+//! Symlinks planted in a store (as a set's file, as a whole set, in staging) are never
+//! followed: not read as set data, not sent, not deleted through, not listed as good.
+
+use crate::util::*;
+
+#[test]
+fn planted_symlinks_are_never_followed() {
+    let node = Node::new("");
+    let a = node.backup();
+    let b = node.backup();
+    let outside = node.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+
+    // a's snapshot becomes a symlink to a same-size file outside the store.
+    let snapshot = std::fs::read_dir(node.set_dir(&a))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "db"))
+        .unwrap();
+    let decoy = outside.join("decoy.db");
+    std::fs::copy(&snapshot, &decoy).unwrap();
+    std::fs::remove_file(&snapshot).unwrap();
+    std::os::unix::fs::symlink(&decoy, &snapshot).unwrap();
+    // A whole "set" that is a symlink to a copy of b elsewhere, under a later id.
+    let fake_id = b.replace("Z-master-0", "Z-master-9");
+    let copy = outside.join("copy-of-b");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(node.set_dir(&b)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+    }
+    std::os::unix::fs::symlink(&copy, node.store().join("sets").join(&fake_id)).unwrap();
+    // And a symlink in staging to a directory with something in it.
+    let keep = outside.join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    std::fs::write(keep.join("file"), "not ours").unwrap();
+    std::os::unix::fs::symlink(&keep, node.store().join(".staging/planted")).unwrap();
+
+    let run = node.run(&["verify"]);
+    assert_ne!(run.code, 0, "verify must fail: {}", run.stdout);
+    assert!(
+        run.stdout.contains(&a),
+        "names the damaged set: {}",
+        run.stdout
+    );
+    let good: Vec<String> = node
+        .sets()
+        .iter()
+        .filter(|s| s["verified"] == true)
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(good, [b.clone()], "only the real, whole set is good");
+
+    // A spray to a directory target sends only b; prune and staging GC delete nothing outside.
+    let nfs = node.dir.path().join("nfs");
+    node.write_config_with(
+        "gc_grace = \"0s\"",
+        "",
+        &format!(
+            "[retention]\nkeep_last = 1\n[spray]\netcd_env = \"\"\nattempts = 1\n\
+             [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+            nfs.display()
+        ),
+    );
+    node.run(&["spray"]);
+    let sent: Vec<String> = std::fs::read_dir(nfs.join("sets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sent, [b.clone()]);
+    assert_private(&nfs);
+    node.run(&["backup"]).expect_code(0);
+    node.run(&["prune"]);
+    assert!(decoy.exists(), "the decoy outside the store is intact");
+    assert!(copy.join("manifest.json").exists(), "the copy is intact");
+    assert!(
+        keep.join("file").exists(),
+        "staging GC did not follow the link"
+    );
+}
