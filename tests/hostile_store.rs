@@ -49,7 +49,11 @@ fn planted_symlinks_are_never_followed() {
         .filter(|s| s["verified"] == true)
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(good, [b.clone()], "only the real, whole set is good");
+    assert_eq!(
+        good,
+        std::slice::from_ref(&b),
+        "only the real, whole set is good"
+    );
 
     // A spray to a directory target sends only b; prune and staging GC delete nothing outside.
     let nfs = node.dir.path().join("nfs");
@@ -67,7 +71,7 @@ fn planted_symlinks_are_never_followed() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(sent, [b.clone()]);
+    assert_eq!(sent, std::slice::from_ref(&b));
     assert_private(&nfs);
     node.run(&["backup"]).expect_code(0);
     node.run(&["prune"]);
