@@ -289,8 +289,7 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
 
 fn cmd_spray(settings: &Settings) -> Result<u8> {
     let store = Store::open(&settings.store.root)?;
-    // Prune must not delete a set while it is being sent.
-    let _lock = store.lock(settings.store.lock_wait)?;
+    let _spraying = store.lock_named(crate::store::SPRAY_LOCK_FILE, settings.store.lock_wait)?;
     let (targets, warnings) = crate::spray::targets(settings)?;
     for warning in &warnings {
         tracing::warn!("{warning}");
@@ -302,8 +301,12 @@ fn cmd_spray(settings: &Settings) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     // An empty local history still runs: it sends nothing and deletes nothing remotely.
-    // Damaged sets are left out by `push` itself.
-    let sets = store.list()?.sets;
+    // The lock is held only to list and open the sets: open files survive a prune, and a
+    // receiver on this node (a peer spraying at the same time) needs the lock to commit.
+    let sets = {
+        let _lock = store.lock(settings.store.lock_wait)?;
+        crate::spray::open_sets(store.list()?.sets)
+    };
     let results = crate::spray::spray_all(settings, &targets, &sets);
     crate::spray::write_state(&store, &results)?;
     let failed = results.iter().filter(|r| r.result.is_err()).count();

@@ -467,7 +467,7 @@ mod tests {
     use super::*;
     use crate::manifest::make_set_id;
     use crate::protocol::{Duplex, Offer, pipe_pair};
-    use crate::spray::{PushStats, push};
+    use crate::spray::{PushStats, open_sets, push};
     use crate::store::StoredSet;
     use crate::verify::tests::{fake_resources, fake_snapshot};
     use std::io::{PipeReader, PipeWriter};
@@ -551,7 +551,7 @@ mod tests {
     }
 
     fn spray(from: &Side, to: &Side, compress: bool) -> (Result<PushStats>, Result<ReceiveStats>) {
-        let sets = from.store.list().unwrap().sets;
+        let sets = open_sets(from.store.list().unwrap().sets);
         exchange(to, compress, |conn| {
             push(conn, &from.settings.node_name, &sets)
         })
@@ -644,7 +644,7 @@ mod tests {
     fn a_cut_transfer_commits_nothing_and_resumes() {
         let (m0, m1) = (side("m0"), side("m1"));
         let set = make_set(&m0, 0, 600); // ~2.4 MiB snapshot
-        let sets = m0.store.list().unwrap().sets;
+        let sets = open_sets(m0.store.list().unwrap().sets);
         let (a, b) = pipe_pair().unwrap();
         let mut receiving = Conn::new(b, false);
         let (sent, received) = std::thread::scope(|scope| {

@@ -6,7 +6,41 @@ use crate::store::StoredSet;
 use crate::verify::open_regular;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// A set opened for sending. Its files stay readable through these handles even if a prune
+/// removes the set meanwhile, so a spray holds the store lock only while it lists and opens
+/// (a receiver on this node needs that lock to commit what a peer sends it).
+pub struct OpenSet {
+    pub set: StoredSet,
+    /// One handle per manifest file, in manifest order; read with `pread`, so that every
+    /// target's thread shares them.
+    files: Vec<File>,
+}
+
+/// Opens the files of every set without a problem. A set that cannot be opened (removed or
+/// damaged since it was listed) is left out with a warning.
+pub fn open_sets(sets: Vec<StoredSet>) -> Vec<OpenSet> {
+    sets.into_iter()
+        .filter(|set| set.problem.is_none())
+        .filter_map(|set| {
+            let files: Result<Vec<File>> = set
+                .manifest
+                .files
+                .iter()
+                .map(|f| open_regular(&set.dir.join(&f.name)))
+                .collect();
+            match files {
+                Ok(files) => Some(OpenSet { set, files }),
+                Err(e) => {
+                    tracing::warn!(set_id = %set.id(), "not offering set {}: {e:#}", set.id());
+                    None
+                }
+            }
+        })
+        .collect()
+}
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PushStats {
@@ -24,17 +58,13 @@ pub struct PushStats {
 /// Offers `sets` to the receiver at the other end of `conn` and sends what it lacks, newest
 /// first, resuming cut files from where they stopped. An error the receiver reports is returned
 /// with its message.
-pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> Result<PushStats> {
-    // Damaged sets are never offered. The manifest bytes offered are the ones the store read,
+pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Result<PushStats> {
+    // Damaged sets were never opened. The manifest bytes offered are the ones the store read,
     // hashed and will send.
-    let intact: BTreeMap<&str, &StoredSet> = sets
-        .iter()
-        .filter(|s| s.problem.is_none())
-        .map(|s| (s.id(), s))
-        .collect();
+    let intact: BTreeMap<&str, &OpenSet> = sets.iter().map(|s| (s.set.id(), s)).collect();
     let offers: Vec<Offer> = intact
         .values()
-        .map(|set| Offer {
+        .map(|OpenSet { set, .. }| Offer {
             id: set.id().to_string(),
             manifest_sha256: set.manifest_sha256.clone(),
             size: set.manifest.total_size(),
@@ -65,7 +95,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
     };
     let mut buf = vec![0u8; crate::protocol::CHUNK_BYTES];
     for want in &wants {
-        let Some(set) = intact.get(want.id.as_str()) else {
+        let Some(OpenSet { set, files }) = intact.get(want.id.as_str()).copied() else {
             bail!(
                 "receiver asked for set '{}', which was not offered",
                 want.id
@@ -76,7 +106,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
                 id: want.id.clone(),
                 manifest: set.manifest_json.clone(),
             })?;
-            for file in &set.manifest.files {
+            for (file, source) in set.manifest.files.iter().zip(files) {
                 let offset = want.held.get(&file.name).copied().unwrap_or(0);
                 if offset > file.size {
                     bail!(
@@ -89,18 +119,15 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
                     name: file.name.clone(),
                     offset,
                 })?;
-                let path = set.dir.join(&file.name);
-                let mut source = open_regular(&path)?;
-                source.seek(SeekFrom::Start(offset))?;
-                let mut left = file.size - offset;
-                while left > 0 {
-                    let n = buf.len().min(left as usize);
-                    source
-                        .read_exact(&mut buf[..n])
-                        .with_context(|| format!("cannot read '{}'", path.display()))?;
+                let mut pos = offset;
+                while pos < file.size {
+                    let n = buf.len().min((file.size - pos) as usize);
+                    source.read_exact_at(&mut buf[..n], pos).with_context(|| {
+                        format!("cannot read '{}'", set.dir.join(&file.name).display())
+                    })?;
                     conn.send_data(&buf[..n])?;
                     crate::failpoint::hit("spray:sending");
-                    left -= n as u64;
+                    pos += n as u64;
                 }
                 conn.send(&Message::FileEnd {
                     name: file.name.clone(),
@@ -120,7 +147,14 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[StoredSet]) -> 
                 Ok(_) => error,
             });
         }
-        match reply(conn)? {
+        let committed = reply(conn).with_context(|| {
+            format!(
+                "set '{}' was sent but not confirmed (the receiver commits under its store lock, \
+                 which a backup or prune there may hold; the next run finishes it)",
+                want.id
+            )
+        })?;
+        match committed {
             Message::Committed { id } if id == want.id => stats.sent.push(id),
             other => bail!("unexpected answer to set '{}': {other:?}", want.id),
         }
@@ -271,7 +305,7 @@ fn unescape_mount(field: &str) -> String {
 fn push_to(
     target: &Target,
     settings: &crate::config::Settings,
-    sets: &[StoredSet],
+    sets: &[OpenSet],
 ) -> Result<PushStats> {
     match target {
         Target::Peer { addr, .. } => {
@@ -332,7 +366,7 @@ const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 pub fn spray_all(
     settings: &crate::config::Settings,
     targets: &[Target],
-    sets: &[StoredSet],
+    sets: &[OpenSet],
 ) -> Vec<TargetResult> {
     use crate::logging::message_id;
     std::thread::scope(|scope| {

@@ -22,6 +22,8 @@ pub const SETS_DIR: &str = "sets";
 pub const STAGING_DIR: &str = ".staging";
 pub const LOCK_FILE: &str = ".lock";
 pub const RECEIVE_LOCK_FILE: &str = ".receive.lock";
+/// One spray at a time per node (the store lock is held only while it lists and opens sets).
+pub const SPRAY_LOCK_FILE: &str = ".spray.lock";
 /// Staging dirs of incoming sets: `recv-<set-id>`, kept across cut transfers to resume them.
 pub const RECEIVE_STAGING_PREFIX: &str = "recv-";
 pub const DIR_MODE: u32 = 0o700;

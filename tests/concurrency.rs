@@ -100,7 +100,7 @@ fn stopped(pid: u32) -> bool {
 
 #[cfg(feature = "failpoints")]
 #[test]
-fn prune_during_a_spray_is_busy_or_waits_and_both_finish_whole() {
+fn prune_during_a_spray_runs_and_the_spray_still_sends_whole_sets() {
     let node = Node::new("");
     let nfs = node.dir.path().join("nfs");
     let config = |keep_last: u32, lock_wait: &str| {
@@ -115,10 +115,8 @@ fn prune_during_a_spray_is_busy_or_waits_and_both_finish_whole() {
         )
     };
     config(10, "10m");
-    for _ in 0..3 {
-        node.backup();
-    }
-    // The spray is held (SIGSTOP) in the middle of sending, with the store locked.
+    let ids: Vec<String> = (0..3).map(|_| node.backup()).collect();
+    // The spray is held (SIGSTOP) in the middle of sending its first set.
     let spray = node
         .cmd(&["spray"])
         .env("ETCD_BACKUP_FAILPOINT", "spray:sending:stop")
@@ -131,26 +129,32 @@ fn prune_during_a_spray_is_busy_or_waits_and_both_finish_whole() {
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // A second spray meanwhile is busy and names the first.
     config(1, "0s");
-    node.run(&["prune"])
+    node.run(&["spray"])
         .expect_code(5)
         .expect_stderr("is busy")
         .expect_stderr(&format!("pid {}", spray.id()));
-    assert_eq!(node.set_ids().len(), 3, "nothing pruned under the spray");
-    // With a wait, prune runs as soon as the spray lets go.
-    config(1, "1m");
-    let prune = spawn(&node, &["prune"]);
+    // A prune does not wait for the spray: it deletes the two older sets now.
+    node.run(&["prune"]).expect_code(0);
+    assert_eq!(node.set_ids(), [ids[2].clone()]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(spray.id() as i32),
         nix::sys::signal::Signal::SIGCONT,
     )
     .unwrap();
+    // The spray sends from the files it opened: all three sets arrive whole.
     finish(spray, &["spray"]).expect_code(0);
-    finish(prune, &["prune"]).expect_code(0);
-    assert_eq!(node.set_ids().len(), 1, "pruned after the spray");
     node.run(&["verify"]).expect_code(0);
     let target = node.dir.path().join("target.toml");
-    std::fs::write(&target, format!("[store]\nroot = \"{}\"\n", nfs.display())).unwrap();
+    std::fs::write(
+        &target,
+        format!(
+            "[store]\nroot = \"{}\"\n[retention]\nkeep_last = 10\n",
+            nfs.display()
+        ),
+    )
+    .unwrap();
     let out = std::process::Command::new(BIN)
         .arg("--config")
         .arg(&target)
@@ -158,9 +162,46 @@ fn prune_during_a_spray_is_busy_or_waits_and_both_finish_whole() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).matches("ok ").count(),
-        3,
-        "the target holds all three sets, whole"
+    let verified = String::from_utf8_lossy(&out.stdout);
+    for id in &ids {
+        assert!(verified.contains(&format!("ok   {id}")), "{verified}");
+    }
+    assert_private(&node.store());
+}
+
+#[test]
+fn two_masters_spraying_at_once_over_ssh_all_end_with_every_set() {
+    let lab = crate::util::lab::Lab::new();
+    let ids = [lab.backup(0), lab.backup(1)];
+    // master-0 and master-1 push at the same moment: each is the other's receiver too, and
+    // master-2 receives from both. (Before sprays released the store lock early, each
+    // receiver waited for the other's spray to end and its sender timed out.)
+    let runs = std::thread::scope(|scope| {
+        let handles: Vec<_> = [0, 1]
+            .map(|n| {
+                let host = &lab.hosts[n];
+                scope.spawn(move || host.run(&["spray"]))
+            })
+            .into_iter()
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<Run>>()
+    });
+    // Neither waits on the other's store lock any more (a spray holds it only to list and
+    // open): both deliver everything in one run.
+    for run in &runs {
+        run.expect_code(0);
+    }
+    let mut expected = ids.to_vec();
+    expected.sort();
+    for host in &lab.hosts {
+        assert_eq!(host.set_ids(), expected, "{}", host.name);
+        host.run(&["verify"]).expect_code(0);
+    }
+    eprintln!(
+        "two senders: exit codes {:?}",
+        runs.iter().map(|r| r.code).collect::<Vec<_>>()
     );
 }
