@@ -15,6 +15,8 @@
 //!   per file: FileBegin {name, offset} D… FileEnd {name}
 //!   SetEnd {id}                     →
 //!                                   ←     Committed {id}                       (or Error)
+//! (while the receiver waits for a lock, before Welcome or before Committed, it sends
+//! Waiting {reason} every KEEPALIVE; the sender reads past them)
 //! Bye                               →
 //! ```
 
@@ -94,7 +96,17 @@ pub enum Message {
     Error {
         message: String,
     },
+    /// Receiver to sender while it waits for one of its locks (another receiver, or a backup
+    /// or prune on its node): sent every [`KEEPALIVE`], so that the sender's I/O timeout
+    /// measures a dead link, not a busy peer. The wait stays bounded by the receiver's
+    /// `lock_wait`.
+    Waiting {
+        reason: String,
+    },
 }
+
+/// How often a waiting receiver says so.
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {

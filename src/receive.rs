@@ -94,7 +94,13 @@ fn session<S: Stream>(
     conn: &mut Conn<S>,
     stats: &mut ReceiveStats,
 ) -> Result<()> {
-    let _receiving = store.lock_named(RECEIVE_LOCK_FILE, settings.store.lock_wait)?;
+    let _receiving = lock_telling_sender(
+        conn,
+        store,
+        RECEIVE_LOCK_FILE,
+        settings.store.lock_wait,
+        "another sender is being received",
+    )?;
     let (sender, offers) = match conn.next_message()? {
         Message::Hello {
             version,
@@ -219,6 +225,30 @@ fn name(message: &Message) -> &'static str {
         Message::Committed { .. } => "committed",
         Message::Bye => "bye",
         Message::Error { .. } => "error",
+        Message::Waiting { .. } => "waiting",
+    }
+}
+
+/// Takes the lock file `lock` of the store, telling the sender every [`crate::protocol::KEEPALIVE`] that it
+/// waits and why, for at most `wait` (then the busy error goes back to the sender).
+fn lock_telling_sender<S: Stream>(
+    conn: &mut Conn<S>,
+    store: &Store,
+    lock: &str,
+    wait: std::time::Duration,
+    why: &str,
+) -> Result<crate::store::StoreLock> {
+    let started = std::time::Instant::now();
+    loop {
+        let left = wait.saturating_sub(started.elapsed());
+        match store.lock_named(lock, left.min(crate::protocol::KEEPALIVE)) {
+            Err(e) if e.is::<crate::store::BusyError>() && !left.is_zero() => {
+                conn.send(&Message::Waiting {
+                    reason: format!("{why}: {e:#}"),
+                })?;
+            }
+            result => return result,
+        }
     }
 }
 
@@ -333,7 +363,13 @@ fn receive_set<S: Stream>(
     fs::remove_file(staging.join(OFFER_FILE))
         .with_context(|| format!("cannot clean '{}'", staging.display()))?;
     crate::failpoint::hit("receive:before-commit");
-    let _lock = store.lock(settings.store.lock_wait)?;
+    let _lock = lock_telling_sender(
+        conn,
+        store,
+        crate::store::LOCK_FILE,
+        settings.store.lock_wait,
+        "waiting for the store lock to commit",
+    )?;
     store.commit(staging, &manifest)?;
     crate::prune::prune(store, &settings.retention, false)?;
     Ok(())

@@ -166,12 +166,24 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
     Ok(stats)
 }
 
-/// The receiver's next message; its Error frame becomes an error carrying its words.
+/// A receiver waits at most its own `lock_wait` (10m by default); one that keeps saying it
+/// waits for longer than this is not believed.
+const MAX_RECEIVER_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The receiver's next answer, past its keepalives; its Error frame becomes an error carrying
+/// its words.
 fn reply<S: Stream>(conn: &mut Conn<S>) -> Result<Message> {
-    match conn.next_message() {
-        Ok(Message::Error { message }) => bail!("receiver refused: {message}"),
-        Ok(message) => Ok(message),
-        Err(e) => Err(anyhow::Error::from(e).context("no answer from the receiver")),
+    let started = std::time::Instant::now();
+    loop {
+        match conn.next_message() {
+            Ok(Message::Waiting { reason }) if started.elapsed() > MAX_RECEIVER_WAIT => {
+                bail!("the receiver has been waiting for over an hour: {reason}")
+            }
+            Ok(Message::Waiting { reason }) => tracing::debug!("the receiver waits: {reason}"),
+            Ok(Message::Error { message }) => bail!("receiver refused: {message}"),
+            Ok(message) => return Ok(message),
+            Err(e) => return Err(anyhow::Error::from(e).context("no answer from the receiver")),
+        }
     }
 }
 

@@ -490,3 +490,27 @@ fn a_peer_name_that_does_not_resolve_fails_alone_and_is_named() {
     assert_eq!(lab.hosts[2].set_ids(), std::slice::from_ref(&id));
     eprintln!("unresolvable name: {elapsed:?}");
 }
+
+#[test]
+fn a_receiver_waiting_for_its_store_lock_keeps_the_sender_and_commits() {
+    let lab = Lab::new();
+    let id = lab.backup(0);
+    // A backup (or prune) on master-2 holds its store lock longer than the sender's io_timeout
+    // (5s): the receiver says it waits, the sender keeps waiting, the set is committed after.
+    let store = etcd_backup::store::Store::open(&lab.hosts[2].store()).unwrap();
+    let held = store.lock(std::time::Duration::ZERO).unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(8));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    lab.hosts[0].run(&["spray"]).expect_code(0);
+    let waited = started.elapsed();
+    holder.join().unwrap();
+    assert!(
+        waited >= std::time::Duration::from_secs(7),
+        "the commit waited for the lock: {waited:?}"
+    );
+    assert_eq!(lab.hosts[2].set_ids(), std::slice::from_ref(&id));
+    lab.hosts[2].run(&["verify"]).expect_code(0);
+}
