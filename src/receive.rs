@@ -229,8 +229,9 @@ fn name(message: &Message) -> &'static str {
     }
 }
 
-/// Takes the lock file `lock` of the store, telling the sender every [`crate::protocol::KEEPALIVE`] that it
-/// waits and why, for at most `wait` (then the busy error goes back to the sender).
+/// Takes the lock file `lock` of the store, telling the sender every
+/// [`crate::protocol::KEEPALIVE`] that it waits and why, for at most `wait` (then the busy
+/// error goes back to the sender).
 fn lock_telling_sender<S: Stream>(
     conn: &mut Conn<S>,
     store: &Store,

@@ -149,8 +149,8 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
         }
         let committed = reply(conn).with_context(|| {
             format!(
-                "set '{}' was sent but not confirmed (the receiver commits under its store lock, \
-                 which a backup or prune there may hold; the next run finishes it)",
+                "set '{}' was sent but its commit was not confirmed (the next run sees whether \
+                 the receiver holds it)",
                 want.id
             )
         })?;
