@@ -289,12 +289,11 @@ fn proc_self_field(path: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Refuses to start when the store's filesystem has less free space than the newest set took:
-/// the script would fill the disk (twice, under `force = "fallback"`) and fail anyway, and a
-/// full disk under /var can take etcd down with it.
-fn ensure_room(store: &Store) -> Result<()> {
-    let listing = store.list()?;
-    let Some(newest) = listing.sets.iter().max_by_key(|s| s.info().created) else {
+/// Refuses to start when the store's filesystem has less free space than the newest of `sets`
+/// (the store's) took: the script would fill the disk (twice, under `force = "fallback"`) and
+/// fail anyway, and a full disk under /var can take etcd down with it.
+fn ensure_room(store: &Store, sets: &[StoredSet]) -> Result<()> {
+    let Some(newest) = sets.iter().max_by_key(|s| s.info().created) else {
         return Ok(());
     };
     let needed = newest.manifest.total_size();
@@ -312,11 +311,12 @@ fn ensure_room(store: &Store) -> Result<()> {
     Ok(())
 }
 
-/// Takes one backup set per the force policy and commits it. The caller holds the lock.
-pub fn take_backup(settings: &Settings, store: &Store) -> Result<StoredSet> {
+/// Takes one backup set per the force policy and commits it. The caller holds the lock and
+/// passes the store's sets as it listed them.
+pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Result<StoredSet> {
     let started = Instant::now();
     let backup = &settings.backup;
-    ensure_room(store)?;
+    ensure_room(store, sets)?;
     let first_forced = backup.force == ForcePolicy::Always;
     let mut set = attempt(store, backup, first_forced, &settings.node_name)?;
     if set.is_none() && backup.force == ForcePolicy::Fallback {

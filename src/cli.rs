@@ -184,9 +184,8 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
         for removed in store.gc_staging(settings.store.gc_grace, SystemTime::now())? {
             tracing::info!(path = %removed.display(), "removed staging leftover");
         }
-        let held: Vec<_> = store
-            .list()?
-            .sets
+        let sets = store.list()?.sets;
+        let held: Vec<_> = sets
             .iter()
             .filter(|s| s.problem.is_none())
             .map(|s| s.info())
@@ -205,7 +204,7 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
             }
             crate::takeover::Turn::Take(why) => {
                 tracing::info!("taking a backup: {why}");
-                Some(backup::take_backup(settings, &store)?)
+                Some(backup::take_backup(settings, &store, &sets)?)
             }
         };
         prune::prune(&store, &settings.retention, false).with_context(|| match &set {
