@@ -2,7 +2,7 @@
 //! MachineConfig is rolled out, then everything goes through systemctl and journalctl, as an
 //! administrator would do it.
 
-use crate::util::repo;
+use crate::util::{release_binary, repo};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -144,16 +144,6 @@ fn backed_up(journal: &[Value]) -> Option<String> {
     assert!(ok.len() <= 1, "one run, one set: {ok:?}");
     ok.first()
         .map(|e| e["SET_ID"].as_str().unwrap().to_string())
-}
-
-fn release_binary() -> PathBuf {
-    let binary = repo().join("target/release/etcd-backup");
-    assert!(
-        binary.is_file(),
-        "{} is missing: `cargo build --release` first (the README test command does)",
-        binary.display()
-    );
-    binary
 }
 
 fn render(dir: &std::path::Path) -> PathBuf {

@@ -1,7 +1,7 @@
 //! The release binary as it ships inside the MachineConfig: what it links, which glibc it needs,
 //! and how big the rendered MachineConfig is.
 
-use crate::util::{BIN, repo};
+use crate::util::{BIN, release_binary};
 use std::process::Command;
 
 /// Libraries every RHCOS 9 master has in its base image. OpenSSL stays dynamic (FIPS mode and
@@ -21,16 +21,6 @@ const MAX_GLIBC: (u32, u32) = (2, 34);
 /// The budget is 768 KiB (`render::MACHINECONFIG_BUDGET_BYTES`), not met yet: see the
 /// README's "Size". Until it is, this ceiling keeps the size from growing unnoticed.
 const REGRESSION_CEILING_KIB: usize = 1200;
-
-fn release_binary() -> std::path::PathBuf {
-    let binary = repo().join("target/release/etcd-backup");
-    assert!(
-        binary.is_file(),
-        "{} is missing: `cargo build --release` first (the README test command does)",
-        binary.display()
-    );
-    binary
-}
 
 fn tool(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)

@@ -24,6 +24,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The release binary, the one the MachineConfig ships (the README test command builds it).
+pub fn release_binary() -> PathBuf {
+    let binary = repo().join("target/release/etcd-backup");
+    assert!(
+        binary.is_file(),
+        "{} is missing: `cargo build --release` first (the README test command does)",
+        binary.display()
+    );
+    binary
+}
+
 pub fn standin() -> PathBuf {
     repo().join("tests/lab/cluster-backup")
 }
