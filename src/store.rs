@@ -101,10 +101,16 @@ pub fn ensure_private_dir(path: &Path) -> Result<()> {
             Ok(())
         }
         Ok(_) => bail!("'{}' exists and is not a directory", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
-            .mode(DIR_MODE)
-            .create(path)
-            .with_context(|| format!("cannot create directory '{}'", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+                Ok(()) => Ok(()),
+                // Another run (two first runs at once) made it since: check what it made.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ensure_private_dir(path),
+                Err(e) => {
+                    Err(e).with_context(|| format!("cannot create directory '{}'", path.display()))
+                }
+            }
+        }
         Err(e) => Err(e).with_context(|| format!("cannot stat '{}'", path.display())),
     }
 }
@@ -587,6 +593,23 @@ mod tests {
             outside.join("keep").exists(),
             "a symlink in staging is never followed"
         );
+    }
+
+    #[test]
+    fn runs_opening_a_new_store_at_once_all_succeed() {
+        // Two first runs at once (a timer and a hand start) used to race between stat and
+        // mkdir: one failed with "File exists".
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("a/store");
+            std::thread::scope(|scope| {
+                let opens: Vec<_> = (0..4).map(|_| scope.spawn(|| Store::open(&root))).collect();
+                for open in opens {
+                    open.join().unwrap().unwrap();
+                }
+            });
+            assert_eq!(mode(&root.join(SETS_DIR)), DIR_MODE);
+        }
     }
 
     #[test]
