@@ -9,17 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const POINTS: [&str; 9] = [
-    "backup:script-running",
-    "backup:script-exited",
-    "store:manifest-written",
-    "store:renamed",
-    "store:deleting",
-    "spray:sending",
-    "receive:writing",
-    "receive:before-commit",
-    "receive:before-ack",
-];
+use etcd_backup::failpoint::POINTS;
 
 struct Store {
     config: PathBuf,

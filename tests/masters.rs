@@ -2,7 +2,7 @@
 //! MachineConfig is rolled out, then everything goes through systemctl and journalctl, as an
 //! administrator would do it.
 
-use crate::util::{release_binary, repo};
+use crate::util::{render_release_machineconfig, repo};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -147,32 +147,16 @@ fn backed_up(journal: &[Value]) -> Option<String> {
 }
 
 fn render(dir: &std::path::Path) -> PathBuf {
-    let node_config = dir.join("config.toml");
+    let yaml = dir.join("machineconfig.yaml");
     std::fs::write(
-        &node_config,
-        format!(
+        &yaml,
+        render_release_machineconfig(&format!(
             "[backup]\nsnapshot_nodes = [\"master-0\", \"master-1\", \"master-2\"]\n\
              takeover_after = \"{TAKEOVER_SECS}s\"\n\
              [spray]\nconnect_timeout = \"3s\"\nio_timeout = \"10s\"\nattempts = 1\n"
-        ),
+        )),
     )
     .unwrap();
-    let output = Command::new(crate::util::BIN)
-        .args([
-            "render",
-            "machineconfig",
-            "--config",
-            "/dev/null",
-            "--node-config",
-        ])
-        .arg(&node_config)
-        .arg("--binary")
-        .arg(release_binary())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let yaml = dir.join("machineconfig.yaml");
-    std::fs::write(&yaml, &output.stdout).unwrap();
     yaml
 }
 

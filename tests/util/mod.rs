@@ -35,6 +35,24 @@ pub fn release_binary() -> PathBuf {
     binary
 }
 
+/// `render machineconfig` for the release binary with `node_config` as every master's
+/// config.toml; the YAML.
+pub fn render_release_machineconfig(node_config: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, node_config).unwrap();
+    let output = Command::new(BIN)
+        .args(["render", "machineconfig", "--config", "/dev/null"])
+        .arg("--node-config")
+        .arg(&path)
+        .arg("--binary")
+        .arg(release_binary())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    output.stdout
+}
+
 pub fn standin() -> PathBuf {
     repo().join("tests/lab/cluster-backup")
 }
