@@ -226,10 +226,20 @@ impl Store {
                 Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
                     file = returned;
                     if start.elapsed() >= wait {
-                        let mut holder = String::new();
-                        let _ = file
-                            .rewind()
-                            .and_then(|()| file.read_to_string(&mut holder));
+                        let mut read_holder = || {
+                            let mut holder = String::new();
+                            let _ = file
+                                .rewind()
+                                .and_then(|()| file.read_to_string(&mut holder));
+                            holder
+                        };
+                        let mut holder = read_holder();
+                        if holder.trim().is_empty() {
+                            // The holder writes its name right after it takes the lock: a run
+                            // that gives up at once may look in between.
+                            std::thread::sleep(LOCK_POLL);
+                            holder = read_holder();
+                        }
                         return Err(BusyError {
                             root: self.root.clone(),
                             holder: if holder.trim().is_empty() {
