@@ -60,29 +60,13 @@ fn two_senders_to_one_receiver_both_deliver() {
     let (sa, sb) = (spawn(&a, &["spray"]), spawn(&b, &["spray"]));
     finish(sa, &["spray"]).expect_code(0);
     finish(sb, &["spray"]).expect_code(0);
-    let target = a.dir.path().join("target.toml");
-    std::fs::write(
-        &target,
-        format!(
-            "[store]\nroot = \"{}\"\n[retention]\nkeep_last = 10\n",
-            shared.display()
-        ),
-    )
-    .unwrap();
-    let listing = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&target)
-        .args(["list", "--json"])
-        .output()
-        .unwrap();
-    let sets: Vec<serde_json::Value> = serde_json::from_slice(&listing.stdout).unwrap();
-    let mut ids: Vec<String> = sets
-        .iter()
-        .map(|s| {
-            assert_eq!(s["verified"], true, "{s}");
-            s["id"].as_str().unwrap().to_string()
-        })
-        .collect();
+    let target = StoreAt::configured(
+        a.dir.path().join("target.toml"),
+        &shared,
+        "[retention]\nkeep_last = 10\n",
+    );
+    // Every listed set verified (asserted by ids()).
+    let mut ids = target.ids();
     ids.sort();
     let mut expected: Vec<String> = a.set_ids().into_iter().chain(b.set_ids()).collect();
     expected.sort();
@@ -146,23 +130,14 @@ fn prune_during_a_spray_runs_and_the_spray_still_sends_whole_sets() {
     // The spray sends from the files it opened: all three sets arrive whole.
     finish(spray, &["spray"]).expect_code(0);
     node.run(&["verify"]).expect_code(0);
-    let target = node.dir.path().join("target.toml");
-    std::fs::write(
-        &target,
-        format!(
-            "[store]\nroot = \"{}\"\n[retention]\nkeep_last = 10\n",
-            nfs.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&target)
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let verified = String::from_utf8_lossy(&out.stdout);
+    let target = StoreAt::configured(
+        node.dir.path().join("target.toml"),
+        &nfs,
+        "[retention]\nkeep_last = 10\n",
+    );
+    let run = target.run(&["verify"]);
+    run.expect_code(0);
+    let verified = &run.stdout;
     for id in &ids {
         assert!(verified.contains(&format!("ok   {id}")), "{verified}");
     }

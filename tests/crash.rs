@@ -11,48 +11,8 @@ use std::process::Command;
 
 use etcd_backup::failpoint::POINTS;
 
-struct Store {
-    config: PathBuf,
-    root: PathBuf,
-}
-
-impl Store {
-    fn run(&self, args: &[&str]) -> Run {
-        let output = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("JOURNAL_STREAM")
-            .output()
-            .unwrap();
-        Run::from_output(output, args)
-    }
-
-    fn ids(&self) -> Vec<String> {
-        if !self.root.exists() {
-            return Vec::new();
-        }
-        let run = self.run(&["list", "--json"]);
-        run.expect_code(0);
-        let sets: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
-        for set in &sets {
-            assert_eq!(set["verified"], true, "a listed set is complete: {set}");
-        }
-        sets.iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    fn staging(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(self.root.join(".staging")) {
-            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
 /// A node whose sets go to a directory target; `keep_last` on both sides.
-fn node_with_target(keep_last: u32) -> (Node, Store) {
+fn node_with_target(keep_last: u32) -> (Node, StoreAt) {
     let node = Node::new("");
     let nfs = node.dir.path().join("nfs");
     node.write_config_with(
@@ -64,16 +24,12 @@ fn node_with_target(keep_last: u32) -> (Node, Store) {
             nfs.display()
         ),
     );
-    let config = node.dir.path().join("target.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nroot = \"{}\"\ngc_grace = \"0s\"\n[retention]\nkeep_last = {keep_last}\n",
-            nfs.display()
-        ),
-    )
-    .unwrap();
-    (node, Store { config, root: nfs })
+    let target = StoreAt::configured(
+        node.dir.path().join("target.toml"),
+        &nfs,
+        &format!("gc_grace = \"0s\"\n[retention]\nkeep_last = {keep_last}\n"),
+    );
+    (node, target)
 }
 
 /// What systemd does to the rest of a killed unit's cgroup: the backup command (in a process
@@ -125,7 +81,7 @@ fn kill_9_at_every_crash_point_loses_nothing_and_leaves_nothing() {
         // store:deleting is met by the prune after a backup; keep_last = 1 makes it delete.
         let keep_last = if point == "store:deleting" { 1 } else { 5 };
         let (node, target) = node_with_target(keep_last);
-        let local = Store {
+        let local = StoreAt {
             config: node.config_path(),
             root: node.store(),
         };
@@ -205,7 +161,7 @@ fn kill_9_in_an_ssh_peers_receive_loses_nothing_and_the_next_run_delivers() {
     let peer = &lab.hosts[2];
     let keys = peer.dir.join("authorized_keys");
     let normal = std::fs::read_to_string(&keys).unwrap();
-    let peer_store = Store {
+    let peer_store = StoreAt {
         config: peer.config(),
         root: peer.store(),
     };

@@ -459,3 +459,58 @@ pub fn fingerprint(dir: &Path) -> BTreeMap<String, String> {
     }
     out
 }
+
+/// A store by its config file (a directory target's, a peer's), driven through the binary.
+pub struct StoreAt {
+    pub config: PathBuf,
+    pub root: PathBuf,
+}
+
+impl StoreAt {
+    /// Writes `config` for the store at `root` (`[store] root`, then `extra`).
+    pub fn configured(config: PathBuf, root: &Path, extra: &str) -> StoreAt {
+        std::fs::write(
+            &config,
+            format!("[store]\nroot = \"{}\"\n{extra}", root.display()),
+        )
+        .unwrap();
+        StoreAt {
+            config,
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap();
+        Run::from_output(output, args)
+    }
+
+    /// The listed set ids; every listed set must be complete and verified.
+    pub fn ids(&self) -> Vec<String> {
+        if !self.root.exists() {
+            return Vec::new();
+        }
+        let run = self.run(&["list", "--json"]);
+        run.expect_code(0);
+        let sets: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+        for set in &sets {
+            assert_eq!(set["verified"], true, "a listed set is complete: {set}");
+        }
+        sets.iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn staging(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.root.join(".staging")) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
