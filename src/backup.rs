@@ -198,7 +198,7 @@ pub(crate) fn check_staged(
         id,
         origin: origin.to_string(),
         created,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        tool_version: crate::VERSION.to_string(),
         dirty: forced,
         files: vec![entry(&db, db_digest), entry(&tar, tar_digest)],
         checks: Checks {

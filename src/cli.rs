@@ -32,7 +32,7 @@ Exit codes:
   6  stale: status found no set, or the newest is older than status.max_age";
 
 #[derive(Debug, Parser)]
-#[command(name = "etcd-backup", version, about = "Scheduled, verified, rotated etcd backups for OpenShift masters", after_help = EXIT_CODES_HELP)]
+#[command(name = "etcd-backup", version = crate::VERSION, about = "Scheduled, verified, rotated etcd backups for OpenShift masters", after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Config file; drop-ins are read from config.d/*.toml beside it [default: /etc/etcd-backup/config.toml]
     #[arg(long, global = true, value_name = "FILE")]
@@ -86,14 +86,28 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum RenderCmd {
-    /// A MachineConfig for the master pool: binary, config, spray key, units, core's key
+    /// A MachineConfig for the master pool: config, spray key, units, core's key, and the binary
+    /// (installed from a pinned image by default)
+    #[command(group(clap::ArgGroup::new("delivery").required(true).args(["image", "embed_binary"])))]
     Machineconfig {
         /// The config.toml every master gets (validated; must not set node.name)
         #[arg(long, value_name = "FILE")]
         node_config: PathBuf,
-        /// The binary to install [default: this one]
+        /// The image the masters install the binary from, pinned by digest (a tag alone is refused)
+        #[arg(long, value_name = "REF@sha256:DIGEST", value_parser = crate::render::image::parse_pinned)]
+        image: Option<crate::render::image::PinnedImage>,
+        /// The sha256 the installed binary must have [default: the sha256 of --binary]
+        #[arg(long, value_name = "HEX", conflicts_with_all = ["binary", "embed_binary"])]
+        binary_sha256: Option<String>,
+        /// The binary the image was built from (--image), or to embed [default: this one]
         #[arg(long, value_name = "FILE")]
         binary: Option<PathBuf>,
+        /// Carry the binary inside the MachineConfig instead of an image (over 1 MiB: see README)
+        #[arg(long)]
+        embed_binary: bool,
+        /// With --embed-binary: render even when the MachineConfig is over 1.2 MiB
+        #[arg(long, conflicts_with = "image")]
+        force: bool,
         /// The spray private key (ECDSA P-256 recommended) [default: generate a fresh one]
         #[arg(long, value_name = "FILE")]
         spray_key: Option<PathBuf>,
@@ -232,7 +246,11 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
     use crate::render;
     let RenderCmd::Machineconfig {
         node_config,
+        image,
+        binary_sha256,
         binary,
+        embed_binary,
+        force,
         spray_key,
         known_hosts,
         name,
@@ -255,11 +273,31 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
         ))
         .into());
     }
-    let binary_path = binary
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let binary = std::fs::read(&binary_path)
-        .with_context(|| format!("cannot read '{}'", binary_path.display()))?;
+    let pinned = image.as_ref();
+    let binary_path = match binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find this binary's path")?,
+    };
+    let embedded = if *embed_binary {
+        std::fs::read(&binary_path)
+            .with_context(|| format!("cannot read '{}'", binary_path.display()))?
+    } else {
+        Vec::new()
+    };
+    let sha256 = match (pinned, binary_sha256) {
+        (None, _) => String::new(),
+        (Some(_), Some(hex)) => hex.to_ascii_lowercase(),
+        (Some(_), None) => hash_file(&binary_path)
+            .with_context(|| format!("cannot hash '{}'", binary_path.display()))?
+            .hex(),
+    };
+    let delivery = match pinned {
+        Some(image) => render::Delivery::Image {
+            image,
+            binary_sha256: &sha256,
+        },
+        None => render::Delivery::Embedded { binary: &embedded },
+    };
     let (private, public) = match spray_key {
         Some(path) => (read(path)?, render::public_key_of(path)?),
         None => render::generate_keypair()?,
@@ -267,20 +305,47 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
     let known_hosts = known_hosts.as_ref().map(read).transpose()?;
     let yaml = render::machineconfig(&render::Inputs {
         name,
-        binary: &binary,
+        delivery,
         config_toml: &config_toml,
         known_hosts: known_hosts.as_deref(),
         spray_private_key: &private,
         spray_public_key: &public,
     })?;
-    if yaml.len() > render::MACHINECONFIG_BUDGET_BYTES {
-        tracing::warn!(
-            bytes = yaml.len(),
-            budget = render::MACHINECONFIG_BUDGET_BYTES,
-            "the MachineConfig is {} KiB, over the {} KiB budget (etcd refuses requests over 1.5 MiB and the rendered master config holds every MachineConfig)",
-            yaml.len() >> 10,
-            render::MACHINECONFIG_BUDGET_BYTES >> 10
+    let kib = yaml.len() >> 10;
+    if *embed_binary {
+        let budget = render::MACHINECONFIG_BUDGET_BYTES;
+        let refuse = render::EMBEDDED_REFUSE_BYTES;
+        let why = "etcd refuses requests over 1.5 MiB, the rendered master config holds every MachineConfig of the pool, and the operator keeps every old rendered config";
+        if yaml.len() > refuse && !force {
+            bail!(
+                "the MachineConfig with the binary embedded is {kib} KiB, over {} KiB ({why}): install from an image (--image REF@sha256:DIGEST), or pass --force",
+                refuse >> 10
+            );
+        }
+        eprintln!(
+            "MachineConfig {name}: {kib} KiB, the binary embedded ({} KiB)",
+            embedded.len() >> 10
         );
+        if yaml.len() > budget {
+            tracing::warn!(
+                bytes = yaml.len(),
+                "the MachineConfig is {kib} KiB, over the {} KiB budget ({why}); --image keeps it under {} KiB",
+                budget >> 10,
+                render::IMAGE_MACHINECONFIG_BUDGET_BYTES >> 10
+            );
+        }
+    } else {
+        eprintln!(
+            "MachineConfig {name}: {kib} KiB; the masters install the binary with sha256 {sha256} from {}",
+            pinned.map_or("", |p| p.reference.as_str())
+        );
+        if yaml.len() > render::IMAGE_MACHINECONFIG_BUDGET_BYTES {
+            tracing::warn!(
+                bytes = yaml.len(),
+                "the MachineConfig is {kib} KiB, over its {} KiB budget",
+                render::IMAGE_MACHINECONFIG_BUDGET_BYTES >> 10
+            );
+        }
     }
     print!("{yaml}");
     Ok(EXIT_OK)

@@ -20,3 +20,11 @@ pub mod store;
 pub mod takeover;
 pub mod units;
 pub mod verify;
+
+/// The version `--version`, manifests and rendered objects report: `ETCD_BACKUP_VERSION` at build
+/// time (a release pipeline stamps `0.1.0+git.<rev>` so that the image label and the binary
+/// agree), else the crate's version.
+pub const VERSION: &str = match option_env!("ETCD_BACKUP_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -150,11 +150,14 @@ fn render(dir: &std::path::Path) -> PathBuf {
     let yaml = dir.join("machineconfig.yaml");
     std::fs::write(
         &yaml,
-        render_release_machineconfig(&format!(
-            "[backup]\nsnapshot_nodes = [\"master-0\", \"master-1\", \"master-2\"]\n\
+        render_release_machineconfig(
+            &format!(
+                "[backup]\nsnapshot_nodes = [\"master-0\", \"master-1\", \"master-2\"]\n\
              takeover_after = \"{TAKEOVER_SECS}s\"\n\
              [spray]\nconnect_timeout = \"3s\"\nio_timeout = \"10s\"\nattempts = 1\n"
-        )),
+            ),
+            &["--embed-binary"],
+        ),
     )
     .unwrap();
     yaml

@@ -64,7 +64,7 @@ fn file<'a>(mc: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Val
 }
 
 #[test]
-fn the_machineconfig_carries_everything_and_decodes_back() {
+fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
     let node = Node::new("");
     let config = node.dir.path().join("cluster-config.toml");
     std::fs::write(
@@ -92,6 +92,7 @@ fn the_machineconfig_carries_everything_and_decodes_back() {
             key.as_os_str(),
             "--binary".as_ref(),
             binary.as_os_str(),
+            "--embed-binary".as_ref(),
         ],
     );
 
@@ -147,9 +148,22 @@ fn the_machineconfig_carries_everything_and_decodes_back() {
         .as_str()
     );
 
-    let units = mc["spec"]["config"]["systemd"]["units"].as_array().unwrap();
+    assert_eq!(
+        units_of(&mc),
+        [
+            "etcd-backup-spray.service",
+            "etcd-backup-spray.timer",
+            "etcd-backup.service",
+            "etcd-backup.timer"
+        ]
+    );
+}
+
+/// The units of a MachineConfig, each checked against `systemd/`: same contents, and enabled
+/// exactly when systemd starts it (timers, the install unit).
+fn units_of(mc: &serde_json::Value) -> Vec<String> {
     let mut seen = Vec::new();
-    for unit in units {
+    for unit in mc["spec"]["config"]["systemd"]["units"].as_array().unwrap() {
         let name = unit["name"].as_str().unwrap();
         let shipped = std::fs::read_to_string(repo().join("systemd").join(name)).unwrap();
         assert_eq!(
@@ -159,21 +173,161 @@ fn the_machineconfig_carries_everything_and_decodes_back() {
         );
         assert_eq!(
             unit["enabled"],
-            name.ends_with(".timer"),
-            "{name}: timers enabled, services not"
+            name.ends_with(".timer") || name == "etcd-backup-install.service",
+            "{name}: timers and the install unit enabled, services not"
         );
         seen.push(name.to_string());
     }
     seen.sort();
+    seen
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn by_default_the_machineconfig_pins_an_image_and_the_binary_sha256() {
+    let node = Node::new("");
+    let config = node.dir.path().join("c.toml");
+    std::fs::write(&config, "").unwrap();
+    let binary = node.dir.path().join("etcd-backup");
+    std::fs::write(&binary, b"\x7fELF the binary the image was built from").unwrap();
+    let image = format!("mirror.example.com:5000/ocp/etcd-backup@{DIGEST}");
+    let mc = render_ok(
+        &config,
+        &[
+            "--image".as_ref(),
+            image.as_ref(),
+            "--binary".as_ref(),
+            binary.as_os_str(),
+        ],
+    );
+    assert!(
+        file(&mc, "/usr/local/bin/etcd-backup").is_none(),
+        "no binary inside"
+    );
+    let env = file(&mc, "/etc/etcd-backup/image.env").unwrap();
+    assert_eq!(env["mode"], 384);
+    let env = String::from_utf8(decode(&env["contents"])).unwrap();
+    let lines: Vec<&str> = env.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(
-        seen,
+        lines,
         [
+            format!("ETCD_BACKUP_IMAGE={image}"),
+            format!("ETCD_BACKUP_SHA256={}", sha256_hex(&binary)),
+        ]
+    );
+    let script = file(&mc, "/usr/local/bin/etcd-backup-install").unwrap();
+    assert_eq!(script["mode"], 493);
+    assert_eq!(
+        decode(&script["contents"]),
+        std::fs::read(repo().join("packaging/etcd-backup-install")).unwrap()
+    );
+    assert_eq!(
+        units_of(&mc),
+        [
+            "etcd-backup-install.service",
             "etcd-backup-spray.service",
             "etcd-backup-spray.timer",
             "etcd-backup.service",
             "etcd-backup.timer"
         ]
     );
+
+    // An explicit sha256 is pinned as given (lowercased).
+    let explicit = "AB".repeat(32);
+    let mc = render_ok(
+        &config,
+        &[
+            "--image".as_ref(),
+            image.as_ref(),
+            "--binary-sha256".as_ref(),
+            explicit.as_ref(),
+        ],
+    );
+    let env = decode(&file(&mc, "/etc/etcd-backup/image.env").unwrap()["contents"]);
+    assert!(
+        String::from_utf8(env)
+            .unwrap()
+            .contains(&format!("\nETCD_BACKUP_SHA256={}\n", "ab".repeat(32)))
+    );
+}
+
+#[test]
+fn an_unpinned_image_or_no_delivery_is_a_usage_error() {
+    let node = Node::new("");
+    let config = node.dir.path().join("c.toml");
+    std::fs::write(&config, "").unwrap();
+    for (args, why) in [
+        (
+            vec!["--image", "quay.io/acme/etcd-backup:0.2.0"],
+            "has no digest",
+        ),
+        (
+            vec!["--image", "quay.io/acme/etcd-backup@sha256:1234"],
+            "64 lowercase hex",
+        ),
+        (vec![], "--embed-binary"),
+        (
+            vec!["--image", &format!("x@{DIGEST}"), "--embed-binary"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--embed-binary", "--binary-sha256", "ab"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--image", &format!("x@{DIGEST}"), "--force"],
+            "cannot be used with",
+        ),
+    ] {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let out = render(&config, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn an_embedded_binary_over_the_limit_is_refused_unless_forced() {
+    let node = Node::new("");
+    let config = node.dir.path().join("c.toml");
+    std::fs::write(&config, "").unwrap();
+    // Incompressible: 1.3 MiB of it is more than 1.2 MiB of MachineConfig.
+    let binary = node.dir.path().join("big");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..1300 << 10)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&binary, &bytes).unwrap();
+    let args = [
+        "--embed-binary".as_ref(),
+        "--binary".as_ref(),
+        binary.as_os_str(),
+    ];
+    let out = render(&config, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("over 1229 KiB"), "{stderr}");
+    assert!(stderr.contains("--image"), "names the way out: {stderr}");
+    assert!(out.stdout.is_empty());
+    let mut forced = args.to_vec();
+    forced.push("--force".as_ref());
+    let out = render(&config, &forced);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("over the 768 KiB budget"),
+        "warns: {stderr}"
+    );
+    let mc = parse_yaml(&String::from_utf8(out.stdout).unwrap());
+    assert!(decode(&file(&mc, "/usr/local/bin/etcd-backup").unwrap()["contents"]) == bytes);
 }
 
 #[test]
@@ -192,6 +346,7 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
             known.as_os_str(),
             "--binary".as_ref(),
             binary.as_os_str(),
+            "--embed-binary".as_ref(),
         ],
     );
     assert_eq!(
@@ -208,11 +363,11 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
     );
 
     std::fs::write(&config, "[node]\nname = \"master-0\"\n").unwrap();
-    let out = render(&config, &[]);
+    let out = render(&config, &["--embed-binary".as_ref()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node.name is set"));
     std::fs::write(&config, "[retention]\nkeep_last = 0\n").unwrap();
-    let out = render(&config, &[]);
+    let out = render(&config, &["--embed-binary".as_ref()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!(
         "{}:1:1: the retention policy is empty",
@@ -231,13 +386,73 @@ fn the_node_disruption_policy_restarts_timers_and_reboots_nothing() {
     assert_eq!(policy["apiVersion"], "operator.openshift.io/v1");
     assert_eq!(policy["metadata"]["name"], "cluster");
     let spec = &policy["spec"]["nodeDisruptionPolicy"];
-    for file in spec["files"].as_array().unwrap() {
-        assert_eq!(
-            file["actions"],
-            serde_json::json!([{"type": "None"}]),
-            "{file}"
-        );
+    let restart =
+        |unit: &str| serde_json::json!({"type": "Restart", "restart": {"serviceName": unit}});
+    let reinstall = serde_json::json!([
+        restart("etcd-backup-install.service"),
+        restart("etcd-backup.timer"),
+        restart("etcd-backup-spray.timer")
+    ]);
+    let files = spec["files"].as_array().unwrap();
+    for file in files {
+        let path = file["path"].as_str().unwrap();
+        if path == "/etc/etcd-backup/image.env" || path == "/usr/local/bin/etcd-backup-install" {
+            assert_eq!(file["actions"], reinstall, "a new pin reinstalls: {file}");
+        } else {
+            assert_eq!(
+                file["actions"],
+                serde_json::json!([{"type": "None"}]),
+                "{file}"
+            );
+        }
     }
+    // Every file either MachineConfig can carry is covered: nothing of ours reboots a master.
+    let node = Node::new("");
+    let config = node.dir.path().join("c.toml");
+    std::fs::write(&config, "").unwrap();
+    let known = node.dir.path().join("known_hosts");
+    std::fs::write(&known, "").unwrap();
+    let image = format!("x@{DIGEST}");
+    for args in [
+        vec!["--image".as_ref(), image.as_ref()],
+        vec![
+            "--embed-binary".as_ref(),
+            "--binary".as_ref(),
+            known.as_os_str(),
+            "--known-hosts".as_ref(),
+            known.as_os_str(),
+        ],
+    ] {
+        let mc = render_ok(&config, &args);
+        for f in mc["spec"]["config"]["storage"]["files"].as_array().unwrap() {
+            assert!(
+                files.iter().any(|p| p["path"] == f["path"]),
+                "{} is not in the policy",
+                f["path"]
+            );
+        }
+        for u in mc["spec"]["config"]["systemd"]["units"].as_array().unwrap() {
+            assert!(
+                spec["units"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == u["name"]),
+                "{} is not in the policy",
+                u["name"]
+            );
+        }
+    }
+    let install = spec["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "etcd-backup-install.service")
+        .unwrap();
+    assert_eq!(
+        install["actions"],
+        serde_json::json!([{"type": "DaemonReload"}, restart("etcd-backup-install.service")])
+    );
     let timer = spec["units"]
         .as_array()
         .unwrap()

@@ -30,7 +30,7 @@ fn fake_root() -> tempfile::TempDir {
     );
     let bin = root.path().join("usr/local/bin");
     std::fs::create_dir_all(&bin).unwrap();
-    for stub in ["etcd-backup", "cluster-backup.sh"] {
+    for stub in ["etcd-backup", "etcd-backup-install", "cluster-backup.sh"] {
         std::fs::write(bin.join(stub), "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(bin.join(stub), std::fs::Permissions::from_mode(0o755)).unwrap();
     }

@@ -36,8 +36,8 @@ pub fn release_binary() -> PathBuf {
 }
 
 /// `render machineconfig` for the release binary with `node_config` as every master's
-/// config.toml; the YAML.
-pub fn render_release_machineconfig(node_config: &str) -> Vec<u8> {
+/// config.toml and `delivery` (`--image REF@sha256:…` or `--embed-binary`); the YAML.
+pub fn render_release_machineconfig(node_config: &str, delivery: &[&str]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, node_config).unwrap();
@@ -47,6 +47,7 @@ pub fn render_release_machineconfig(node_config: &str) -> Vec<u8> {
         .arg(&path)
         .arg("--binary")
         .arg(release_binary())
+        .args(delivery)
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");

@@ -1,0 +1,130 @@
+//! `render`: the objects that install etcd-backup on OpenShift. The MachineConfig for the master
+//! pool (Ignition 3.2.0, accepted by every supported OpenShift) and the OpenShift 4.17+ node
+//! disruption policy both come from one [`payload`]: the files and units a master gets.
+//!
+//! The YAML is written by hand: strings as double-quoted scalars with JSON escapes (valid YAML),
+//! unit files as literal blocks so that the object stays readable in `oc get -o yaml`.
+
+pub mod image;
+mod keys;
+mod machineconfig;
+pub mod payload;
+mod policy;
+
+pub use keys::{generate_keypair, public_key_of};
+pub use machineconfig::machineconfig;
+pub use payload::{Delivery, Inputs};
+pub use policy::node_disruption_policy;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+/// The default MachineConfig (binary from a pinned image): config, units, keys, the install
+/// unit. A test holds it to this.
+pub const IMAGE_MACHINECONFIG_BUDGET_BYTES: usize = 48 << 10;
+/// etcd refuses requests over 1.5 MiB and the rendered master config holds every
+/// MachineConfig of the pool together: above this, `render` warns.
+pub const MACHINECONFIG_BUDGET_BYTES: usize = 768 << 10;
+/// Above this an embedded-binary MachineConfig is refused unless forced.
+pub const EMBEDDED_REFUSE_BYTES: usize = 1229 << 10;
+pub const BINARY_PATH: &str = "/usr/local/bin/etcd-backup";
+/// No `.sh` and no operator marker: the etcd pod deletes such files in /usr/local/bin.
+pub const INSTALL_SCRIPT_PATH: &str = "/usr/local/bin/etcd-backup-install";
+pub const CONFIG_DIR: &str = "/etc/etcd-backup";
+pub const RECEIVE_COMMAND: &str = "sudo -n /usr/local/bin/etcd-backup receive";
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// An Ignition data URL of `bytes`, gzip-compressed (declared with `compression: gzip`).
+fn gzip_data_url(bytes: &[u8]) -> String {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).expect("writing to memory");
+    let gz = encoder.finish().expect("writing to memory");
+    format!("data:;base64,{}", base64(&gz))
+}
+
+/// A YAML double-quoted scalar (JSON string escapes are YAML escapes).
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// A YAML literal block at `indent` spaces.
+fn literal_block(text: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut out = String::from("|\n");
+    for line in text.lines() {
+        if line.is_empty() {
+            out.push('\n');
+        } else {
+            let _ = writeln!(out, "{pad}{line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+    }
+
+    #[test]
+    fn this_binary_does_not_carry_the_operator_marker() {
+        let marker = payload::etcd_operator_marker();
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        assert!(!exe.windows(marker.len()).any(|w| w == marker.as_slice()));
+        let mut poisoned = b"ELF...".to_vec();
+        poisoned.extend_from_slice(&marker);
+        let inputs = Inputs {
+            name: "x",
+            delivery: Delivery::Embedded { binary: &poisoned },
+            config_toml: "",
+            known_hosts: None,
+            spray_private_key: "",
+            spray_public_key: "",
+        };
+        assert!(
+            machineconfig(&inputs)
+                .unwrap_err()
+                .to_string()
+                .contains("marker")
+        );
+    }
+
+    #[test]
+    fn quoting_survives_hostile_text() {
+        assert_eq!(quoted("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"");
+        assert_eq!(literal_block("a\n\n  b\n", 4), "|\n    a\n\n      b\n");
+    }
+}

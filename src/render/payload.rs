@@ -1,0 +1,337 @@
+//! The payload: every file and unit etcd-backup puts on a master, and what a change to each
+//! needs. The MachineConfig writes it out; the node disruption policy is derived from it, so
+//! that the two cannot disagree.
+
+use super::image::PinnedImage;
+use super::{BINARY_PATH, CONFIG_DIR, INSTALL_SCRIPT_PATH, RECEIVE_COMMAND};
+use anyhow::{Result, bail};
+
+/// How the binary reaches the masters.
+pub enum Delivery<'a> {
+    /// `etcd-backup-install.service` pulls `image` and installs its binary when the binary's
+    /// sha256 is `binary_sha256` (the default: the MachineConfig stays small).
+    Image {
+        image: &'a PinnedImage,
+        binary_sha256: &'a str,
+    },
+    /// The binary itself inside the MachineConfig (about 1.1 MiB of it).
+    Embedded { binary: &'a [u8] },
+}
+
+/// What goes into the MachineConfig.
+pub struct Inputs<'a> {
+    pub name: &'a str,
+    pub delivery: Delivery<'a>,
+    pub config_toml: &'a str,
+    /// When absent, a drop-in sets `host_key_policy = "accept-new"`: the peers' host keys are
+    /// not known before the rollout.
+    pub known_hosts: Option<&'a str>,
+    pub spray_private_key: &'a str,
+    pub spray_public_key: &'a str,
+}
+
+/// What the node disruption policy does when a file changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    /// The next timer run reads it.
+    Nothing,
+    /// Restart the install unit (it installs the newly pinned binary), then the timers.
+    Reinstall,
+}
+
+#[derive(Debug)]
+pub struct File {
+    pub path: String,
+    pub mode: u32,
+    pub contents: Vec<u8>,
+    pub on_change: OnChange,
+}
+
+#[derive(Debug)]
+pub struct Unit {
+    pub name: &'static str,
+    pub contents: &'static str,
+    /// Enabled units are started by systemd (timers, the install unit); the services are
+    /// started by their timers.
+    pub enabled: bool,
+}
+
+#[derive(Debug)]
+pub struct Payload {
+    pub directories: Vec<String>,
+    pub files: Vec<File>,
+    pub units: Vec<Unit>,
+    /// The line for user core's authorized keys.
+    pub authorized_key: String,
+}
+
+pub const INSTALL_UNIT: &str = "etcd-backup-install.service";
+pub const IMAGE_ENV_PATH: &str = "/etc/etcd-backup/image.env";
+
+/// The units every delivery ships.
+const UNITS: [Unit; 4] = [
+    Unit {
+        name: "etcd-backup.service",
+        contents: include_str!("../../systemd/etcd-backup.service"),
+        enabled: false,
+    },
+    Unit {
+        name: "etcd-backup.timer",
+        contents: include_str!("../../systemd/etcd-backup.timer"),
+        enabled: true,
+    },
+    Unit {
+        name: "etcd-backup-spray.service",
+        contents: include_str!("../../systemd/etcd-backup-spray.service"),
+        enabled: false,
+    },
+    Unit {
+        name: "etcd-backup-spray.timer",
+        contents: include_str!("../../systemd/etcd-backup-spray.timer"),
+        enabled: true,
+    },
+];
+
+const INSTALL: Unit = Unit {
+    name: INSTALL_UNIT,
+    contents: include_str!("../../systemd/etcd-backup-install.service"),
+    enabled: true,
+};
+const INSTALL_SCRIPT: &str = include_str!("../../packaging/etcd-backup-install");
+
+/// The timers, which a policy restarts after a reinstall.
+pub fn timers() -> impl Iterator<Item = &'static str> {
+    UNITS.iter().filter(|u| u.enabled).map(|u| u.name)
+}
+
+/// The string the cluster-etcd-operator marks its own files with; the etcd pod deletes files in
+/// /usr/local/bin that carry it. Kept reversed so that this binary does not contain it (split
+/// literals do not help: the compiler lays them out side by side).
+pub(super) fn etcd_operator_marker() -> Vec<u8> {
+    "rotarepo-dcte-retsulc yb detaerC ###"
+        .bytes()
+        .rev()
+        .collect()
+}
+
+fn carries_marker(bytes: &[u8]) -> bool {
+    let marker = etcd_operator_marker();
+    bytes.windows(marker.len()).any(|w| w == marker.as_slice())
+}
+
+pub fn payload(inputs: &Inputs<'_>) -> Result<Payload> {
+    let file = |path: &str, mode, contents: &[u8], on_change| File {
+        path: path.to_string(),
+        mode,
+        contents: contents.to_vec(),
+        on_change,
+    };
+    let mut files = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
+    match &inputs.delivery {
+        Delivery::Embedded { binary } => {
+            if carries_marker(binary) {
+                bail!(
+                    "the binary contains the cluster-etcd-operator marker string: the etcd pod would delete it from /usr/local/bin"
+                );
+            }
+            files.push(file(BINARY_PATH, 0o755, binary, OnChange::Nothing));
+        }
+        Delivery::Image {
+            image,
+            binary_sha256,
+        } => {
+            if binary_sha256.len() != 64 || !binary_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("the binary's sha256 must be 64 hex digits, not '{binary_sha256}'");
+            }
+            let env = format!(
+                "# Rendered by etcd-backup {} (render machineconfig --image): the image that\n\
+                 # {INSTALL_UNIT} installs {BINARY_PATH} from, and the sha256 the binary must have.\n\
+                 ETCD_BACKUP_IMAGE={image}\nETCD_BACKUP_SHA256={}\n",
+                crate::VERSION,
+                binary_sha256.to_ascii_lowercase()
+            );
+            files.push(file(
+                IMAGE_ENV_PATH,
+                0o600,
+                env.as_bytes(),
+                OnChange::Reinstall,
+            ));
+            debug_assert!(!carries_marker(INSTALL_SCRIPT.as_bytes()));
+            files.push(file(
+                INSTALL_SCRIPT_PATH,
+                0o755,
+                INSTALL_SCRIPT.as_bytes(),
+                OnChange::Reinstall,
+            ));
+            units.push(INSTALL);
+        }
+    }
+    files.push(file(
+        &format!("{CONFIG_DIR}/config.toml"),
+        0o600,
+        inputs.config_toml.as_bytes(),
+        OnChange::Nothing,
+    ));
+    files.push(file(
+        &format!("{CONFIG_DIR}/spray_key"),
+        0o600,
+        inputs.spray_private_key.as_bytes(),
+        OnChange::Nothing,
+    ));
+    match inputs.known_hosts {
+        Some(known_hosts) => files.push(file(
+            &format!("{CONFIG_DIR}/known_hosts"),
+            0o600,
+            known_hosts.as_bytes(),
+            OnChange::Nothing,
+        )),
+        None => files.push(file(
+            &format!("{CONFIG_DIR}/config.d/50-host-key-policy.toml"),
+            0o600,
+            b"# Rendered by etcd-backup: the peers' host keys are not known before the rollout.\n\
+              # Pin each on first contact, refuse any later change.\n[spray]\nhost_key_policy = \"accept-new\"\n",
+            OnChange::Nothing,
+        )),
+    }
+    units.extend(UNITS);
+    Ok(Payload {
+        directories: vec![CONFIG_DIR.to_string(), format!("{CONFIG_DIR}/config.d")],
+        files,
+        units,
+        authorized_key: format!(
+            "restrict,command=\"{RECEIVE_COMMAND}\" {}",
+            inputs.spray_public_key.trim()
+        ),
+    })
+}
+
+/// Every path and unit any delivery can put on a master, with what a change to it needs: the
+/// node disruption policy lists exactly these.
+pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
+    let image = super::image::parse_pinned(&format!("x@sha256:{}", "0".repeat(64)))
+        .expect("a valid reference");
+    let zeros = "0".repeat(64);
+    let mut paths: Vec<(String, OnChange)> = Vec::new();
+    let mut units: Vec<Unit> = Vec::new();
+    for (delivery, known_hosts) in [
+        (
+            Delivery::Image {
+                image: &image,
+                binary_sha256: &zeros,
+            },
+            None,
+        ),
+        (Delivery::Embedded { binary: b"" }, Some("")),
+    ] {
+        let payload = payload(&Inputs {
+            name: "",
+            delivery,
+            config_toml: "",
+            known_hosts,
+            spray_private_key: "",
+            spray_public_key: "",
+        })
+        .expect("the payload of empty inputs");
+        for file in payload.files {
+            if !paths.iter().any(|(p, _)| *p == file.path) {
+                paths.push((file.path, file.on_change));
+            }
+        }
+        for unit in payload.units {
+            if !units.iter().any(|u| u.name == unit.name) {
+                units.push(unit);
+            }
+        }
+    }
+    (paths, units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_script_and_units_do_not_carry_the_operator_marker() {
+        assert!(!carries_marker(INSTALL_SCRIPT.as_bytes()));
+        for unit in UNITS.iter().chain([&INSTALL]) {
+            assert!(!carries_marker(unit.contents.as_bytes()), "{}", unit.name);
+        }
+    }
+
+    #[test]
+    fn image_delivery_pins_and_installs_embedded_delivery_carries_the_binary() {
+        let image =
+            super::super::image::parse_pinned(&format!("r/x@sha256:{}", "a".repeat(64))).unwrap();
+        let sha = "b".repeat(64);
+        let inputs = |delivery| Inputs {
+            name: "n",
+            delivery,
+            config_toml: "",
+            known_hosts: None,
+            spray_private_key: "",
+            spray_public_key: "ecdsa-sha2-nistp256 AAAA k\n",
+        };
+        let pinned = payload(&inputs(Delivery::Image {
+            image: &image,
+            binary_sha256: &sha,
+        }))
+        .unwrap();
+        assert!(!pinned.files.iter().any(|f| f.path == BINARY_PATH));
+        let env = pinned
+            .files
+            .iter()
+            .find(|f| f.path == IMAGE_ENV_PATH)
+            .unwrap();
+        let env = String::from_utf8(env.contents.clone()).unwrap();
+        assert!(
+            env.contains(&format!("\nETCD_BACKUP_IMAGE={image}\n")),
+            "{env}"
+        );
+        assert!(
+            env.contains(&format!("\nETCD_BACKUP_SHA256={sha}\n")),
+            "{env}"
+        );
+        assert!(
+            pinned
+                .units
+                .iter()
+                .any(|u| u.name == INSTALL_UNIT && u.enabled)
+        );
+        assert_eq!(
+            pinned.authorized_key,
+            format!("restrict,command=\"{RECEIVE_COMMAND}\" ecdsa-sha2-nistp256 AAAA k")
+        );
+
+        let embedded = payload(&inputs(Delivery::Embedded { binary: b"\x7fELF" })).unwrap();
+        let binary = embedded
+            .files
+            .iter()
+            .find(|f| f.path == BINARY_PATH)
+            .unwrap();
+        assert_eq!(binary.contents, b"\x7fELF");
+        assert!(!embedded.units.iter().any(|u| u.name == INSTALL_UNIT));
+        assert!(!embedded.files.iter().any(|f| f.path == IMAGE_ENV_PATH));
+
+        let bad = payload(&inputs(Delivery::Image {
+            image: &image,
+            binary_sha256: "abc",
+        }));
+        assert!(bad.unwrap_err().to_string().contains("64 hex digits"));
+    }
+
+    #[test]
+    fn everything_covers_both_deliveries_once() {
+        let (paths, units) = everything();
+        for path in [BINARY_PATH, IMAGE_ENV_PATH, INSTALL_SCRIPT_PATH] {
+            assert_eq!(paths.iter().filter(|(p, _)| p == path).count(), 1, "{path}");
+        }
+        assert!(paths.iter().any(|(p, _)| p.ends_with("/known_hosts")));
+        assert!(
+            paths
+                .iter()
+                .any(|(p, _)| p.ends_with("/50-host-key-policy.toml"))
+        );
+        assert_eq!(units.len(), 5);
+    }
+}
