@@ -35,21 +35,33 @@ pub fn release_binary() -> PathBuf {
     binary
 }
 
+/// A release binary with another version (`0.1.0+lab.next`): the upgrade the lab rolls out.
+/// The README test command builds it beside the one that ships.
+pub fn next_release_binary() -> PathBuf {
+    let binary = repo().join("target/lab/etcd-backup-next");
+    assert!(
+        binary.is_file(),
+        "{} is missing: tests/run-all builds it (ETCD_BACKUP_VERSION=…+lab.next cargo build --release)",
+        binary.display()
+    );
+    binary
+}
+
 /// `render machineconfig` for the release binary with `node_config` as every master's
-/// config.toml and `delivery` (`--image REF@sha256:…` or `--embed-binary`); the YAML.
+/// config.toml and `delivery` (`--image REF@sha256:…` or `--embed-binary`; `--binary FILE` or
+/// `--binary-sha256 HEX` to pin another binary than the release one); the YAML.
 pub fn render_release_machineconfig(node_config: &str, delivery: &[&str]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, node_config).unwrap();
-    let output = Command::new(BIN)
-        .args(["render", "machineconfig", "--config", "/dev/null"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["render", "machineconfig", "--config", "/dev/null"])
         .arg("--node-config")
-        .arg(&path)
-        .arg("--binary")
-        .arg(release_binary())
-        .args(delivery)
-        .output()
-        .unwrap();
+        .arg(&path);
+    if !delivery.iter().any(|a| a.starts_with("--binary")) {
+        cmd.arg("--binary").arg(release_binary());
+    }
+    let output = cmd.args(delivery).output().unwrap();
     assert!(output.status.success(), "{output:?}");
     output.stdout
 }
