@@ -547,7 +547,11 @@ fn upgrade_replaces_the_binary(
         let version = lab
             .exec(n, &["etcd-backup", "--version"])
             .expect_ok("--version");
-        assert_eq!(version.trim(), "etcd-backup 0.1.0+lab.next", "master-{n}");
+        assert_eq!(
+            version.trim(),
+            format!("etcd-backup {}+lab.next", env!("CARGO_PKG_VERSION")),
+            "master-{n}"
+        );
         assert_eq!(lab.is_active(n, INSTALL_UNIT), "active");
         timers_scheduled(lab, n);
     }
@@ -563,7 +567,10 @@ fn upgrade_replaces_the_binary(
         )
         .expect_ok("read the manifest");
     let manifest: Value = serde_json::from_str(&manifest).unwrap();
-    assert_eq!(manifest["tool_version"], "0.1.0+lab.next");
+    assert_eq!(
+        manifest["tool_version"],
+        format!("{}+lab.next", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 /// SIGKILL of the install unit at each step of an install, alternating between two pinned
