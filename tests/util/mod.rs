@@ -24,27 +24,28 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The release binary, the one the MachineConfig ships (the README test command builds it).
-pub fn release_binary() -> PathBuf {
-    let binary = repo().join("target/release/etcd-backup");
+/// A binary the README test command builds (`how` says how, for the failure message).
+fn built(relative: &str, how: &str) -> PathBuf {
+    let binary = repo().join(relative);
     assert!(
         binary.is_file(),
-        "{} is missing: `cargo build --release` first (the README test command does)",
+        "{} is missing: {how} first (the README test command does)",
         binary.display()
     );
     binary
 }
 
-/// A release binary with another version (`0.1.0+lab.next`): the upgrade the lab rolls out.
-/// The README test command builds it beside the one that ships.
+/// The release binary, the one the image carries.
+pub fn release_binary() -> PathBuf {
+    built("target/release/etcd-backup", "`cargo build --release`")
+}
+
+/// A release binary with another version (`…+lab.next`): the upgrade the lab rolls out.
 pub fn next_release_binary() -> PathBuf {
-    let binary = repo().join("target/lab/etcd-backup-next");
-    assert!(
-        binary.is_file(),
-        "{} is missing: tests/run-all builds it (ETCD_BACKUP_VERSION=…+lab.next cargo build --release)",
-        binary.display()
-    );
-    binary
+    built(
+        "target/lab/etcd-backup-next",
+        "`ETCD_BACKUP_VERSION=…+lab.next cargo build --release`, copied there,",
+    )
 }
 
 /// `render machineconfig` for the release binary with `node_config` as every master's
