@@ -354,7 +354,7 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
 fn cmd_spray(settings: &Settings) -> Result<u8> {
     let store = Store::open(&settings.store.root)?;
     let _spraying = store.lock_named(crate::store::SPRAY_LOCK_FILE, settings.store.lock_wait)?;
-    let (targets, warnings) = crate::spray::targets(settings)?;
+    let (targets, warnings) = crate::targets::from_settings(settings)?;
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -612,7 +612,12 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             ),
             _ => println!("no backup set in '{}': STALE", root.display()),
         }
-        for (name, target) in &targets {
+        for (id, target) in &targets {
+            let name = if target.name.is_empty() {
+                id
+            } else {
+                &target.name
+            };
             match &target.last_error {
                 None => println!(
                     "target {name}: current, holds {} of our sets (last success {})",

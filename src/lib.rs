@@ -18,6 +18,7 @@ pub mod spray;
 pub mod ssh;
 pub mod store;
 pub mod takeover;
+pub mod targets;
 pub mod units;
 pub mod verify;
 

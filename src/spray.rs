@@ -1,5 +1,6 @@
-//! `spray`: the sending side. `push` speaks the protocol over any byte stream; targets (SSH
-//! peers, directory targets) only provide the stream.
+//! `spray`: the sending side. `push` speaks the protocol over any byte stream; the targets
+//! (`crate::targets`: SSH peers, directory stores) provide the stream. `spray_all` runs one
+//! thread per target with retries, and the state file keeps each target's last result.
 
 use crate::protocol::{Conn, Message, Offer, PROTOCOL_VERSION, Stream};
 use crate::store::StoredSet;
@@ -187,184 +188,12 @@ fn reply<S: Stream>(conn: &mut Conn<S>) -> Result<Message> {
     }
 }
 
-/// Where a run sprays to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Target {
-    Peer {
-        name: String,
-        addr: crate::config::PeerAddr,
-    },
-    Dir(crate::config::DirTarget),
-}
-
-impl Target {
-    pub fn name(&self) -> String {
-        match self {
-            Target::Peer { name, addr } if *name == addr.to_string() => name.clone(),
-            Target::Peer { name, addr } => format!("{name} ({addr})"),
-            Target::Dir(dir) => format!("dir:{}", dir.path.display()),
-        }
-    }
-}
-
-/// This node's own addresses, so that it never sprays to itself.
-fn own_addresses() -> Vec<std::net::IpAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    addrs
-        .filter_map(|a| a.address)
-        .filter_map(|a| {
-            a.as_sockaddr_in()
-                .map(|v4| std::net::IpAddr::V4(v4.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
-        })
-        .collect()
-}
-
-/// The targets of a run: etcd.env's masters and explicit peers (never this node), then the
-/// directory targets. Problems that do not stop the run come back as warnings.
-pub fn targets(settings: &crate::config::Settings) -> Result<(Vec<Target>, Vec<String>)> {
-    let spray = &settings.spray;
-    let own = own_addresses();
-    let mut warnings = Vec::new();
-    let mut found: Vec<Target> = Vec::new();
-    if let Some(path) = &spray.etcd_env {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let env = crate::peers::parse_etcd_env(&text);
-                warnings.extend(
-                    env.problems
-                        .iter()
-                        .map(|p| format!("'{}': {p}", path.display())),
-                );
-                for peer in crate::peers::select_peers(&env.peers, &settings.node_name, &own) {
-                    let ip = peer.ip.expect("selected peers have an address");
-                    found.push(Target::Peer {
-                        name: peer.name.clone(),
-                        addr: crate::config::PeerAddr {
-                            host: ip.to_string(),
-                            port: crate::config::SSH_PORT,
-                        },
-                    });
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                warnings.push(format!(
-                    "no etcd.env at '{}': no peers from it",
-                    path.display()
-                ));
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read etcd.env '{}'", path.display()));
-            }
-        }
-    }
-    for addr in &spray.peers {
-        let is_self = addr
-            .host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| own.contains(&ip))
-            || addr.host.eq_ignore_ascii_case(&settings.node_name);
-        let duplicate = found
-            .iter()
-            .any(|t| matches!(t, Target::Peer { addr: a, .. } if a == addr));
-        if !is_self && !duplicate {
-            found.push(Target::Peer {
-                name: addr.to_string(),
-                addr: addr.clone(),
-            });
-        }
-    }
-    found.extend(spray.targets.iter().cloned().map(Target::Dir));
-    Ok((found, warnings))
-}
-
-/// `path` is the mount point of a filesystem (/proc/self/mountinfo field 5, octal escapes).
-pub fn is_mount_point(path: &std::path::Path) -> Result<bool> {
-    let path = std::fs::canonicalize(path)
-        .with_context(|| format!("cannot resolve '{}'", path.display()))?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("cannot read /proc/self/mountinfo")?;
-    Ok(info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount| unescape_mount(mount) == path.as_os_str().to_string_lossy()))
-}
-
-fn unescape_mount(field: &str) -> String {
-    let mut out = String::new();
-    let mut chars = field.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            match u8::from_str_radix(&code, 8) {
-                Ok(b) => out.push(b as char),
-                Err(_) => {
-                    out.push('\\');
-                    out.push_str(&code);
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// One push to one target, over SSH or to a directory store in-process.
-fn push_to(
-    target: &Target,
-    settings: &crate::config::Settings,
-    sets: &[OpenSet],
-) -> Result<PushStats> {
-    match target {
-        Target::Peer { addr, .. } => {
-            let stream = crate::ssh::connect(addr, &settings.spray)?;
-            let mut conn = Conn::new(stream, settings.spray.compress);
-            let stats = push(&mut conn, &settings.node_name, sets)?;
-            let status = conn.get_mut().finish().context("closing the channel")?;
-            if status != 0 {
-                bail!("the remote command exited with status {status}");
-            }
-            Ok(stats)
-        }
-        Target::Dir(dir) => {
-            if dir.require_mount && !is_mount_point(&dir.path)? {
-                bail!(
-                    "'{}' is not a mount point and require_mount is set: refusing to fill the local disk (is the NFS share mounted?)",
-                    dir.path.display()
-                );
-            }
-            let mut target_settings = settings.clone();
-            target_settings.store.root = dir.path.clone();
-            target_settings.node_name = target.name();
-            let store = crate::store::Store::open(&dir.path)?;
-            let (sending, receiving) = crate::protocol::pipe_pair()?;
-            let mut conn = Conn::new(sending, false);
-            std::thread::scope(|scope| {
-                let mut receiving = Conn::new(receiving, false);
-                let (settings, store) = (&target_settings, &store);
-                let server =
-                    scope.spawn(move || crate::receive::serve(settings, store, &mut receiving));
-                let pushed = push(&mut conn, &settings.node_name, sets);
-                drop(conn);
-                let served = server
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the directory receiver panicked"))?;
-                match (pushed, served) {
-                    (Ok(stats), Ok(_)) => Ok(stats),
-                    (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-                }
-            })
-        }
-    }
-}
-
 /// What one target's part of a run came to.
 #[derive(Debug, Clone)]
 pub struct TargetResult {
+    /// `Target::id`: what the state is keyed by.
+    pub id: String,
+    /// `Target::describe`: what an operator reads.
     pub name: String,
     pub result: std::result::Result<PushStats, String>,
     pub attempts: u32,
@@ -377,7 +206,7 @@ const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// failure never stops another.
 pub fn spray_all(
     settings: &crate::config::Settings,
-    targets: &[Target],
+    targets: &[Box<dyn crate::targets::Target>],
     sets: &[OpenSet],
 ) -> Vec<TargetResult> {
     use crate::logging::message_id;
@@ -386,13 +215,13 @@ pub fn spray_all(
             .iter()
             .map(|target| {
                 scope.spawn(move || {
-                    let name = target.name();
+                    let (id, name) = (target.id(), target.describe());
                     let started = std::time::Instant::now();
                     let mut backoff = BACKOFF_FIRST;
                     let mut attempt = 0;
                     loop {
                         attempt += 1;
-                        match push_to(target, settings, sets) {
+                        match target.push(settings, sets) {
                             Ok(stats) => {
                                 for id in &stats.sent {
                                     tracing::info!(message_id = message_id::SET_SENT, set_id = %id, target = %name, "set sent: {id} to {name}");
@@ -405,7 +234,7 @@ pub fn spray_all(
                                     seconds = started.elapsed().as_secs_f64(),
                                     "target current: {name}"
                                 );
-                                return TargetResult { name, result: Ok(stats), attempts: attempt };
+                                return TargetResult { id, name, result: Ok(stats), attempts: attempt };
                             }
                             Err(error) if attempt < settings.spray.attempts => {
                                 tracing::warn!(target = %name, attempt, "spray attempt failed, retrying in {}s: {error:#}", backoff.as_secs());
@@ -414,7 +243,7 @@ pub fn spray_all(
                             }
                             Err(error) => {
                                 tracing::error!(message_id = message_id::TARGET_FAILED, target = %name, attempts = attempt, "target failed: {name}: {error:#}");
-                                return TargetResult { name, result: Err(format!("{error:#}")), attempts: attempt };
+                                return TargetResult { id, name, result: Err(format!("{error:#}")), attempts: attempt };
                             }
                         }
                     }
@@ -426,7 +255,8 @@ pub fn spray_all(
             .zip(targets)
             .map(|(h, t)| {
                 h.join().unwrap_or_else(|_| TargetResult {
-                    name: t.name(),
+                    id: t.id(),
+                    name: t.describe(),
                     result: Err("panicked".into()),
                     attempts: 0,
                 })
@@ -435,9 +265,12 @@ pub fn spray_all(
     })
 }
 
-/// Last results per target, kept in the store for `status`.
+/// Last results per target (keyed by its stable id), kept in the store for `status`.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct TargetState {
+    /// How the target was described at its last run.
+    #[serde(default)]
+    pub name: String,
     pub last_attempt: Option<chrono::DateTime<chrono::Utc>>,
     pub last_success: Option<chrono::DateTime<chrono::Utc>>,
     pub last_error: Option<String>,
@@ -462,7 +295,8 @@ pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Res
     let now = chrono::Utc::now();
     let mut state = BTreeMap::new();
     for result in results {
-        let mut entry = old.get(&result.name).cloned().unwrap_or_default();
+        let mut entry = old.get(&result.id).cloned().unwrap_or_default();
+        entry.name = result.name.clone();
         entry.last_attempt = Some(now);
         match &result.result {
             Ok(stats) => {
@@ -474,24 +308,8 @@ pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Res
             }
             Err(error) => entry.last_error = Some(error.clone()),
         }
-        state.insert(result.name.clone(), entry);
+        state.insert(result.id.clone(), entry);
     }
     let json = serde_json::to_vec_pretty(&state)?;
     crate::store::write_atomic(store.root(), STATE_FILE, &json)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mount("/mnt/nfs\\040share"), "/mnt/nfs share");
-        assert_eq!(unescape_mount("/plain"), "/plain");
-        assert!(is_mount_point(std::path::Path::new("/")).unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        let inner = dir.path().join("x");
-        std::fs::create_dir(&inner).unwrap();
-        assert!(!is_mount_point(&inner).unwrap());
-    }
 }

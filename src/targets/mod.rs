@@ -1,0 +1,54 @@
+//! Where sets go. One trait, one file per kind: `ssh` (a peer master's restricted `receive`)
+//! and `dir` (a directory store such as an NFS mount, served in-process). Every kind speaks the
+//! same protocol through [`crate::spray::push`], so each is idempotent, resumable and verified
+//! against the manifest by the receiving store, which prunes itself by its own policy.
+
+pub mod dir;
+pub mod ssh;
+
+use crate::config::Settings;
+use crate::protocol::{Conn, Stream};
+use crate::spray::{OpenSet, PushStats};
+use anyhow::Result;
+
+/// One place a run sprays to.
+pub trait Target: Send + Sync + std::fmt::Debug {
+    /// Stable across runs (state and metrics are keyed by it): `ssh:master-1`, `dir:/mnt/nfs`.
+    fn id(&self) -> String;
+    /// What an operator reads: `master-1 (10.0.0.5:22)`, `dir:/mnt/nfs`.
+    fn describe(&self) -> String;
+    /// Offers `sets` and sends what the target lacks.
+    fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats>;
+}
+
+/// The targets of one run.
+pub type Targets = Vec<Box<dyn Target>>;
+
+/// Runs the protocol's sending side over `stream`.
+fn push_over<S: Stream>(
+    stream: S,
+    compress: bool,
+    sender: &str,
+    sets: &[OpenSet],
+) -> Result<(PushStats, S)> {
+    let mut conn = Conn::new(stream, compress);
+    let stats = crate::spray::push(&mut conn, sender, sets)?;
+    Ok((stats, conn.into_inner()))
+}
+
+/// The targets of a run: etcd.env's masters and explicit peers (never this node), then the
+/// directory targets. Problems that do not stop the run come back as warnings.
+pub fn from_settings(settings: &Settings) -> Result<(Targets, Vec<String>)> {
+    let (peers, warnings) = ssh::peers(settings)?;
+    let mut targets: Targets = Vec::new();
+    targets.extend(peers.into_iter().map(|p| Box::new(p) as Box<dyn Target>));
+    targets.extend(
+        settings
+            .spray
+            .targets
+            .iter()
+            .cloned()
+            .map(|d| Box::new(dir::DirStore(d)) as Box<dyn Target>),
+    );
+    Ok((targets, warnings))
+}
