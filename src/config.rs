@@ -231,11 +231,10 @@ impl Settings {
     }
 
     /// Loads `main` (when `required`, it must exist) and the drop-ins beside it.
+    /// Without `node.name`, this node is `NODE_NAME` (a pod's node, from the downward API:
+    /// its hostname is the pod's name) or else the hostname.
     pub fn load(main: &Path, required: bool) -> Result<Settings, ConfigError> {
-        let hostname = nix::unistd::gethostname()
-            .map_err(|e| ConfigError(format!("cannot read the hostname for node.name: {e}")))?
-            .to_string_lossy()
-            .into_owned();
+        let hostname = default_node_name(std::env::var("NODE_NAME").ok())?;
         let mut files = Vec::new();
         match std::fs::symlink_metadata(main) {
             Ok(_) => files.push(main.to_path_buf()),
@@ -780,9 +779,34 @@ pub fn is_node_name(name: &str) -> bool {
         && !name.contains("..")
 }
 
+/// `NODE_NAME` when set and not empty, else the hostname.
+fn default_node_name(node_name_env: Option<String>) -> Result<String, ConfigError> {
+    match node_name_env.map(|n| n.trim().to_string()) {
+        Some(name) if !name.is_empty() => Ok(name),
+        _ => Ok(nix::unistd::gethostname()
+            .map_err(|e| ConfigError(format!("cannot read the hostname for node.name: {e}")))?
+            .to_string_lossy()
+            .into_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_name_env_wins_over_the_hostname_unless_empty() {
+        let hostname = nix::unistd::gethostname()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(
+            default_node_name(Some("master-1".into())).unwrap(),
+            "master-1"
+        );
+        assert_eq!(default_node_name(Some(" ".into())).unwrap(), hostname);
+        assert_eq!(default_node_name(None).unwrap(), hostname);
+    }
 
     fn load(files: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let sources: Vec<(PathBuf, String)> = files
