@@ -79,9 +79,32 @@ enum Cmd {
         #[command(subcommand)]
         what: RenderCmd,
     },
-    /// Serve one sender on stdin/stdout (the SSH forced command on peers)
+    /// Serve one sender on stdin/stdout (the SSH forced command on peers), or with --listen
+    /// every sender over mutual TLS (Pod Mode's receivers)
     #[command(hide = true)]
-    Receive,
+    Receive {
+        /// Accept mutual-TLS connections on ADDR (e.g. [::]:9443) with the [tls] certificates
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Issue this node's TLS certificate from the CA (what a Pod Mode pod runs at start)
+    #[command(hide = true)]
+    TlsIssue {
+        /// The CA certificate (PEM)
+        #[arg(long, value_name = "FILE")]
+        ca_cert: PathBuf,
+        /// The CA key (PEM)
+        #[arg(long, value_name = "FILE")]
+        ca_key: PathBuf,
+        /// The node name the certificate carries [default: NODE_NAME, else the hostname]
+        #[arg(long)]
+        name: Option<String>,
+        /// Where tls.crt, tls.key (0600) and ca.crt go
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,7 +148,10 @@ enum RenderCmd {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The receiver's stderr goes back over SSH and is dropped: its journal is the audit trail.
-    let journal = logging::init(cli.verbose, matches!(cli.command, Cmd::Receive));
+    let journal = logging::init(
+        cli.verbose,
+        matches!(cli.command, Cmd::Receive { listen: None }),
+    );
     match run(cli, journal) {
         Ok(code) => ExitCode::from(code),
         Err(error) => ExitCode::from(report(&error, journal, None)),
@@ -185,7 +211,17 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         Cmd::Verify { ids } => cmd_verify(&settings, &ids),
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Spray => cmd_spray(&settings),
-        Cmd::Receive => cmd_receive(&settings),
+        Cmd::Receive { listen: None } => cmd_receive(&settings),
+        Cmd::Receive { listen: Some(addr) } => {
+            crate::listen::listen(&settings, &addr).map(|()| EXIT_OK)
+        }
+        Cmd::TlsIssue {
+            ca_cert,
+            ca_key,
+            name,
+            out,
+            days,
+        } => cmd_tls_issue(&settings, &ca_cert, &ca_key, name.as_deref(), &out, days),
         Cmd::Render { .. } => unreachable!("handled above"),
     }
 }
@@ -394,6 +430,31 @@ fn cmd_spray(settings: &Settings) -> Result<u8> {
         n if n == results.len() => EXIT_FAILED,
         _ => EXIT_PARTIAL,
     })
+}
+
+fn cmd_tls_issue(
+    settings: &Settings,
+    ca_cert: &std::path::Path,
+    ca_key: &std::path::Path,
+    name: Option<&str>,
+    out: &std::path::Path,
+    days: u32,
+) -> Result<u8> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))
+    };
+    let (ca_pem, key_pem) = (read(ca_cert)?, read(ca_key)?);
+    let name = name.unwrap_or(&settings.node_name);
+    let (cert, key) = crate::tls::issue(&ca_pem, &key_pem, name, days)?;
+    crate::store::ensure_private_dir(out)?;
+    crate::store::write_atomic(out, "tls.key", &key)?;
+    crate::store::write_atomic(out, "tls.crt", &cert)?;
+    crate::store::write_atomic(out, "ca.crt", &ca_pem)?;
+    println!(
+        "issued {}: CN and DNS name {name}, {days} days",
+        out.join("tls.crt").display()
+    );
+    Ok(EXIT_OK)
 }
 
 fn cmd_receive(settings: &Settings) -> Result<u8> {

@@ -52,6 +52,7 @@ pub struct Settings {
     pub retention: Policy,
     pub status: StatusSettings,
     pub spray: SpraySettings,
+    pub tls: TlsSettings,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -100,6 +101,34 @@ impl HostKeyPolicy {
     }
 }
 
+/// How the peer masters are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// SSH to user core, whose key may only run `receive` (systemd mode).
+    Ssh,
+    /// Mutual TLS to `receive --listen` on the peer (Pod Mode).
+    Tls,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ssh => "ssh",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+/// This node's certificate and key (DNS SAN: its node name; server and client use) and the CA
+/// that signs every node's: for `spray.transport = "tls"` and `receive --listen`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
 /// `host` or `host:port` or `[v6]:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAddr {
@@ -118,6 +147,8 @@ impl std::fmt::Display for PeerAddr {
 }
 
 pub const SSH_PORT: u16 = 22;
+/// The receivers' port in Pod Mode (`receive --listen`).
+pub const DEFAULT_TLS_PORT: u16 = 9443;
 
 /// Parses `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
 pub fn parse_peer_addr(text: &str) -> Result<PeerAddr, String> {
@@ -181,6 +212,9 @@ pub struct SpraySettings {
     pub attempts: u32,
     /// LZ4 on the wire to peers.
     pub compress: bool,
+    pub transport: Transport,
+    /// The peers' `receive --listen` port, with `transport = "tls"`.
+    pub tls_port: u16,
     pub targets: Vec<DirTarget>,
 }
 
@@ -224,7 +258,14 @@ impl Settings {
                 io_timeout: Duration::from_secs(60),
                 attempts: 3,
                 compress: true,
+                transport: Transport::Ssh,
+                tls_port: DEFAULT_TLS_PORT,
                 targets: Vec::new(),
+            },
+            tls: TlsSettings {
+                cert: PathBuf::from("/etc/etcd-backup/tls/tls.crt"),
+                key: PathBuf::from("/etc/etcd-backup/tls/tls.key"),
+                ca: PathBuf::from("/etc/etcd-backup/tls/ca.crt"),
             },
             sources: Vec::new(),
         }
@@ -364,7 +405,7 @@ impl Settings {
             out,
             "\n[spray]\netcd_env = {}\npeers = [{}]\nuser = {}\nidentity = {}\nknown_hosts = {}\n\
              host_key_policy = {}\nremote_command = {}\nconnect_timeout = {}\nio_timeout = {}\n\
-             attempts = {}\ncompress = {}",
+             attempts = {}\ncompress = {}\ntransport = {}\ntls_port = {}",
             quote(
                 &sp.etcd_env
                     .as_ref()
@@ -380,6 +421,8 @@ impl Settings {
             quote(&format_duration(sp.io_timeout)),
             sp.attempts,
             sp.compress,
+            quote(sp.transport.as_str()),
+            sp.tls_port,
         );
         for target in &sp.targets {
             let _ = writeln!(
@@ -389,6 +432,13 @@ impl Settings {
                 target.require_mount
             );
         }
+        let _ = writeln!(
+            out,
+            "\n[tls]\ncert = {}\nkey = {}\nca = {}",
+            quote(&self.tls.cert.to_string_lossy()),
+            quote(&self.tls.key.to_string_lossy()),
+            quote(&self.tls.ca.to_string_lossy()),
+        );
         out
     }
 }
@@ -461,6 +511,18 @@ struct FileFragment {
     retention: Option<Spanned<RetentionFragment>>,
     status: Option<StatusFragment>,
     spray: Option<SprayFragment>,
+    tls: Option<TlsFragment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFragment {
+    /// Default `/etc/etcd-backup/tls/tls.crt`.
+    cert: Option<Spanned<String>>,
+    /// Default `/etc/etcd-backup/tls/tls.key`; must not be readable by group or others.
+    key: Option<Spanned<String>>,
+    /// Default `/etc/etcd-backup/tls/ca.crt`.
+    ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -488,6 +550,10 @@ struct SprayFragment {
     attempts: Option<Spanned<u32>>,
     /// Default true.
     compress: Option<bool>,
+    /// Default `ssh`.
+    transport: Option<Transport>,
+    /// Default 9443.
+    tls_port: Option<Spanned<u16>>,
     /// `[[spray.target]]` tables; a file that has them replaces the list.
     target: Option<Vec<TargetFragment>>,
 }
@@ -672,6 +738,17 @@ impl FileFragment {
         if let Some(spray) = self.spray {
             spray.apply(file, &mut settings.spray)?;
         }
+        if let Some(tls) = self.tls {
+            if let Some(cert) = &tls.cert {
+                settings.tls.cert = file.absolute_path(cert, "tls.cert")?;
+            }
+            if let Some(key) = &tls.key {
+                settings.tls.key = file.absolute_path(key, "tls.key")?;
+            }
+            if let Some(ca) = &tls.ca {
+                settings.tls.ca = file.absolute_path(ca, "tls.ca")?;
+            }
+        }
         if let Some(status) = self.status {
             if let Some(max_age) = &status.max_age {
                 settings.status.max_age = file.duration(max_age, "status.max_age", false)?;
@@ -742,6 +819,15 @@ impl SprayFragment {
         }
         if let Some(compress) = self.compress {
             spray.compress = compress;
+        }
+        if let Some(transport) = self.transport {
+            spray.transport = transport;
+        }
+        if let Some(port) = &self.tls_port {
+            if *port.get_ref() == 0 {
+                return Err(file.error(port, "spray.tls_port must not be 0"));
+            }
+            spray.tls_port = *port.get_ref();
         }
         if let Some(targets) = self.target {
             spray.targets = targets

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod failpoint;
+pub mod listen;
 pub mod logging;
 pub mod manifest;
 pub mod peers;
@@ -19,6 +20,7 @@ pub mod ssh;
 pub mod store;
 pub mod takeover;
 pub mod targets;
+pub mod tls;
 pub mod units;
 pub mod verify;
 

@@ -75,8 +75,19 @@ pub fn serve<S: Stream>(
     store: &Store,
     conn: &mut Conn<S>,
 ) -> Result<ReceiveStats> {
+    serve_as(settings, store, conn, None)
+}
+
+/// [`serve`] a sender whose identity the transport proved (a TLS client certificate's node
+/// name): its hello must claim that name, and that name is what the journal records.
+pub fn serve_as<S: Stream>(
+    settings: &Settings,
+    store: &Store,
+    conn: &mut Conn<S>,
+    authenticated: Option<&str>,
+) -> Result<ReceiveStats> {
     let mut stats = ReceiveStats::default();
-    let result = session(settings, store, conn, &mut stats);
+    let result = session(settings, store, conn, &mut stats, authenticated);
     if let Err(error) = &result {
         if !connection_lost(error) {
             let _ = conn.send(&Message::Error {
@@ -93,6 +104,7 @@ fn session<S: Stream>(
     store: &Store,
     conn: &mut Conn<S>,
     stats: &mut ReceiveStats,
+    authenticated: Option<&str>,
 ) -> Result<()> {
     let _receiving = lock_telling_sender(
         conn,
@@ -118,6 +130,13 @@ fn session<S: Stream>(
             );
         }
     };
+    if let Some(proven) = authenticated {
+        if !sender.eq_ignore_ascii_case(proven) {
+            bail!(
+                "the sender's certificate names '{proven}' but its hello claims '{sender}': refused"
+            );
+        }
+    }
     let listing = store.list()?;
     let held: Vec<HeldSet> = listing
         .sets

@@ -13,5 +13,6 @@ mod release;
 mod render;
 mod spray_dir;
 mod spray_ssh;
+mod spray_tls;
 mod units;
 mod util;

@@ -1,10 +1,12 @@
-//! Where sets go. One trait, one file per kind: `ssh` (a peer master's restricted `receive`)
-//! and `dir` (a directory store such as an NFS mount, served in-process). Every kind speaks the
+//! Where sets go. One trait, one file per kind: `ssh` (a peer master's restricted `receive`),
+//! `tls` (a peer's `receive --listen`, Pod Mode) and `dir` (a directory store such as an NFS
+//! mount, served in-process). Every kind speaks the
 //! same protocol through [`crate::spray::push`], so each is idempotent, resumable and verified
 //! against the manifest by the receiving store, which prunes itself by its own policy.
 
 pub mod dir;
 pub mod ssh;
+pub mod tls;
 
 use crate::config::Settings;
 use crate::protocol::{Conn, Stream};
@@ -41,7 +43,22 @@ fn push_over<S: Stream>(
 pub fn from_settings(settings: &Settings) -> Result<(Targets, Vec<String>)> {
     let (peers, warnings) = ssh::peers(settings)?;
     let mut targets: Targets = Vec::new();
-    targets.extend(peers.into_iter().map(|p| Box::new(p) as Box<dyn Target>));
+    for peer in peers {
+        targets.push(match settings.spray.transport {
+            crate::config::Transport::Ssh => Box::new(peer),
+            crate::config::Transport::Tls => {
+                // An etcd.env peer or a peer given without a port: the receivers' port.
+                let mut addr = peer.addr;
+                if addr.port == crate::config::SSH_PORT {
+                    addr.port = settings.spray.tls_port;
+                }
+                Box::new(tls::TlsPeer {
+                    name: peer.name,
+                    addr,
+                })
+            }
+        });
+    }
     targets.extend(
         settings
             .spray

@@ -1,0 +1,277 @@
+//! Mutual TLS with the system OpenSSL (FIPS mode, the distribution's fixes): the transport of
+//! Pod Mode, where no SSH key reaches the masters. Every node has one certificate, signed by one
+//! CA, whose DNS subject alternative name is its node name; it serves as the receiver's server
+//! certificate and as the sender's client certificate. A receiver takes the sender's identity
+//! from the verified certificate, a sender checks that the receiver's names the node it meant.
+
+use crate::config::{PeerAddr, SpraySettings, TlsSettings};
+use crate::protocol::Stream;
+use anyhow::{Context, Result, bail};
+use openssl::ssl::{
+    SslAcceptor, SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode, SslVersion,
+};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+
+fn check_key_private(settings: &TlsSettings) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&settings.key)
+        .with_context(|| format!("cannot read the TLS key '{}'", settings.key.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "the TLS key '{}' is readable by group or others (mode {:o}): refusing it",
+            settings.key.display(),
+            meta.mode() & 0o777
+        );
+    }
+    Ok(())
+}
+
+/// The receiving side: requires a client certificate signed by the CA.
+pub fn acceptor(settings: &TlsSettings) -> Result<SslAcceptor> {
+    check_key_private(settings)?;
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
+    builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    load_identity(
+        &mut builder,
+        settings,
+        |b, cert| b.set_certificate_chain_file(cert),
+        |b, key| b.set_private_key_file(key, SslFiletype::PEM),
+        |b, ca| b.set_ca_file(ca),
+    )?;
+    builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    builder.check_private_key().with_context(|| {
+        format!(
+            "the TLS key '{}' does not belong to '{}'",
+            settings.key.display(),
+            settings.cert.display()
+        )
+    })?;
+    Ok(builder.build())
+}
+
+/// The sending side: presents this node's certificate, trusts only the CA.
+pub fn connector(settings: &TlsSettings) -> Result<SslConnector> {
+    check_key_private(settings)?;
+    let mut builder = SslConnector::builder(SslMethod::tls())?;
+    builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    load_identity(
+        &mut builder,
+        settings,
+        |b, cert| b.set_certificate_chain_file(cert),
+        |b, key| b.set_private_key_file(key, SslFiletype::PEM),
+        |b, ca| b.set_ca_file(ca),
+    )?;
+    Ok(builder.build())
+}
+
+type Loader<B> =
+    fn(&mut B, &std::path::Path) -> std::result::Result<(), openssl::error::ErrorStack>;
+
+fn load_identity<B>(
+    builder: &mut B,
+    settings: &TlsSettings,
+    cert: Loader<B>,
+    key: Loader<B>,
+    ca: Loader<B>,
+) -> Result<()> {
+    cert(builder, &settings.cert).with_context(|| {
+        format!(
+            "cannot load the TLS certificate '{}'",
+            settings.cert.display()
+        )
+    })?;
+    key(builder, &settings.key)
+        .with_context(|| format!("cannot load the TLS key '{}'", settings.key.display()))?;
+    ca(builder, &settings.ca)
+        .with_context(|| format!("cannot load the TLS CA '{}'", settings.ca.display()))?;
+    Ok(())
+}
+
+/// The node name a verified peer certificate carries: its first DNS subject alternative name.
+pub fn peer_name<S>(stream: &SslStream<S>) -> Result<String> {
+    let cert = stream
+        .ssl()
+        .peer_certificate()
+        .context("the peer presented no certificate")?;
+    cert.subject_alt_names()
+        .into_iter()
+        .flatten()
+        .find_map(|name| name.dnsname().map(str::to_string))
+        .context("the peer's certificate has no DNS subject alternative name (its node name)")
+}
+
+/// A TLS connection carrying the protocol.
+pub struct TlsStream(pub SslStream<TcpStream>);
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Stream for TlsStream {
+    /// A close_notify: the other side reads EOF, this side can still read its answer.
+    fn close_write(&mut self) -> std::io::Result<()> {
+        match self.0.shutdown() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e
+                .into_io_error()
+                .unwrap_or_else(|e| std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+/// Timeouts on a TCP socket: every read and write, and unacknowledged data.
+pub fn bound(tcp: &TcpStream, io_timeout: std::time::Duration) -> Result<()> {
+    tcp.set_read_timeout(Some(io_timeout))?;
+    tcp.set_write_timeout(Some(io_timeout))?;
+    tcp.set_nodelay(true)?;
+    let millis = io_timeout.as_millis().min(u32::MAX as u128) as u32;
+    nix::sys::socket::setsockopt(tcp, nix::sys::socket::sockopt::TcpUserTimeout, &millis)?;
+    Ok(())
+}
+
+/// Connects to the receiver of node `name` at `addr`; its certificate must name `name`.
+pub fn connect(
+    name: &str,
+    addr: &PeerAddr,
+    spray: &SpraySettings,
+    tls: &TlsSettings,
+) -> Result<TlsStream> {
+    let connector = connector(tls)?;
+    let target = format!("{}:{}", addr.host.trim_matches(['[', ']']), addr.port);
+    let socket = (addr.host.trim_matches(['[', ']']), addr.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve '{target}'"))?
+        .next()
+        .with_context(|| format!("'{target}' resolves to no address"))?;
+    let tcp = TcpStream::connect_timeout(&socket, spray.connect_timeout)
+        .with_context(|| format!("cannot connect to {target}"))?;
+    bound(&tcp, spray.io_timeout)?;
+    let stream = connector.connect(name, tcp).map_err(|e| {
+        anyhow::anyhow!(
+            "TLS handshake with {target} failed (its certificate must be signed by '{}' and name '{name}'): {e}",
+            tls.ca.display()
+        )
+    })?;
+    Ok(TlsStream(stream))
+}
+
+/// Issues a certificate for node `name` (DNS SAN, server and client use), signed by the CA,
+/// with a fresh ECDSA P-256 key: what a pod runs at start, so that no list of masters is fixed
+/// at install time. Returns (certificate PEM, key PEM).
+pub fn issue(
+    ca_cert_pem: &[u8],
+    ca_key_pem: &[u8],
+    name: &str,
+    days: u32,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::{BigNum, MsbOption};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{
+        BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    };
+    use openssl::x509::{X509, X509NameBuilder};
+    if !crate::config::is_node_name(name) {
+        bail!("'{name}' is not a node name");
+    }
+    let ca = X509::from_pem(ca_cert_pem).context("the CA certificate is not PEM")?;
+    let ca_key = PKey::private_key_from_pem(ca_key_pem).context("the CA key is not PEM")?;
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut subject = X509NameBuilder::new()?;
+    subject.append_entry_by_nid(Nid::COMMONNAME, name)?;
+    let subject = subject.build();
+    let mut builder = X509::builder()?;
+    builder.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    builder.set_serial_number(&serial)?;
+    builder.set_subject_name(&subject)?;
+    builder.set_issuer_name(ca.subject_name())?;
+    builder.set_pubkey(&key)?;
+    let (not_before, not_after) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(days)?);
+    builder.set_not_before(&not_before)?;
+    builder.set_not_after(&not_after)?;
+    builder.append_extension(BasicConstraints::new().critical().build()?)?;
+    builder.append_extension(
+        KeyUsage::new()
+            .critical()
+            .digital_signature()
+            .key_agreement()
+            .build()?,
+    )?;
+    builder.append_extension(
+        ExtendedKeyUsage::new()
+            .server_auth()
+            .client_auth()
+            .build()?,
+    )?;
+    let san = SubjectAlternativeName::new()
+        .dns(name)
+        .build(&builder.x509v3_context(Some(&ca), None))?;
+    builder.append_extension(san)?;
+    builder.sign(&ca_key, MessageDigest::sha256())?;
+    Ok((builder.build().to_pem()?, key.private_key_to_pem_pkcs8()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issued_certificate_names_the_node_and_verifies_against_the_ca() {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test CA",
+                "-keyout",
+                "/dev/stdout",
+                "-out",
+                "/dev/stdout",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let (cert, key) = issue(pem.as_bytes(), pem.as_bytes(), "master-1", 30).unwrap();
+        let cert = openssl::x509::X509::from_pem(&cert).unwrap();
+        let names: Vec<String> = cert
+            .subject_alt_names()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.dnsname().map(str::to_string))
+            .collect();
+        assert_eq!(names, ["master-1"]);
+        let ca = openssl::x509::X509::from_pem(pem.as_bytes()).unwrap();
+        assert!(cert.verify(&ca.public_key().unwrap()).unwrap());
+        let key = openssl::pkey::PKey::private_key_from_pem(&key).unwrap();
+        assert!(cert.public_key().unwrap().public_eq(&key));
+        assert!(issue(pem.as_bytes(), pem.as_bytes(), "not a name", 1).is_err());
+    }
+}
