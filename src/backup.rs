@@ -34,6 +34,7 @@ enum ScriptEnd {
 /// line by line, and kills the group at the timeout. Returns how it ended and its last line.
 fn run_script(
     command: &Path,
+    chroot: Option<&Path>,
     force: bool,
     dir: &Path,
     timeout: Duration,
@@ -41,6 +42,22 @@ fn run_script(
     let (reader, writer) =
         std::io::pipe().context("cannot create a pipe for the backup command")?;
     let mut cmd = Command::new(command);
+    if let Some(root) = chroot {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let root = std::ffi::CString::new(root.as_os_str().as_bytes())
+            .context("backup.chroot holds a NUL byte")?;
+        // SAFETY: between fork and exec only async-signal-safe calls (chroot, chdir) on memory
+        // allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::chroot(root.as_ptr()) != 0 || nix::libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     if force {
         cmd.arg("--force");
     }
@@ -229,7 +246,13 @@ fn attempt(
     let id = make_set_id(created, origin);
     let staging = store.new_staging("backup")?;
     tracing::info!(set_id = %id, staging = %staging.display(), forced, "running backup command");
-    let (end, last_line) = run_script(&settings.command, forced, &staging, settings.timeout)?;
+    let (end, last_line) = run_script(
+        &settings.command,
+        settings.chroot.as_deref(),
+        forced,
+        &staging,
+        settings.timeout,
+    )?;
     crate::failpoint::hit("backup:script-exited");
     let last = last_line.as_deref().unwrap_or("no output");
     // What a failed script left (a partial snapshot as large as a set) is no evidence worth
@@ -313,9 +336,40 @@ fn ensure_room(store: &Store, sets: &[StoredSet]) -> Result<()> {
 
 /// Takes one backup set per the force policy and commits it. The caller holds the lock and
 /// passes the store's sets as it listed them.
+/// The command runs inside `root` and writes into the staging directory by its path there:
+/// `root` must show the store at the same path (Pod Mode mounts the host's `/` and the host's
+/// store at the store's own path).
+fn check_chroot(root: &Path, store: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let inside = root.join(store.strip_prefix("/").unwrap_or(store));
+    let (a, b) = (
+        std::fs::metadata(store)
+            .with_context(|| format!("cannot read the store '{}'", store.display()))?,
+        std::fs::metadata(&inside).with_context(|| {
+            format!(
+                "backup.chroot '{}' has no '{}': mount the host's store at the same path",
+                root.display(),
+                store.display()
+            )
+        })?,
+    );
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        bail!(
+            "'{}' is not the store '{}': the backup command in backup.chroot '{}' would write elsewhere; mount the host's store at the same path",
+            inside.display(),
+            store.display(),
+            root.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Result<StoredSet> {
     let started = Instant::now();
     let backup = &settings.backup;
+    if let Some(root) = &backup.chroot {
+        check_chroot(root, store.root())?;
+    }
     ensure_room(store, sets)?;
     let first_forced = backup.force == ForcePolicy::Always;
     let mut set = attempt(store, backup, first_forced, &settings.node_name)?;

@@ -69,6 +69,9 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackupSettings {
     pub command: PathBuf,
+    /// Run the command chrooted here (Pod Mode: the host's `/`, so that cluster-backup.sh
+    /// runs in the host's context).
+    pub chroot: Option<PathBuf>,
     pub force: ForcePolicy,
     pub timeout: Duration,
     /// Priority list of the nodes that take backups; empty: every node does.
@@ -230,6 +233,7 @@ impl Settings {
             },
             backup: BackupSettings {
                 command: PathBuf::from("/usr/local/bin/cluster-backup.sh"),
+                chroot: None,
                 force: ForcePolicy::Fallback,
                 timeout: Duration::from_secs(15 * 60),
                 snapshot_nodes: Vec::new(),
@@ -366,8 +370,15 @@ impl Settings {
         );
         let _ = writeln!(
             out,
-            "\n[backup]\ncommand = {}\nforce = {}\ntimeout = {}\nsnapshot_nodes = [{}]\ntakeover_after = {}",
+            "\n[backup]\ncommand = {}\nchroot = {}\nforce = {}\ntimeout = {}\nsnapshot_nodes = [{}]\ntakeover_after = {}",
             quote(&self.backup.command.to_string_lossy()),
+            quote(
+                &self
+                    .backup
+                    .chroot
+                    .as_ref()
+                    .map_or(String::new(), |p| p.to_string_lossy().into_owned())
+            ),
             quote(self.backup.force.as_str()),
             quote(&format_duration(self.backup.timeout)),
             self.backup
@@ -591,6 +602,8 @@ struct StoreFragment {
 struct BackupFragment {
     /// Default `/usr/local/bin/cluster-backup.sh`.
     command: Option<Spanned<String>>,
+    /// Default: none; "" also means none.
+    chroot: Option<Spanned<String>>,
     /// Default `fallback`.
     force: Option<ForcePolicy>,
     /// Default `15m`.
@@ -658,6 +671,13 @@ impl FileFragment {
         if let Some(backup) = self.backup {
             if let Some(command) = &backup.command {
                 settings.backup.command = file.absolute_path(command, "backup.command")?;
+            }
+            if let Some(root) = &backup.chroot {
+                settings.backup.chroot = if root.get_ref().is_empty() {
+                    None
+                } else {
+                    Some(file.absolute_path(root, "backup.chroot")?)
+                };
             }
             if let Some(force) = backup.force {
                 settings.backup.force = force;

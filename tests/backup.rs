@@ -338,3 +338,22 @@ fn the_next_snapshot_node_takes_over_when_the_first_falls_silent() {
         .expect_code(0)
         .expect_stderr("not taking a backup");
 }
+
+#[test]
+fn a_chrooted_command_must_see_the_store_at_its_own_path() {
+    // Chrooted into / the store is where it is: a set, as without a chroot.
+    let node = Node::new("");
+    node.write_config_with("", "chroot = \"/\"\n", "");
+    let id = node.backup();
+    node.run(&["verify", &id]).expect_code(0);
+
+    // A root that does not show the store: refused before the command runs, nothing left.
+    let empty = node.dir.path().join("empty-root");
+    std::fs::create_dir(&empty).unwrap();
+    node.write_config_with("", &format!("chroot = \"{}\"\n", empty.display()), "");
+    node.run(&["backup"])
+        .expect_code(1)
+        .expect_stderr("mount the host's store at the same path");
+    assert_eq!(node.set_ids(), [id]);
+    assert!(node.staging_entries().is_empty());
+}
