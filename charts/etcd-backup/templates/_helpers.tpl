@@ -1,0 +1,127 @@
+{{/* Names and labels, the usual way. */}}
+{{- define "etcd-backup.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "etcd-backup.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "etcd-backup.labels" -}}
+app.kubernetes.io/name: {{ include "etcd-backup.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "etcd-backup.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "etcd-backup.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "etcd-backup.image" -}}
+{{- if .Values.image.digest -}}
+{{- if not (regexMatch "^sha256:[0-9a-f]{64}$" .Values.image.digest) -}}
+{{- fail (printf "image.digest must be sha256:<64 hex>, not %q" .Values.image.digest) -}}
+{{- end -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "etcd-backup.mode" -}}
+{{- if not (has .Values.mode (list "sync" "pv")) -}}
+{{- fail (printf "mode must be \"sync\" or \"pv\", not %q" .Values.mode) -}}
+{{- end -}}
+{{- .Values.mode -}}
+{{- end -}}
+
+{{/* Where the pods find things: the same paths in every pod. */}}
+{{- define "etcd-backup.configDir" -}}/etc/etcd-backup{{- end -}}
+{{- define "etcd-backup.tlsDir" -}}/run/etcd-backup/tls{{- end -}}
+{{- define "etcd-backup.pvMount" -}}/mnt/etcd-backup-pv{{- end -}}
+
+{{/* The node name, from the downward API: a pod's hostname is its own name. */}}
+{{- define "etcd-backup.env" -}}
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- end -}}
+
+{{/* A container that needs root on the store but nothing else. */}}
+{{- define "etcd-backup.unprivileged" -}}
+runAsUser: 0
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{/* Issues this node's TLS certificate from the CA into the tls emptyDir. */}}
+{{- define "etcd-backup.tlsInit" -}}
+- name: tls-issue
+  image: {{ include "etcd-backup.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command:
+    - /usr/local/bin/etcd-backup
+    - --config
+    - {{ include "etcd-backup.configDir" . }}/config.toml
+    - tls-issue
+    - --ca-cert
+    - /run/etcd-backup/ca/ca.crt
+    - --ca-key
+    - /run/etcd-backup/ca/ca.key
+    - --out
+    - {{ include "etcd-backup.tlsDir" . }}
+    - --days
+    - {{ .Values.sync.tls.days | quote }}
+  env:
+    {{- include "etcd-backup.env" . | nindent 4 }}
+  securityContext:
+    {{- include "etcd-backup.unprivileged" . | nindent 4 }}
+  volumeMounts:
+    - name: config
+      mountPath: {{ include "etcd-backup.configDir" . }}
+      readOnly: true
+    - name: ca
+      mountPath: /run/etcd-backup/ca
+      readOnly: true
+    - name: tls
+      mountPath: {{ include "etcd-backup.tlsDir" . }}
+{{- end -}}
+
+{{- define "etcd-backup.caSecret" -}}
+{{- .Values.sync.tls.existingSecret | default (printf "%s-ca" (include "etcd-backup.fullname" .)) -}}
+{{- end -}}
+
+{{/* The scheduling part of every pod: masters, their taints, the service account. */}}
+{{- define "etcd-backup.placement" -}}
+serviceAccountName: {{ include "etcd-backup.fullname" . }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+tolerations:
+  {{- toYaml .Values.tolerations | nindent 2 }}
+{{- end -}}
+
+{{/* The CronJobs' common part; .node is the node it is pinned to ("" for any master). */}}
+{{- define "etcd-backup.cronjobSpec" -}}
+schedule: {{ .schedule | quote }}
+{{- with .root.Values.schedule.timeZone }}
+timeZone: {{ . | quote }}
+{{- end }}
+# One run at a time per node: a backup still running when the next is due is not doubled.
+concurrencyPolicy: Forbid
+startingDeadlineSeconds: {{ .root.Values.startingDeadlineSeconds }}
+successfulJobsHistoryLimit: {{ .root.Values.successfulJobsHistoryLimit }}
+failedJobsHistoryLimit: {{ .root.Values.failedJobsHistoryLimit }}
+{{- end -}}

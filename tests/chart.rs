@@ -1,0 +1,375 @@
+//! The Pod Mode Helm chart (`charts/etcd-backup`) with real helm: lint, template with the
+//! default values and every `ci/` values file, strict schema validation of every object for
+//! Kubernetes 1.27 (OpenShift 4.14), and checks of what matters in what it renders.
+
+use crate::util::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn chart() -> PathBuf {
+    repo().join("charts/etcd-backup")
+}
+
+/// helm, as `tests/lab/install-deps` installs it.
+fn helm() -> Command {
+    let cache = std::env::var("ETCD_BACKUP_CACHE")
+        .unwrap_or_else(|_| "/var/cache/etcd-backup-lab".to_string());
+    let helm = PathBuf::from(cache).join("helm-kubectl-v35-2.2.2/helm");
+    assert!(
+        helm.is_file(),
+        "{} is missing: run tests/lab/install-deps",
+        helm.display()
+    );
+    Command::new(helm)
+}
+
+/// `helm template` with `args`; the objects (PyYAML's reading) and the YAML text.
+fn template(args: &[&str]) -> Result<(Vec<Value>, String), String> {
+    let out = helm()
+        .args(["template", "eb", "--namespace", "etcd-backup"])
+        .arg(chart())
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut parse = Command::new("python3");
+    parse.args([
+        "-c",
+        "import sys, json, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
+    ]);
+    let parsed = run_with_stdin(parse, &out.stdout);
+    assert!(parsed.status.success(), "not YAML");
+    Ok((
+        serde_json::from_slice(&parsed.stdout).unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    ))
+}
+
+fn values_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "ci/ holds a values file per mode");
+    files
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// Every pod template with its owner's name and component label.
+fn pods(objects: &[Value]) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
+    for o in objects {
+        let name = format!(
+            "{} ({})",
+            o["metadata"]["name"].as_str().unwrap(),
+            o["metadata"]["labels"]["app.kubernetes.io/component"]
+                .as_str()
+                .unwrap_or("")
+        );
+        match o["kind"].as_str().unwrap() {
+            "CronJob" => out.push((name, &o["spec"]["jobTemplate"]["spec"]["template"]["spec"])),
+            "DaemonSet" => out.push((name, &o["spec"]["template"]["spec"])),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn containers(pod: &Value) -> Vec<&Value> {
+    let mut all: Vec<&Value> = pod["containers"].as_array().unwrap().iter().collect();
+    if let Some(init) = pod["initContainers"].as_array() {
+        all.extend(init);
+    }
+    all
+}
+
+fn host_paths(pod: &Value) -> Vec<String> {
+    pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn helm_lint_is_clean_for_the_defaults_and_every_ci_values_file() {
+    let mut runs = vec![vec![]];
+    for file in values_files() {
+        runs.push(vec!["-f".to_string(), file.display().to_string()]);
+    }
+    for args in runs {
+        let out = helm()
+            .arg("lint")
+            .arg(chart())
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "helm lint {args:?}: {text}");
+        assert!(text.contains("0 chart(s) failed"), "{text}");
+        assert!(
+            !text.contains("[WARNING]") && !text.contains("[ERROR]"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn every_rendered_object_passes_strict_schema_validation() {
+    let mut runs = vec![vec![]];
+    for file in values_files() {
+        runs.push(vec!["-f".to_string(), file.display().to_string()]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (i, args) in runs.iter().enumerate() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (objects, yaml) = template(&args).unwrap();
+        assert!(objects.len() >= 5, "{args:?}: {objects:?}");
+        let file = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(&file, &yaml).unwrap();
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", "1.27.0", "--quiet"])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate (PyPI) is needed: run tests/lab/install-deps");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn privileged_only_where_needed_on_the_masters_and_one_job_at_a_time() {
+    for args in [
+        vec![],
+        vec!["-f", "ci/sync-values.yaml"],
+        vec!["-f", "ci/pv-values.yaml"],
+    ] {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with("ci/") {
+                    chart().join(a).display().to_string()
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (objects, _) = template(&args).unwrap();
+        for cron in of_kind(&objects, "CronJob") {
+            let name = cron["metadata"]["name"].as_str().unwrap();
+            assert_eq!(cron["apiVersion"], "batch/v1", "{name}");
+            assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid", "{name}");
+            assert!(cron["spec"]["startingDeadlineSeconds"].as_u64().unwrap() > 0);
+            assert!(cron["spec"]["successfulJobsHistoryLimit"].is_u64());
+            assert!(cron["spec"]["failedJobsHistoryLimit"].is_u64());
+            let job = &cron["spec"]["jobTemplate"]["spec"];
+            assert_eq!(
+                job["backoffLimit"], 0,
+                "{name}: retried by the next schedule"
+            );
+            assert!(job["activeDeadlineSeconds"].as_u64().unwrap() > 0, "{name}");
+            assert_eq!(job["template"]["spec"]["restartPolicy"], "Never");
+        }
+        for (name, pod) in pods(&objects) {
+            assert_eq!(
+                pod["nodeSelector"]["node-role.kubernetes.io/master"], "",
+                "{name}"
+            );
+            let tolerations = pod["tolerations"].as_array().unwrap();
+            for key in [
+                "node-role.kubernetes.io/master",
+                "node-role.kubernetes.io/control-plane",
+            ] {
+                assert!(
+                    tolerations
+                        .iter()
+                        .any(|t| t["key"] == key && t["effect"] == "NoSchedule"),
+                    "{name} tolerates {key}"
+                );
+            }
+            assert!(pod["serviceAccountName"].is_string(), "{name}");
+            let is_backup = name.ends_with("(backup)");
+            for c in containers(pod) {
+                let privileged = c["securityContext"]["privileged"] == true;
+                assert_eq!(
+                    privileged,
+                    is_backup && c["name"] == "backup",
+                    "{name}/{}",
+                    c["name"]
+                );
+                if !privileged {
+                    assert_eq!(
+                        c["securityContext"]["capabilities"]["drop"],
+                        serde_json::json!(["ALL"])
+                    );
+                    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+                    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+                }
+                let env = c["env"].as_array().unwrap();
+                assert!(
+                    env.iter().any(|e| e["name"] == "NODE_NAME"
+                        && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
+                    "{name}/{}: the node name from the downward API",
+                    c["name"]
+                );
+            }
+            // The host's / only where cluster-backup.sh runs; the store everywhere, same path.
+            let paths = host_paths(pod);
+            assert_eq!(
+                paths.contains(&"/".to_string()),
+                is_backup,
+                "{name}: {paths:?}"
+            );
+            assert!(
+                paths.contains(&"/var/lib/etcd-backup".to_string()),
+                "{name}: {paths:?}"
+            );
+        }
+        let sa = of_kind(&objects, "ServiceAccount");
+        assert_eq!(
+            sa[0]["automountServiceAccountToken"], false,
+            "no API access needed"
+        );
+        let binding = of_kind(&objects, "RoleBinding");
+        assert_eq!(
+            binding[0]["roleRef"]["name"],
+            "system:openshift:scc:privileged"
+        );
+    }
+}
+
+#[test]
+fn sync_mode_runs_receivers_pinned_snapshot_nodes_and_a_config_that_loads() {
+    let values = chart().join("ci/sync-values.yaml");
+    let (objects, _) = template(&["-f", values.to_str().unwrap()]).unwrap();
+    // One backup and one spray CronJob per snapshot node, pinned to it.
+    for (i, node) in ["master-0", "master-1", "master-2"].iter().enumerate() {
+        for job in ["backup", "spray"] {
+            let cron = objects
+                .iter()
+                .find(|o| o["metadata"]["name"] == format!("eb-etcd-backup-{job}-{i}"))
+                .unwrap_or_else(|| panic!("no {job} CronJob for {node}"));
+            let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+            assert_eq!(pod["nodeSelector"]["kubernetes.io/hostname"], *node);
+            assert_eq!(
+                pod["containers"][0]["image"],
+                "image-registry.example.com/ops/etcd-backup@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+            );
+        }
+    }
+    let receivers = of_kind(&objects, "DaemonSet");
+    assert_eq!(receivers.len(), 1);
+    let pod = &receivers[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(
+        pod["containers"][0]["command"].as_array().unwrap()[3..],
+        [
+            serde_json::json!("receive"),
+            serde_json::json!("--listen"),
+            serde_json::json!("0.0.0.0:9443")
+        ]
+    );
+    assert_eq!(pod["initContainers"][0]["command"][3], "tls-issue");
+    assert!(of_kind(&objects, "PersistentVolume").is_empty());
+    assert_eq!(of_kind(&objects, "Secret").len(), 1, "the CA");
+
+    // The rendered config.toml is one etcd-backup itself accepts.
+    let config = of_kind(&objects, "ConfigMap")[0]["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env("NODE_NAME", "master-1")
+        .output()
+        .unwrap();
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "name = \"master-1\"",
+        "chroot = \"/host\"",
+        "snapshot_nodes = [\"master-0\", \"master-1\", \"master-2\"]",
+        "takeover_after = \"1h30m\"",
+        "transport = \"tls\"",
+        "etcd_env = \"/host/etc/kubernetes/static-pod-resources/etcd-certs/configmaps/etcd-scripts/etcd.env\"",
+    ] {
+        assert!(effective.contains(line), "{line} in:\n{effective}");
+    }
+}
+
+#[test]
+fn pv_mode_mounts_a_retained_nfs_volume_as_a_dir_target() {
+    let values = chart().join("ci/pv-values.yaml");
+    let (objects, _) = template(&["-f", values.to_str().unwrap()]).unwrap();
+    assert!(
+        of_kind(&objects, "DaemonSet").is_empty(),
+        "no receivers in pv mode"
+    );
+    assert!(of_kind(&objects, "Secret").is_empty(), "no CA in pv mode");
+    let pv = of_kind(&objects, "PersistentVolume");
+    assert_eq!(pv[0]["spec"]["nfs"]["server"], "nfs.example.com");
+    assert_eq!(pv[0]["spec"]["nfs"]["path"], "/exports/etcd-backup");
+    assert_eq!(pv[0]["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    let claim = of_kind(&objects, "PersistentVolumeClaim");
+    assert_eq!(claim[0]["spec"]["volumeName"], pv[0]["metadata"]["name"]);
+    let spray = objects
+        .iter()
+        .find(|o| o["metadata"]["name"] == "eb-etcd-backup-spray")
+        .unwrap();
+    let pod = &spray["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["persistentVolumeClaim"]["claimName"] == claim[0]["metadata"]["name"])
+    );
+    let config = of_kind(&objects, "ConfigMap")[0]["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("kind = \"dir\"\npath = \"/mnt/etcd-backup-pv\"\nrequire_mount = true"),
+        "{config}"
+    );
+    assert!(config.contains("keep_last = 5"), "{config}");
+    assert!(
+        config.contains("etcd_env = \"\""),
+        "no peers in pv mode: {config}"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_the_reason() {
+    for (set, why) in [
+        ("mode=mirror", "mode must be \"sync\" or \"pv\""),
+        (
+            "image.digest=sha256:abc",
+            "image.digest must be sha256:<64 hex>",
+        ),
+        ("mode=pv", "pv mode needs pv.nfs.server and pv.nfs.path"),
+    ] {
+        let error = template(&["--set", set]).unwrap_err();
+        assert!(error.contains(why), "{set}: {error}");
+    }
+}
