@@ -26,15 +26,15 @@ const UNITS: [&str; 5] = [
 ];
 
 /// The lab, torn down when dropped (also when a step fails).
-struct Masters {
-    name: &'static str,
+pub(crate) struct Masters {
+    pub(crate) name: &'static str,
     /// The node disruption policy every rollout applies with.
     policy: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Masters {
-    fn up(name: &'static str) -> Masters {
+    pub(crate) fn up(name: &'static str) -> Masters {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("policy.yaml");
         let out = Command::new(BIN)
@@ -52,7 +52,7 @@ impl Masters {
         masters
     }
 
-    fn script(&self, args: &[&str]) -> Out {
+    pub(crate) fn script(&self, args: &[&str]) -> Out {
         let output = Command::new(repo().join("tests/lab/masters"))
             .args(args)
             .env("ETCD_BACKUP_LAB", self.name)
@@ -61,7 +61,7 @@ impl Masters {
         Out(output, args.join(" "))
     }
 
-    fn exec(&self, n: usize, args: &[&str]) -> Out {
+    pub(crate) fn exec(&self, n: usize, args: &[&str]) -> Out {
         let mut all = vec!["exec".to_string(), n.to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -71,7 +71,7 @@ impl Masters {
     }
 
     /// Builds the image around `binary` and pushes it to the lab registry; its pinned reference.
-    fn image(&self, binary: &Path, tag: &str) -> String {
+    pub(crate) fn image(&self, binary: &Path, tag: &str) -> String {
         self.script(&["image", binary.to_str().unwrap(), tag])
             .expect_ok("masters image")
             .trim()
@@ -79,19 +79,19 @@ impl Masters {
     }
 
     /// Rolls a MachineConfig out to every running master, with the node disruption policy.
-    fn apply(&self, mc: &Path) -> Out {
+    pub(crate) fn apply(&self, mc: &Path) -> Out {
         self.script(&["apply", mc.to_str().unwrap(), self.policy.to_str().unwrap()])
     }
 
     /// `systemctl start UNIT` (waits for a oneshot to finish); its result and the journal of
     /// exactly that run.
-    fn start(&self, n: usize, unit: &str) -> (Out, Vec<Value>) {
+    pub(crate) fn start(&self, n: usize, unit: &str) -> (Out, Vec<Value>) {
         let started = self.exec(n, &["systemctl", "start", unit]);
         (started, self.last_run(n, unit))
     }
 
     /// The journal of the most recent run of `unit` on master-N.
-    fn last_run(&self, n: usize, unit: &str) -> Vec<Value> {
+    pub(crate) fn last_run(&self, n: usize, unit: &str) -> Vec<Value> {
         let invocation = self
             .exec(
                 n,
@@ -103,7 +103,7 @@ impl Masters {
         self.journal(n, &[&format!("_SYSTEMD_INVOCATION_ID={invocation}")])
     }
 
-    fn journal(&self, n: usize, matches: &[&str]) -> Vec<Value> {
+    pub(crate) fn journal(&self, n: usize, matches: &[&str]) -> Vec<Value> {
         // journald takes in what a unit logged on its own time: wait until it has all of it.
         self.exec(n, &["journalctl", "--sync"])
             .expect_ok("journalctl --sync");
@@ -116,7 +116,7 @@ impl Masters {
             .collect()
     }
 
-    fn sets(&self, n: usize) -> Vec<(String, String)> {
+    pub(crate) fn sets(&self, n: usize) -> Vec<(String, String)> {
         let listing = self
             .exec(n, &["etcd-backup", "list", "--json"])
             .expect_ok("list");
@@ -132,14 +132,14 @@ impl Masters {
     }
 
     /// The sha256 of the installed binary on master-N.
-    fn installed(&self, n: usize) -> String {
+    pub(crate) fn installed(&self, n: usize) -> String {
         let out = self
             .exec(n, &["sha256sum", "/usr/local/bin/etcd-backup"])
             .expect_ok("sha256sum");
         out.split_whitespace().next().unwrap().to_string()
     }
 
-    fn is_active(&self, n: usize, unit: &str) -> String {
+    pub(crate) fn is_active(&self, n: usize, unit: &str) -> String {
         let out = self.exec(n, &["systemctl", "is-active", unit]);
         String::from_utf8_lossy(&out.0.stdout).trim().to_string()
     }
@@ -167,10 +167,10 @@ impl Drop for Masters {
     }
 }
 
-struct Out(Output, String);
+pub(crate) struct Out(pub Output, pub String);
 
 impl Out {
-    fn expect_ok(&self, what: &str) -> String {
+    pub(crate) fn expect_ok(&self, what: &str) -> String {
         assert!(
             self.0.status.success(),
             "{what} ({}) failed: {}\nstdout: {}\nstderr: {}",
@@ -190,7 +190,7 @@ fn with_id<'a>(journal: &'a [Value], message_id: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-fn messages(journal: &[Value]) -> String {
+pub(crate) fn messages(journal: &[Value]) -> String {
     journal
         .iter()
         .filter_map(|e| e["MESSAGE"].as_str())
@@ -199,7 +199,7 @@ fn messages(journal: &[Value]) -> String {
 }
 
 /// The set that one `etcd-backup.service` run logged as committed, if any.
-fn backed_up(journal: &[Value]) -> Option<String> {
+pub(crate) fn backed_up(journal: &[Value]) -> Option<String> {
     let ok = with_id(journal, BACKUP_SUCCEEDED);
     assert!(ok.len() <= 1, "one run, one set: {ok:?}");
     ok.first()
@@ -207,7 +207,7 @@ fn backed_up(journal: &[Value]) -> Option<String> {
 }
 
 /// The lab's MachineConfig with `delivery` (`--image REF` [`--binary-sha256 HEX`]) as `dir/name`.
-fn render(dir: &Path, name: &str, delivery: &[&str]) -> PathBuf {
+pub(crate) fn render(dir: &Path, name: &str, delivery: &[&str]) -> PathBuf {
     let yaml = dir.join(name);
     std::fs::write(
         &yaml,

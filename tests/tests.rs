@@ -10,6 +10,7 @@ mod disk_full;
 mod hostile_store;
 mod journal;
 mod masters;
+mod pods;
 mod release;
 mod render;
 mod spray_dir;

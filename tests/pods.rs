@@ -1,0 +1,246 @@
+//! Pod Mode on the lab masters: the chart's pod templates, as `helm template` renders them, run
+//! under a real container runtime (podman, runc) as each master's kubelet would run them: their
+//! hostPath volumes on that master's disk, host network that master's network namespace
+//! (`tests/lab/run-pod`). The image is the one `packaging/Containerfile` builds.
+
+use crate::masters::{Masters, backed_up, messages, render};
+use crate::util::{BIN, release_binary, repo};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `helm template` of the chart with `args` into `dir/name`.
+fn template(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let cache = std::env::var("ETCD_BACKUP_CACHE")
+        .unwrap_or_else(|_| "/var/cache/etcd-backup-lab".to_string());
+    let out = Command::new(PathBuf::from(cache).join("helm-kubectl-v35-2.2.2/helm"))
+        .args(["template", "eb", "--namespace", "etcd-backup"])
+        .arg(repo().join("charts/etcd-backup"))
+        .args([
+            "--set",
+            "image.repository=localhost/etcd-backup,image.tag=pod",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let path = dir.join(name);
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+/// Receiver containers, removed when dropped.
+struct Running(Vec<String>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = podman().args(["rm", "-f", name]).output();
+        }
+    }
+}
+
+fn podman() -> Command {
+    let cache = std::env::var("ETCD_BACKUP_CACHE")
+        .unwrap_or_else(|_| "/var/cache/etcd-backup-lab".to_string());
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", format!("{cache}/containers-v2.conf"));
+    cmd
+}
+
+fn logs(name: &str) -> String {
+    let out = podman().args(["logs", name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// The store on master-N's disk, read by this machine's binary (files only, no network).
+struct HostStore(PathBuf, tempfile::TempDir);
+
+impl HostStore {
+    fn of(lab: &Masters, n: usize) -> HostStore {
+        HostStore::at(&PathBuf::from(format!(
+            "/var/lib/etcd-backup-lab/{}/master-{n}/var/lib/etcd-backup",
+            lab.name
+        )))
+    }
+
+    fn at(root: &Path) -> HostStore {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            format!("[store]\nroot = \"{}\"\n", root.display()),
+        )
+        .unwrap();
+        HostStore(root.to_path_buf(), dir)
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(self.1.path().join("c.toml"))
+            .args(args)
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .unwrap()
+    }
+
+    /// The set ids, all verified against their manifests and trailers.
+    fn verified_ids(&self) -> Vec<String> {
+        let verify = self.run(&["verify"]);
+        assert!(verify.status.success(), "{}: {verify:?}", self.0.display());
+        let list = self.run(&["list", "--json"]);
+        let sets: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).unwrap();
+        sets.iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn staging_is_empty(&self) -> bool {
+        std::fs::read_dir(self.0.join(".staging")).map_or(true, |mut d| d.next().is_none())
+    }
+}
+
+#[test]
+fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_and_to_a_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Masters::up("pods");
+
+    // systemd mode first: a set taken by etcd-backup.service on master-0.
+    let image = lab.image(&release_binary(), "current");
+    lab.apply(&render(dir.path(), "mc.yaml", &["--image", &image]))
+        .expect_ok("apply the MachineConfig");
+    let (started, journal) = lab.start(0, "etcd-backup.service");
+    started.expect_ok("a backup in systemd mode");
+    let from_systemd = backed_up(&journal).unwrap_or_else(|| panic!("{}", messages(&journal)));
+    // The switch: the timers go (deleting the MachineConfig does that); the store stays.
+    for n in 0..3 {
+        lab.exec(
+            n,
+            &[
+                "systemctl",
+                "disable",
+                "--now",
+                "etcd-backup.timer",
+                "etcd-backup-spray.timer",
+            ],
+        )
+        .expect_ok("stop systemd mode");
+    }
+
+    // Pod Mode, sync: receivers on master-1 and master-2, backup and spray jobs on master-0.
+    lab.script(&[
+        "image",
+        release_binary().to_str().unwrap(),
+        "pod",
+        "--local",
+    ])
+    .expect_ok("build the image here");
+    let snapshot_nodes = ["--set", "snapshotNodes={master-0,master-1,master-2}"];
+    let sync = template(dir.path(), "sync.yaml", &snapshot_nodes);
+    let sync_path = sync.to_str().unwrap();
+    let mut receivers = Running(Vec::new());
+    for n in ["1", "2"] {
+        let name = lab
+            .script(&[
+                "run-pod",
+                sync_path,
+                "eb-etcd-backup-receiver",
+                n,
+                "--detach",
+            ])
+            .expect_ok("start a receiver pod");
+        receivers.0.push(name.trim().to_string());
+    }
+    for ip in ["10.252.0.2", "10.252.0.3"] {
+        // From inside master-0, as its spray will connect; bounded.
+        lab.exec(
+            0,
+            &[
+                "bash",
+                "-c",
+                &format!("for _ in $(seq 1 100); do echo >/dev/tcp/{ip}/9443 && exit 0; sleep 0.1; done; exit 1"),
+            ],
+        )
+        .expect_ok("a receiver listens");
+    }
+    lab.script(&["run-pod", sync_path, "eb-etcd-backup-backup-0", "0"])
+        .expect_ok("the backup job on master-0 (chroot /host cluster-backup.sh)");
+    let master_0 = HostStore::of(&lab, 0);
+    let held = master_0.verified_ids();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(
+        held.contains(&from_systemd),
+        "systemd mode's set is still there: {held:?}"
+    );
+    assert!(held.iter().all(|id| id.ends_with("-master-0")));
+    // A pod pinned to master-0 does not run elsewhere.
+    let elsewhere = lab.script(&["run-pod", sync_path, "eb-etcd-backup-backup-0", "1"]);
+    assert!(!elsewhere.0.status.success());
+
+    let sprayed = lab
+        .script(&["run-pod", sync_path, "eb-etcd-backup-spray-0", "0"])
+        .expect_ok("the spray job on master-0");
+    let _ = sprayed;
+    for n in [1, 2] {
+        assert_eq!(HostStore::of(&lab, n).verified_ids(), held, "master-{n}");
+    }
+    for name in &receivers.0 {
+        assert!(logs(name).contains("from master-0"), "{}", logs(name));
+    }
+
+    // A spray whose certificate another CA issued (another install of the chart): refused by
+    // both receivers, nothing committed or staged.
+    lab.script(&["run-pod", sync_path, "eb-etcd-backup-backup-0", "0"])
+        .expect_ok("another backup");
+    let other_ca = template(dir.path(), "other-ca.yaml", &snapshot_nodes);
+    let refused = lab.script(&[
+        "run-pod",
+        other_ca.to_str().unwrap(),
+        "eb-etcd-backup-spray-0",
+        "0",
+    ]);
+    assert!(!refused.0.status.success(), "the spray job fails");
+    for n in [1, 2] {
+        let store = HostStore::of(&lab, n);
+        assert_eq!(store.verified_ids(), held, "master-{n} got nothing new");
+        assert!(store.staging_is_empty(), "master-{n} staged nothing");
+    }
+    for name in &receivers.0 {
+        assert!(
+            logs(name).contains("TLS handshake refused"),
+            "{}",
+            logs(name)
+        );
+    }
+
+    // pv mode: the spray job delivers master-0's history to the volume (a directory standing
+    // in for the NFS export, mounted into the pod as the claim would be).
+    let volume = dir.path().join("nfs-export");
+    std::fs::create_dir(&volume).unwrap();
+    let pv = template(
+        dir.path(),
+        "pv.yaml",
+        &[
+            "-f",
+            repo()
+                .join("charts/etcd-backup/ci/pv-values.yaml")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    lab.script(&[
+        "run-pod",
+        pv.to_str().unwrap(),
+        "eb-etcd-backup-spray",
+        "0",
+        "--claim",
+        &format!("eb-etcd-backup-pv={}", volume.display()),
+    ])
+    .expect_ok("the pv spray job");
+    let on_volume = HostStore::at(&volume).verified_ids();
+    assert_eq!(
+        on_volume,
+        master_0.verified_ids(),
+        "the whole history on the volume"
+    );
+    assert_eq!(on_volume.len(), 3);
+}
