@@ -20,9 +20,9 @@ const RHCOS_LIBRARIES: [&str; 8] = [
 const MAX_GLIBC: (u32, u32) = (2, 34);
 /// The default MachineConfig (binary from a pinned image): `render::IMAGE_MACHINECONFIG_BUDGET_BYTES`.
 const IMAGE_BUDGET_KIB: usize = 48;
-/// With `--embed-binary` render refuses above 1.2 MiB without `--force`; this keeps the embedded
-/// size from growing unnoticed below that.
-const EMBEDDED_CEILING_KIB: usize = 1200;
+/// With `--embed-binary` render refuses above this (1.2 MiB) without `--force`: the test says
+/// when the release binary gets there, so that the README and the admins are told.
+const EMBEDDED_CEILING_KIB: usize = 1229;
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn tool(program: &str, args: &[&str]) -> String {
@@ -89,6 +89,7 @@ fn rendered_machineconfig_sizes() {
     );
     assert!(
         embedded <= EMBEDDED_CEILING_KIB,
-        "the embedded MachineConfig grew to {embedded} KiB (ceiling {EMBEDDED_CEILING_KIB} KiB)"
+        "the embedded MachineConfig grew to {embedded} KiB: above {EMBEDDED_CEILING_KIB} KiB \
+         --embed-binary needs --force (update the README's figures)"
     );
 }
