@@ -3,6 +3,7 @@
 //! `main.rs` only calls [`cli::main`]; everything else lives here so `tests/` can reach it.
 
 pub mod backup;
+pub mod bbolt;
 pub mod cli;
 pub mod config;
 pub mod failpoint;

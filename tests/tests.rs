@@ -1,6 +1,7 @@
 //! One integration-test crate (as ripgrep does it) driving the real binary.
 
 mod backup;
+mod bbolt;
 mod chart;
 mod concurrency;
 mod config;

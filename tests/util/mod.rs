@@ -107,6 +107,15 @@ pub fn free_port() -> u16 {
 pub fn etcd() -> &'static Etcd {
     static ETCD: OnceLock<Etcd> = OnceLock::new();
     ETCD.get_or_init(|| {
+        let etcd = Etcd::start();
+        etcd.load(LOADED_KEYS);
+        etcd
+    })
+}
+
+impl Etcd {
+    /// An etcd of its own on loopback (empty), killed when the test binary exits.
+    pub fn start() -> Etcd {
         let bin_dir = etcd_bin_dir();
         let data = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
@@ -166,12 +175,9 @@ pub fn etcd() -> &'static Etcd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        etcd.load(LOADED_KEYS);
         etcd
-    })
-}
+    }
 
-impl Etcd {
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         Command::new(self.bin_dir.join("etcdctl"))
             .arg(format!("--endpoints={}", self.endpoint))
