@@ -395,7 +395,7 @@ pub fn check(file: &File, db_len: u64, visitor: &mut dyn Visitor) -> std::io::Re
     report.hwm = meta.hwm;
     report.txid = meta.txid;
     let size = u64::from(meta.page_size);
-    if db_len % size != 0 || meta.hwm > db_len / size {
+    if !db_len.is_multiple_of(size) || meta.hwm > db_len / size {
         report.problems.push(Problem {
             page: None,
             bucket: String::new(),
