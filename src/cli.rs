@@ -62,6 +62,9 @@ enum Cmd {
     },
     /// Re-hash sets from disk against their manifests (all sets when none is named)
     Verify {
+        /// Also walk each snapshot's bbolt structure and compare etcd's figures with the manifest
+        #[arg(long)]
+        deep: bool,
         #[arg(value_name = "SET-ID")]
         ids: Vec<String>,
     },
@@ -208,7 +211,7 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         Cmd::Backup => Ok(cmd_backup(&settings, journal)),
         Cmd::Prune { dry_run } => cmd_prune(&settings, dry_run),
         Cmd::List { json } => cmd_list(&settings, json),
-        Cmd::Verify { ids } => cmd_verify(&settings, &ids),
+        Cmd::Verify { deep, ids } => cmd_verify(&settings, &ids, deep),
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Spray => cmd_spray(&settings),
         Cmd::Receive { listen: None } => cmd_receive(&settings),
@@ -521,6 +524,7 @@ fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
                     "created": m.created,
                     "size": m.total_size(),
                     "dirty": m.dirty,
+                    "etcd": m.checks.etcd,
                     "verified": set.problem.is_none(),
                     "problem": set.problem,
                     "path": set.dir,
@@ -565,8 +569,8 @@ fn open_existing(settings: &Settings) -> Result<Store> {
     Store::open(root)
 }
 
-/// Re-hashes one set from disk; `Err` says what is wrong.
-fn verify_set(set: &StoredSet) -> Result<()> {
+/// Re-hashes one set from disk (and with `deep` walks its snapshot); `Err` says what is wrong.
+fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
     if let Some(problem) = &set.problem {
         bail!("{problem}");
     }
@@ -579,6 +583,17 @@ fn verify_set(set: &StoredSet) -> Result<()> {
         } else {
             hash_file(&path)?
         };
+        if is_snapshot && deep {
+            let figures = crate::verify::deep_check(&path)?;
+            if let Some(recorded) = &set.manifest.checks.etcd {
+                if *recorded != figures {
+                    bail!(
+                        "'{}': etcd's figures are {figures:?}, the manifest recorded {recorded:?}",
+                        path.display()
+                    );
+                }
+            }
+        }
         if digest.size != file.size || digest.hex() != file.sha256 {
             bail!(
                 "'{}' does not match the manifest (sha256 {} size {}, manifest {} size {})",
@@ -593,7 +608,7 @@ fn verify_set(set: &StoredSet) -> Result<()> {
     Ok(())
 }
 
-fn cmd_verify(settings: &Settings, ids: &[String]) -> Result<u8> {
+fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
     let store = open_existing(settings)?;
     // Prune must not remove a set under our feet.
     let _lock = store.lock(settings.store.lock_wait)?;
@@ -611,11 +626,11 @@ fn cmd_verify(settings: &Settings, ids: &[String]) -> Result<u8> {
             report(&dir.display().to_string(), Err(anyhow::anyhow!("{reason}")));
         }
         for set in &listing.sets {
-            report(set.id(), verify_set(set));
+            report(set.id(), verify_set(set, deep));
         }
     } else {
         for id in ids {
-            report(id, store.get(id).and_then(|set| verify_set(&set)));
+            report(id, store.get(id).and_then(|set| verify_set(&set, deep)));
         }
     }
     if bad > 0 {

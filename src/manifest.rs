@@ -43,6 +43,10 @@ pub struct Checks {
     pub snapshot_sha256_trailer: bool,
     /// The static-pod-resources directories listed in the tar.gz.
     pub static_pod_dirs: Vec<String>,
+    /// The bbolt structural check was clean; etcd's figures from it (what `etcdutl snapshot
+    /// status` prints). Absent in sets committed before the check existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<crate::bbolt::Figures>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +226,7 @@ mod tests {
                 },
             ],
             checks: Checks {
+                etcd: None,
                 snapshot_page_size: 4096,
                 snapshot_sha256_trailer: true,
                 static_pod_dirs: vec!["static-pod-resources/kube-apiserver-pod-3".into()],

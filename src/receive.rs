@@ -382,6 +382,22 @@ fn receive_set<S: Stream>(
     }
     fs::remove_file(staging.join(OFFER_FILE))
         .with_context(|| format!("cannot clean '{}'", staging.display()))?;
+    // What arrived is sound as etcd would restore it, and is what the sender's manifest says.
+    for file in &manifest.files {
+        let is_snapshot = crate::manifest::parse_backup_name(&file.name)
+            .is_some_and(|n| n.kind == crate::manifest::FileKind::Snapshot);
+        if is_snapshot {
+            let figures = crate::verify::deep_check(&staging.join(&file.name))?;
+            if let Some(claimed) = &manifest.checks.etcd {
+                if *claimed != figures {
+                    bail!(
+                        "'{}': etcd's figures are {figures:?}, the manifest says {claimed:?}",
+                        file.name
+                    );
+                }
+            }
+        }
+    }
     crate::failpoint::hit("receive:before-commit");
     let _lock = lock_telling_sender(
         conn,

@@ -511,6 +511,7 @@ mod tests {
             dirty: false,
             files,
             checks: Checks {
+                etcd: None,
                 snapshot_page_size: 4096,
                 snapshot_sha256_trailer: true,
                 static_pod_dirs: vec![],

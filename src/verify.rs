@@ -2,7 +2,7 @@
 //! computes the file's sha256: the etcd snapshot (bbolt meta page + sha256 trailer) and the
 //! static-pod-resources tar.gz (decompresses, CRC valid, lists the expected directories).
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -332,26 +332,111 @@ pub fn hash_file(path: &Path) -> Result<FileDigest> {
     })
 }
 
+/// The structural check of a snapshot's bbolt part (everything before the trailer) and
+/// etcd's figures from it; an error names the file and the first problems by page and bucket.
+pub fn deep_check(path: &Path) -> Result<crate::bbolt::Figures> {
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    let db_len = len.saturating_sub(TRAILER_BYTES);
+    let (report, figures) = crate::bbolt::status(&file, db_len)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    if !report.is_clean() {
+        let shown: Vec<String> = report
+            .problems
+            .iter()
+            .take(5)
+            .map(|p| p.to_string())
+            .collect();
+        let more = report.problems.len().saturating_sub(shown.len());
+        bail!(
+            "'{}' fails the structural check (etcd could not restore it): {}{}",
+            path.display(),
+            shown.join("; "),
+            if more > 0 || report.truncated {
+                format!(
+                    "; and {}more",
+                    if more > 0 {
+                        format!("{more} ")
+                    } else {
+                        String::new()
+                    }
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(figures)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
     /// A minimal file with etcd's snapshot shape: a valid bbolt meta page 0, filler pages, trailer.
+    /// A small but valid etcd backend (both meta pages, a root leaf with etcd's `key` and
+    /// `meta` buckets inline, no freelist; the other pages free and filled with a pattern)
+    /// with its sha256 trailer.
     pub fn fake_snapshot(pages: usize, page_size: u32) -> Vec<u8> {
-        let mut data = vec![0u8; pages * page_size as usize];
-        data[8..10].copy_from_slice(&BBOLT_META_PAGE_FLAG.to_le_bytes());
-        data[16..20].copy_from_slice(&BBOLT_MAGIC.to_le_bytes());
-        data[20..24].copy_from_slice(&BBOLT_VERSION.to_le_bytes());
-        data[24..28].copy_from_slice(&page_size.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate().skip(page_size as usize) {
+        assert!(pages >= 3);
+        let size = page_size as usize;
+        let mut data = vec![0u8; pages * size];
+        for (i, b) in data.iter_mut().enumerate().skip(3 * size) {
             *b = (i % 251) as u8;
         }
-        let checksum = fnv1a64(&data[16..BBOLT_META_END]);
-        data[BBOLT_META_END..BBOLT_META_END + 8].copy_from_slice(&checksum.to_le_bytes());
+        for (id, txid) in [(0u64, 2u64), (1, 1)] {
+            let m = &mut data[id as usize * size..];
+            m[0..8].copy_from_slice(&id.to_le_bytes());
+            m[8..10].copy_from_slice(&BBOLT_META_PAGE_FLAG.to_le_bytes());
+            m[16..20].copy_from_slice(&BBOLT_MAGIC.to_le_bytes());
+            m[20..24].copy_from_slice(&BBOLT_VERSION.to_le_bytes());
+            m[24..28].copy_from_slice(&page_size.to_le_bytes());
+            m[32..40].copy_from_slice(&2u64.to_le_bytes()); // root bucket: page 2
+            m[48..56].copy_from_slice(&u64::MAX.to_le_bytes()); // no freelist
+            m[56..64].copy_from_slice(&(pages as u64).to_le_bytes()); // high-water mark
+            m[64..72].copy_from_slice(&txid.to_le_bytes());
+            let checksum = fnv1a64(&m[16..BBOLT_META_END]);
+            m[BBOLT_META_END..BBOLT_META_END + 8].copy_from_slice(&checksum.to_le_bytes());
+        }
+        // The root leaf: two bucket elements, each value a bucket header with root 0 and an
+        // empty inline leaf page.
+        let root = &mut data[2 * size..3 * size];
+        root[0..8].copy_from_slice(&2u64.to_le_bytes());
+        root[8..10].copy_from_slice(&0x02u16.to_le_bytes());
+        root[10..12].copy_from_slice(&2u16.to_le_bytes());
+        let mut off = 16 + 2 * 16;
+        for (i, name) in [&b"key"[..], b"meta"].into_iter().enumerate() {
+            let element = 16 + i * 16;
+            let value_len = 16 + 16;
+            root[element..element + 4].copy_from_slice(&1u32.to_le_bytes());
+            root[element + 4..element + 8].copy_from_slice(&((off - element) as u32).to_le_bytes());
+            root[element + 8..element + 12].copy_from_slice(&(name.len() as u32).to_le_bytes());
+            root[element + 12..element + 16].copy_from_slice(&(value_len as u32).to_le_bytes());
+            root[off..off + name.len()].copy_from_slice(name);
+            let inline = off + name.len() + 16;
+            root[inline + 8..inline + 10].copy_from_slice(&0x02u16.to_le_bytes());
+            off += name.len() + value_len;
+        }
         let trailer = Sha256::digest(&data);
         data.extend_from_slice(&trailer);
         data
+    }
+
+    #[test]
+    fn the_fake_snapshot_is_a_sound_etcd_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "s.db", &fake_snapshot(8, 4096));
+        let figures = deep_check(&path).unwrap();
+        assert_eq!((figures.total_key, figures.total_size), (0, 8 * 4096));
+        let mut bad = fake_snapshot(8, 4096);
+        bad[2 * 4096 + 20] ^= 0x01; // element 0's data offset
+        let path = write(dir.path(), "bad.db", &bad);
+        let error = deep_check(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("page 2: element 0's data starts at"),
+            "{error}"
+        );
     }
 
     fn write(dir: &Path, name: &str, data: &[u8]) -> std::path::PathBuf {
