@@ -470,3 +470,44 @@ pub fn check(file: &File, db_len: u64, visitor: &mut dyn Visitor) -> std::io::Re
     };
     Ok(walk.report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    struct Count(u64);
+    impl Visitor for Count {
+        fn entry(&mut self, _: &[Vec<u8>], _: &[u8], _: Option<&[u8]>) {
+            self.0 += 1;
+        }
+    }
+
+    fn check_bytes(bytes: &[u8]) -> Report {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        check(&file, bytes.len() as u64, &mut Count(0)).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Any damage anywhere, up to 8 bytes of it: a report, never a panic, never unbounded.
+        #[test]
+        fn hostile_bytes_give_a_report_not_a_panic(
+            damage in proptest::collection::vec((0usize..6 * 512, any::<u8>()), 1..8),
+            cut in 0usize..6 * 512,
+        ) {
+            let mut bytes = crate::verify::tests::fake_snapshot(6, 512);
+            bytes.truncate(6 * 512);
+            assert!(check_bytes(&bytes).is_clean());
+            for (at, value) in damage {
+                bytes[at] = value;
+            }
+            let report = check_bytes(&bytes);
+            prop_assert!(report.problems.len() <= MAX_PROBLEMS);
+            let report = check_bytes(&bytes[..cut]);
+            prop_assert!(report.problems.len() <= MAX_PROBLEMS);
+        }
+    }
+}
