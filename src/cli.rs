@@ -527,6 +527,7 @@ fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
                     "etcd": m.checks.etcd,
                     "verified": set.problem.is_none(),
                     "problem": set.problem,
+                    "last_verification": set.last_verification,
                     "path": set.dir,
                     "files": m.files,
                 })
@@ -571,7 +572,8 @@ fn open_existing(settings: &Settings) -> Result<Store> {
 
 /// Re-hashes one set from disk (and with `deep` walks its snapshot); `Err` says what is wrong.
 fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
-    if let Some(problem) = &set.problem {
+    // A failure recorded by an earlier verify is checked again, not repeated.
+    if let Some(problem) = &set.on_disk_problem {
         bail!("{problem}");
     }
     for file in &set.manifest.files {
@@ -613,26 +615,52 @@ fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
     // Prune must not remove a set under our feet.
     let _lock = store.lock(settings.store.lock_wait)?;
     let mut bad = 0usize;
-    let mut report = |id: &str, result: Result<()>| match result {
-        Ok(()) => println!("ok   {id}"),
-        Err(error) => {
-            bad += 1;
-            println!("BAD  {id}: {error:#}");
+    let mut recorded = Vec::new();
+    let mut report = |id: &str, set: Option<&StoredSet>, result: Result<()>| {
+        let problem = match result {
+            Ok(()) => {
+                println!("ok   {id}");
+                None
+            }
+            Err(error) => {
+                bad += 1;
+                println!("BAD  {id}: {error:#}");
+                Some(format!("{error:#}"))
+            }
+        };
+        if let Some(set) = set {
+            recorded.push((
+                set.manifest_sha256.clone(),
+                crate::store::Verification {
+                    at: chrono::Utc::now(),
+                    deep,
+                    problem,
+                },
+            ));
         }
     };
     if ids.is_empty() {
         let listing = store.list()?;
         for (dir, reason) in &listing.unreadable {
-            report(&dir.display().to_string(), Err(anyhow::anyhow!("{reason}")));
+            report(
+                &dir.display().to_string(),
+                None,
+                Err(anyhow::anyhow!("{reason}")),
+            );
         }
         for set in &listing.sets {
-            report(set.id(), verify_set(set, deep));
+            report(set.id(), Some(set), verify_set(set, deep));
         }
     } else {
         for id in ids {
-            report(id, store.get(id).and_then(|set| verify_set(&set, deep)));
+            match store.get(id) {
+                Ok(set) => report(id, Some(&set), verify_set(&set, deep)),
+                Err(e) => report(id, None, Err(e)),
+            }
         }
     }
+    // The outcome lasts: list, status, retention and spray see it until the next verify.
+    store.record_verifications(&recorded)?;
     if bad > 0 {
         eprintln!("error: {bad} bad set(s) in '{}'", store.root().display());
         return Ok(EXIT_FAILED);
@@ -655,7 +683,24 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
         .map(|(name, _)| name)
         .collect();
     let now = chrono::Utc::now();
-    let newest = listing.sets.iter().max_by_key(|s| s.manifest.created);
+    // The newest set of each origin that is damaged or failed its last verification.
+    let mut newest_of: std::collections::BTreeMap<&str, &StoredSet> = Default::default();
+    for set in &listing.sets {
+        let entry = newest_of.entry(set.manifest.origin.as_str()).or_insert(set);
+        if set.manifest.created > entry.manifest.created {
+            *entry = set;
+        }
+    }
+    let failed: Vec<&StoredSet> = newest_of
+        .values()
+        .filter(|s| s.problem.is_some())
+        .copied()
+        .collect();
+    let newest = listing
+        .sets
+        .iter()
+        .filter(|s| s.problem.is_none())
+        .max_by_key(|s| s.manifest.created);
     let max_age = settings.status.max_age;
     let age = newest.map(|s| (now - s.manifest.created).to_std().unwrap_or_default());
     let fresh = age.is_some_and(|age| age <= max_age);
@@ -672,6 +717,11 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             "age_seconds": age.map(|a| a.as_secs()),
             "max_age_seconds": max_age.as_secs(),
             "fresh": fresh,
+            "failed": failed.iter().map(|s| serde_json::json!({
+                "id": s.manifest.id,
+                "origin": s.manifest.origin,
+                "problem": s.problem,
+            })).collect::<Vec<_>>(),
             "targets": targets,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -687,6 +737,14 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 if fresh { "fresh" } else { "STALE" }
             ),
             _ => println!("no backup set in '{}': STALE", root.display()),
+        }
+        for set in &failed {
+            println!(
+                "newest set {} from {} is BAD: {}",
+                set.manifest.id,
+                set.manifest.origin,
+                set.problem.as_deref().unwrap_or_default()
+            );
         }
         for (id, target) in &targets {
             let name = if target.name.is_empty() {
@@ -707,7 +765,9 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             }
         }
     }
-    Ok(if !fresh {
+    Ok(if !failed.is_empty() {
+        EXIT_FAILED
+    } else if !fresh {
         EXIT_STALE
     } else if !behind.is_empty() {
         EXIT_PARTIAL

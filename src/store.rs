@@ -55,13 +55,48 @@ pub struct StoredSet {
     pub manifest_json: String,
     pub manifest_sha256: String,
     /// Set when the files on disk do not match the manifest's names and sizes (cheap check; a
-    /// full re-hash is `verify`).
+    /// full re-hash is `verify`), or when the set failed its last `verify`. Sets with a problem
+    /// are never sent, never counted by retention, never deleted.
+    pub problem: Option<String>,
+    /// The names-and-sizes check alone (what `verify` re-checks before re-hashing).
+    pub on_disk_problem: Option<String>,
+    /// The last `verify` of this manifest, if any.
+    pub last_verification: Option<Verification>,
+}
+
+/// One `verify` of one set: kept in the store (not in the set's directory, which holds exactly
+/// the set's files), keyed by the sha256 of the manifest it checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Verification {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `verify --deep`: the bbolt walk too.
+    pub deep: bool,
+    /// What was wrong; `None`: it verified.
     pub problem: Option<String>,
 }
+
+pub const VERIFY_STATE_FILE: &str = "verify-state.json";
 
 impl StoredSet {
     pub fn id(&self) -> &str {
         &self.manifest.id
+    }
+
+    fn apply_verification(&mut self, verification: Option<&Verification>) {
+        self.last_verification = verification.cloned();
+        if self.problem.is_none() {
+            if let Some(Verification {
+                at,
+                problem: Some(problem),
+                ..
+            }) = verification
+            {
+                self.problem = Some(format!(
+                    "failed verification at {}: {problem}",
+                    at.format("%Y-%m-%d %H:%M:%SZ")
+                ));
+            }
+        }
     }
 
     pub fn info(&self) -> SetInfo {
@@ -261,9 +296,39 @@ impl Store {
     }
 
     /// All sets, oldest first; entries that are not set ids are ignored and left alone.
+    /// The last verification of each manifest (by its sha256).
+    pub fn verifications(&self) -> std::collections::BTreeMap<String, Verification> {
+        fs::read(self.root.join(VERIFY_STATE_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records verification results (by manifest sha256); records of manifests no longer in
+    /// the store are dropped. The caller holds the store lock.
+    pub fn record_verifications(&self, results: &[(String, Verification)]) -> Result<()> {
+        let present: std::collections::BTreeSet<String> = self
+            .list()?
+            .sets
+            .into_iter()
+            .map(|s| s.manifest_sha256)
+            .collect();
+        let mut state = self.verifications();
+        state.retain(|sha, _| present.contains(sha));
+        for (sha, verification) in results {
+            state.insert(sha.clone(), verification.clone());
+        }
+        write_atomic(
+            &self.root,
+            VERIFY_STATE_FILE,
+            &serde_json::to_vec_pretty(&state)?,
+        )
+    }
+
     pub fn list(&self) -> Result<Listing> {
         let sets_dir = self.sets_dir();
         let mut listing = Listing::default();
+        let verifications = self.verifications();
         let entries = fs::read_dir(&sets_dir)
             .with_context(|| format!("cannot list '{}'", sets_dir.display()))?;
         for entry in entries {
@@ -276,7 +341,10 @@ impl Store {
                 continue;
             }
             match self.read_set(&name) {
-                Ok(set) => listing.sets.push(set),
+                Ok(mut set) => {
+                    set.apply_verification(verifications.get(&set.manifest_sha256));
+                    listing.sets.push(set)
+                }
                 Err(e) => listing.unreadable.push((entry.path(), format!("{e:#}"))),
             }
         }
@@ -295,7 +363,9 @@ impl Store {
             "no set '{id}' in store '{}'",
             self.root.display()
         );
-        self.read_set(id)
+        let mut set = self.read_set(id)?;
+        set.apply_verification(self.verifications().get(&set.manifest_sha256));
+        Ok(set)
     }
 
     fn read_set(&self, id: &str) -> Result<StoredSet> {
@@ -329,7 +399,9 @@ impl Store {
             manifest,
             manifest_json,
             manifest_sha256,
+            on_disk_problem: problem.clone(),
             problem,
+            last_verification: None,
         })
     }
 

@@ -426,3 +426,65 @@ fn the_manifest_records_etcds_figures_and_verify_deep_checks_them() {
     assert_eq!(recorded["hash"], theirs["hash"]);
     assert_eq!(recorded["total_size"], theirs["totalSize"]);
 }
+
+#[test]
+fn a_failed_verification_lasts_and_the_set_is_neither_sent_nor_counted_until_it_verifies() {
+    let node = Node::new("");
+    let target = node.dir.path().join("target");
+    node.write_config(&format!(
+        "[spray]\netcd_env = \"\"\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+        target.display()
+    ));
+    let first = node.backup();
+    let second = node.backup();
+    // One byte of the newest set's archive flipped at rest: names and sizes still match.
+    let tar = std::fs::read_dir(node.set_dir(&second))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    let original = std::fs::read(&tar).unwrap();
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    std::fs::write(&tar, &flipped).unwrap();
+    node.run(&["verify"])
+        .expect_code(1)
+        .expect_stdout(&format!("ok   {first}"))
+        .expect_stdout(&format!("BAD  {second}"));
+
+    // It lasts: list, status, spray and retention see it.
+    let sets = node.sets();
+    let bad = sets.iter().find(|s| s["id"] == second.as_str()).unwrap();
+    assert_eq!(bad["verified"], false);
+    assert!(
+        bad["problem"]
+            .as_str()
+            .unwrap()
+            .contains("failed verification at"),
+        "{bad}"
+    );
+    assert_eq!(bad["last_verification"]["deep"], false);
+    node.run(&["status"])
+        .expect_code(1)
+        .expect_stdout(&format!("newest set {second} from master-0 is BAD"));
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    let sent = StoreAt::configured(node.dir.path().join("t.toml"), &target, "");
+    assert_eq!(
+        sent.ids(),
+        std::slice::from_ref(&first),
+        "the failed set is not sprayed"
+    );
+    node.run(&["prune", "--dry-run"])
+        .expect_code(0)
+        .expect_stdout(&format!("keep    {first}  (newest set of its origin"));
+
+    // Repaired, verified again: all is as before.
+    std::fs::write(&tar, &original).unwrap();
+    node.run(&["verify", "--deep", &second])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {second}"));
+    assert!(node.sets().iter().all(|s| s["verified"] == true));
+    node.run(&["status"]).expect_code(0);
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+}
