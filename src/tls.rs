@@ -8,7 +8,8 @@ use crate::config::{PeerAddr, SpraySettings, TlsSettings};
 use crate::protocol::Stream;
 use anyhow::{Context, Result, bail};
 use openssl::ssl::{
-    SslAcceptor, SslConnector, SslFiletype, SslMethod, SslStream, SslVerifyMode, SslVersion,
+    SslAcceptor, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslStream, SslVerifyMode,
+    SslVersion,
 };
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -29,17 +30,37 @@ fn check_key_private(settings: &TlsSettings) -> Result<()> {
 
 /// The receiving side: requires a client certificate signed by the CA.
 pub fn acceptor(settings: &TlsSettings) -> Result<SslAcceptor> {
-    check_key_private(settings)?;
     let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())?;
-    builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
-    load_identity(
-        &mut builder,
-        settings,
-        |b, cert| b.set_certificate_chain_file(cert),
-        |b, key| b.set_private_key_file(key, SslFiletype::PEM),
-        |b, ca| b.set_ca_file(ca),
-    )?;
+    load_identity(&mut builder, settings)?;
     builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    Ok(builder.build())
+}
+
+/// The sending side: presents this node's certificate, trusts only the CA.
+pub fn connector(settings: &TlsSettings) -> Result<SslConnector> {
+    let mut builder = SslConnector::builder(SslMethod::tls())?;
+    load_identity(&mut builder, settings)?;
+    Ok(builder.build())
+}
+
+/// This node's certificate and key, and the CA, into either side's context (TLS 1.2 or later).
+fn load_identity(builder: &mut SslContextBuilder, settings: &TlsSettings) -> Result<()> {
+    check_key_private(settings)?;
+    builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+    builder
+        .set_certificate_chain_file(&settings.cert)
+        .with_context(|| {
+            format!(
+                "cannot load the TLS certificate '{}'",
+                settings.cert.display()
+            )
+        })?;
+    builder
+        .set_private_key_file(&settings.key, SslFiletype::PEM)
+        .with_context(|| format!("cannot load the TLS key '{}'", settings.key.display()))?;
+    builder
+        .set_ca_file(&settings.ca)
+        .with_context(|| format!("cannot load the TLS CA '{}'", settings.ca.display()))?;
     builder.check_private_key().with_context(|| {
         format!(
             "the TLS key '{}' does not belong to '{}'",
@@ -47,44 +68,6 @@ pub fn acceptor(settings: &TlsSettings) -> Result<SslAcceptor> {
             settings.cert.display()
         )
     })?;
-    Ok(builder.build())
-}
-
-/// The sending side: presents this node's certificate, trusts only the CA.
-pub fn connector(settings: &TlsSettings) -> Result<SslConnector> {
-    check_key_private(settings)?;
-    let mut builder = SslConnector::builder(SslMethod::tls())?;
-    builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
-    load_identity(
-        &mut builder,
-        settings,
-        |b, cert| b.set_certificate_chain_file(cert),
-        |b, key| b.set_private_key_file(key, SslFiletype::PEM),
-        |b, ca| b.set_ca_file(ca),
-    )?;
-    Ok(builder.build())
-}
-
-type Loader<B> =
-    fn(&mut B, &std::path::Path) -> std::result::Result<(), openssl::error::ErrorStack>;
-
-fn load_identity<B>(
-    builder: &mut B,
-    settings: &TlsSettings,
-    cert: Loader<B>,
-    key: Loader<B>,
-    ca: Loader<B>,
-) -> Result<()> {
-    cert(builder, &settings.cert).with_context(|| {
-        format!(
-            "cannot load the TLS certificate '{}'",
-            settings.cert.display()
-        )
-    })?;
-    key(builder, &settings.key)
-        .with_context(|| format!("cannot load the TLS key '{}'", settings.key.display()))?;
-    ca(builder, &settings.ca)
-        .with_context(|| format!("cannot load the TLS CA '{}'", settings.ca.display()))?;
     Ok(())
 }
 
