@@ -17,12 +17,14 @@ const SET_RECEIVED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b75";
 /// The lab's staleness bound: short, so that failover shows within the test.
 const TAKEOVER_SECS: u64 = 15;
 const INSTALL_UNIT: &str = "etcd-backup-install.service";
-const UNITS: [&str; 5] = [
+const UNITS: [&str; 7] = [
     INSTALL_UNIT,
     "etcd-backup.service",
     "etcd-backup.timer",
     "etcd-backup-spray.service",
     "etcd-backup-spray.timer",
+    "etcd-backup-verify.service",
+    "etcd-backup-verify.timer",
 ];
 
 /// The lab, torn down when dropped (also when a step fails).
@@ -315,7 +317,11 @@ fn timers_scheduled(lab: &Masters, n: usize) {
     let timers = lab
         .exec(n, &["systemctl", "list-timers", "--all", "--no-pager"])
         .expect_ok("list-timers");
-    for timer in ["etcd-backup.timer", "etcd-backup-spray.timer"] {
+    for timer in [
+        "etcd-backup.timer",
+        "etcd-backup-spray.timer",
+        "etcd-backup-verify.timer",
+    ] {
         let line = timers.lines().find(|l| l.contains(timer));
         let line = line.unwrap_or_else(|| panic!("{timer} not listed on master-{n}:\n{timers}"));
         assert!(!line.starts_with('-'), "{timer} has no next elapse: {line}");
@@ -354,6 +360,15 @@ fn backup_spray_failover_and_failure(lab: &Masters) {
         );
         assert_eq!(arrived.len(), 1, "master-{n}: {arrived:?}");
     }
+
+    // The daily deep verification, by hand: the sprayed set verifies on master-1.
+    let (started, journal) = lab.start(1, "etcd-backup-verify.service");
+    started.expect_ok("systemctl start etcd-backup-verify.service");
+    assert!(
+        messages(&journal).contains(&format!("ok   {first}")),
+        "{}",
+        messages(&journal)
+    );
 
     // Failover: master-1 stays idle while master-0's sets are fresh…
     let (started, journal) = lab.start(1, "etcd-backup.service");

@@ -121,6 +121,7 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_and_to_
                 "--now",
                 "etcd-backup.timer",
                 "etcd-backup-spray.timer",
+                "etcd-backup-verify.timer",
             ],
         )
         .expect_ok("stop systemd mode");

@@ -153,6 +153,8 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
         [
             "etcd-backup-spray.service",
             "etcd-backup-spray.timer",
+            "etcd-backup-verify.service",
+            "etcd-backup-verify.timer",
             "etcd-backup.service",
             "etcd-backup.timer"
         ]
@@ -228,6 +230,8 @@ fn by_default_the_machineconfig_pins_an_image_and_the_binary_sha256() {
             "etcd-backup-install.service",
             "etcd-backup-spray.service",
             "etcd-backup-spray.timer",
+            "etcd-backup-verify.service",
+            "etcd-backup-verify.timer",
             "etcd-backup.service",
             "etcd-backup.timer"
         ]
@@ -391,7 +395,8 @@ fn the_node_disruption_policy_restarts_timers_and_reboots_nothing() {
     let reinstall = serde_json::json!([
         restart("etcd-backup-install.service"),
         restart("etcd-backup.timer"),
-        restart("etcd-backup-spray.timer")
+        restart("etcd-backup-spray.timer"),
+        restart("etcd-backup-verify.timer")
     ]);
     let files = spec["files"].as_array().unwrap();
     for file in files {

@@ -69,7 +69,7 @@ pub const INSTALL_UNIT: &str = "etcd-backup-install.service";
 pub const IMAGE_ENV_PATH: &str = "/etc/etcd-backup/image.env";
 
 /// The units every delivery ships.
-const UNITS: [Unit; 4] = [
+const UNITS: [Unit; 6] = [
     Unit {
         name: "etcd-backup.service",
         contents: include_str!("../../systemd/etcd-backup.service"),
@@ -88,6 +88,16 @@ const UNITS: [Unit; 4] = [
     Unit {
         name: "etcd-backup-spray.timer",
         contents: include_str!("../../systemd/etcd-backup-spray.timer"),
+        enabled: true,
+    },
+    Unit {
+        name: "etcd-backup-verify.service",
+        contents: include_str!("../../systemd/etcd-backup-verify.service"),
+        enabled: false,
+    },
+    Unit {
+        name: "etcd-backup-verify.timer",
+        contents: include_str!("../../systemd/etcd-backup-verify.timer"),
         enabled: true,
     },
 ];
@@ -332,6 +342,6 @@ mod tests {
                 .iter()
                 .any(|(p, _)| p.ends_with("/50-host-key-policy.toml"))
         );
-        assert_eq!(units.len(), 5);
+        assert_eq!(units.len(), 7);
     }
 }
