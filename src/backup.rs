@@ -338,8 +338,6 @@ fn ensure_room(store: &Store, sets: &[StoredSet]) -> Result<()> {
     Ok(())
 }
 
-/// Takes one backup set per the force policy and commits it. The caller holds the lock and
-/// passes the store's sets as it listed them.
 /// The command runs inside `root` and writes into the staging directory by its path there:
 /// `root` must show the store at the same path (Pod Mode mounts the host's `/` and the host's
 /// store at the store's own path).
@@ -368,6 +366,8 @@ fn check_chroot(root: &Path, store: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Takes one backup set per the force policy and commits it. The caller holds the lock and
+/// passes the store's sets as it listed them.
 pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Result<StoredSet> {
     let started = Instant::now();
     let backup = &settings.backup;

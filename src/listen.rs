@@ -9,7 +9,6 @@ use crate::store::Store;
 use crate::tls::{TlsStream, acceptor, bound, peer_name};
 use anyhow::{Context, Result};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// More senders than masters at once is a fault or an attack: the rest are turned away.
@@ -25,7 +24,7 @@ pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
         store = %settings.store.root.display(),
         "receiving sets over mutual TLS on {addr}"
     );
-    let sessions = Arc::new(AtomicUsize::new(0));
+    let sessions = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for tcp in listener.incoming() {
             let tcp = match tcp {
@@ -40,7 +39,7 @@ pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
                 tracing::warn!("{MAX_SESSIONS} sessions already: a connection turned away");
                 continue;
             }
-            let (sessions, store) = (Arc::clone(&sessions), &store);
+            let (sessions, store) = (&sessions, &store);
             scope.spawn(move || {
                 let from = tcp
                     .peer_addr()
