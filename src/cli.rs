@@ -2,7 +2,6 @@
 
 use crate::config::{ConfigError, DEFAULT_CONFIG_PATH, Settings};
 use crate::logging::{self, message_id};
-use crate::manifest::FileKind;
 use crate::store::{BusyError, Store, StoredSet};
 use crate::units::human_size;
 use crate::verify::{check_snapshot, hash_file};
@@ -578,23 +577,13 @@ fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
     }
     for file in &set.manifest.files {
         let path = set.dir.join(&file.name);
-        let is_snapshot = crate::manifest::parse_backup_name(&file.name)
-            .is_some_and(|n| n.kind == FileKind::Snapshot);
-        let digest = if is_snapshot {
+        let digest = if file.is_snapshot() {
             check_snapshot(&path)?.0
         } else {
             hash_file(&path)?
         };
-        if is_snapshot && deep {
-            let figures = crate::verify::deep_check(&path)?;
-            if let Some(recorded) = &set.manifest.checks.etcd {
-                if *recorded != figures {
-                    bail!(
-                        "'{}': etcd's figures are {figures:?}, the manifest recorded {recorded:?}",
-                        path.display()
-                    );
-                }
-            }
+        if file.is_snapshot() && deep {
+            crate::verify::deep_check_against(&path, set.manifest.checks.etcd.as_ref())?;
         }
         if digest.size != file.size || digest.hex() != file.sha256 {
             bail!(

@@ -33,6 +33,13 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+impl FileEntry {
+    /// The etcd snapshot (`snapshot_<stamp>.db`), as opposed to the resources archive.
+    pub fn is_snapshot(&self) -> bool {
+        parse_backup_name(&self.name).is_some_and(|n| n.kind == FileKind::Snapshot)
+    }
+}
+
 /// What was checked before the set was committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,7 +6,7 @@
 
 use crate::config::Settings;
 use crate::logging::message_id;
-use crate::manifest::{FileEntry, FileKind, Manifest, parse_backup_name};
+use crate::manifest::{FileEntry, Manifest, parse_backup_name};
 use crate::protocol::{
     Conn, Frame, HeldSet, Message, PROTOCOL_VERSION, Partial, ProtocolError, Stream, Want, wants,
 };
@@ -383,20 +383,11 @@ fn receive_set<S: Stream>(
     fs::remove_file(staging.join(OFFER_FILE))
         .with_context(|| format!("cannot clean '{}'", staging.display()))?;
     // What arrived is sound as etcd would restore it, and is what the sender's manifest says.
-    for file in &manifest.files {
-        let is_snapshot = crate::manifest::parse_backup_name(&file.name)
-            .is_some_and(|n| n.kind == crate::manifest::FileKind::Snapshot);
-        if is_snapshot {
-            let figures = crate::verify::deep_check(&staging.join(&file.name))?;
-            if let Some(claimed) = &manifest.checks.etcd {
-                if *claimed != figures {
-                    bail!(
-                        "'{}': etcd's figures are {figures:?}, the manifest says {claimed:?}",
-                        file.name
-                    );
-                }
-            }
-        }
+    for file in manifest.files.iter().filter(|f| f.is_snapshot()) {
+        crate::verify::deep_check_against(
+            &staging.join(&file.name),
+            manifest.checks.etcd.as_ref(),
+        )?;
     }
     crate::failpoint::hit("receive:before-commit");
     let _lock = lock_telling_sender(
@@ -461,8 +452,7 @@ fn receive_file<S: Stream>(
         )));
     }
     file.set_len(offset)?;
-    let is_snapshot = parse_backup_name(&entry.name).is_some_and(|n| n.kind == FileKind::Snapshot);
-    let mut check = if is_snapshot {
+    let mut check = if entry.is_snapshot() {
         Check::Snapshot(
             SnapshotHasher::new(entry.size)
                 .map_err(|e| violation(format!("'{}': {e}", entry.name)))?,

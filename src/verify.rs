@@ -369,6 +369,23 @@ pub fn deep_check(path: &Path) -> Result<crate::bbolt::Figures> {
     Ok(figures)
 }
 
+/// [`deep_check`], and the figures must be the ones the manifest recorded (when it has them).
+pub fn deep_check_against(
+    path: &Path,
+    recorded: Option<&crate::bbolt::Figures>,
+) -> Result<crate::bbolt::Figures> {
+    let figures = deep_check(path)?;
+    if let Some(recorded) = recorded {
+        if *recorded != figures {
+            bail!(
+                "'{}': etcd's figures are {figures:?}, the manifest recorded {recorded:?}",
+                path.display()
+            );
+        }
+    }
+    Ok(figures)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
