@@ -21,6 +21,7 @@ pub mod ssh;
 pub mod store;
 pub mod takeover;
 pub mod targets;
+pub mod tcp;
 pub mod tls;
 pub mod units;
 pub mod verify;

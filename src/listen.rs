@@ -6,7 +6,8 @@
 use crate::config::Settings;
 use crate::protocol::Conn;
 use crate::store::Store;
-use crate::tls::{TlsStream, acceptor, bound, peer_name};
+use crate::tcp::bound;
+use crate::tls::{TlsStream, acceptor, peer_name};
 use anyhow::{Context, Result};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -11,7 +11,7 @@ use crate::protocol::Stream;
 use anyhow::{Context, Result, bail};
 use ssh2::{CheckResult, KnownHostFileKind, MethodType, Session};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -121,36 +121,8 @@ fn session_error(session: &Session, what: &str, error: ssh2::Error) -> anyhow::E
 /// Connects to `peer`, checks its host key, authenticates and starts the remote command.
 pub fn connect(peer: &PeerAddr, settings: &SpraySettings) -> Result<SshStream> {
     check_key_permissions(&settings.identity)?;
-    let addrs: Vec<_> = (peer.host.as_str(), peer.port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve '{}'", peer.host))?
-        .collect();
-    let mut last_error = None;
-    let mut socket = None;
-    for addr in &addrs {
-        match TcpStream::connect_timeout(addr, settings.connect_timeout) {
-            Ok(s) => {
-                socket = Some(s);
-                break;
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    let socket = match socket {
-        Some(s) => s,
-        None => {
-            let e = last_error.map_or_else(|| "no address".to_string(), |e| e.to_string());
-            bail!(
-                "cannot connect to {peer} within {}s: {e}",
-                settings.connect_timeout.as_secs()
-            );
-        }
-    };
+    let socket = crate::tcp::connect(peer, settings)?;
     let io_ms = settings.io_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
-    // Unacknowledged data for longer than the I/O timeout kills the connection in the kernel.
-    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::TcpUserTimeout, &io_ms)
-        .context("cannot set TCP_USER_TIMEOUT")?;
-    socket.set_nodelay(true)?;
     let result = open_channel(peer, settings, &socket, io_ms);
     if result.is_err() {
         let _ = socket.shutdown(Shutdown::Both);

@@ -12,7 +12,7 @@ use openssl::ssl::{
     SslVersion,
 };
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 
 fn check_key_private(settings: &TlsSettings) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -115,16 +115,6 @@ impl Stream for TlsStream {
     }
 }
 
-/// Timeouts on a TCP socket: every read and write, and unacknowledged data.
-pub fn bound(tcp: &TcpStream, io_timeout: std::time::Duration) -> Result<()> {
-    tcp.set_read_timeout(Some(io_timeout))?;
-    tcp.set_write_timeout(Some(io_timeout))?;
-    tcp.set_nodelay(true)?;
-    let millis = io_timeout.as_millis().min(u32::MAX as u128) as u32;
-    nix::sys::socket::setsockopt(tcp, nix::sys::socket::sockopt::TcpUserTimeout, &millis)?;
-    Ok(())
-}
-
 /// Connects to the receiver of node `name` at `addr`; its certificate must name `name`.
 pub fn connect(
     name: &str,
@@ -133,18 +123,11 @@ pub fn connect(
     tls: &TlsSettings,
 ) -> Result<TlsStream> {
     let connector = connector(tls)?;
-    let target = format!("{}:{}", addr.host.trim_matches(['[', ']']), addr.port);
-    let socket = (addr.host.trim_matches(['[', ']']), addr.port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve '{target}'"))?
-        .next()
-        .with_context(|| format!("'{target}' resolves to no address"))?;
-    let tcp = TcpStream::connect_timeout(&socket, spray.connect_timeout)
-        .with_context(|| format!("cannot connect to {target}"))?;
-    bound(&tcp, spray.io_timeout)?;
+    let tcp = crate::tcp::connect(addr, spray)?;
+    crate::tcp::bound(&tcp, spray.io_timeout)?;
     let stream = connector.connect(name, tcp).map_err(|e| {
         anyhow::anyhow!(
-            "TLS handshake with {target} failed (its certificate must be signed by '{}' and name '{name}'): {e}",
+            "TLS handshake with {addr} failed (its certificate must be signed by '{}' and name '{name}'): {e}",
             tls.ca.display()
         )
     })?;
