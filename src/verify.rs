@@ -347,23 +347,15 @@ pub fn deep_check(path: &Path) -> Result<crate::bbolt::Figures> {
             .take(5)
             .map(|p| p.to_string())
             .collect();
-        let more = report.problems.len().saturating_sub(shown.len());
+        let rest = match (report.problems.len() - shown.len(), report.truncated) {
+            (0, false) => String::new(),
+            (0, true) => "; and more".to_string(),
+            (more, _) => format!("; and {more} more"),
+        };
         bail!(
-            "'{}' fails the structural check (etcd could not restore it): {}{}",
+            "'{}' fails the structural check (etcd could not restore it): {}{rest}",
             path.display(),
             shown.join("; "),
-            if more > 0 || report.truncated {
-                format!(
-                    "; and {}more",
-                    if more > 0 {
-                        format!("{more} ")
-                    } else {
-                        String::new()
-                    }
-                )
-            } else {
-                String::new()
-            }
         );
     }
     Ok(figures)
