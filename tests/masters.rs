@@ -102,7 +102,36 @@ impl Masters {
             .expect_ok("InvocationID");
         let invocation = invocation.trim();
         assert!(!invocation.is_empty(), "{unit} on master-{n} never ran");
-        self.journal(n, &[&format!("_SYSTEMD_INVOCATION_ID={invocation}")])
+        // journald attributes an entry to its unit by the sender's cgroup, looked up when the
+        // entry arrives: a run that exits within milliseconds (a backup that is not this
+        // node's turn) can leave entries without `_SYSTEMD_INVOCATION_ID`. The kernel-given
+        // `_PID` is always there: the run's main process, logging at or after its start (PIDs
+        // start over when a lab master reboots).
+        let show = |property: &str| {
+            self.exec(n, &["systemctl", "show", "-p", property, "--value", unit])
+                .expect_ok(property)
+                .trim()
+                .to_string()
+        };
+        let (pid, started) = (show("ExecMainPID"), show("ExecMainStartTimestampMonotonic"));
+        let started: u64 = started.parse().unwrap_or(0);
+        self.journal(
+            n,
+            &[
+                &format!("_SYSTEMD_INVOCATION_ID={invocation}"),
+                "+",
+                &format!("_PID={pid}"),
+            ],
+        )
+        .into_iter()
+        .filter(|e| {
+            e["_SYSTEMD_INVOCATION_ID"] == invocation
+                || e["__MONOTONIC_TIMESTAMP"]
+                    .as_str()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .is_some_and(|t| t >= started)
+        })
+        .collect()
     }
 
     pub(crate) fn journal(&self, n: usize, matches: &[&str]) -> Vec<Value> {
