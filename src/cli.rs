@@ -74,6 +74,15 @@ enum Cmd {
     },
     /// Push sets to every peer and directory target; exit 4 when some targets failed
     Spray,
+    /// What status knows, and the last runs, in the Prometheus text format (stdout by default)
+    Metrics {
+        /// Write DIR/etcd-backup.prom atomically, for node_exporter's textfile collector
+        #[arg(long, value_name = "DIR", conflicts_with = "listen")]
+        textfile: Option<PathBuf>,
+        /// Serve GET /metrics over HTTP on ADDR (e.g. 0.0.0.0:9477), computed at each scrape
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// Check the configuration and print the effective result
     CheckConfig,
     /// Print the objects that install etcd-backup on OpenShift
@@ -207,12 +216,30 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
             print!("{}", settings.to_toml());
             Ok(EXIT_OK)
         }
-        Cmd::Backup => Ok(cmd_backup(&settings, journal)),
+        Cmd::Backup => Ok(recorded(&settings, "backup", || {
+            Ok(cmd_backup(&settings, journal))
+        })?),
         Cmd::Prune { dry_run } => cmd_prune(&settings, dry_run),
         Cmd::List { json } => cmd_list(&settings, json),
-        Cmd::Verify { deep, ids } => cmd_verify(&settings, &ids, deep),
+        Cmd::Verify { deep, ids } => {
+            recorded(&settings, "verify", || cmd_verify(&settings, &ids, deep))
+        }
         Cmd::Status { json } => cmd_status(&settings, json),
-        Cmd::Spray => cmd_spray(&settings),
+        Cmd::Spray => recorded(&settings, "spray", || cmd_spray(&settings)),
+        Cmd::Metrics {
+            textfile: Some(dir),
+            ..
+        } => {
+            crate::metrics::write_textfile(&dir, &crate::metrics::gather(&settings)?)?;
+            Ok(EXIT_OK)
+        }
+        Cmd::Metrics {
+            listen: Some(addr), ..
+        } => crate::metrics::http::serve(&settings, &addr).map(|()| EXIT_OK),
+        Cmd::Metrics { .. } => {
+            print!("{}", crate::metrics::gather(&settings)?);
+            Ok(EXIT_OK)
+        }
         Cmd::Receive { listen: None } => cmd_receive(&settings),
         Cmd::Receive { listen: Some(addr) } => {
             crate::listen::listen(&settings, &addr).map(|()| EXIT_OK)
@@ -226,6 +253,22 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         } => cmd_tls_issue(&settings, &ca_cert, &ca_key, name.as_deref(), &out, days),
         Cmd::Render { .. } => unreachable!("handled above"),
     }
+}
+
+/// Runs a backup, spray or verify, records its outcome and duration in the store (for
+/// `metrics`), then refreshes the metrics textfile. Recording never changes the outcome.
+fn recorded(settings: &Settings, kind: &str, run: impl FnOnce() -> Result<u8>) -> Result<u8> {
+    let start = chrono::Utc::now();
+    let clock = std::time::Instant::now();
+    let result = run();
+    let ok = matches!(result, Ok(EXIT_OK));
+    if let Some(store) = Store::existing(&settings.store.root) {
+        if let Err(error) = crate::runs::record(&store, kind, start, clock.elapsed(), ok) {
+            tracing::warn!("the {kind} run was not recorded: {error:#}");
+        }
+    }
+    crate::metrics::refresh(settings);
+    result
 }
 
 /// A failed backup, whatever the cause (busy store included), is one BACKUP_FAILED entry.
@@ -660,39 +703,18 @@ fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
 fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
     let root = &settings.store.root;
     // No store yet is a status too (stale), not an error.
-    let (listing, targets) = if root.join(crate::store::SETS_DIR).is_dir() {
-        let store = Store::open(root)?;
-        (store.list()?, crate::spray::read_state(&store))
-    } else {
-        Default::default()
+    let (listing, targets) = match Store::existing(root) {
+        Some(store) => (store.list()?, crate::spray::read_state(&store)),
+        None => Default::default(),
     };
-    let behind: Vec<&String> = targets
-        .iter()
-        .filter(|(_, t)| t.last_error.is_some())
-        .map(|(name, _)| name)
-        .collect();
-    let now = chrono::Utc::now();
-    // The newest set of each origin that is damaged or failed its last verification.
-    let mut newest_of: std::collections::BTreeMap<&str, &StoredSet> = Default::default();
-    for set in &listing.sets {
-        let entry = newest_of.entry(set.manifest.origin.as_str()).or_insert(set);
-        if set.manifest.created > entry.manifest.created {
-            *entry = set;
-        }
-    }
-    let failed: Vec<&StoredSet> = newest_of
-        .values()
-        .filter(|s| s.problem.is_some())
-        .copied()
-        .collect();
-    let newest = listing
-        .sets
-        .iter()
-        .filter(|s| s.problem.is_none())
-        .max_by_key(|s| s.manifest.created);
-    let max_age = settings.status.max_age;
-    let age = newest.map(|s| (now - s.manifest.created).to_std().unwrap_or_default());
-    let fresh = age.is_some_and(|age| age <= max_age);
+    let summary = crate::status::summarize(
+        &listing.sets,
+        &targets,
+        chrono::Utc::now(),
+        settings.status.max_age,
+    );
+    let (newest, age, fresh, max_age) =
+        (summary.newest, summary.age, summary.fresh, summary.max_age);
     if json {
         let value = serde_json::json!({
             "store": root,
@@ -706,7 +728,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             "age_seconds": age.map(|a| a.as_secs()),
             "max_age_seconds": max_age.as_secs(),
             "fresh": fresh,
-            "failed": failed.iter().map(|s| serde_json::json!({
+            "failed": summary.failed.iter().map(|s| serde_json::json!({
                 "id": s.manifest.id,
                 "origin": s.manifest.origin,
                 "problem": s.problem,
@@ -727,7 +749,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             ),
             _ => println!("no backup set in '{}': STALE", root.display()),
         }
-        for set in &failed {
+        for set in &summary.failed {
             println!(
                 "newest set {} from {} is BAD: {}",
                 set.manifest.id,
@@ -754,15 +776,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             }
         }
     }
-    Ok(if !failed.is_empty() {
-        EXIT_FAILED
-    } else if !fresh {
-        EXIT_STALE
-    } else if !behind.is_empty() {
-        EXIT_PARTIAL
-    } else {
-        EXIT_OK
-    })
+    Ok(summary.exit_code())
 }
 
 fn fmt_time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {

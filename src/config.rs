@@ -53,6 +53,7 @@ pub struct Settings {
     pub status: StatusSettings,
     pub spray: SpraySettings,
     pub tls: TlsSettings,
+    pub metrics: MetricsSettings,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -84,6 +85,13 @@ pub struct BackupSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusSettings {
     pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsSettings {
+    /// A node_exporter textfile-collector directory: backup, spray and verify refresh
+    /// `etcd-backup.prom` there at the end of each run. None: no textfile.
+    pub textfile_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -266,6 +274,7 @@ impl Settings {
                 tls_port: DEFAULT_TLS_PORT,
                 targets: Vec::new(),
             },
+            metrics: MetricsSettings::default(),
             tls: TlsSettings {
                 cert: PathBuf::from("/etc/etcd-backup/tls/tls.crt"),
                 key: PathBuf::from("/etc/etcd-backup/tls/tls.key"),
@@ -450,6 +459,17 @@ impl Settings {
             quote(&self.tls.key.to_string_lossy()),
             quote(&self.tls.ca.to_string_lossy()),
         );
+        let _ = writeln!(
+            out,
+            "\n[metrics]\ntextfile_dir = {}",
+            quote(
+                &self
+                    .metrics
+                    .textfile_dir
+                    .as_ref()
+                    .map_or(String::new(), |p| p.to_string_lossy().into_owned())
+            ),
+        );
         out
     }
 }
@@ -523,6 +543,14 @@ struct FileFragment {
     status: Option<StatusFragment>,
     spray: Option<SprayFragment>,
     tls: Option<TlsFragment>,
+    metrics: Option<MetricsFragment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFragment {
+    /// Default "": no textfile.
+    textfile_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -767,6 +795,15 @@ impl FileFragment {
             }
             if let Some(ca) = &tls.ca {
                 settings.tls.ca = file.absolute_path(ca, "tls.ca")?;
+            }
+        }
+        if let Some(metrics) = self.metrics {
+            if let Some(dir) = &metrics.textfile_dir {
+                settings.metrics.textfile_dir = if dir.get_ref().is_empty() {
+                    None
+                } else {
+                    Some(file.absolute_path(dir, "metrics.textfile_dir")?)
+                };
             }
         }
         if let Some(status) = self.status {

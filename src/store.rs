@@ -212,6 +212,14 @@ impl Store {
         Ok(store)
     }
 
+    /// The store at `root` as it is, changing nothing (read-only commands, read-only mounts);
+    /// `None` when no store is there yet.
+    pub fn existing(root: &Path) -> Option<Store> {
+        root.join(SETS_DIR).is_dir().then(|| Store {
+            root: root.to_path_buf(),
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

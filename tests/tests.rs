@@ -11,6 +11,7 @@ mod disk_full;
 mod hostile_store;
 mod journal;
 mod masters;
+mod metrics;
 mod pods;
 mod release;
 mod render;

@@ -1,0 +1,438 @@
+//! `metrics`: read by real consumers — the Prometheus client library's parser, promtool's
+//! linter, node_exporter's textfile collector, an HTTP scrape — after real backups, a spray
+//! and a failed verification.
+
+use crate::util::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One sample: metric name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses an exposition with prometheus_client's parser (PyPI), the one Python exporters and
+/// tooling use; panics on anything it refuses. Also returns each family's type.
+fn parse(text: &str) -> (Vec<Sample>, BTreeMap<String, String>) {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples, types = [], {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    types[family.name] = family.type
+    for s in family.samples:
+        samples.append([s.name, s.labels, s.value])
+json.dump({"samples": samples, "types": types}, sys.stdout)
+"#;
+    let out = run_with_stdin(
+        {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-c", script]);
+            cmd
+        },
+        text.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "prometheus_client refuses the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = value["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let labels = s[1]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            (
+                s[0].as_str().unwrap().to_string(),
+                labels,
+                s[2].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let types = value["types"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    (samples, types)
+}
+
+/// The one sample of `name` whose labels include `labels`.
+#[track_caller]
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?} in {samples:?}");
+    found[0].2
+}
+
+/// promtool's linter (Debian prometheus): names, units, suffixes, HELP.
+#[track_caller]
+fn lint(text: &str) {
+    let out = run_with_stdin(
+        {
+            let mut cmd = Command::new("promtool");
+            cmd.args(["check", "metrics"]);
+            cmd
+        },
+        text.as_bytes(),
+    );
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn created_seconds(node: &Node, id: &str) -> f64 {
+    let set = node.sets().into_iter().find(|s| s["id"] == id).unwrap();
+    let created = set["created"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(created)
+        .unwrap()
+        .timestamp_millis() as f64
+        / 1000.0
+}
+
+#[test]
+fn metrics_describe_the_store_the_targets_and_the_runs() {
+    let node = Node::new("");
+    let textfile = node.dir.path().join("textfile");
+    std::fs::create_dir(&textfile).unwrap();
+    let target = node.dir.path().join("nfs");
+    std::fs::create_dir(&target).unwrap();
+    node.write_config(&format!(
+        "[status]\nmax_age = \"2h\"\n[metrics]\ntextfile_dir = \"{}\"\n\
+         [spray]\netcd_env = \"\"\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n\
+         [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = true\n",
+        textfile.display(),
+        target.display(),
+        node.dir.path().join("not-mounted").display()
+    ));
+
+    // No store yet: the metrics say who and when, and no set.
+    let run = node.run(&["metrics"]);
+    run.expect_code(0);
+    lint(&run.stdout);
+    let (samples, _) = parse(&run.stdout);
+    assert_eq!(
+        value(&samples, "etcd_backup_info", &[("node", "master-0")]),
+        1.0
+    );
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.0 == "etcd_backup_newest_set_timestamp_seconds")
+    );
+    assert!(!node.store().exists(), "metrics made a store");
+
+    let first = node.backup();
+    let second = node.backup();
+    // One target is served, the other is not a mount point: spray exits 4.
+    node.run(&["spray"]).expect_code(4);
+
+    // The textfile, refreshed by the spray: whole, readable by a collector of another user.
+    let prom = textfile.join("etcd-backup.prom");
+    assert_eq!(mode(&prom), 0o644);
+    let names: Vec<String> = std::fs::read_dir(&textfile)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["etcd-backup.prom"], "no temporary left behind");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    lint(&text);
+    let (samples, types) = parse(&text);
+
+    let origin = [("origin", "master-0")];
+    let verified = [("origin", "master-0"), ("verified", "true")];
+    let failed = [("origin", "master-0"), ("verified", "false")];
+    assert_eq!(value(&samples, "etcd_backup_store_sets", &verified), 2.0);
+    assert_eq!(value(&samples, "etcd_backup_store_sets", &failed), 0.0);
+    let sets = node.sets();
+    let size = |id: &str| {
+        sets.iter().find(|s| s["id"] == id).unwrap()["size"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(
+        value(&samples, "etcd_backup_store_size_bytes", &origin),
+        size(&first) + size(&second)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_newest_set_timestamp_seconds",
+            &origin
+        ),
+        created_seconds(&node, &second)
+    );
+    assert_eq!(
+        value(&samples, "etcd_backup_newest_set_size_bytes", &origin),
+        size(&second)
+    );
+    let newest = sets.iter().find(|s| s["id"] == second.as_str()).unwrap();
+    assert_eq!(
+        value(&samples, "etcd_backup_newest_set_etcd_revision", &origin),
+        newest["etcd"]["revision"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value(&samples, "etcd_backup_newest_set_failed", &origin),
+        0.0
+    );
+    let age = value(&samples, "etcd_backup_newest_set_age_seconds", &origin);
+    assert!((0.0..600.0).contains(&age), "{age}");
+    assert_eq!(
+        value(&samples, "etcd_backup_status_max_age_seconds", &[]),
+        7200.0
+    );
+
+    // Targets, by their stable ids.
+    let good = format!("dir:{}", target.display());
+    let bad = format!("dir:{}", node.dir.path().join("not-mounted").display());
+    assert_eq!(
+        value(&samples, "etcd_backup_target_up", &[("target", &good)]),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "etcd_backup_target_up", &[("target", &bad)]),
+        0.0
+    );
+    assert_eq!(
+        value(&samples, "etcd_backup_target_sets", &[("target", &good)]),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_target_last_sent_bytes",
+            &[("target", &good)]
+        ),
+        size(&first) + size(&second)
+    );
+    assert!(
+        !samples.iter().any(
+            |s| s.0 == "etcd_backup_target_last_success_timestamp_seconds" && s.1["target"] == bad
+        ),
+        "a target that never succeeded has no last success"
+    );
+
+    // Runs: two backups succeeded, the spray partly failed (not a success).
+    let backup = [("run", "backup")];
+    let spray = [("run", "spray")];
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_runs_total",
+            &[("run", "backup"), ("outcome", "success")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_runs_total",
+            &[("run", "spray"), ("outcome", "failure")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "etcd_backup_run_last_success", &backup),
+        1.0
+    );
+    assert_eq!(value(&samples, "etcd_backup_run_last_success", &spray), 0.0);
+    let took = value(&samples, "etcd_backup_run_last_duration_seconds", &backup);
+    assert!(took > 0.0 && took < 60.0, "{took}");
+    assert_eq!(types["etcd_backup_runs"], "counter");
+    assert_eq!(types["etcd_backup_newest_set_timestamp_seconds"], "gauge");
+
+    // A flipped byte at rest: verify fails, and the metrics say so until it verifies again.
+    let tar = std::fs::read_dir(node.set_dir(&second))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&tar, &bytes).unwrap();
+    node.run(&["verify"]).expect_code(1);
+    let (samples, _) = parse(&std::fs::read_to_string(&prom).unwrap());
+    assert_eq!(value(&samples, "etcd_backup_store_sets", &failed), 1.0);
+    assert_eq!(value(&samples, "etcd_backup_store_sets", &verified), 1.0);
+    assert_eq!(
+        value(&samples, "etcd_backup_newest_set_failed", &origin),
+        1.0
+    );
+    // The newest verified set is the first one now.
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_newest_set_timestamp_seconds",
+            &origin
+        ),
+        created_seconds(&node, &first)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_runs_total",
+            &[("run", "verify"), ("outcome", "failure")]
+        ),
+        1.0
+    );
+}
+
+/// Starts node_exporter with only its textfile collector, on a loopback port.
+struct NodeExporter {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_exporter(textfile_dir: &Path) -> NodeExporter {
+    let port = free_port();
+    let child = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--collector.disable-defaults")
+        .arg("--collector.textfile")
+        .arg(format!(
+            "--collector.textfile.directory={}",
+            textfile_dir.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus-node-exporter (Debian) is needed: run tests/lab/install-deps");
+    NodeExporter { child, port }
+}
+
+/// GET `path` from 127.0.0.1:`port`, retried while the server starts: (status line, body).
+fn http_get(port: u16, request: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut stream) => {
+                stream.write_all(request.as_bytes()).unwrap();
+                let mut response = String::new();
+                stream.read_to_string(&mut response).unwrap();
+                let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+                let status = head.lines().next().unwrap_or_default().to_string();
+                return (status, body.to_string());
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("cannot connect to 127.0.0.1:{port}: {e}"),
+        }
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")
+}
+
+#[test]
+fn node_exporter_s_textfile_collector_serves_the_textfile() {
+    let node = Node::new("");
+    let textfile = node.dir.path().join("textfile");
+    std::fs::create_dir(&textfile).unwrap();
+    let id = node.backup();
+    node.run(&["metrics", "--textfile", textfile.to_str().unwrap()])
+        .expect_code(0);
+    let exporter = node_exporter(&textfile);
+    let (status, body) = http_get(exporter.port, &get("/metrics"));
+    assert!(status.contains("200"), "{status}");
+    let (samples, _) = parse(&body);
+    // The collector read it without error, and serves our samples as they are.
+    assert_eq!(value(&samples, "node_textfile_scrape_error", &[]), 0.0);
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_newest_set_timestamp_seconds",
+            &[("origin", "master-0")]
+        ),
+        created_seconds(&node, &id)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_store_sets",
+            &[("origin", "master-0"), ("verified", "true")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
+    let node = Node::new("");
+    let port = free_port();
+    let mut server = node
+        .cmd(&["metrics", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, body) = http_get(port, &get("/metrics"));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    lint(&body);
+    let (samples, _) = parse(&body);
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.0 == "etcd_backup_newest_set_timestamp_seconds")
+    );
+    // Each scrape reads the store afresh.
+    let id = node.backup();
+    let (_, body) = http_get(port, &get("/metrics?x=1"));
+    let (samples, _) = parse(&body);
+    assert_eq!(
+        value(
+            &samples,
+            "etcd_backup_newest_set_timestamp_seconds",
+            &[("origin", "master-0")]
+        ),
+        created_seconds(&node, &id)
+    );
+    for (request, expected) in [
+        (get("/other"), "404"),
+        ("POST /metrics HTTP/1.1\r\n\r\n".to_string(), "405"),
+        ("nonsense\r\n\r\n".to_string(), "400"),
+        (format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000)), "400"),
+    ] {
+        let (status, _) = http_get(port, &request);
+        assert!(status.contains(expected), "{request:.40}: {status}");
+    }
+    // A client that sends nothing does not hold the server: the next scrape is served.
+    let _idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let (status, _) = http_get(port, &get("/metrics"));
+    assert!(status.contains("200"), "{status}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
