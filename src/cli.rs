@@ -169,11 +169,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Reports an error once: as one journal entry (with `message_id` when given) under systemd,
-/// as `error: …` then ` -> cause` lines on stderr otherwise. Returns the exit code for it.
+/// Reports an error once: as one journal entry (with `message_id` when given) under systemd or
+/// one JSON line with ETCD_BACKUP_LOG_FORMAT=json, as `error: …` then ` -> cause` lines on
+/// stderr otherwise. Returns the exit code for it.
 fn report(error: &anyhow::Error, journal: bool, message_id: Option<&str>) -> u8 {
     let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
-    if journal {
+    if journal || logging::json() {
         match message_id {
             Some(id) => tracing::error!(message_id = id, "{}", chain.join(": ")),
             None => tracing::error!("{}", chain.join(": ")),

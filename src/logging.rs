@@ -36,6 +36,18 @@ pub fn init(verbosity: u8, prefer_journal: bool) -> bool {
             return true;
         }
     }
+    if json() {
+        // One JSON object per line (time, level, fields with message, message_id, set_id…):
+        // what a cluster's log stack parses from pod logs.
+        let json = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_current_span(false)
+            .with_span_list(false);
+        tracing_subscriber::registry().with(json).with(level).init();
+        return false;
+    }
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -46,4 +58,12 @@ pub fn init(verbosity: u8, prefer_journal: bool) -> bool {
         .with(level)
         .init();
     false
+}
+
+/// `ETCD_BACKUP_LOG_FORMAT=json`: log lines on stderr as JSON objects (Pod Mode sets it).
+pub const LOG_FORMAT_ENV: &str = "ETCD_BACKUP_LOG_FORMAT";
+
+/// Whether log lines are JSON (then errors are logged as events too, not printed as text).
+pub fn json() -> bool {
+    std::env::var_os(LOG_FORMAT_ENV).is_some_and(|v| v == "json")
 }

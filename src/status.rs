@@ -105,3 +105,160 @@ impl Summary<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Checks, FileEntry, Manifest};
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + minute * 60, 0).unwrap()
+    }
+
+    fn set(origin: &str, minute: i64, problem: Option<&str>) -> StoredSet {
+        StoredSet {
+            dir: Default::default(),
+            manifest: Manifest {
+                format: 1,
+                id: format!("{minute}-{origin}"),
+                origin: origin.to_string(),
+                created: at(minute),
+                tool_version: String::new(),
+                dirty: false,
+                files: vec![FileEntry {
+                    name: "snapshot_x.db".into(),
+                    size: 100,
+                    sha256: String::new(),
+                }],
+                checks: Checks {
+                    snapshot_page_size: 4096,
+                    snapshot_sha256_trailer: true,
+                    static_pod_dirs: vec![],
+                    etcd: None,
+                },
+            },
+            manifest_json: String::new(),
+            manifest_sha256: String::new(),
+            problem: problem.map(String::from),
+            on_disk_problem: None,
+            last_verification: None,
+        }
+    }
+
+    fn state(error: Option<&str>) -> TargetState {
+        TargetState {
+            last_error: error.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn summaries_and_exit_codes() {
+        use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_STALE};
+        let ok_target: BTreeMap<String, TargetState> = [("ssh:m1".into(), state(None))].into();
+        let behind: BTreeMap<String, TargetState> = [
+            ("ssh:m1".into(), state(None)),
+            ("ssh:m2".into(), state(Some("refused"))),
+        ]
+        .into();
+        // (sets, targets, now in minutes, expected newest id, failed ids, exit code)
+        type Case = (
+            Vec<StoredSet>,
+            BTreeMap<String, TargetState>,
+            i64,
+            Option<&'static str>,
+            Vec<&'static str>,
+            u8,
+        );
+        let cases: Vec<Case> = vec![
+            (vec![], ok_target.clone(), 0, None, vec![], EXIT_STALE),
+            (
+                vec![set("m0", 0, None)],
+                ok_target.clone(),
+                60,
+                Some("0-m0"),
+                vec![],
+                EXIT_OK,
+            ),
+            // Exactly at the bound is still fresh; a minute over is stale.
+            (
+                vec![set("m0", 0, None)],
+                ok_target.clone(),
+                61,
+                Some("0-m0"),
+                vec![],
+                EXIT_STALE,
+            ),
+            (
+                vec![set("m0", 0, None)],
+                behind.clone(),
+                10,
+                Some("0-m0"),
+                vec![],
+                EXIT_PARTIAL,
+            ),
+            // The newest of an origin failed: exit 1 even though an older one is fresh.
+            (
+                vec![set("m0", 0, None), set("m0", 5, Some("bad"))],
+                ok_target.clone(),
+                10,
+                Some("0-m0"),
+                vec!["5-m0"],
+                EXIT_FAILED,
+            ),
+            // An older failed set is not the newest: no failure.
+            (
+                vec![set("m0", 0, Some("bad")), set("m0", 5, None)],
+                ok_target.clone(),
+                10,
+                Some("5-m0"),
+                vec![],
+                EXIT_OK,
+            ),
+            // The newest verified set of any origin counts (failover: m1 took over).
+            (
+                vec![set("m0", 0, None), set("m1", 90, None)],
+                ok_target.clone(),
+                120,
+                Some("90-m1"),
+                vec![],
+                EXIT_OK,
+            ),
+            // Input order does not matter.
+            (
+                vec![set("m1", 90, None), set("m0", 0, None)],
+                ok_target.clone(),
+                120,
+                Some("90-m1"),
+                vec![],
+                EXIT_OK,
+            ),
+        ];
+        for (i, (sets, targets, now, newest, failed, code)) in cases.iter().enumerate() {
+            let summary = summarize(sets, targets, at(*now), HOUR);
+            assert_eq!(summary.newest.map(|s| s.id()), *newest, "case {i}");
+            let failed_ids: Vec<&str> = summary.failed.iter().map(|s| s.id()).collect();
+            assert_eq!(&failed_ids, failed, "case {i}");
+            assert_eq!(summary.exit_code(), *code, "case {i}");
+        }
+    }
+
+    #[test]
+    fn origins_count_and_size_their_sets() {
+        let sets = vec![
+            set("m0", 0, None),
+            set("m0", 5, Some("bad")),
+            set("m1", 3, None),
+        ];
+        let targets = BTreeMap::new();
+        let summary = summarize(&sets, &targets, at(10), HOUR);
+        let m0 = &summary.origins["m0"];
+        assert_eq!((m0.verified, m0.failed, m0.bytes), (1, 1, 200));
+        assert_eq!(m0.newest.unwrap().id(), "5-m0");
+        assert_eq!(m0.newest_verified.unwrap().id(), "0-m0");
+        assert_eq!(summary.origins["m1"].verified, 1);
+        assert_eq!(summary.age, Some(Duration::from_secs(7 * 60)));
+    }
+}

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn chart() -> PathBuf {
+pub(crate) fn chart() -> PathBuf {
     repo().join("charts/etcd-backup")
 }
 
@@ -25,7 +25,7 @@ fn helm() -> Command {
 }
 
 /// `helm template` with `args`; the objects (PyYAML's reading) and the YAML text.
-fn template(args: &[&str]) -> Result<(Vec<Value>, String), String> {
+pub(crate) fn template(args: &[&str]) -> Result<(Vec<Value>, String), String> {
     let out = helm()
         .args(["template", "eb", "--namespace", "etcd-backup"])
         .arg(chart())
@@ -131,10 +131,23 @@ fn every_rendered_object_passes_strict_schema_validation() {
     let dir = tempfile::tempdir().unwrap();
     for (i, args) in runs.iter().enumerate() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (objects, yaml) = template(&args).unwrap();
+        let (objects, _) = template(&args).unwrap();
         assert!(objects.len() >= 5, "{args:?}: {objects:?}");
+        // The Prometheus Operator's kinds have no schema in Kubernetes itself: they are checked
+        // by promtool (tests/metrics.rs) and below; every other object is validated.
+        let core: Vec<&Value> = objects
+            .iter()
+            .filter(|o| {
+                !o["apiVersion"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("monitoring.coreos.com/")
+            })
+            .collect();
         let file = dir.path().join(format!("{i}.yaml"));
-        std::fs::write(&file, &yaml).unwrap();
+        let docs: Vec<String> = core.iter().map(|o| o.to_string()).collect();
+        // JSON is YAML: one document per object.
+        std::fs::write(&file, docs.join("\n---\n")).unwrap();
         let out = Command::new("kubernetes-validate")
             .args(["--strict", "--kubernetes-version", "1.27.0", "--quiet"])
             .arg(&file)
@@ -155,6 +168,7 @@ fn privileged_only_where_needed_on_the_masters_and_one_job_at_a_time() {
         vec![],
         vec!["-f", "ci/sync-values.yaml"],
         vec!["-f", "ci/pv-values.yaml"],
+        vec!["-f", "ci/monitoring-values.yaml"],
     ] {
         let args: Vec<String> = args
             .iter()
@@ -372,4 +386,101 @@ fn bad_values_are_refused_with_the_reason() {
         let error = template(&["--set", set]).unwrap_err();
         assert!(error.contains(why), "{set}: {error}");
     }
+}
+
+#[test]
+fn monitoring_adds_a_read_only_exporter_its_service_monitor_and_alerts_only_when_asked() {
+    let (objects, _) = template(&[]).unwrap();
+    for kind in ["ServiceMonitor", "PrometheusRule", "Service"] {
+        assert!(of_kind(&objects, kind).is_empty(), "no {kind} by default");
+    }
+    let values = chart().join("ci/monitoring-values.yaml");
+    let (objects, _) = template(&["-f", values.to_str().unwrap()]).unwrap();
+    let exporter = of_kind(&objects, "DaemonSet")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "eb-etcd-backup-exporter")
+        .expect("the exporter DaemonSet");
+    let pod = &exporter["spec"]["template"]["spec"];
+    assert!(pod["hostNetwork"].is_null(), "the pod network");
+    let container = &pod["containers"][0];
+    let command: Vec<&str> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &command[3..],
+        ["metrics", "--listen", "0.0.0.0:9477"],
+        "{command:?}"
+    );
+    let store = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "store")
+        .unwrap();
+    assert_eq!(store["mountPath"], "/var/lib/etcd-backup");
+    assert_eq!(store["readOnly"], true, "the exporter only reads the store");
+    assert_eq!(container["securityContext"]["privileged"], false);
+    let env = container["env"].as_array().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "ETCD_BACKUP_LOG_FORMAT" && e["value"] == "json")
+    );
+
+    let service = of_kind(&objects, "Service")[0];
+    assert_eq!(service["metadata"]["name"], "eb-etcd-backup-metrics");
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(
+        service["spec"]["selector"]["app.kubernetes.io/component"],
+        "exporter"
+    );
+    let monitor = of_kind(&objects, "ServiceMonitor")[0];
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        service["metadata"]["labels"]
+            .as_object()
+            .map(|labels| {
+                let keep = [
+                    "app.kubernetes.io/name",
+                    "app.kubernetes.io/instance",
+                    "app.kubernetes.io/component",
+                ];
+                Value::Object(
+                    labels
+                        .iter()
+                        .filter(|(k, _)| keep.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            })
+            .unwrap(),
+        "the ServiceMonitor selects the Service"
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        endpoint["relabelings"][0]["sourceLabels"][0],
+        "__meta_kubernetes_pod_node_name"
+    );
+    let rule = of_kind(&objects, "PrometheusRule")[0];
+    let rules = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 5, "{rules:?}");
+    for r in rules {
+        let expr = r["expr"].as_str().unwrap();
+        assert!(
+            expr.contains("job=\"eb-etcd-backup-metrics\""),
+            "{}: only the exporter's series: {expr}",
+            r["alert"]
+        );
+        assert!(r["labels"]["severity"].is_string());
+    }
+
+    // Alerts without the exporter are refused, with the reason.
+    let err = template(&["--set", "monitoring.prometheusRule.enabled=true"]).unwrap_err();
+    assert!(err.contains("needs monitoring.enabled"), "{err}");
 }

@@ -102,6 +102,19 @@ fn lint(text: &str) {
     );
 }
 
+/// One byte in the middle of a set's resources archive flipped: names and sizes still match.
+fn flip_a_byte_of_the_archive(node: &Node, id: &str) {
+    let tar = std::fs::read_dir(node.set_dir(id))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&tar, &bytes).unwrap();
+}
+
 fn created_seconds(node: &Node, id: &str) -> f64 {
     let set = node.sets().into_iter().find(|s| s["id"] == id).unwrap();
     let created = set["created"].as_str().unwrap();
@@ -263,15 +276,7 @@ fn metrics_describe_the_store_the_targets_and_the_runs() {
     assert_eq!(types["etcd_backup_newest_set_timestamp_seconds"], "gauge");
 
     // A flipped byte at rest: verify fails, and the metrics say so until it verifies again.
-    let tar = std::fs::read_dir(node.set_dir(&second))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .unwrap();
-    let mut bytes = std::fs::read(&tar).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&tar, &bytes).unwrap();
+    flip_a_byte_of_the_archive(&node, &second);
     node.run(&["verify"]).expect_code(1);
     let (samples, _) = parse(&std::fs::read_to_string(&prom).unwrap());
     assert_eq!(value(&samples, "etcd_backup_store_sets", &failed), 1.0);
@@ -361,8 +366,19 @@ fn node_exporter_s_textfile_collector_serves_the_textfile() {
     let textfile = node.dir.path().join("textfile");
     std::fs::create_dir(&textfile).unwrap();
     let id = node.backup();
-    node.run(&["metrics", "--textfile", textfile.to_str().unwrap()])
-        .expect_code(0);
+    // As the units run it: UMask=0077.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "umask 077 && exec \"$@\"", "sh", BIN, "--config"])
+        .arg(node.config_path())
+        .args(["metrics", "--textfile"])
+        .arg(&textfile);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&textfile.join("etcd-backup.prom")), 0o644);
     let exporter = node_exporter(&textfile);
     let (status, body) = http_get(exporter.port, &get("/metrics"));
     assert!(status.contains("200"), "{status}");
@@ -435,4 +451,175 @@ fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
     assert!(status.contains("200"), "{status}");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// A label set in promtool's series notation: `name{a="b",…}`.
+fn series(name: &str, labels: &BTreeMap<String, String>) -> String {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+/// The chart's alerts, run by promtool (the Prometheus rule engine) on the series the tool
+/// really writes: a node whose spray has a target behind and whose newest set failed
+/// verification, scraped as the chart's ServiceMonitor labels them, over 3 hours after its
+/// newest verified set was taken.
+#[test]
+fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
+    let node = Node::new("");
+    let missing = node.dir.path().join("not-mounted");
+    node.write_config(&format!(
+        "[status]\nmax_age = \"2h\"\n[spray]\netcd_env = \"\"\n\
+         [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = true\n",
+        missing.display()
+    ));
+    let _verified = node.backup();
+    let newest = node.backup();
+    node.run(&["spray"]).expect_code(1);
+    flip_a_byte_of_the_archive(&node, &newest);
+    node.run(&["verify"]).expect_code(1);
+    let run = node.run(&["metrics"]);
+    run.expect_code(0);
+    let (samples, _) = parse(&run.stdout);
+
+    let values = crate::chart::chart().join("ci/monitoring-values.yaml");
+    let (objects, _) = crate::chart::template(&["-f", values.to_str().unwrap()]).unwrap();
+    let rule = objects
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        serde_json::json!({ "groups": rule["spec"]["groups"] }).to_string(),
+    )
+    .unwrap();
+    let check = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (Debian prometheus) is needed: run tests/lab/install-deps");
+    assert!(check.status.success(), "{check:?}");
+
+    // Every etcd-backup metric an alert reads is one the tool writes.
+    let written: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.0.as_str()).collect();
+    for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let expr = r["expr"].as_str().unwrap();
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("etcd_backup_") {
+                assert!(
+                    written.contains(word),
+                    "{}: {word} is never written",
+                    r["alert"]
+                );
+            }
+        }
+    }
+
+    // The series as scraped: job and node from the ServiceMonitor; the newest verified set
+    // taken at the test's time 0 (its timestamp is the one value moved onto that clock).
+    let job = "eb-etcd-backup-metrics";
+    let scraped = |labels: &BTreeMap<String, String>| {
+        let mut labels = labels.clone();
+        labels.insert("job".into(), job.into());
+        labels.insert("node".into(), "master-0".into());
+        labels
+    };
+    let mut input = vec![serde_json::json!({
+        "series": series("up", &scraped(&BTreeMap::new())),
+        "values": "1+0x200",
+    })];
+    for (name, labels, value) in &samples {
+        let value = if name == "etcd_backup_newest_set_timestamp_seconds" {
+            0.0
+        } else {
+            *value
+        };
+        input.push(serde_json::json!({
+            "series": series(name, &scraped(labels)),
+            "values": format!("{value}+0x200"),
+        }));
+    }
+    let bad_target = format!("dir:{}", missing.display());
+    let labels = |extra: &[(&str, &str)]| {
+        let mut labels: BTreeMap<String, String> = [
+            ("job".to_string(), job.to_string()),
+            ("node".to_string(), "master-0".to_string()),
+        ]
+        .into();
+        for (k, v) in extra {
+            labels.insert(k.to_string(), v.to_string());
+        }
+        serde_json::json!(labels)
+    };
+    let alert = |name: &str, at: &str, alerts: serde_json::Value| serde_json::json!({ "alertname": name, "eval_time": at, "exp_alerts": alerts });
+    let tests = serde_json::json!({
+        "rule_files": [rules],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": input,
+            "alert_rule_test": [
+                // Fresh for 2h, then older than max_age: fires 10 minutes later.
+                alert("EtcdBackupNoRecentSet", "60m", serde_json::json!([])),
+                alert("EtcdBackupNoRecentSet", "125m", serde_json::json!([])),
+                alert("EtcdBackupNoRecentSet", "140m", serde_json::json!([{
+                    "exp_labels": {"severity": "critical"},
+                    "exp_annotations": {
+                        "summary": "No master holds an etcd backup set newer than status.max_age.",
+                        "description": "The newest verified etcd backup set on any master is 2h 20m 0s old, older than status.max_age allows. Check the backup jobs: oc get jobs -n etcd-backup.",
+                    },
+                }])),
+                alert("EtcdBackupNoSet", "200m", serde_json::json!([])),
+                alert("EtcdBackupNewestSetFailedVerification", "1m", serde_json::json!([{
+                    "exp_labels": labels(&[("origin", "master-0"), ("severity", "critical")]),
+                    "exp_annotations": {
+                        "summary": "The newest etcd backup set of an origin failed verification.",
+                        "description": "The newest set from master-0 in the store on master-0 is damaged or failed its last verification: etcd-backup list there names the problem.",
+                    },
+                }])),
+                alert("EtcdBackupSetsFailedVerification", "15m", serde_json::json!([{
+                    "exp_labels": labels(&[("origin", "master-0"), ("verified", "false"), ("severity", "warning")]),
+                    "exp_annotations": {
+                        "summary": "etcd backup sets failed verification.",
+                        "description": "1 set(s) from master-0 in the store on master-0 are damaged or failed their last verification; they are kept, never sent, never counted by retention.",
+                    },
+                }])),
+                // Behind for an hour before it is an alert.
+                alert("EtcdBackupTargetBehind", "30m", serde_json::json!([])),
+                alert("EtcdBackupTargetBehind", "70m", serde_json::json!([{
+                    "exp_labels": labels(&[("target", &bad_target), ("severity", "warning")]),
+                    "exp_annotations": {
+                        "summary": "An etcd backup spray target is behind.",
+                        "description": format!("The spray from master-0 to {bad_target} has failed for 1h: etcd-backup status there says why."),
+                    },
+                }])),
+                // The verify failed, the backups did not; the spray is the target's alert.
+                alert("EtcdBackupRunFailing", "10m", serde_json::json!([{
+                    "exp_labels": labels(&[("run", "verify"), ("severity", "warning")]),
+                    "exp_annotations": {
+                        "summary": "An etcd-backup run failed.",
+                        "description": "The last verify run on master-0 failed: its pod logs (or journalctl -u etcd-backup) name the cause.",
+                    },
+                }])),
+                alert("EtcdBackupExporterDown", "60m", serde_json::json!([])),
+            ],
+        }],
+    });
+    let test_file = dir.path().join("tests.yaml");
+    std::fs::write(&test_file, tests.to_string()).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&test_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -163,10 +163,26 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_and_to_
         )
         .expect_ok("a receiver listens");
     }
-    lab.script(&["run-pod", sync_path, "eb-etcd-backup-backup-0", "0"])
-        .expect_ok("the backup job on master-0 (chroot /host cluster-backup.sh)");
+    let backup = lab.script(&["run-pod", sync_path, "eb-etcd-backup-backup-0", "0"]);
+    backup.expect_ok("the backup job on master-0 (chroot /host cluster-backup.sh)");
     let master_0 = HostStore::of(&lab, 0);
     let held = master_0.verified_ids();
+    // The pod log is JSON lines; the success names the set, as the journal does.
+    let committed: Vec<String> = String::from_utf8_lossy(&backup.0.stderr)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| {
+            event["fields"]["message_id"] == etcd_backup::logging::message_id::BACKUP_SUCCEEDED
+        })
+        .map(|event| event["fields"]["set_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        committed.len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&backup.0.stderr)
+    );
+    assert!(held.contains(&committed[0]), "{committed:?} {held:?}");
     assert_eq!(held.len(), 2, "{held:?}");
     assert!(
         held.contains(&from_systemd),

@@ -57,6 +57,8 @@ pub fn write_textfile(dir: &Path, text: &str) -> Result<()> {
             .mode(0o644)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&temp)?;
+        // The units run with UMask=0077: the mode is set, not left to the umask.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         fs::rename(&temp, &target)

@@ -53,6 +53,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   valueFrom:
     fieldRef:
       fieldPath: spec.nodeName
+- name: ETCD_BACKUP_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/* The job label Prometheus gives the exporter's series: the Service's name. */}}
+{{- define "etcd-backup.metricsJob" -}}
+{{- include "etcd-backup.fullname" . }}-metrics
 {{- end -}}
 
 {{/* A container that needs root on the store but nothing else. */}}
