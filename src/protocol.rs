@@ -341,6 +341,9 @@ pub fn pipe_pair() -> io::Result<(
 pub struct HeldSet {
     pub info: SetInfo,
     pub manifest_sha256: String,
+    /// Damaged or failed its last verification (or its manifest is unreadable, with an empty
+    /// digest): the same set offered again replaces it; another manifest never does.
+    pub damaged: bool,
 }
 
 /// A cut transfer in the receiver's staging: the manifest digest it was for and bytes per file.
@@ -358,6 +361,8 @@ pub struct WantPlan {
     pub holds: usize,
     /// Offers with the id of a held set but another manifest: never overwritten.
     pub conflicts: Vec<String>,
+    /// Wanted sets that replace a damaged copy of the same manifest.
+    pub repairs: Vec<String>,
     /// Offers the receiver's own retention would delete at once (or that are not set ids).
     pub declined: Vec<String>,
 }
@@ -375,11 +380,15 @@ pub fn wants(
     let held_by_id: BTreeMap<&str, &HeldSet> =
         held.iter().map(|h| (h.info.id.as_str(), h)).collect();
     let mut candidates: BTreeMap<&str, (&Offer, SetInfo)> = BTreeMap::new();
+    let mut repairing = BTreeSet::new();
     for offer in offers {
+        let same = |h: &HeldSet| h.manifest_sha256 == offer.manifest_sha256;
         match held_by_id.get(offer.id.as_str()) {
-            Some(h) if h.manifest_sha256 == offer.manifest_sha256 => result.holds += 1,
-            Some(_) => result.conflicts.push(offer.id.clone()),
-            None => match parse_set_id(&offer.id) {
+            Some(h) if same(h) && !h.damaged => result.holds += 1,
+            Some(h) if !same(h) || h.manifest_sha256.is_empty() => {
+                result.conflicts.push(offer.id.clone())
+            }
+            repair => match parse_set_id(&offer.id) {
                 Some((created, origin)) => {
                     let info = SetInfo {
                         id: offer.id.clone(),
@@ -388,13 +397,21 @@ pub fn wants(
                         size: offer.size,
                         dirty: offer.dirty,
                     };
+                    if repair.is_some() {
+                        repairing.insert(offer.id.as_str());
+                    }
                     candidates.insert(offer.id.as_str(), (offer, info));
                 }
                 None => result.declined.push(offer.id.clone()),
             },
         }
     }
-    let mut all: Vec<SetInfo> = held.iter().map(|h| h.info.clone()).collect();
+    // Damaged sets count for nothing in retention (as in prune).
+    let mut all: Vec<SetInfo> = held
+        .iter()
+        .filter(|h| !h.damaged)
+        .map(|h| h.info.clone())
+        .collect();
     all.extend(candidates.values().map(|(_, info)| info.clone()));
     // Plan as if the candidates had arrived: their bytes are no longer free.
     let incoming: u64 = candidates.values().map(|(_, info)| info.size).sum();
@@ -414,6 +431,9 @@ pub fn wants(
             .filter(|p| p.manifest_sha256 == offer.manifest_sha256)
             .map(|p| p.held.clone())
             .unwrap_or_default();
+        if repairing.contains(id) {
+            result.repairs.push(id.to_string());
+        }
         result.wants.push(Want {
             id: id.to_string(),
             held,
@@ -595,6 +615,7 @@ mod tests {
         let held = vec![HeldSet {
             info: info(A, 100),
             manifest_sha256: "a".into(),
+            damaged: false,
         }];
         let partials = BTreeMap::from([
             (
@@ -640,10 +661,12 @@ mod tests {
             HeldSet {
                 info: info(A, 100),
                 manifest_sha256: "a".into(),
+                damaged: false,
             },
             HeldSet {
                 info: info(B, 100),
                 manifest_sha256: "b".into(),
+                damaged: false,
             },
         ];
         let plan = wants(
@@ -666,6 +689,34 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_copy_is_replaced_by_the_same_set_only() {
+        let policy = Policy {
+            keep_last: 10,
+            ..Policy::default()
+        };
+        let damaged = |id: &str, sha: &str| HeldSet {
+            info: info(id, 100),
+            manifest_sha256: sha.into(),
+            damaged: true,
+        };
+        // A: same manifest, damaged here: wanted again as a repair. B: another manifest under
+        // a damaged set's id: kept, never overwritten. C: unreadable manifest here: left alone.
+        let held = vec![damaged(A, "a"), damaged(B, "b"), damaged(C, "")];
+        let plan = wants(
+            &[offer(A, "a"), offer(B, "other"), offer(C, "c")],
+            &held,
+            &BTreeMap::new(),
+            &policy,
+            0,
+        );
+        let wanted: Vec<&str> = plan.wants.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(wanted, [A]);
+        assert_eq!(plan.repairs, [A]);
+        assert_eq!(plan.conflicts, [B, C]);
+        assert_eq!(plan.holds, 0);
+    }
+
+    #[test]
     fn sets_the_receiver_would_prune_at_once_are_declined() {
         // The receiver keeps the 2 newest per origin: offering three older sets of m0 while it
         // holds two newer ones means none is wanted — or each spray would resend them.
@@ -677,10 +728,12 @@ mod tests {
             HeldSet {
                 info: info("20260201T000000.000Z-m0", 100),
                 manifest_sha256: "x".into(),
+                damaged: false,
             },
             HeldSet {
                 info: info("20260202T000000.000Z-m0", 100),
                 manifest_sha256: "y".into(),
+                damaged: false,
             },
         ];
         let plan = wants(

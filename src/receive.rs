@@ -138,15 +138,32 @@ fn session<S: Stream>(
         }
     }
     let listing = store.list()?;
-    let held: Vec<HeldSet> = listing
+    let mut held: Vec<HeldSet> = listing
         .sets
         .iter()
-        .filter(|s| s.problem.is_none())
         .map(|s| HeldSet {
             info: s.info(),
             manifest_sha256: s.manifest_sha256.clone(),
+            damaged: s.problem.is_some(),
         })
         .collect();
+    // A set dir whose manifest cannot be read: its id is taken, and nothing replaces it.
+    for (dir, _) in &listing.unreadable {
+        let id = dir.file_name().unwrap_or_default().to_string_lossy();
+        if let Some((created, origin)) = crate::manifest::parse_set_id(&id) {
+            held.push(HeldSet {
+                info: crate::retention::SetInfo {
+                    id: id.to_string(),
+                    origin: origin.to_string(),
+                    created,
+                    size: 0,
+                    dirty: false,
+                },
+                manifest_sha256: String::new(),
+                damaged: true,
+            });
+        }
+    }
     let partials = partials(store)?;
     let plan = wants(
         &offers,
@@ -156,7 +173,10 @@ fn session<S: Stream>(
         store.free_bytes()?,
     );
     for id in &plan.conflicts {
-        tracing::warn!(set_id = %id, sender = %sender, "offered set has the id of a held set but another manifest; keeping ours");
+        tracing::warn!(set_id = %id, sender = %sender, "offered set has the id of a held set but another manifest (or ours is unreadable); keeping ours");
+    }
+    for id in &plan.repairs {
+        tracing::warn!(set_id = %id, sender = %sender, "our copy of set {id} is damaged; receiving it again from {sender}");
     }
     if !plan.declined.is_empty() {
         tracing::debug!(
@@ -397,7 +417,12 @@ fn receive_set<S: Stream>(
         settings.store.lock_wait,
         "waiting for the store lock to commit",
     )?;
-    store.commit(staging, &manifest)?;
+    if store.sets_dir().join(&manifest.id).exists() {
+        // Only a damaged copy of this very manifest is replaced (checked again under the lock).
+        store.replace_damaged(staging, &manifest, &digest)?;
+    } else {
+        store.commit(staging, &manifest)?;
+    }
     crate::prune::prune(store, &settings.retention, false)?;
     Ok(())
 }

@@ -457,15 +457,7 @@ impl Store {
     /// and fsynced: writes the manifest last, fsyncs, renames it into `sets/<id>` (never over an
     /// existing entry) and fsyncs `sets/`.
     pub fn commit(&self, staging: &Path, manifest: &Manifest) -> Result<StoredSet> {
-        for file in &manifest.files {
-            let path = staging.join(&file.name);
-            fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE))
-                .with_context(|| format!("cannot chmod 0600 '{}'", path.display()))?;
-        }
-        fs::set_permissions(staging, fs::Permissions::from_mode(DIR_MODE))
-            .with_context(|| format!("cannot chmod 0700 '{}'", staging.display()))?;
-        write_atomic(staging, MANIFEST_NAME, &manifest.to_json())?;
-        crate::failpoint::hit("store:manifest-written");
+        Self::finish_staging(staging, manifest)?;
         let target = self.sets_dir().join(&manifest.id);
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
@@ -485,6 +477,72 @@ impl Store {
         fsync_dir(&self.sets_dir())?;
         fsync_dir(&self.staging_dir())?;
         self.read_set(&manifest.id)
+    }
+
+    /// The staging directory as a set: private modes, the manifest written last.
+    fn finish_staging(staging: &Path, manifest: &Manifest) -> Result<()> {
+        for file in &manifest.files {
+            let path = staging.join(&file.name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE))
+                .with_context(|| format!("cannot chmod 0600 '{}'", path.display()))?;
+        }
+        fs::set_permissions(staging, fs::Permissions::from_mode(DIR_MODE))
+            .with_context(|| format!("cannot chmod 0700 '{}'", staging.display()))?;
+        write_atomic(staging, MANIFEST_NAME, &manifest.to_json())?;
+        crate::failpoint::hit("store:manifest-written");
+        Ok(())
+    }
+
+    /// Replaces a damaged copy of a set (or one that failed its last verification) with a
+    /// verified staging copy of the same manifest: the two directories are exchanged in one
+    /// rename, so `sets/<id>` is always one whole copy; then the damaged one is removed and the
+    /// set's verification recorded as passed (the deep check and every hash just ran). A copy
+    /// that verifies, or another manifest, is never replaced. The caller holds the store lock.
+    pub fn replace_damaged(
+        &self,
+        staging: &Path,
+        manifest: &Manifest,
+        manifest_sha256: &str,
+    ) -> Result<StoredSet> {
+        let id = &manifest.id;
+        let current = self.get(id)?;
+        ensure!(
+            current.manifest_sha256 == manifest_sha256,
+            "set '{id}' is held with another manifest: not replaced"
+        );
+        ensure!(
+            current.problem.is_some(),
+            "set '{id}' is held and verifies: not replaced"
+        );
+        Self::finish_staging(staging, manifest)?;
+        let target = self.sets_dir().join(id);
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            staging,
+            nix::fcntl::AT_FDCWD,
+            &target,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .with_context(|| {
+            format!(
+                "cannot exchange '{}' with the damaged '{}'",
+                staging.display(),
+                target.display()
+            )
+        })?;
+        fsync_dir(&self.sets_dir())?;
+        fsync_dir(&self.staging_dir())?;
+        // `staging` holds the damaged copy now; a leftover is collected by gc_staging.
+        let _ = fs::remove_dir_all(staging);
+        self.record_verifications(&[(
+            manifest_sha256.to_string(),
+            Verification {
+                at: chrono::Utc::now(),
+                deep: true,
+                problem: None,
+            },
+        )])?;
+        self.read_set(id)
     }
 
     /// Deletes a set: renamed out of `sets/` first (so it is never seen half-deleted), then

@@ -97,3 +97,50 @@ fn an_unmounted_target_is_refused_and_the_others_still_get_their_sets() {
     spray_config(&node, "[retention]\nkeep_last = 10", &[(&unmounted, true)]);
     node.run(&["spray"]).expect_code(1);
 }
+
+#[test]
+fn a_target_s_copy_that_failed_verification_is_replaced_by_the_next_spray() {
+    let node = Node::new("");
+    let nfs = node.dir.path().join("nfs");
+    spray_config(&node, "[retention]\nkeep_last = 10", &[(&nfs, false)]);
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    let target = StoreAt::configured(node.dir.path().join("nfs.toml"), &nfs, "");
+    let copy = nfs.join("sets").join(&id);
+    let original = fingerprint(&copy);
+
+    // Bit rot in the target's copy of the snapshot, found by a verify there.
+    let snapshot = std::fs::read_dir(&copy)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".db"))
+        .unwrap();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    bytes[4096 + 100] ^= 0x20;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    // Unknown to the target until it verifies: the spray sees it held and sends nothing.
+    node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
+    target
+        .run(&["verify"])
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {id}"));
+
+    // The next spray sends the same set again; the damaged copy is replaced whole.
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    assert_eq!(fingerprint(&copy), original);
+    target.run(&["verify", "--deep"]).expect_code(0);
+    let listed = target.run(&["list", "--json"]);
+    let sets: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0]["verified"], true);
+    assert!(
+        target
+            .staging()
+            .iter()
+            .all(|p| std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())),
+        "the damaged copy is gone: {:?}",
+        target.staging()
+    );
+    // Current again: nothing more to send.
+    node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
+}
