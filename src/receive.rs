@@ -5,6 +5,7 @@
 //! verified set is committed — by the same store code as a local backup.
 
 use crate::config::Settings;
+use crate::hash::Sha256;
 use crate::logging::message_id;
 use crate::manifest::{FileEntry, Manifest, parse_backup_name};
 use crate::protocol::{
@@ -15,7 +16,6 @@ use crate::store::{
 };
 use crate::verify::{SnapshotHasher, hex};
 use anyhow::{Context, Result, anyhow, bail};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -11,7 +11,6 @@ use crate::retention::SetInfo;
 use crate::verify::open_regular;
 use anyhow::{Context, Result, bail, ensure};
 use nix::fcntl::{Flock, FlockArg};
-use sha2::Digest;
 use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -398,7 +397,7 @@ impl Store {
             manifest.id
         );
         let problem = Self::structural_problem(&dir, &manifest);
-        let manifest_sha256 = crate::verify::hex(&sha2::Sha256::digest(&bytes));
+        let manifest_sha256 = crate::verify::hex(&crate::hash::Sha256::digest(&bytes));
         // Valid JSON that serde_json parsed is UTF-8 (non-ASCII can only sit in strings).
         let manifest_json = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("manifest '{}' is not UTF-8", manifest_path.display()))?;

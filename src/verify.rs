@@ -2,15 +2,15 @@
 //! computes the file's sha256: the etcd snapshot (bbolt meta page + sha256 trailer) and the
 //! static-pod-resources tar.gz (decompresses, CRC valid, lists the expected directories).
 
+use crate::hash::Sha256;
 use anyhow::{Context, Result, bail, ensure};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
 /// Read size for hashing: large enough that syscalls are noise next to SHA-256.
-const READ_BUF_BYTES: usize = 1 << 20;
+const READ_BUF_BYTES: usize = 1 << 16;
 /// etcd appends the sha256 of the bbolt file after it.
 pub const TRAILER_BYTES: u64 = 32;
 const BBOLT_MAGIC: u32 = 0xED0C_DAED;
@@ -177,7 +177,7 @@ impl SnapshotHasher {
                 self.hasher.update(now);
                 self.pos += n as u64;
                 if self.pos == prefix_len {
-                    self.prefix_hash = Some(self.hasher.clone().finalize().into());
+                    self.prefix_hash = Some(self.hasher.clone().finalize());
                 }
                 data = rest;
             } else {
@@ -214,7 +214,7 @@ impl SnapshotHasher {
         Ok((
             FileDigest {
                 size: self.size,
-                sha256: self.hasher.finalize().into(),
+                sha256: self.hasher.finalize(),
             },
             page_size,
         ))
@@ -311,7 +311,7 @@ pub fn check_resources(path: &Path) -> Result<(FileDigest, Vec<String>)> {
     Ok((
         FileDigest {
             size,
-            sha256: reader.hasher.finalize().into(),
+            sha256: reader.hasher.finalize(),
         },
         dirs,
     ))
@@ -328,7 +328,7 @@ pub fn hash_file(path: &Path) -> Result<FileDigest> {
         .with_context(|| format!("cannot read '{}'", path.display()))?;
     Ok(FileDigest {
         size,
-        sha256: hasher.finalize().into(),
+        sha256: hasher.finalize(),
     })
 }
 
@@ -462,7 +462,7 @@ pub(crate) mod tests {
         let (digest, page_size) = check_snapshot(&path).unwrap();
         assert_eq!(page_size, 4096);
         assert_eq!(digest.size, data.len() as u64);
-        assert_eq!(digest.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(digest.sha256, Sha256::digest(&data));
         assert_eq!(hash_file(&path).unwrap(), digest);
     }
 
@@ -563,7 +563,7 @@ pub(crate) mod tests {
         ]);
         let path = write(dir.path(), "r.tar.gz", &data);
         let (digest, dirs) = check_resources(&path).unwrap();
-        assert_eq!(digest.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        assert_eq!(digest.sha256, Sha256::digest(&data));
         assert_eq!(dirs.len(), 4);
         assert!(dirs.contains(&"static-pod-resources/etcd-pod-2".to_string()));
     }

@@ -304,17 +304,20 @@ fn metrics_describe_the_store_the_targets_and_the_runs() {
     );
 }
 
-/// Starts node_exporter with only its textfile collector, on a loopback port.
-struct NodeExporter {
-    child: std::process::Child,
-    port: u16,
+/// A child process killed and reaped when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for NodeExporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// node_exporter with only its textfile collector, on a loopback port.
+struct NodeExporter {
+    _child: Killed,
+    port: u16,
 }
 
 fn node_exporter(textfile_dir: &Path) -> NodeExporter {
@@ -331,7 +334,10 @@ fn node_exporter(textfile_dir: &Path) -> NodeExporter {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus-node-exporter (Debian) is needed: run tests/lab/install-deps");
-    NodeExporter { child, port }
+    NodeExporter {
+        _child: Killed(child),
+        port,
+    }
 }
 
 /// GET `path` from 127.0.0.1:`port`, retried while the server starts: (status line, body).
@@ -407,12 +413,14 @@ fn node_exporter_s_textfile_collector_serves_the_textfile() {
 fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
     let node = Node::new("");
     let port = free_port();
-    let mut server = node
-        .cmd(&["metrics", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed when the test ends, passed or not.
+    let _server = Killed(
+        node.cmd(&["metrics", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (status, body) = http_get(port, &get("/metrics"));
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     lint(&body);
@@ -449,8 +457,6 @@ fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
         .collect();
     let (status, _) = http_get(port, &get("/metrics"));
     assert!(status.contains("200"), "{status}");
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// A label set in promtool's series notation: `name{a="b",…}`.
