@@ -67,6 +67,14 @@ enum Cmd {
         #[arg(value_name = "SET-ID")]
         ids: Vec<String>,
     },
+    /// Copy a set's two files, checked, into DIR for cluster-restore.sh; print the command to run
+    Stage {
+        #[arg(value_name = "SET-ID")]
+        id: String,
+        /// A new or empty directory (created 0700)
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// The newest set and its age; non-zero when none or older than status.max_age
     Status {
         #[arg(long)]
@@ -226,6 +234,7 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
             recorded(&settings, "verify", || cmd_verify(&settings, &ids, deep))
         }
         Cmd::Status { json } => cmd_status(&settings, json),
+        Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),
         Cmd::Spray => recorded(&settings, "spray", || cmd_spray(&settings)),
         Cmd::Metrics {
             textfile: Some(dir),
@@ -698,6 +707,36 @@ fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
         eprintln!("error: {bad} bad set(s) in '{}'", store.root().display());
         return Ok(EXIT_FAILED);
     }
+    Ok(EXIT_OK)
+}
+
+fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result<u8> {
+    let store = open_existing(settings)?;
+    // Prune must not remove the set while it is copied.
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let set = crate::stage::stage(&store, id, dir)?;
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let dir = dir.as_path();
+    let m = &set.manifest;
+    let revision = m
+        .checks
+        .etcd
+        .as_ref()
+        .map_or(String::new(), |e| format!(", etcd revision {}", e.revision));
+    println!(
+        "staged set {} (from {}, created {}{revision}) in {}:",
+        m.id,
+        m.origin,
+        m.created.format("%Y-%m-%d %H:%M:%SZ"),
+        dir.display()
+    );
+    for file in &m.files {
+        println!("  {}", dir.join(&file.name).display());
+    }
+    println!(
+        "next, on the recovery master (OpenShift's restore procedure):\n  sudo -E /usr/local/bin/cluster-restore.sh {}",
+        dir.display()
+    );
     Ok(EXIT_OK)
 }
 

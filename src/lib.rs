@@ -21,6 +21,7 @@ pub mod retention;
 pub mod runs;
 pub mod spray;
 pub mod ssh;
+pub mod stage;
 pub mod status;
 pub mod store;
 pub mod takeover;

@@ -488,3 +488,60 @@ fn a_failed_verification_lasts_and_the_set_is_neither_sent_nor_counted_until_it_
     node.run(&["status"]).expect_code(0);
     node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
 }
+
+#[test]
+fn stage_copies_a_sound_set_unmodified_for_cluster_restore_and_refuses_anything_else() {
+    let node = Node::new("");
+    let id = node.backup();
+    let staged = node.dir.path().join("restore");
+    let run = node.run(&["stage", &id, staged.to_str().unwrap()]);
+    run.expect_code(0)
+        .expect_stdout(&format!("staged set {id} (from master-0"))
+        .expect_stdout(&format!(
+            "sudo -E /usr/local/bin/cluster-restore.sh {}",
+            staged.display()
+        ));
+    // Exactly the two files, byte-identical, private; the store untouched.
+    let mut set_files = fingerprint(&node.set_dir(&id));
+    set_files.retain(|name, _| name != "manifest.json");
+    assert_eq!(fingerprint(&staged), set_files);
+    assert_eq!(mode(&staged), 0o700);
+    for name in set_files.keys() {
+        assert_eq!(mode(&staged.join(name)), 0o600, "{name}");
+    }
+    // What cluster-restore.sh would do with it: etcd restores the staged snapshot.
+    let snapshot = set_files.keys().find(|n| n.ends_with(".db")).unwrap();
+    let out = Command::new(etcd().bin_dir.join("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(staged.join(snapshot))
+        .arg("--data-dir")
+        .arg(node.dir.path().join("restored"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // A non-empty directory, an unknown set, a set that failed verification: refused, named.
+    node.run(&["stage", &id, staged.to_str().unwrap()])
+        .expect_code(1)
+        .expect_stderr("is not empty");
+    let elsewhere = node.dir.path().join("elsewhere");
+    node.run(&[
+        "stage",
+        "20990101T000000.000Z-master-9",
+        elsewhere.to_str().unwrap(),
+    ])
+    .expect_code(1)
+    .expect_stderr("20990101T000000.000Z-master-9");
+    let tar = node
+        .set_dir(&id)
+        .join(set_files.keys().find(|n| n.ends_with(".tar.gz")).unwrap());
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&tar, &bytes).unwrap();
+    node.run(&["verify"]).expect_code(1);
+    node.run(&["stage", &id, elsewhere.to_str().unwrap()])
+        .expect_code(1)
+        .expect_stderr("is not sound, not staged");
+    assert!(!elsewhere.exists(), "nothing half-staged");
+}

@@ -1,0 +1,72 @@
+//! `etcd-backup stage SET DIR`: a set's two files, unmodified, in a directory of their own for
+//! OpenShift's `cluster-restore.sh`, each copy checked against the manifest (and the snapshot
+//! deep-checked) after it is written; then the command to run next.
+
+use crate::store::{FILE_MODE, Store, StoredSet};
+use anyhow::{Context, Result, bail, ensure};
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Stages set `id` of `store` into `dir` (created 0700, or an existing empty directory).
+pub fn stage(store: &Store, id: &str, dir: &Path) -> Result<StoredSet> {
+    let set = store.get(id)?;
+    if let Some(problem) = &set.problem {
+        bail!("set '{id}' is not sound, not staged: {problem}");
+    }
+    match fs::read_dir(dir) {
+        Ok(mut entries) => ensure!(
+            entries.next().is_none(),
+            "'{}' is not empty: stage into a new or empty directory",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read '{}'", dir.display())),
+    }
+    let created = !dir.exists();
+    crate::store::ensure_private_dir(dir)?;
+    let result = copy_checked(&set, dir);
+    if result.is_err() {
+        // Nothing half-staged stays behind for a restore to pick up.
+        for file in &set.manifest.files {
+            let _ = fs::remove_file(dir.join(&file.name));
+        }
+        if created {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+    result.map(|()| set)
+}
+
+fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
+    let id = set.id();
+    for file in &set.manifest.files {
+        let from = set.dir.join(&file.name);
+        let to = dir.join(&file.name);
+        let mut source = crate::verify::open_regular(&from)?;
+        let mut dest = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&to)
+            .with_context(|| format!("cannot create '{}'", to.display()))?;
+        // In the kernel (copy_file_range); the copy is read back once to check it.
+        std::io::copy(&mut source, &mut dest)
+            .and_then(|_| dest.sync_all())
+            .with_context(|| format!("cannot copy '{}' to '{}'", from.display(), to.display()))?;
+        let digest = if file.is_snapshot() {
+            let (digest, _) = crate::verify::check_snapshot(&to)?;
+            crate::verify::deep_check_against(&to, set.manifest.checks.etcd.as_ref())?;
+            digest
+        } else {
+            crate::verify::hash_file(&to)?
+        };
+        ensure!(
+            digest.size == file.size && digest.hex() == file.sha256,
+            "the copy '{}' does not match the manifest of set '{id}'",
+            to.display()
+        );
+    }
+    crate::store::fsync_dir(dir)
+}
