@@ -67,6 +67,14 @@ enum Cmd {
         #[arg(value_name = "SET-ID")]
         ids: Vec<String>,
     },
+    /// Copy a set from another store (a directory target, an NFS export) into this one, checked
+    Fetch {
+        /// The store to fetch from: a directory target's path [default: each configured dir target]
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        #[arg(value_name = "SET-ID")]
+        id: String,
+    },
     /// Copy a set's two files, checked, into DIR for cluster-restore.sh; print the command to run
     Stage {
         #[arg(value_name = "SET-ID")]
@@ -235,6 +243,7 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         }
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),
+        Cmd::Fetch { from, id } => cmd_fetch(&settings, from.as_deref(), &id),
         Cmd::Spray => recorded(&settings, "spray", || cmd_spray(&settings)),
         Cmd::Metrics {
             textfile: Some(dir),
@@ -708,6 +717,46 @@ fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
         return Ok(EXIT_FAILED);
     }
     Ok(EXIT_OK)
+}
+
+fn cmd_fetch(settings: &Settings, from: Option<&std::path::Path>, id: &str) -> Result<u8> {
+    let sources: Vec<PathBuf> = match from {
+        Some(path) => vec![path.to_path_buf()],
+        None => settings
+            .spray
+            .targets
+            .iter()
+            .map(|t| t.path.clone())
+            .collect(),
+    };
+    if sources.is_empty() {
+        bail!(
+            "no store to fetch set '{id}' from: give --from DIR (no [[spray.target]] is configured)"
+        );
+    }
+    let store = Store::open(&settings.store.root)?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let mut failures = Vec::new();
+    for source in &sources {
+        match crate::stage::fetch(&store, source, id) {
+            Ok((set, how)) => {
+                let what = match how {
+                    crate::stage::Fetched::Committed => "fetched",
+                    crate::stage::Fetched::Repaired => "fetched, replacing a damaged copy,",
+                    crate::stage::Fetched::AlreadyHeld => "already held, sound:",
+                };
+                println!(
+                    "{what} set {} from '{}' into '{}'",
+                    id,
+                    source.display(),
+                    set.dir.display()
+                );
+                return Ok(EXIT_OK);
+            }
+            Err(error) => failures.push(format!("{}: {error:#}", source.display())),
+        }
+    }
+    bail!("set '{id}' could not be fetched: {}", failures.join("; "))
 }
 
 fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result<u8> {

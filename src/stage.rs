@@ -1,6 +1,8 @@
-//! `etcd-backup stage SET DIR`: a set's two files, unmodified, in a directory of their own for
-//! OpenShift's `cluster-restore.sh`, each copy checked against the manifest (and the snapshot
-//! deep-checked) after it is written; then the command to run next.
+//! Getting sets back. `etcd-backup stage SET DIR`: a set's two files, unmodified, in a
+//! directory of their own for OpenShift's `cluster-restore.sh`. `etcd-backup fetch --from DIR
+//! SET`: a set from another store (a directory target, an NFS export, a peer's disk) into the
+//! local one. Each copy is checked against the manifest (the snapshot deep-checked) after it
+//! is written.
 
 use crate::store::{FILE_MODE, Store, StoredSet};
 use anyhow::{Context, Result, bail, ensure};
@@ -38,7 +40,7 @@ pub fn stage(store: &Store, id: &str, dir: &Path) -> Result<StoredSet> {
     result.map(|()| set)
 }
 
-fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
+pub(crate) fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
     let id = set.id();
     for file in &set.manifest.files {
         let from = set.dir.join(&file.name);
@@ -69,4 +71,55 @@ fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
         );
     }
     crate::store::fsync_dir(dir)
+}
+
+/// What `fetch` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    Committed,
+    /// The local copy was damaged and is replaced.
+    Repaired,
+    /// The local store already holds it, sound.
+    AlreadyHeld,
+}
+
+/// Fetches set `id` from the store at `from` into `store` (the caller holds its lock). The
+/// source is only read; a source copy that is not sound is refused, and a local set under the
+/// same id with another manifest is never replaced.
+pub fn fetch(store: &Store, from: &Path, id: &str) -> Result<(StoredSet, Fetched)> {
+    let Some(source) = Store::existing(from) else {
+        bail!("no store at '{}' to fetch set '{id}' from", from.display());
+    };
+    let set = source
+        .get(id)
+        .with_context(|| format!("fetching from '{}'", from.display()))?;
+    if let Some(problem) = &set.problem {
+        bail!(
+            "set '{id}' in '{}' is not sound, not fetched: {problem}",
+            from.display()
+        );
+    }
+    let local = store.get(id).ok();
+    if let Some(local) = &local {
+        ensure!(
+            local.manifest_sha256 == set.manifest_sha256,
+            "set '{id}' is held here with another manifest: not replaced"
+        );
+        if local.problem.is_none() {
+            return Ok((local.clone(), Fetched::AlreadyHeld));
+        }
+    }
+    let staging = store.new_staging("fetch")?;
+    let result = copy_checked(&set, &staging).and_then(|()| match &local {
+        Some(_) => store
+            .replace_damaged(&staging, &set.manifest, &set.manifest_sha256)
+            .map(|s| (s, Fetched::Repaired)),
+        None => store
+            .commit(&staging, &set.manifest)
+            .map(|s| (s, Fetched::Committed)),
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
 }

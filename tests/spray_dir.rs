@@ -144,3 +144,52 @@ fn a_target_s_copy_that_failed_verification_is_replaced_by_the_next_spray() {
     // Current again: nothing more to send.
     node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
 }
+
+#[test]
+fn fetch_brings_a_set_back_from_a_dir_target_checked_and_never_over_another() {
+    let node = Node::new("");
+    let nfs = node.dir.path().join("nfs");
+    spray_config(&node, "[retention]\nkeep_last = 10", &[(&nfs, false)]);
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0);
+    let original = fingerprint(&node.set_dir(&id));
+
+    // The node lost its store; the target still has the set.
+    std::fs::remove_dir_all(node.store()).unwrap();
+    node.run(&["fetch", &id])
+        .expect_code(0)
+        .expect_stdout(&format!("fetched set {id} from '{}'", nfs.display()));
+    assert_eq!(fingerprint(&node.set_dir(&id)), original, "byte-identical");
+    node.run(&["verify", "--deep"]).expect_code(0);
+    node.run(&["fetch", "--from", nfs.to_str().unwrap(), &id])
+        .expect_code(0)
+        .expect_stdout("already held, sound");
+
+    // Unknown set, a directory that is no store: refused, named.
+    node.run(&["fetch", "20990101T000000.000Z-master-9"])
+        .expect_code(1)
+        .expect_stderr("20990101T000000.000Z-master-9");
+    let empty = node.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    node.run(&["fetch", "--from", empty.to_str().unwrap(), &id])
+        .expect_code(1)
+        .expect_stderr(&format!("no store at '{}'", empty.display()));
+
+    // A damaged copy on the target is refused; the local set stays as it is.
+    let target_db = std::fs::read_dir(nfs.join("sets").join(&id))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".db"))
+        .unwrap();
+    let mut bytes = std::fs::read(&target_db).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&target_db, &bytes).unwrap();
+    std::fs::remove_dir_all(node.store()).unwrap();
+    let run = node.run(&["fetch", &id]);
+    run.expect_code(1).expect_stderr("could not be fetched");
+    assert!(node.set_ids().is_empty(), "nothing committed");
+    let staging: Vec<_> = std::fs::read_dir(node.store().join(".staging"))
+        .unwrap()
+        .collect();
+    assert!(staging.is_empty(), "nothing left in staging: {staging:?}");
+}
