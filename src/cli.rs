@@ -4,7 +4,7 @@ use crate::config::{ConfigError, DEFAULT_CONFIG_PATH, Settings};
 use crate::logging::{self, message_id};
 use crate::store::{BusyError, Store, StoredSet};
 use crate::units::human_size;
-use crate::verify::{check_snapshot, hash_file};
+use crate::verify::hash_file;
 use crate::{backup, prune};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -638,25 +638,12 @@ fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
         bail!("{problem}");
     }
     for file in &set.manifest.files {
-        let path = set.dir.join(&file.name);
-        let digest = if file.is_snapshot() {
-            check_snapshot(&path)?.0
-        } else {
-            hash_file(&path)?
-        };
-        if file.is_snapshot() && deep {
-            crate::verify::deep_check_against(&path, set.manifest.checks.etcd.as_ref())?;
-        }
-        if digest.size != file.size || digest.hex() != file.sha256 {
-            bail!(
-                "'{}' does not match the manifest (sha256 {} size {}, manifest {} size {})",
-                path.display(),
-                digest.hex(),
-                digest.size,
-                file.sha256,
-                file.size
-            );
-        }
+        crate::verify::check_file_against(
+            &set.dir.join(&file.name),
+            file,
+            set.manifest.checks.etcd.as_ref(),
+            deep,
+        )?;
     }
     Ok(())
 }
@@ -792,16 +779,9 @@ fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result<u8>
 fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
     let root = &settings.store.root;
     // No store yet is a status too (stale), not an error.
-    let (listing, targets) = match Store::existing(root) {
-        Some(store) => (store.list()?, crate::spray::read_state(&store)),
-        None => Default::default(),
-    };
-    let summary = crate::status::summarize(
-        &listing.sets,
-        &targets,
-        chrono::Utc::now(),
-        settings.status.max_age,
-    );
+    let view = crate::status::StoreView::read(root)?;
+    let (listing, targets) = (&view.listing, &view.targets);
+    let summary = view.summary(settings.status.max_age);
     let (newest, age, fresh, max_age) =
         (summary.newest, summary.age, summary.fresh, summary.max_age);
     if json {
@@ -846,7 +826,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 set.problem.as_deref().unwrap_or_default()
             );
         }
-        for (id, target) in &targets {
+        for (id, target) in targets {
             let name = if target.name.is_empty() {
                 id
             } else {

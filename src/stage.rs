@@ -57,18 +57,8 @@ pub(crate) fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
         std::io::copy(&mut source, &mut dest)
             .and_then(|_| dest.sync_all())
             .with_context(|| format!("cannot copy '{}' to '{}'", from.display(), to.display()))?;
-        let digest = if file.is_snapshot() {
-            let (digest, _) = crate::verify::check_snapshot(&to)?;
-            crate::verify::deep_check_against(&to, set.manifest.checks.etcd.as_ref())?;
-            digest
-        } else {
-            crate::verify::hash_file(&to)?
-        };
-        ensure!(
-            digest.size == file.size && digest.hex() == file.sha256,
-            "the copy '{}' does not match the manifest of set '{id}'",
-            to.display()
-        );
+        crate::verify::check_file_against(&to, file, set.manifest.checks.etcd.as_ref(), true)
+            .with_context(|| format!("the copy of set '{id}' is not sound"))?;
     }
     crate::store::fsync_dir(dir)
 }

@@ -37,6 +37,33 @@ pub struct Summary<'a> {
     pub behind: Vec<&'a str>,
 }
 
+/// What `status` and `metrics` read from a store: its sets, the spray state, the run
+/// records. Reading changes nothing; a missing store reads as empty.
+#[derive(Debug, Default)]
+pub struct StoreView {
+    pub listing: crate::store::Listing,
+    pub targets: BTreeMap<String, TargetState>,
+    pub runs: crate::runs::Runs,
+}
+
+impl StoreView {
+    pub fn read(root: &std::path::Path) -> anyhow::Result<StoreView> {
+        Ok(match crate::store::Store::existing(root) {
+            Some(store) => StoreView {
+                listing: store.list()?,
+                targets: crate::spray::read_state(&store),
+                runs: crate::runs::read(&store),
+            },
+            None => StoreView::default(),
+        })
+    }
+
+    /// The summary as of now, with the bound `max_age`.
+    pub fn summary(&self, max_age: Duration) -> Summary<'_> {
+        summarize(&self.listing.sets, &self.targets, Utc::now(), max_age)
+    }
+}
+
 pub fn summarize<'a>(
     sets: &'a [StoredSet],
     targets: &'a BTreeMap<String, TargetState>,

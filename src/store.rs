@@ -157,6 +157,12 @@ pub fn fsync_dir(path: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dir/name` (0600) through a temporary file, fsync and rename.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(dir, name, bytes, FILE_MODE)
+}
+
+/// `write_atomic` with another mode, set as given whatever the umask (the units run with
+/// `UMask=0077`).
+pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
     let target = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
@@ -164,9 +170,10 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(FILE_MODE)
+            .mode(mode)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&temp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, &target)
@@ -456,6 +463,24 @@ impl Store {
     /// and fsynced: writes the manifest last, fsyncs, renames it into `sets/<id>` (never over an
     /// existing entry) and fsyncs `sets/`.
     pub fn commit(&self, staging: &Path, manifest: &Manifest) -> Result<StoredSet> {
+        self.place(
+            staging,
+            manifest,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            |staging, target| format!("cannot commit '{staging}' as '{target}'"),
+        )?;
+        self.read_set(&manifest.id)
+    }
+
+    /// Finishes `staging` as a set and renames it to `sets/<id>` with `flags` (never over an
+    /// entry: NOREPLACE; swapping with a damaged copy: EXCHANGE), then fsyncs both directories.
+    fn place(
+        &self,
+        staging: &Path,
+        manifest: &Manifest,
+        flags: nix::fcntl::RenameFlags,
+        failed: impl FnOnce(std::path::Display, std::path::Display) -> String,
+    ) -> Result<()> {
         Self::finish_staging(staging, manifest)?;
         let target = self.sets_dir().join(&manifest.id);
         nix::fcntl::renameat2(
@@ -463,19 +488,12 @@ impl Store {
             staging,
             nix::fcntl::AT_FDCWD,
             &target,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            flags,
         )
-        .with_context(|| {
-            format!(
-                "cannot commit '{}' as '{}'",
-                staging.display(),
-                target.display()
-            )
-        })?;
+        .with_context(|| failed(staging.display(), target.display()))?;
         crate::failpoint::hit("store:renamed");
         fsync_dir(&self.sets_dir())?;
-        fsync_dir(&self.staging_dir())?;
-        self.read_set(&manifest.id)
+        fsync_dir(&self.staging_dir())
     }
 
     /// The staging directory as a set: private modes, the manifest written last.
@@ -513,24 +531,12 @@ impl Store {
             current.problem.is_some(),
             "set '{id}' is held and verifies: not replaced"
         );
-        Self::finish_staging(staging, manifest)?;
-        let target = self.sets_dir().join(id);
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
+        self.place(
             staging,
-            nix::fcntl::AT_FDCWD,
-            &target,
+            manifest,
             nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-        )
-        .with_context(|| {
-            format!(
-                "cannot exchange '{}' with the damaged '{}'",
-                staging.display(),
-                target.display()
-            )
-        })?;
-        fsync_dir(&self.sets_dir())?;
-        fsync_dir(&self.staging_dir())?;
+            |staging, target| format!("cannot exchange '{staging}' with the damaged '{target}'"),
+        )?;
         // `staging` holds the damaged copy now; a leftover is collected by gc_staging.
         let _ = fs::remove_dir_all(staging);
         self.record_verifications(&[(

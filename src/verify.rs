@@ -332,6 +332,36 @@ pub fn hash_file(path: &Path) -> Result<FileDigest> {
     })
 }
 
+/// Checks the file at `path` against its manifest entry: re-hashed (a snapshot's trailer too)
+/// and, with `deep`, a snapshot's bbolt structure against etcd's `figures` in the manifest.
+/// What `verify` runs for each file of a set, and `stage`/`fetch` for each copy they write.
+pub fn check_file_against(
+    path: &Path,
+    file: &crate::manifest::FileEntry,
+    figures: Option<&crate::bbolt::Figures>,
+    deep: bool,
+) -> Result<()> {
+    let digest = if file.is_snapshot() {
+        check_snapshot(path)?.0
+    } else {
+        hash_file(path)?
+    };
+    if file.is_snapshot() && deep {
+        deep_check_against(path, figures)?;
+    }
+    if digest.size != file.size || digest.hex() != file.sha256 {
+        bail!(
+            "'{}' does not match the manifest (sha256 {} size {}, manifest {} size {})",
+            path.display(),
+            digest.hex(),
+            digest.size,
+            file.sha256,
+            file.size
+        );
+    }
+    Ok(())
+}
+
 /// The structural check of a snapshot's bbolt part (everything before the trailer) and
 /// etcd's figures from it; an error names the file and the first problems by page and bucket.
 pub fn deep_check(path: &Path) -> Result<crate::bbolt::Figures> {

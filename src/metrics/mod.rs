@@ -7,11 +7,7 @@ pub mod exposition;
 pub mod http;
 
 use crate::config::Settings;
-use crate::store::Store;
 use anyhow::{Context, Result};
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The file a textfile collector reads (it reads `*.prom`).
@@ -20,26 +16,12 @@ pub const TEXTFILE_NAME: &str = "etcd-backup.prom";
 /// The exposition of this node's store as it is now. Changes nothing on disk: a missing store
 /// is a node without sets.
 pub fn gather(settings: &Settings) -> Result<String> {
-    let store = Store::existing(&settings.store.root);
-    let (listing, targets, runs) = match &store {
-        Some(store) => (
-            store.list()?,
-            crate::spray::read_state(store),
-            crate::runs::read(store),
-        ),
-        None => Default::default(),
-    };
-    let summary = crate::status::summarize(
-        &listing.sets,
-        &targets,
-        chrono::Utc::now(),
-        settings.status.max_age,
-    );
+    let view = crate::status::StoreView::read(&settings.store.root)?;
     Ok(exposition::render(
-        &summary,
-        &runs,
+        &view.summary(settings.status.max_age),
+        &view.runs,
         &settings.node_name,
-        listing.unreadable.len(),
+        view.listing.unreadable.len(),
     ))
 }
 
@@ -47,27 +29,8 @@ pub fn gather(settings: &Settings) -> Result<String> {
 /// a temporary name the collector ignores, fsync, rename. 0644: the metrics hold no secret,
 /// and node_exporter often runs as another user.
 pub fn write_textfile(dir: &Path, text: &str) -> Result<()> {
-    let target = dir.join(TEXTFILE_NAME);
-    let temp = dir.join(format!(".{TEXTFILE_NAME}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&temp)?;
-        // The units run with UMask=0077: the mode is set, not left to the umask.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, &target)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(e).with_context(|| format!("cannot write metrics to '{}'", target.display()));
-    }
-    Ok(())
+    crate::store::write_atomic_mode(dir, TEXTFILE_NAME, text.as_bytes(), 0o644)
+        .context("metrics textfile")
 }
 
 /// At the end of a run: the textfile, when one is configured. A failure here never fails the
