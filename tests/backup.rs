@@ -236,11 +236,7 @@ fn verify_and_list_catch_damage_on_disk() {
     let first = node.backup();
     let second = node.backup();
     let dir = node.set_dir(&first);
-    let tar = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .unwrap();
+    let tar = set_file(&dir, ".tar.gz");
     // Same size, one bit different: only a re-hash sees it.
     let mut bytes = std::fs::read(&tar).unwrap();
     let middle = bytes.len() / 2;
@@ -438,16 +434,9 @@ fn a_failed_verification_lasts_and_the_set_is_neither_sent_nor_counted_until_it_
     let first = node.backup();
     let second = node.backup();
     // One byte of the newest set's archive flipped at rest: names and sizes still match.
-    let tar = std::fs::read_dir(node.set_dir(&second))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
-        .unwrap();
+    let tar = set_file(&node.set_dir(&second), ".tar.gz");
     let original = std::fs::read(&tar).unwrap();
-    let mut flipped = original.clone();
-    let middle = flipped.len() / 2;
-    flipped[middle] ^= 0x01;
-    std::fs::write(&tar, &flipped).unwrap();
+    flip_byte(&tar, None, 0x01);
     node.run(&["verify"])
         .expect_code(1)
         .expect_stdout(&format!("ok   {first}"))
@@ -532,13 +521,7 @@ fn stage_copies_a_sound_set_unmodified_for_cluster_restore_and_refuses_anything_
     ])
     .expect_code(1)
     .expect_stderr("20990101T000000.000Z-master-9");
-    let tar = node
-        .set_dir(&id)
-        .join(set_files.keys().find(|n| n.ends_with(".tar.gz")).unwrap());
-    let mut bytes = std::fs::read(&tar).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&tar, &bytes).unwrap();
+    flip_byte(&set_file(&node.set_dir(&id), ".tar.gz"), None, 0x01);
     node.run(&["verify"]).expect_code(1);
     node.run(&["stage", &id, elsewhere.to_str().unwrap()])
         .expect_code(1)

@@ -110,14 +110,7 @@ fn a_target_s_copy_that_failed_verification_is_replaced_by_the_next_spray() {
     let original = fingerprint(&copy);
 
     // Bit rot in the target's copy of the snapshot, found by a verify there.
-    let snapshot = std::fs::read_dir(&copy)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".db"))
-        .unwrap();
-    let mut bytes = std::fs::read(&snapshot).unwrap();
-    bytes[4096 + 100] ^= 0x20;
-    std::fs::write(&snapshot, &bytes).unwrap();
+    flip_byte(&set_file(&copy, ".db"), Some(4096 + 100), 0x20);
     // Unknown to the target until it verifies: the spray sees it held and sends nothing.
     node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
     target
@@ -176,14 +169,11 @@ fn fetch_brings_a_set_back_from_a_dir_target_checked_and_never_over_another() {
         .expect_stderr(&format!("no store at '{}'", empty.display()));
 
     // A damaged copy on the target is refused; the local set stays as it is.
-    let target_db = std::fs::read_dir(nfs.join("sets").join(&id))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with(".db"))
-        .unwrap();
-    let mut bytes = std::fs::read(&target_db).unwrap();
-    bytes[100] ^= 0x01;
-    std::fs::write(&target_db, &bytes).unwrap();
+    flip_byte(
+        &set_file(&nfs.join("sets").join(&id), ".db"),
+        Some(100),
+        0x01,
+    );
     std::fs::remove_dir_all(node.store()).unwrap();
     let run = node.run(&["fetch", &id]);
     run.expect_code(1).expect_stderr("could not be fetched");

@@ -534,3 +534,21 @@ impl StoreAt {
         }
     }
 }
+
+/// The file of a set directory whose name ends with `suffix` (".db", ".tar.gz").
+pub fn set_file(set_dir: &Path, suffix: &str) -> PathBuf {
+    std::fs::read_dir(set_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no *{suffix} in '{}'", set_dir.display()))
+}
+
+/// Flips the bits `mask` of the byte at `offset` (the middle with `None`): names and sizes
+/// still match, only a hash sees it.
+pub fn flip_byte(path: &Path, offset: Option<usize>, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = offset.unwrap_or(bytes.len() / 2);
+    bytes[at] ^= mask;
+    std::fs::write(path, &bytes).unwrap();
+}
