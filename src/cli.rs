@@ -69,9 +69,10 @@ enum Cmd {
     },
     /// Copy a set from another store (a directory target, an NFS export) into this one, checked
     Fetch {
-        /// The store to fetch from: a directory target's path [default: each configured dir target]
-        #[arg(long, value_name = "DIR")]
-        from: Option<PathBuf>,
+        /// Where from: a store directory, or a configured target (its id, or a bucket name)
+        /// [default: every configured target, each file from the first that holds it]
+        #[arg(long, value_name = "DIR|TARGET")]
+        from: Option<String>,
         #[arg(value_name = "SET-ID")]
         id: String,
     },
@@ -281,10 +282,10 @@ fn recorded(settings: &Settings, kind: &str, run: impl FnOnce() -> Result<u8>) -
     let clock = std::time::Instant::now();
     let result = run();
     let ok = matches!(result, Ok(EXIT_OK));
-    if let Some(store) = Store::existing(&settings.store.root) {
-        if let Err(error) = crate::runs::record(&store, kind, start, clock.elapsed(), ok) {
-            tracing::warn!("the {kind} run was not recorded: {error:#}");
-        }
+    if let Some(store) = Store::existing(&settings.store.root)
+        && let Err(error) = crate::runs::record(&store, kind, start, clock.elapsed(), ok)
+    {
+        tracing::warn!("the {kind} run was not recorded: {error:#}");
     }
     crate::metrics::refresh(settings);
     result
@@ -706,15 +707,49 @@ fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn cmd_fetch(settings: &Settings, from: Option<&std::path::Path>, id: &str) -> Result<u8> {
-    let sources: Vec<PathBuf> = match from {
-        Some(path) => vec![path.to_path_buf()],
-        None => settings
-            .spray
-            .targets
-            .iter()
-            .map(|t| t.path.clone())
-            .collect(),
+fn cmd_fetch(settings: &Settings, from: Option<&str>, id: &str) -> Result<u8> {
+    use crate::config::TargetConfig;
+    use crate::stage::Source;
+    use crate::targets::Target;
+    let configured: Vec<(String, Source)> = settings
+        .spray
+        .targets
+        .iter()
+        .map(|t| match t {
+            TargetConfig::Dir(d) => (
+                crate::targets::dir::DirStore(d.clone()).id(),
+                Source::Dir(d.path.clone()),
+            ),
+            TargetConfig::S3(s) => (
+                crate::targets::s3::Bucket(s.clone()).id(),
+                Source::Bucket(s.clone()),
+            ),
+        })
+        .collect();
+    let sources: Vec<Source> = match from {
+        Some(path) if path.starts_with('/') => vec![Source::Dir(PathBuf::from(path))],
+        Some(name) => {
+            let matching: Vec<Source> = configured
+                .iter()
+                .filter(|(target_id, source)| {
+                    target_id == name || matches!(source, Source::Bucket(t) if t.bucket == name)
+                })
+                .map(|(_, source)| source.clone())
+                .collect();
+            if matching.is_empty() {
+                let ids: Vec<&str> = configured.iter().map(|(i, _)| i.as_str()).collect();
+                bail!(
+                    "--from '{name}' is neither a directory (an absolute path) nor a configured target (ids: {}; or a bucket name)",
+                    if ids.is_empty() {
+                        "none".to_string()
+                    } else {
+                        ids.join(", ")
+                    }
+                );
+            }
+            matching
+        }
+        None => configured.into_iter().map(|(_, s)| s).collect(),
     };
     if sources.is_empty() {
         bail!(
@@ -723,27 +758,19 @@ fn cmd_fetch(settings: &Settings, from: Option<&std::path::Path>, id: &str) -> R
     }
     let store = Store::open(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
-    let mut failures = Vec::new();
-    for source in &sources {
-        match crate::stage::fetch(&store, source, id) {
-            Ok((set, how)) => {
-                let what = match how {
-                    crate::stage::Fetched::Committed => "fetched",
-                    crate::stage::Fetched::Repaired => "fetched, replacing a damaged copy,",
-                    crate::stage::Fetched::AlreadyHeld => "already held, sound:",
-                };
-                println!(
-                    "{what} set {} from '{}' into '{}'",
-                    id,
-                    source.display(),
-                    set.dir.display()
-                );
-                return Ok(EXIT_OK);
-            }
-            Err(error) => failures.push(format!("{}: {error:#}", source.display())),
-        }
+    let timeouts = (settings.spray.connect_timeout, settings.spray.io_timeout);
+    let (set, how, origins) = crate::stage::fetch(&store, &sources, id, timeouts)
+        .with_context(|| format!("set '{id}' could not be fetched"))?;
+    let what = match how {
+        crate::stage::Fetched::Committed => "fetched",
+        crate::stage::Fetched::Repaired => "fetched, replacing a damaged copy,",
+        crate::stage::Fetched::AlreadyHeld => "already held, sound:",
+    };
+    println!("{what} set {id} into '{}'", set.dir.display());
+    for origin in origins {
+        println!("  {origin}");
     }
-    bail!("set '{id}' could not be fetched: {}", failures.join("; "))
+    Ok(EXIT_OK)
 }
 
 fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result<u8> {

@@ -19,6 +19,7 @@ pub mod receive;
 pub mod render;
 pub mod retention;
 pub mod runs;
+pub mod s3;
 pub mod spray;
 pub mod ssh;
 pub mod stage;

@@ -180,6 +180,17 @@ impl Manifest {
         Ok(())
     }
 
+    /// What the retention planner knows of this set.
+    pub fn info(&self) -> crate::retention::SetInfo {
+        crate::retention::SetInfo {
+            id: self.id.clone(),
+            origin: self.origin.clone(),
+            created: self.created,
+            size: self.total_size(),
+            dirty: self.dirty,
+        }
+    }
+
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
@@ -206,7 +217,7 @@ impl MillisOnly for DateTime<Utc> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn sample() -> Manifest {

@@ -88,12 +88,12 @@ pub fn serve_as<S: Stream>(
 ) -> Result<ReceiveStats> {
     let mut stats = ReceiveStats::default();
     let result = session(settings, store, conn, &mut stats, authenticated);
-    if let Err(error) = &result {
-        if !connection_lost(error) {
-            let _ = conn.send(&Message::Error {
-                message: format!("{error:#}"),
-            });
-        }
+    if let Err(error) = &result
+        && !connection_lost(error)
+    {
+        let _ = conn.send(&Message::Error {
+            message: format!("{error:#}"),
+        });
     }
     stats.data_bytes = conn.data_bytes_received;
     result.map(|()| stats)
@@ -130,12 +130,10 @@ fn session<S: Stream>(
             );
         }
     };
-    if let Some(proven) = authenticated {
-        if !sender.eq_ignore_ascii_case(proven) {
-            bail!(
-                "the sender's certificate names '{proven}' but its hello claims '{sender}': refused"
-            );
-        }
+    if let Some(proven) = authenticated
+        && !sender.eq_ignore_ascii_case(proven)
+    {
+        bail!("the sender's certificate names '{proven}' but its hello claims '{sender}': refused");
     }
     let listing = store.list()?;
     let mut held: Vec<HeldSet> = listing

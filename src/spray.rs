@@ -20,6 +20,13 @@ pub struct OpenSet {
     files: Vec<File>,
 }
 
+impl OpenSet {
+    /// The handles, in manifest order.
+    pub fn files(&self) -> &[File] {
+        &self.files
+    }
+}
+
 /// Opens the files of every set without a problem. A set that cannot be opened (removed or
 /// damaged since it was listed) is left out with a warning.
 pub fn open_sets(sets: Vec<StoredSet>) -> Vec<OpenSet> {

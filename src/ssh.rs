@@ -41,13 +41,13 @@ impl SshStream {
     /// receiver's reason, the teardown) gets [`DEAD_LINK_TIMEOUT_MS`] instead of the full
     /// timeout each.
     fn dead_on_error<T>(&self, result: io::Result<T>) -> io::Result<T> {
-        if let Err(e) = &result {
-            if !matches!(
+        if let Err(e) = &result
+            && !matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) {
-                self.session.set_timeout(DEAD_LINK_TIMEOUT_MS);
-            }
+            )
+        {
+            self.session.set_timeout(DEAD_LINK_TIMEOUT_MS);
         }
         result
     }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 /// Stages set `id` of `store` into `dir` (created 0700, or an existing empty directory).
 pub fn stage(store: &Store, id: &str, dir: &Path) -> Result<StoredSet> {
@@ -73,41 +74,226 @@ pub enum Fetched {
     AlreadyHeld,
 }
 
-/// Fetches set `id` from the store at `from` into `store` (the caller holds its lock). The
-/// source is only read; a source copy that is not sound is refused, and a local set under the
-/// same id with another manifest is never replaced.
-pub fn fetch(store: &Store, from: &Path, id: &str) -> Result<(StoredSet, Fetched)> {
-    let Some(source) = Store::existing(from) else {
-        bail!("no store at '{}' to fetch set '{id}' from", from.display());
-    };
-    let set = source
-        .get(id)
-        .with_context(|| format!("fetching from '{}'", from.display()))?;
-    if let Some(problem) = &set.problem {
-        bail!(
-            "set '{id}' in '{}' is not sound, not fetched: {problem}",
-            from.display()
-        );
+/// Where `fetch` can get a set from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory store (a dir target, an NFS export, a dead master's disk).
+    Dir(std::path::PathBuf),
+    /// An S3 target (which may carry only one of the two files).
+    Bucket(crate::config::S3Target),
+}
+
+impl Source {
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Dir(path) => format!("'{}'", path.display()),
+            Source::Bucket(t) => format!(
+                "bucket '{}' at {}{}",
+                t.bucket,
+                t.endpoint,
+                if t.prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (prefix '{}')", t.prefix)
+                }
+            ),
+        }
     }
+}
+
+/// What one source holds of a set: its manifest and the files it can give.
+struct Held {
+    manifest: crate::manifest::Manifest,
+    manifest_sha256: String,
+    files: Vec<String>,
+    from: Opened,
+}
+
+enum Opened {
+    Dir(StoredSet),
+    Bucket(Box<crate::s3::Client>, crate::config::S3Target),
+}
+
+fn look(source: &Source, id: &str, timeouts: (Duration, Duration)) -> Result<Held> {
+    match source {
+        Source::Dir(from) => {
+            let Some(store) = Store::existing(from) else {
+                bail!("no store at '{}'", from.display());
+            };
+            let set = store.get(id)?;
+            if let Some(problem) = &set.problem {
+                bail!("set '{id}' there is not sound: {problem}");
+            }
+            Ok(Held {
+                manifest: set.manifest.clone(),
+                manifest_sha256: set.manifest_sha256.clone(),
+                files: set.manifest.files.iter().map(|f| f.name.clone()).collect(),
+                from: Opened::Dir(set),
+            })
+        }
+        Source::Bucket(t) => {
+            use crate::s3::layout;
+            let mut client = crate::s3::Client::open(t, timeouts.0, timeouts.1)?;
+            let objects = client.list(&format!("{}{id}/", layout::sets_prefix(&t.prefix)))?;
+            let listing = layout::group(&t.prefix, &objects);
+            let Some(remote) = listing.sets.get(id).filter(|s| s.has_manifest()) else {
+                bail!("no set '{id}' there");
+            };
+            let bytes = client.get_small(&layout::key(&t.prefix, id, layout::MANIFEST), 1 << 20)?;
+            let manifest = crate::manifest::Manifest::parse(&bytes)
+                .map_err(|e| anyhow::anyhow!("the manifest of '{id}' there is unreadable: {e}"))?;
+            ensure!(
+                manifest.id == id,
+                "the manifest there is of set '{}'",
+                manifest.id
+            );
+            let files = manifest
+                .files
+                .iter()
+                .filter(|f| {
+                    remote
+                        .objects
+                        .get(&f.name)
+                        .is_some_and(|o| o.size == f.size)
+                })
+                .map(|f| f.name.clone())
+                .collect();
+            Ok(Held {
+                manifest_sha256: crate::verify::hex(&crate::hash::Sha256::digest(&bytes)),
+                manifest,
+                files,
+                from: Opened::Bucket(Box::new(client), t.clone()),
+            })
+        }
+    }
+}
+
+/// Writes `name` of set `id` from `held` to `to` (created 0600, fsynced).
+fn copy_from(held: &mut Held, id: &str, name: &str, to: &Path) -> Result<()> {
+    let mut dest = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(to)
+        .with_context(|| format!("cannot create '{}'", to.display()))?;
+    match &mut held.from {
+        Opened::Dir(set) => {
+            let from = set.dir.join(name);
+            let mut source = crate::verify::open_regular(&from)?;
+            // In the kernel (copy_file_range); the copy is read back once to check it.
+            std::io::copy(&mut source, &mut dest)
+                .with_context(|| format!("cannot copy '{}'", from.display()))?;
+        }
+        Opened::Bucket(client, t) => {
+            let key = crate::s3::layout::key(&t.prefix, id, name);
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut dest);
+            client.get(&key, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+        }
+    }
+    dest.sync_all()
+        .with_context(|| format!("cannot write '{}'", to.display()))
+}
+
+/// Fetches set `id` into `store` (the caller holds its lock) from `sources`, each file from the
+/// first source that holds it and gives a sound copy: a set split over two targets (snapshot
+/// here, resources there) comes back whole. Sources are only read; every copy is checked
+/// against the manifest (the snapshot deep-checked) before the set is committed; a local set
+/// under the same id with another manifest is never replaced. Returns where each file came
+/// from.
+pub fn fetch(
+    store: &Store,
+    sources: &[Source],
+    id: &str,
+    timeouts: (Duration, Duration),
+) -> Result<(StoredSet, Fetched, Vec<String>)> {
+    let mut failures = Vec::new();
+    let mut held = Vec::new();
+    for source in sources {
+        match look(source, id, timeouts) {
+            Ok(h) => held.push((source, h)),
+            Err(e) => failures.push(format!("{}: {e:#}", source.describe())),
+        }
+    }
+    let Some((_, first)) = held.first() else {
+        bail!(
+            "set '{id}' is on none of the sources: {}",
+            failures.join("; ")
+        );
+    };
+    let (manifest, manifest_sha256) = (first.manifest.clone(), first.manifest_sha256.clone());
+    held.retain(|(source, h)| {
+        let same = h.manifest_sha256 == manifest_sha256;
+        if !same {
+            failures.push(format!(
+                "{}: holds another manifest of '{id}'",
+                source.describe()
+            ));
+        }
+        same
+    });
     let local = store.get(id).ok();
     if let Some(local) = &local {
         ensure!(
-            local.manifest_sha256 == set.manifest_sha256,
+            local.manifest_sha256 == manifest_sha256,
             "set '{id}' is held here with another manifest: not replaced"
         );
         if local.problem.is_none() {
-            return Ok((local.clone(), Fetched::AlreadyHeld));
+            return Ok((local.clone(), Fetched::AlreadyHeld, Vec::new()));
         }
     }
     let staging = store.new_staging("fetch")?;
-    let result = copy_checked(&set, &staging).and_then(|()| match &local {
-        Some(_) => store
-            .replace_damaged(&staging, &set.manifest, &set.manifest_sha256)
-            .map(|s| (s, Fetched::Repaired)),
-        None => store
-            .commit(&staging, &set.manifest)
-            .map(|s| (s, Fetched::Committed)),
-    });
+    let result = (|| {
+        let mut origins = Vec::new();
+        for file in &manifest.files {
+            let to = staging.join(&file.name);
+            let mut done = false;
+            for (source, h) in held
+                .iter_mut()
+                .filter(|(_, h)| h.files.contains(&file.name))
+            {
+                let copied = copy_from(h, id, &file.name, &to).and_then(|()| {
+                    crate::verify::check_file_against(
+                        &to,
+                        file,
+                        manifest.checks.etcd.as_ref(),
+                        true,
+                    )
+                });
+                match copied {
+                    Ok(()) => {
+                        origins.push(format!("{} from {}", file.name, source.describe()));
+                        done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        failures.push(format!("{}: {e:#}", source.describe()));
+                        let _ = fs::remove_file(&to);
+                    }
+                }
+            }
+            if !done {
+                bail!(
+                    "no source gave a sound copy of '{}' of set '{id}'{}",
+                    file.name,
+                    if failures.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", failures.join("; "))
+                    }
+                );
+            }
+        }
+        let (set, how) = match &local {
+            Some(_) => (
+                store.replace_damaged(&staging, &manifest, &manifest_sha256)?,
+                Fetched::Repaired,
+            ),
+            None => (store.commit(&staging, &manifest)?, Fetched::Committed),
+        };
+        Ok((set, how, origins))
+    })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&staging);
     }

@@ -83,29 +83,22 @@ impl StoredSet {
 
     fn apply_verification(&mut self, verification: Option<&Verification>) {
         self.last_verification = verification.cloned();
-        if self.problem.is_none() {
-            if let Some(Verification {
+        if self.problem.is_none()
+            && let Some(Verification {
                 at,
                 problem: Some(problem),
                 ..
             }) = verification
-            {
-                self.problem = Some(format!(
-                    "failed verification at {}: {problem}",
-                    at.format("%Y-%m-%d %H:%M:%SZ")
-                ));
-            }
+        {
+            self.problem = Some(format!(
+                "failed verification at {}: {problem}",
+                at.format("%Y-%m-%d %H:%M:%SZ")
+            ));
         }
     }
 
     pub fn info(&self) -> SetInfo {
-        SetInfo {
-            id: self.manifest.id.clone(),
-            origin: self.manifest.origin.clone(),
-            created: self.manifest.created,
-            size: self.manifest.total_size(),
-            dirty: self.manifest.dirty,
-        }
+        self.manifest.info()
     }
 }
 
@@ -188,14 +181,15 @@ pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Res
 impl Store {
     /// Opens the store at `root`, creating `root`, `sets/` and `.staging/` (0700) as needed.
     pub fn open(root: &Path) -> Result<Store> {
-        if let Some(parent) = root.parent() {
-            if !parent.as_os_str().is_empty() && !parent.exists() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(DIR_MODE)
-                    .create(parent)
-                    .with_context(|| format!("cannot create '{}'", parent.display()))?;
-            }
+        if let Some(parent) = root.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.exists()
+        {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(parent)
+                .with_context(|| format!("cannot create '{}'", parent.display()))?;
         }
         // The root itself may be a symlink an administrator placed (another disk); nothing
         // inside it is followed.

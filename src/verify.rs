@@ -397,13 +397,13 @@ pub fn deep_check_against(
     recorded: Option<&crate::bbolt::Figures>,
 ) -> Result<crate::bbolt::Figures> {
     let figures = deep_check(path)?;
-    if let Some(recorded) = recorded {
-        if *recorded != figures {
-            bail!(
-                "'{}': etcd's figures are {figures:?}, the manifest recorded {recorded:?}",
-                path.display()
-            );
-        }
+    if let Some(recorded) = recorded
+        && *recorded != figures
+    {
+        bail!(
+            "'{}': etcd's figures are {figures:?}, the manifest recorded {recorded:?}",
+            path.display()
+        );
     }
     Ok(figures)
 }

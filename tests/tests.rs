@@ -16,6 +16,7 @@ mod pods;
 mod release;
 mod render;
 mod spray_dir;
+mod spray_s3;
 mod spray_ssh;
 mod spray_tls;
 mod units;

@@ -422,32 +422,30 @@ pub fn check(file: &File, db_len: u64, visitor: &mut dyn Visitor) -> std::io::Re
     walk.reached.set(0);
     walk.reached.set(1);
     let has_freelist = meta.freelist != page::NO_FREELIST;
-    if has_freelist {
-        if let Some(buf) = walk.read(meta.freelist, "freelist")? {
-            let header = page::header(&buf).expect("read checked it");
-            if header.flags != page::FREELIST {
-                walk.problem(
-                    Some(meta.freelist),
-                    format!("flags {:#x}, not a freelist page", header.flags),
-                );
-            } else {
-                match page::freelist_ids(&buf) {
-                    Err(e) => walk.problem(Some(meta.freelist), e),
-                    Ok(ids) => {
-                        for id in ids {
-                            if id < 2 || id >= meta.hwm {
-                                walk.problem(
-                                    Some(meta.freelist),
-                                    format!("free page {id} out of range"),
-                                );
-                            } else if walk.free.get(id) {
-                                walk.problem(
-                                    Some(meta.freelist),
-                                    format!("page {id} listed free twice"),
-                                );
-                            } else {
-                                walk.free.set(id);
-                            }
+    if has_freelist && let Some(buf) = walk.read(meta.freelist, "freelist")? {
+        let header = page::header(&buf).expect("read checked it");
+        if header.flags != page::FREELIST {
+            walk.problem(
+                Some(meta.freelist),
+                format!("flags {:#x}, not a freelist page", header.flags),
+            );
+        } else {
+            match page::freelist_ids(&buf) {
+                Err(e) => walk.problem(Some(meta.freelist), e),
+                Ok(ids) => {
+                    for id in ids {
+                        if id < 2 || id >= meta.hwm {
+                            walk.problem(
+                                Some(meta.freelist),
+                                format!("free page {id} out of range"),
+                            );
+                        } else if walk.free.get(id) {
+                            walk.problem(
+                                Some(meta.freelist),
+                                format!("page {id} listed free twice"),
+                            );
+                        } else {
+                            walk.free.set(id);
                         }
                     }
                 }

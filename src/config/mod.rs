@@ -5,6 +5,13 @@
 //! source span → each file applied in order onto the defaults → the merged result checked as a
 //! whole. Unlike zincati, unknown keys are errors, and every error names `file:line:column`.
 
+mod targets;
+
+pub use targets::{
+    Carried, DirTarget, LockMode, MAX_PART_SIZE, MIN_PART_SIZE, ObjectLock, S3Target, Sse,
+    TargetConfig,
+};
+
 use crate::retention::Policy;
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 use serde::Deserialize;
@@ -198,14 +205,6 @@ pub fn parse_peer_addr(text: &str) -> Result<PeerAddr, String> {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct DirTarget {
-    pub path: PathBuf,
-    /// Refuse to write unless `path` is a mount point (an unmounted NFS share must not fill
-    /// the root disk).
-    pub require_mount: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct SpraySettings {
     /// OpenShift's etcd.env, for the peers; `None` when disabled with `etcd_env = ""`.
     pub etcd_env: Option<PathBuf>,
@@ -226,7 +225,7 @@ pub struct SpraySettings {
     pub transport: Transport,
     /// The peers' `receive --listen` port, with `transport = "tls"`.
     pub tls_port: u16,
-    pub targets: Vec<DirTarget>,
+    pub targets: Vec<TargetConfig>,
 }
 
 impl Settings {
@@ -353,7 +352,6 @@ impl Settings {
 
     /// The effective configuration as TOML, as `check-config` prints it.
     pub fn to_toml(&self) -> String {
-        let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
         let mut out = String::new();
         let sources: Vec<String> = self
             .sources
@@ -444,14 +442,7 @@ impl Settings {
             quote(sp.transport.as_str()),
             sp.tls_port,
         );
-        for target in &sp.targets {
-            let _ = writeln!(
-                out,
-                "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}",
-                quote(&target.path.to_string_lossy()),
-                target.require_mount
-            );
-        }
+        targets::to_toml(&sp.targets, &mut out);
         let _ = writeln!(
             out,
             "\n[tls]\ncert = {}\nkey = {}\nca = {}",
@@ -594,17 +585,7 @@ struct SprayFragment {
     /// Default 9443.
     tls_port: Option<Spanned<u16>>,
     /// `[[spray.target]]` tables; a file that has them replaces the list.
-    target: Option<Vec<TargetFragment>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetFragment {
-    /// Only `dir` so far.
-    kind: Spanned<String>,
-    path: Spanned<String>,
-    /// Default true.
-    require_mount: Option<bool>,
+    target: Option<Vec<targets::TargetFragment>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -670,20 +651,20 @@ impl FileFragment {
         settings: &mut Settings,
         retention_from: &mut Option<String>,
     ) -> Result<(), ConfigError> {
-        if let Some(node) = self.node {
-            if let Some(name) = node.name {
-                if !is_node_name(name.get_ref()) {
-                    return Err(file.error(
-                        &name,
-                        format!(
-                            "node.name '{}' is not a valid node name (letters, digits, '-', '.'; \
+        if let Some(node) = self.node
+            && let Some(name) = node.name
+        {
+            if !is_node_name(name.get_ref()) {
+                return Err(file.error(
+                    &name,
+                    format!(
+                        "node.name '{}' is not a valid node name (letters, digits, '-', '.'; \
                              at most 253 characters)",
-                            name.get_ref()
-                        ),
-                    ));
-                }
-                settings.node_name = name.into_inner();
+                        name.get_ref()
+                    ),
+                ));
             }
+            settings.node_name = name.into_inner();
         }
         if let Some(store) = self.store {
             if let Some(root) = &store.root {
@@ -797,19 +778,19 @@ impl FileFragment {
                 settings.tls.ca = file.absolute_path(ca, "tls.ca")?;
             }
         }
-        if let Some(metrics) = self.metrics {
-            if let Some(dir) = &metrics.textfile_dir {
-                settings.metrics.textfile_dir = if dir.get_ref().is_empty() {
-                    None
-                } else {
-                    Some(file.absolute_path(dir, "metrics.textfile_dir")?)
-                };
-            }
+        if let Some(metrics) = self.metrics
+            && let Some(dir) = &metrics.textfile_dir
+        {
+            settings.metrics.textfile_dir = if dir.get_ref().is_empty() {
+                None
+            } else {
+                Some(file.absolute_path(dir, "metrics.textfile_dir")?)
+            };
         }
-        if let Some(status) = self.status {
-            if let Some(max_age) = &status.max_age {
-                settings.status.max_age = file.duration(max_age, "status.max_age", false)?;
-            }
+        if let Some(status) = self.status
+            && let Some(max_age) = &status.max_age
+        {
+            settings.status.max_age = file.duration(max_age, "status.max_age", false)?;
         }
         Ok(())
     }
@@ -889,25 +870,16 @@ impl SprayFragment {
         if let Some(targets) = self.target {
             spray.targets = targets
                 .into_iter()
-                .map(|t| {
-                    if t.kind.get_ref() != "dir" {
-                        return Err(file.error(
-                            &t.kind,
-                            format!(
-                                "unknown spray.target kind '{}' (known: dir)",
-                                t.kind.get_ref()
-                            ),
-                        ));
-                    }
-                    Ok(DirTarget {
-                        path: file.absolute_path(&t.path, "spray.target.path")?,
-                        require_mount: t.require_mount.unwrap_or(true),
-                    })
-                })
+                .map(|t| t.check(file))
                 .collect::<Result<_, _>>()?;
         }
         Ok(())
     }
+}
+
+/// A string as a TOML value.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 /// A Kubernetes node name: a DNS subdomain (RFC 1123), case-insensitive here.
@@ -1184,7 +1156,15 @@ max_age = "1h30m"
         assert_eq!(sp.host_key_policy, HostKeyPolicy::AcceptNew);
         assert_eq!(sp.io_timeout, Duration::from_secs(30));
         assert_eq!(sp.targets.len(), 2);
-        assert!(sp.targets[0].require_mount && !sp.targets[1].require_mount);
+        let mounts: Vec<bool> = sp
+            .targets
+            .iter()
+            .map(|t| match t {
+                TargetConfig::Dir(d) => d.require_mount,
+                TargetConfig::S3(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(mounts, [true, false]);
         let again = load(&[("/c.toml", s.to_toml().as_str())]).unwrap();
         assert_eq!(again.spray, s.spray);
 
@@ -1206,8 +1186,8 @@ max_age = "1h30m"
                 "/c.toml:2:12: spray.attempts must be at least 1",
             ),
             (
-                "[[spray.target]]\nkind = \"s3\"\npath = \"/x\"\n",
-                "/c.toml:2:8: unknown spray.target kind 's3'",
+                "[[spray.target]]\nkind = \"nfs\"\npath = \"/x\"\n",
+                "/c.toml:2:8: unknown spray.target kind 'nfs' (known: dir, s3)",
             ),
             (
                 "[[spray.target]]\nkind = \"dir\"\npath = \"rel\"\n",
@@ -1225,6 +1205,128 @@ max_age = "1h30m"
                 "for {text:?}\n got: {message}\nwant: {expected}"
             );
         }
+    }
+
+    #[test]
+    fn s3_targets_are_applied_and_checked() {
+        const S3: &str = "[[spray.target]]\nkind = \"s3\"\nendpoint = \"https://s3.example.com:9000\"\n\
+                          bucket = \"etcd-backups\"\ncredentials = \"/etc/etcd-backup/s3\"\n";
+        let s = load(&[("/c.toml", S3)]).unwrap();
+        let TargetConfig::S3(t) = &s.spray.targets[0] else {
+            panic!("not s3")
+        };
+        assert_eq!(
+            (
+                t.prefix.as_str(),
+                t.region.as_str(),
+                t.path_style,
+                t.profile.as_str()
+            ),
+            ("", "us-east-1", true, "default")
+        );
+        assert_eq!(
+            (t.files, t.part_size, t.sse.clone(), t.object_lock),
+            (Carried::All, 16 << 20, None, None)
+        );
+        let full = format!(
+            "{S3}prefix = \"prod/cluster-a\"\nregion = \"eu-west-1\"\npath_style = false\n\
+             profile = \"backup\"\nca_file = \"/etc/pki/ca.pem\"\nsse = \"aws:kms\"\n\
+             sse_kms_key_id = \"arn:aws:kms:k\"\nfiles = \"snapshot\"\npart_size = \"8MiB\"\n\
+             object_lock_mode = \"COMPLIANCE\"\nobject_lock_days = 7\ngc_grace = \"2h\"\n"
+        );
+        let s = load(&[("/c.toml", &full)]).unwrap();
+        let TargetConfig::S3(t) = &s.spray.targets[0] else {
+            panic!("not s3")
+        };
+        assert_eq!(t.prefix, "prod/cluster-a");
+        assert_eq!(
+            t.sse,
+            Some(Sse::Kms {
+                key_id: Some("arn:aws:kms:k".into())
+            })
+        );
+        assert_eq!(
+            t.object_lock,
+            Some(ObjectLock {
+                mode: LockMode::Compliance,
+                days: 7
+            })
+        );
+        assert_eq!((t.files, t.part_size), (Carried::Snapshot, 8 << 20));
+        assert_eq!(t.gc_grace, Duration::from_secs(7200));
+        let again = load(&[("/c.toml", s.to_toml().as_str())]).unwrap();
+        assert_eq!(again.spray, s.spray);
+
+        let table: &[(&str, &str)] = &[
+            ("bucket = \"Bad_Bucket\"\n", "is not a bucket name"),
+            ("prefix = \"/lead\"\n", "is not a key prefix"),
+            ("prefix = \"a/../b\"\n", "is not a key prefix"),
+            (
+                "endpoint = \"ftp://x\"\n",
+                "is not an http:// or https:// URL",
+            ),
+            (
+                "endpoint = \"https://h/bucket\"\n",
+                "must be scheme://host[:port] only",
+            ),
+            ("credentials = \"rel\"\n", "must be an absolute path"),
+            ("sse = \"rot13\"\n", "is not AES256 or aws:kms"),
+            (
+                "sse = \"AES256\"\nsse_kms_key_id = \"k\"\n",
+                "needs sse = \"aws:kms\"",
+            ),
+            ("files = \"both\"\n", "is not all, snapshot or resources"),
+            ("part_size = \"1MiB\"\n", "between 5MiB and 5GiB"),
+            (
+                "object_lock_mode = \"GOVERNANCE\"\n",
+                "needs object_lock_days",
+            ),
+            ("object_lock_days = 3\n", "needs object_lock_mode"),
+            (
+                "object_lock_mode = \"LEGAL\"\nobject_lock_days = 3\n",
+                "is not GOVERNANCE or COMPLIANCE",
+            ),
+            (
+                "path = \"/x\"\n",
+                "spray.target.path is not a key of kind 's3'",
+            ),
+            ("colour = \"red\"\n", "unknown field `colour`"),
+        ];
+        for (extra, expected) in table {
+            // A later key of the same name replaces the one of S3 (TOML refuses duplicates).
+            let mut text = S3.to_string();
+            for line in extra.lines() {
+                let key = line.split(' ').next().unwrap();
+                text = text
+                    .lines()
+                    .filter(|l| !l.starts_with(&format!("{key} ")))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+            }
+            text.push_str(extra);
+            let message = error(&[("/c.toml", &text)]);
+            assert!(message.starts_with("/c.toml:"), "{message}");
+            assert!(
+                message.contains(expected),
+                "for {extra:?}\n got: {message}\nwant: {expected}"
+            );
+        }
+        let message = error(&[(
+            "/c.toml",
+            "[[spray.target]]\nkind = \"s3\"\nbucket = \"b-1\"\n",
+        )]);
+        assert!(
+            message.contains("an s3 target needs an endpoint"),
+            "{message}"
+        );
+        let message = error(&[(
+            "/c.toml",
+            "[[spray.target]]\nkind = \"dir\"\npath = \"/x\"\nbucket = \"b-1\"\n",
+        )]);
+        assert!(
+            message.contains("spray.target.bucket is not a key of kind 'dir'"),
+            "{message}"
+        );
     }
 
     #[test]

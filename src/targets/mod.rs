@@ -5,10 +5,11 @@
 //! against the manifest by the receiving store, which prunes itself by its own policy.
 
 pub mod dir;
+pub mod s3;
 pub mod ssh;
 pub mod tls;
 
-use crate::config::Settings;
+use crate::config::{Settings, TargetConfig};
 use crate::protocol::{Conn, Stream};
 use crate::spray::{OpenSet, PushStats};
 use anyhow::Result;
@@ -59,13 +60,11 @@ pub fn from_settings(settings: &Settings) -> Result<(Targets, Vec<String>)> {
             }
         });
     }
-    targets.extend(
-        settings
-            .spray
-            .targets
-            .iter()
-            .cloned()
-            .map(|d| Box::new(dir::DirStore(d)) as Box<dyn Target>),
-    );
+    for target in &settings.spray.targets {
+        targets.push(match target {
+            TargetConfig::Dir(d) => Box::new(dir::DirStore(d.clone())),
+            TargetConfig::S3(s) => Box::new(s3::Bucket(s.clone())),
+        });
+    }
     Ok((targets, warnings))
 }

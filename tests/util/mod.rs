@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::io::Write;

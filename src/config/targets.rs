@@ -1,0 +1,503 @@
+//! `[[spray.target]]`: one table per target; its `kind` says which keys it takes.
+
+use super::{ConfigError, Source};
+use crate::units::{format_duration, format_size};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetConfig {
+    Dir(DirTarget),
+    S3(S3Target),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirTarget {
+    pub path: PathBuf,
+    /// Refuse to write unless `path` is a mount point (an unmounted NFS share must not fill
+    /// the root disk).
+    pub require_mount: bool,
+}
+
+/// An S3-compatible bucket: sets under `<prefix>/sets/<set-id>/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Target {
+    /// `http(s)://host[:port]`, checked.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Without leading or trailing `/`; may be empty.
+    pub prefix: String,
+    pub region: String,
+    /// `https://host/bucket/key` rather than `https://bucket.host/key`.
+    pub path_style: bool,
+    /// An AWS shared-credentials file, 0600.
+    pub credentials: PathBuf,
+    pub profile: String,
+    /// Trust only this CA for an `https` endpoint (default: the system's).
+    pub ca_file: Option<PathBuf>,
+    pub sse: Option<Sse>,
+    /// Which of a set's two files this target carries (the manifest always).
+    pub files: Carried,
+    pub part_size: u64,
+    pub object_lock: Option<ObjectLock>,
+    /// Multipart uploads older than this that no run continues are aborted.
+    pub gc_grace: Duration,
+}
+
+/// Server-side encryption asked of the store (the answer is checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sse {
+    Aes256,
+    Kms { key_id: Option<String> },
+}
+
+impl Sse {
+    /// The `x-amz-server-side-encryption` value.
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Sse::Aes256 => "AES256",
+            Sse::Kms { .. } => "aws:kms",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    All,
+    Snapshot,
+    Resources,
+}
+
+impl Carried {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Carried::All => "all",
+            Carried::Snapshot => "snapshot",
+            Carried::Resources => "resources",
+        }
+    }
+
+    /// Whether a target of this kind carries `file` of a manifest.
+    pub fn carries(self, file: &crate::manifest::FileEntry) -> bool {
+        match self {
+            Carried::All => true,
+            Carried::Snapshot => file.is_snapshot(),
+            Carried::Resources => !file.is_snapshot(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// S3's smallest part (but the last) and largest part.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TargetFragment {
+    /// `dir` or `s3`.
+    kind: Spanned<String>,
+    // dir
+    path: Option<Spanned<String>>,
+    /// Default true.
+    require_mount: Option<bool>,
+    // s3
+    endpoint: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    /// Default "".
+    prefix: Option<Spanned<String>>,
+    /// Default `us-east-1`.
+    region: Option<Spanned<String>>,
+    /// Default true (what ODF, Ceph RGW and MinIO endpoints need; AWS takes it too).
+    path_style: Option<bool>,
+    credentials: Option<Spanned<String>>,
+    /// Default `default`.
+    profile: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    /// `AES256` or `aws:kms`; default none.
+    sse: Option<Spanned<String>>,
+    sse_kms_key_id: Option<Spanned<String>>,
+    /// `all` (default), `snapshot` or `resources`.
+    files: Option<Spanned<String>>,
+    /// Default 16MiB.
+    part_size: Option<Spanned<String>>,
+    /// `GOVERNANCE` or `COMPLIANCE`, with object_lock_days.
+    object_lock_mode: Option<Spanned<String>>,
+    object_lock_days: Option<Spanned<u32>>,
+    /// Default 24h.
+    gc_grace: Option<Spanned<String>>,
+}
+
+impl TargetFragment {
+    pub(super) fn check(self, file: &Source<'_>) -> Result<TargetConfig, ConfigError> {
+        match self.kind.get_ref().as_str() {
+            "dir" => self.dir(file),
+            "s3" => self.s3(file),
+            other => Err(file.error(
+                &self.kind,
+                format!("unknown spray.target kind '{other}' (known: dir, s3)"),
+            )),
+        }
+    }
+
+    /// A key of the other kind is an error, not silently ignored.
+    fn refuse(
+        &self,
+        file: &Source<'_>,
+        keys: &[(&str, Option<std::ops::Range<usize>>)],
+    ) -> Result<(), ConfigError> {
+        for (key, span) in keys {
+            if let Some(span) = span {
+                return Err(ConfigError(format!(
+                    "{}: spray.target.{key} is not a key of kind '{}'",
+                    file.locate(span),
+                    self.kind.get_ref()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn dir(self, file: &Source<'_>) -> Result<TargetConfig, ConfigError> {
+        let span = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span());
+        self.refuse(
+            file,
+            &[
+                ("endpoint", span(&self.endpoint)),
+                ("bucket", span(&self.bucket)),
+                ("prefix", span(&self.prefix)),
+                ("region", span(&self.region)),
+                ("credentials", span(&self.credentials)),
+                ("profile", span(&self.profile)),
+                ("ca_file", span(&self.ca_file)),
+                ("sse", span(&self.sse)),
+                ("sse_kms_key_id", span(&self.sse_kms_key_id)),
+                ("files", span(&self.files)),
+                ("part_size", span(&self.part_size)),
+                ("object_lock_mode", span(&self.object_lock_mode)),
+                ("gc_grace", span(&self.gc_grace)),
+                (
+                    "object_lock_days",
+                    self.object_lock_days.as_ref().map(|v| v.span()),
+                ),
+            ],
+        )?;
+        if self.path_style.is_some() {
+            return Err(file.error(
+                &self.kind,
+                "spray.target.path_style is not a key of kind 'dir'",
+            ));
+        }
+        let path = self
+            .path
+            .as_ref()
+            .ok_or_else(|| file.error(&self.kind, "a dir target needs a path"))?;
+        Ok(TargetConfig::Dir(DirTarget {
+            path: file.absolute_path(path, "spray.target.path")?,
+            require_mount: self.require_mount.unwrap_or(true),
+        }))
+    }
+
+    fn s3(self, file: &Source<'_>) -> Result<TargetConfig, ConfigError> {
+        self.refuse(file, &[("path", self.path.as_ref().map(|v| v.span()))])?;
+        if self.require_mount.is_some() {
+            return Err(file.error(
+                &self.kind,
+                "spray.target.require_mount is not a key of kind 's3'",
+            ));
+        }
+        let required = |value: &Option<Spanned<String>>, key: &str| {
+            value
+                .clone()
+                .ok_or_else(|| file.error(&self.kind, format!("an s3 target needs {key}")))
+        };
+        let endpoint = required(&self.endpoint, "an endpoint")?;
+        check_endpoint(endpoint.get_ref()).map_err(|e| file.error(&endpoint, e))?;
+        let bucket = required(&self.bucket, "a bucket")?;
+        check_bucket(bucket.get_ref()).map_err(|e| file.error(&bucket, e))?;
+        let prefix = match &self.prefix {
+            Some(p) => {
+                check_prefix(p.get_ref()).map_err(|e| file.error(p, e))?;
+                p.get_ref().clone()
+            }
+            None => String::new(),
+        };
+        let region = match &self.region {
+            Some(r) if is_region(r.get_ref()) => r.get_ref().clone(),
+            Some(r) => {
+                return Err(file.error(
+                    r,
+                    format!("spray.target.region '{}' is not a region name", r.get_ref()),
+                ));
+            }
+            None => "us-east-1".to_string(),
+        };
+        let credentials = required(&self.credentials, "credentials (a shared-credentials file)")?;
+        let credentials = file.absolute_path(&credentials, "spray.target.credentials")?;
+        let profile = match &self.profile {
+            Some(p) if !p.get_ref().trim().is_empty() && !p.get_ref().contains([']', '\n']) => {
+                p.get_ref().trim().to_string()
+            }
+            Some(p) => return Err(file.error(p, "spray.target.profile is not a profile name")),
+            None => "default".to_string(),
+        };
+        let ca_file = self
+            .ca_file
+            .as_ref()
+            .map(|c| file.absolute_path(c, "spray.target.ca_file"))
+            .transpose()?;
+        let sse = match (&self.sse, &self.sse_kms_key_id) {
+            (None, None) => None,
+            (None, Some(k)) => {
+                return Err(file.error(k, "spray.target.sse_kms_key_id needs sse = \"aws:kms\""));
+            }
+            (Some(s), key) => match s.get_ref().as_str() {
+                "AES256" if key.is_none() => Some(Sse::Aes256),
+                "AES256" => {
+                    return Err(file.error(
+                        key.as_ref().expect("a key"),
+                        "spray.target.sse_kms_key_id needs sse = \"aws:kms\"",
+                    ));
+                }
+                "aws:kms" => Some(Sse::Kms {
+                    key_id: key.as_ref().map(|k| k.get_ref().clone()),
+                }),
+                other => {
+                    return Err(file.error(
+                        s,
+                        format!("spray.target.sse '{other}' is not AES256 or aws:kms"),
+                    ));
+                }
+            },
+        };
+        let files = match &self.files {
+            None => Carried::All,
+            Some(f) => match f.get_ref().as_str() {
+                "all" => Carried::All,
+                "snapshot" => Carried::Snapshot,
+                "resources" => Carried::Resources,
+                other => {
+                    return Err(file.error(
+                        f,
+                        format!("spray.target.files '{other}' is not all, snapshot or resources"),
+                    ));
+                }
+            },
+        };
+        let part_size = match &self.part_size {
+            None => DEFAULT_PART_SIZE,
+            Some(p) => {
+                let size = file.size(p, "spray.target.part_size")?;
+                if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&size) {
+                    return Err(file.error(
+                        p,
+                        "spray.target.part_size must be between 5MiB and 5GiB (S3's limits)",
+                    ));
+                }
+                size
+            }
+        };
+        let object_lock = match (&self.object_lock_mode, &self.object_lock_days) {
+            (None, None) => None,
+            (Some(mode), Some(days)) => {
+                let mode = match mode.get_ref().as_str() {
+                    "GOVERNANCE" => LockMode::Governance,
+                    "COMPLIANCE" => LockMode::Compliance,
+                    other => {
+                        return Err(file.error(
+                            mode,
+                            format!(
+                                "spray.target.object_lock_mode '{other}' is not GOVERNANCE or COMPLIANCE"
+                            ),
+                        ));
+                    }
+                };
+                if *days.get_ref() == 0 {
+                    return Err(
+                        file.error(days, "spray.target.object_lock_days must be at least 1")
+                    );
+                }
+                Some(ObjectLock {
+                    mode,
+                    days: *days.get_ref(),
+                })
+            }
+            (Some(mode), None) => {
+                return Err(
+                    file.error(mode, "spray.target.object_lock_mode needs object_lock_days")
+                );
+            }
+            (None, Some(days)) => {
+                return Err(
+                    file.error(days, "spray.target.object_lock_days needs object_lock_mode")
+                );
+            }
+        };
+        let gc_grace = match &self.gc_grace {
+            None => DEFAULT_GC_GRACE,
+            Some(g) => file.duration(g, "spray.target.gc_grace", false)?,
+        };
+        Ok(TargetConfig::S3(S3Target {
+            endpoint: endpoint.into_inner(),
+            bucket: bucket.into_inner(),
+            prefix,
+            region,
+            path_style: self.path_style.unwrap_or(true),
+            credentials,
+            profile,
+            ca_file,
+            sse,
+            files,
+            part_size,
+            object_lock,
+            gc_grace,
+        }))
+    }
+}
+
+fn check_endpoint(text: &str) -> Result<(), String> {
+    let url: url::Url = text
+        .parse()
+        .map_err(|e| format!("spray.target.endpoint '{text}' is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "spray.target.endpoint '{text}' is not an http:// or https:// URL with a host"
+        ));
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "spray.target.endpoint '{text}' must be scheme://host[:port] only (the bucket is its own key)"
+        ));
+    }
+    Ok(())
+}
+
+/// S3's bucket naming rules (3–63 of lowercase letters, digits, `.` and `-`, starting and
+/// ending with a letter or digit).
+fn check_bucket(name: &str) -> Result<(), String> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "spray.target.bucket '{name}' is not a bucket name (3-63 lowercase letters, digits, '.' and '-')"
+        ))
+    }
+}
+
+/// Path segments of letters, digits, `.`, `_` and `-`, joined by `/`; no `.` or `..` segment.
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    let ok = prefix.len() <= 512
+        && prefix.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "spray.target.prefix '{prefix}' is not a key prefix (segments of letters, digits, '.', '_' and '-' joined by '/', none at either end)"
+        ))
+    }
+}
+
+fn is_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 64
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The `[[spray.target]]` tables of the effective configuration.
+pub(super) fn to_toml(targets: &[TargetConfig], out: &mut String) {
+    use std::fmt::Write as _;
+    let quote = super::quote;
+    for target in targets {
+        match target {
+            TargetConfig::Dir(d) => {
+                let _ = writeln!(
+                    out,
+                    "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}",
+                    quote(&d.path.to_string_lossy()),
+                    d.require_mount
+                );
+            }
+            TargetConfig::S3(s) => {
+                let _ = writeln!(
+                    out,
+                    "\n[[spray.target]]\nkind = \"s3\"\nendpoint = {}\nbucket = {}\nprefix = {}\n\
+                     region = {}\npath_style = {}\ncredentials = {}\nprofile = {}\nfiles = {}\n\
+                     part_size = {}\ngc_grace = {}",
+                    quote(&s.endpoint),
+                    quote(&s.bucket),
+                    quote(&s.prefix),
+                    quote(&s.region),
+                    s.path_style,
+                    quote(&s.credentials.to_string_lossy()),
+                    quote(&s.profile),
+                    quote(s.files.as_str()),
+                    quote(&format_size(s.part_size)),
+                    quote(&format_duration(s.gc_grace)),
+                );
+                if let Some(ca) = &s.ca_file {
+                    let _ = writeln!(out, "ca_file = {}", quote(&ca.to_string_lossy()));
+                }
+                match &s.sse {
+                    None => {}
+                    Some(sse) => {
+                        let _ = writeln!(out, "sse = {}", quote(sse.algorithm()));
+                        if let Sse::Kms { key_id: Some(k) } = sse {
+                            let _ = writeln!(out, "sse_kms_key_id = {}", quote(k));
+                        }
+                    }
+                }
+                if let Some(lock) = &s.object_lock {
+                    let _ = writeln!(
+                        out,
+                        "object_lock_mode = {}\nobject_lock_days = {}",
+                        quote(lock.mode.as_str()),
+                        lock.days
+                    );
+                }
+            }
+        }
+    }
+}

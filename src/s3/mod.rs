@@ -1,0 +1,509 @@
+//! An S3 client for one bucket: rusty-s3 signs every request (SigV4, presigned with the
+//! headers that matter signed: checksums, encryption, object lock), [`http`] carries it over
+//! the system OpenSSL. Blocking, one request at a time, every wait bounded.
+
+pub mod credentials;
+pub mod http;
+pub mod layout;
+pub mod xml;
+
+use crate::config::S3Target;
+use anyhow::{Context, Result, bail};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use std::io::Write;
+use std::time::Duration;
+
+/// How long a signature stays valid: each request is signed just before it is sent.
+const SIGNATURE_TTL: Duration = Duration::from_secs(15 * 60);
+/// Bodies read into memory: listings and error documents.
+const MAX_DOCUMENT_BYTES: usize = 16 << 20;
+
+/// An answer of the server that was not a success.
+#[derive(Debug)]
+pub struct S3Error {
+    pub status: u16,
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for S3Error {}
+
+impl S3Error {
+    /// Whether `error` (anywhere in its chain) is an S3 answer with this status.
+    pub fn is_status(error: &anyhow::Error, status: u16) -> bool {
+        error.chain().any(|e| {
+            e.downcast_ref::<S3Error>()
+                .is_some_and(|e| e.status == status)
+        })
+    }
+}
+
+/// An object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<String>,
+}
+
+pub struct Client {
+    bucket: Bucket,
+    credentials: Credentials,
+    http: http::Client,
+    /// `https://host/bucket` for messages.
+    describe: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bucket", &self.describe)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A standard base64 of `bytes` (checksum headers).
+pub fn base64(bytes: &[u8]) -> String {
+    openssl::base64::encode_block(bytes)
+}
+
+impl Client {
+    /// A client for the target's bucket with the keys of its credentials file.
+    pub fn open(
+        target: &S3Target,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Client> {
+        let keys = credentials::load(&target.credentials, &target.profile)?;
+        let endpoint: url::Url = target
+            .endpoint
+            .parse()
+            .with_context(|| format!("bad endpoint '{}'", target.endpoint))?;
+        let style = if target.path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(
+            endpoint,
+            style,
+            target.bucket.clone(),
+            target.region.clone(),
+        )
+        .with_context(|| format!("bad bucket '{}' at '{}'", target.bucket, target.endpoint))?;
+        let origin = http::Origin::of(bucket.base_url())?;
+        let http = http::Client::new(
+            origin,
+            target.ca_file.as_deref(),
+            connect_timeout,
+            io_timeout,
+        )?;
+        let credentials = match keys.session_token {
+            Some(token) => {
+                Credentials::new_with_token(keys.access_key_id, keys.secret_access_key, token)
+            }
+            None => Credentials::new(keys.access_key_id, keys.secret_access_key),
+        };
+        Ok(Client {
+            describe: format!(
+                "{}/{}",
+                target.endpoint.trim_end_matches('/'),
+                target.bucket
+            ),
+            bucket,
+            credentials,
+            http,
+        })
+    }
+
+    /// `https://host/bucket`, for messages.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+}
+
+/// Sends a signed request; a non-2xx answer becomes an [`S3Error`].
+fn send(
+    http: &mut http::Client,
+    method: &str,
+    url: url::Url,
+    headers: &rusty_s3::Map<'_>,
+    body: &[u8],
+    sink: Option<&mut dyn Write>,
+) -> Result<http::Response> {
+    let target = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    let headers: Vec<(&str, &str)> = headers.iter().collect();
+    let response = http.request(method, &target, &headers, body, sink, MAX_DOCUMENT_BYTES)?;
+    if response.is_success() {
+        return Ok(response);
+    }
+    let document = xml::error_body(&String::from_utf8_lossy(&response.body));
+    Err(S3Error {
+        status: response.status,
+        code: document.as_ref().and_then(|d| d.code.clone()),
+        message: document.and_then(|d| d.message),
+    }
+    .into())
+}
+
+impl Client {
+    /// Checks that the bucket exists and the keys may use it.
+    pub fn head_bucket(&mut self) -> Result<()> {
+        let action = self.bucket.head_bucket(Some(&self.credentials));
+        let url = action.sign(SIGNATURE_TTL);
+        send(
+            &mut self.http,
+            "HEAD",
+            url,
+            &rusty_s3::Map::new(),
+            &[],
+            None,
+        )
+        .map(drop)
+        .map_err(|e| match e.downcast_ref::<S3Error>().map(|e| e.status) {
+            Some(404) => e.context("no such bucket"),
+            Some(403) => e.context("access denied to the bucket (keys, or the bucket policy)"),
+            _ => e,
+        })
+    }
+
+    /// Every object under `prefix`, in key order.
+    pub fn list(&mut self, prefix: &str) -> Result<Vec<Object>> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
+            action.with_prefix(prefix);
+            if let Some(token) = &token {
+                action.with_continuation_token(token.clone());
+            }
+            let url = action.sign(SIGNATURE_TTL);
+            let response = send(&mut self.http, "GET", url, &rusty_s3::Map::new(), &[], None)?;
+            let text = String::from_utf8_lossy(&response.body);
+            let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
+                .map_err(|e| anyhow::anyhow!("unreadable object listing: {e}"))?;
+            for content in page.contents {
+                objects.push(Object {
+                    key: content.key,
+                    size: content.size.unwrap_or(0),
+                    last_modified: content.last_modified,
+                });
+            }
+            match page.next_continuation_token {
+                Some(next) if token.as_ref() != Some(&next) => token = Some(next),
+                _ => return Ok(objects),
+            }
+        }
+    }
+
+    /// An object into memory, refusing one over `max` bytes.
+    pub fn get_small(&mut self, key: &str, max: usize) -> Result<Vec<u8>> {
+        let action = self.bucket.get_object(Some(&self.credentials), key);
+        let url = action.sign(SIGNATURE_TTL);
+        let mut body = Vec::new();
+        let mut limited = Limited {
+            out: &mut body,
+            left: max,
+        };
+        send(
+            &mut self.http,
+            "GET",
+            url,
+            &rusty_s3::Map::new(),
+            &[],
+            Some(&mut limited),
+        )
+        .with_context(|| format!("cannot get '{key}'"))?;
+        Ok(body)
+    }
+
+    /// An object streamed into `sink`.
+    pub fn get(&mut self, key: &str, sink: &mut dyn Write) -> Result<()> {
+        let action = self.bucket.get_object(Some(&self.credentials), key);
+        let url = action.sign(SIGNATURE_TTL);
+        send(
+            &mut self.http,
+            "GET",
+            url,
+            &rusty_s3::Map::new(),
+            &[],
+            Some(sink),
+        )
+        .with_context(|| format!("cannot get '{key}'"))
+        .map(drop)
+    }
+
+    /// The headers of an object (with its checksum), or `None` when there is none.
+    pub fn head(&mut self, key: &str) -> Result<Option<http::Response>> {
+        let mut action = self.bucket.head_object(Some(&self.credentials), key);
+        action
+            .headers_mut()
+            .insert("x-amz-checksum-mode", "ENABLED");
+        let url = action.sign(SIGNATURE_TTL);
+        let headers = action.headers_mut().clone();
+        match send(&mut self.http, "HEAD", url, &headers, &[], None) {
+            Ok(response) => Ok(Some(response)),
+            Err(e) if S3Error::is_status(&e, 404) => Ok(None),
+            Err(e) => Err(e.context(format!("cannot head '{key}'"))),
+        }
+    }
+
+    /// Puts a whole object with its SHA-256 checked by the server and `headers` signed.
+    pub fn put(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> Result<http::Response> {
+        let mut action = self.bucket.put_object(Some(&self.credentials), key);
+        let checksum = base64(&crate::hash::Sha256::digest(body));
+        action
+            .headers_mut()
+            .insert("x-amz-checksum-sha256", checksum);
+        for (name, value) in headers {
+            action.headers_mut().insert(*name, value.clone());
+        }
+        let url = action.sign(SIGNATURE_TTL);
+        let headers = action.headers_mut().clone();
+        send(&mut self.http, "PUT", url, &headers, body, None)
+            .with_context(|| format!("cannot put '{key}'"))
+    }
+
+    pub fn delete(&mut self, key: &str) -> Result<()> {
+        let action = self.bucket.delete_object(Some(&self.credentials), key);
+        let url = action.sign(SIGNATURE_TTL);
+        send(
+            &mut self.http,
+            "DELETE",
+            url,
+            &rusty_s3::Map::new(),
+            &[],
+            None,
+        )
+        .with_context(|| format!("cannot delete '{key}'"))
+        .map(drop)
+    }
+
+    /// Starts a multipart upload of SHA-256-checked parts; returns its id.
+    pub fn create_multipart(
+        &mut self,
+        key: &str,
+        headers: &[(&str, String)],
+    ) -> Result<(String, http::Response)> {
+        let mut action = self
+            .bucket
+            .create_multipart_upload(Some(&self.credentials), key);
+        action
+            .headers_mut()
+            .insert("x-amz-checksum-algorithm", "SHA256");
+        for (name, value) in headers {
+            action.headers_mut().insert(*name, value.clone());
+        }
+        let url = action.sign(SIGNATURE_TTL);
+        let headers = action.headers_mut().clone();
+        let response = send(&mut self.http, "POST", url, &headers, &[], None)
+            .with_context(|| format!("cannot start a multipart upload of '{key}'"))?;
+        let text = String::from_utf8_lossy(&response.body);
+        let parsed =
+            rusty_s3::actions::CreateMultipartUpload::parse_response(&text).map_err(|e| {
+                anyhow::anyhow!("unreadable answer to a multipart upload of '{key}': {e}")
+            })?;
+        Ok((parsed.upload_id().to_string(), response))
+    }
+
+    /// Uploads part `number` (from 1) with its SHA-256 (base64) checked by the server; returns
+    /// its ETag.
+    pub fn upload_part(
+        &mut self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        body: &[u8],
+        sha256_b64: &str,
+    ) -> Result<String> {
+        let mut action = self
+            .bucket
+            .upload_part(Some(&self.credentials), key, number, upload_id);
+        action
+            .headers_mut()
+            .insert("x-amz-checksum-sha256", sha256_b64.to_string());
+        let url = action.sign(SIGNATURE_TTL);
+        let headers = action.headers_mut().clone();
+        let response = send(&mut self.http, "PUT", url, &headers, body, None)
+            .with_context(|| format!("cannot upload part {number} of '{key}'"))?;
+        response
+            .header("etag")
+            .map(str::to_string)
+            .with_context(|| format!("no ETag for part {number} of '{key}'"))
+    }
+
+    /// The parts an upload holds, in order.
+    pub fn list_parts(&mut self, key: &str, upload_id: &str) -> Result<Vec<xml::Part>> {
+        let mut parts = Vec::new();
+        let mut marker: Option<u32> = None;
+        loop {
+            let mut action = self
+                .bucket
+                .list_parts(Some(&self.credentials), key, upload_id);
+            if let Some(marker) = marker {
+                action.set_part_number_marker(u16::try_from(marker).unwrap_or(u16::MAX));
+            }
+            let url = action.sign(SIGNATURE_TTL);
+            let response = send(&mut self.http, "GET", url, &rusty_s3::Map::new(), &[], None)
+                .with_context(|| format!("cannot list the parts of '{key}'"))?;
+            let page: xml::ListParts =
+                instant_xml::from_str(&String::from_utf8_lossy(&response.body))
+                    .map_err(|e| anyhow::anyhow!("unreadable part listing of '{key}': {e}"))?;
+            parts.extend(page.parts);
+            match (page.is_truncated, page.next_part_number_marker) {
+                (Some(true), Some(next)) if Some(next) != marker => marker = Some(next),
+                _ => break,
+            }
+        }
+        parts.sort_by_key(|p| p.number);
+        Ok(parts)
+    }
+
+    /// Completes an upload; a 200 answer that carries an error document is an error too.
+    pub fn complete(
+        &mut self,
+        key: &str,
+        upload_id: &str,
+        parts: &[xml::CompletedPart],
+    ) -> Result<http::Response> {
+        let action = self.bucket.complete_multipart_upload(
+            Some(&self.credentials),
+            key,
+            upload_id,
+            std::iter::empty::<&str>(),
+        );
+        let url = action.sign(SIGNATURE_TTL);
+        let body = xml::complete_body(parts);
+        let response = send(
+            &mut self.http,
+            "POST",
+            url,
+            &rusty_s3::Map::new(),
+            body.as_bytes(),
+            None,
+        )
+        .with_context(|| format!("cannot complete the upload of '{key}'"))?;
+        let text = String::from_utf8_lossy(&response.body);
+        if instant_xml::from_str::<xml::Completed>(&text).is_err() {
+            let document = xml::error_body(&text);
+            bail!(
+                "the upload of '{key}' was not completed: {}",
+                S3Error {
+                    status: response.status,
+                    code: document.as_ref().and_then(|d| d.code.clone()),
+                    message: document.and_then(|d| d.message),
+                }
+            );
+        }
+        Ok(response)
+    }
+
+    pub fn abort(&mut self, key: &str, upload_id: &str) -> Result<()> {
+        let action = self
+            .bucket
+            .abort_multipart_upload(Some(&self.credentials), key, upload_id);
+        let url = action.sign(SIGNATURE_TTL);
+        match send(
+            &mut self.http,
+            "DELETE",
+            url,
+            &rusty_s3::Map::new(),
+            &[],
+            None,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if S3Error::is_status(&e, 404) => Ok(()),
+            Err(e) => Err(e.context(format!("cannot abort an upload of '{key}'"))),
+        }
+    }
+
+    /// The multipart uploads in progress under `prefix`.
+    pub fn list_uploads(&mut self, prefix: &str) -> Result<Vec<xml::Upload>> {
+        let mut uploads = Vec::new();
+        let (mut key_marker, mut id_marker) = (String::new(), String::new());
+        loop {
+            // Sorted by name, as signing requires.
+            let mut query = vec![];
+            if !key_marker.is_empty() {
+                query.push(("key-marker", key_marker.as_str()));
+            }
+            query.push(("prefix", prefix));
+            if !id_marker.is_empty() {
+                query.push(("upload-id-marker", id_marker.as_str()));
+            }
+            query.push(("uploads", ""));
+            let url = rusty_s3::signing::sign(
+                &jiff::Timestamp::now(),
+                rusty_s3::Method::Get,
+                self.bucket.base_url().clone(),
+                self.credentials.key(),
+                self.credentials.secret(),
+                self.credentials.token(),
+                self.bucket.region(),
+                SIGNATURE_TTL.as_secs(),
+                query.iter().copied(),
+                std::iter::empty(),
+            );
+            let response = send(&mut self.http, "GET", url, &rusty_s3::Map::new(), &[], None)
+                .context("cannot list the multipart uploads")?;
+            let page: xml::ListUploads =
+                instant_xml::from_str(&String::from_utf8_lossy(&response.body))
+                    .map_err(|e| anyhow::anyhow!("unreadable multipart upload listing: {e}"))?;
+            uploads.extend(page.uploads);
+            match (
+                page.is_truncated,
+                page.next_key_marker,
+                page.next_upload_id_marker,
+            ) {
+                (Some(true), Some(k), Some(u))
+                    if (k.as_str(), u.as_str()) != (key_marker.as_str(), id_marker.as_str()) =>
+                {
+                    key_marker = k;
+                    id_marker = u;
+                }
+                _ => return Ok(uploads),
+            }
+        }
+    }
+}
+
+/// A writer that fails past `left` bytes.
+struct Limited<'a> {
+    out: &'a mut Vec<u8>,
+    left: usize,
+}
+
+impl Write for Limited<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.left {
+            return Err(std::io::Error::other("object larger than expected"));
+        }
+        self.left -= buf.len();
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

