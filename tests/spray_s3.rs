@@ -74,3 +74,256 @@ fn sets_reach_a_bucket_whole_and_a_second_run_uploads_nothing() {
     assert!(objects(&endpoint, &bucket).contains_key("cluster/sets/README"));
     node.run(&["status"]).expect_code(0);
 }
+
+/// A test-side client of ours, only to watch an upload's progress (assertions use boto3).
+fn watcher(endpoint: &str, bucket: &str, credentials: &std::path::Path) -> etcd_backup::s3::Client {
+    let target = etcd_backup::config::S3Target {
+        endpoint: endpoint.into(),
+        bucket: bucket.into(),
+        prefix: "cluster".into(),
+        region: "us-east-1".into(),
+        path_style: true,
+        credentials: credentials.into(),
+        profile: "default".into(),
+        ca_file: None,
+        sse: None,
+        files: etcd_backup::config::Carried::All,
+        part_size: 5 << 20,
+        object_lock: None,
+        gc_grace: std::time::Duration::from_secs(86_400),
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    etcd_backup::s3::Client::open(&target, timeout, timeout).unwrap()
+}
+
+#[test]
+fn a_server_killed_in_a_multipart_upload_fails_the_run_and_the_next_sends_only_missing_parts() {
+    let mut server = S3Server::start();
+    let endpoint = server.endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let mut node = Node::new("");
+    node.use_etcd(big_etcd());
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    spray_config(&node, "", &s3_target(&endpoint, &bucket, &credentials, ""));
+    let id = node.backup();
+    let snapshot = set_file(&node.set_dir(&id), ".db");
+    let size = std::fs::metadata(&snapshot).unwrap().len();
+    assert!(size > 6 * (5 << 20), "a snapshot of several parts: {size}");
+
+    let mut spray = node.cmd(&["spray"]);
+    spray
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = spray.spawn().unwrap();
+    let mut watch = watcher(&endpoint, &bucket, &credentials);
+    let started = std::time::Instant::now();
+    loop {
+        let parts = watch
+            .list_uploads("cluster/")
+            .and_then(|u| match u.first() {
+                Some(u) => watch.list_parts(&u.key, &u.upload_id).map(|p| p.len()),
+                None => Ok(0),
+            });
+        if parts.as_ref().is_ok_and(|n| *n >= 2) {
+            break;
+        }
+        if started.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the upload never got under way: {parts:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server.kill();
+    let killed = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let run = Run::from_output(out, &["spray"]);
+    // The only target failed: the run failed.
+    run.expect_code(1).expect_stderr(&bucket);
+    assert!(
+        killed.elapsed().as_secs() < 30,
+        "bounded: {:?}",
+        killed.elapsed()
+    );
+
+    server.restart();
+    let uploads = tool_json(&endpoint, &["uploads", &bucket]);
+    let held: u64 = uploads[0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["size"].as_u64().unwrap())
+        .sum();
+    assert!(held >= 2 * (5 << 20), "{uploads}");
+    let again = node.run(&["spray"]);
+    again.expect_code(0).expect_stdout("(1 sent");
+    let resources = std::fs::metadata(set_file(&node.set_dir(&id), ".tar.gz"))
+        .unwrap()
+        .len();
+    let sent = sent_bytes(&again);
+    assert!(
+        sent == size - held + resources || sent == size - held,
+        "sent {sent}: snapshot {size} less {held} held (+ resources {resources})"
+    );
+    assert_sets_on_bucket(&node, &endpoint, &bucket, std::slice::from_ref(&id));
+    assert_eq!(
+        tool_json(&endpoint, &["uploads", &bucket]),
+        serde_json::json!([])
+    );
+    node.run(&["spray"])
+        .expect_code(0)
+        .expect_stdout("(0 sent, 0 bytes");
+
+    // Back from the bucket alone, byte-identical and deep-verified.
+    let original = fingerprint(&node.set_dir(&id));
+    std::fs::remove_dir_all(node.store()).unwrap();
+    node.run(&["fetch", "--from", &bucket, &id])
+        .expect_code(0)
+        .expect_stdout(&format!("fetched set {id} into"));
+    assert_eq!(fingerprint(&node.set_dir(&id)), original);
+    node.run(&["verify", "--deep"]).expect_code(0);
+}
+
+#[test]
+fn bad_keys_a_missing_bucket_and_a_wrong_endpoint_fail_that_target_only() {
+    let endpoint = shared_endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let node = Node::new("");
+    let good = credentials_file(node.dir.path(), SECRET_KEY);
+    let bad_dir = node.dir.path().join("bad");
+    std::fs::create_dir(&bad_dir).unwrap();
+    let bad = credentials_file(&bad_dir, "not-the-secret");
+    let nfs = node.dir.path().join("nfs");
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let targets = [
+        s3_target(&endpoint, &bucket, &bad, ""),
+        s3_target(&endpoint, "no-such-bucket", &good, ""),
+        s3_target(&closed, &bucket, &good, ""),
+        format!(
+            "\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+            nfs.display()
+        ),
+    ]
+    .concat();
+    spray_config(&node, "", &targets);
+    let id = node.backup();
+    let run = node.run(&["spray"]);
+    run.expect_code(4)
+        .expect_stderr(&format!("bucket '{bucket}' at {endpoint}"))
+        .expect_stderr("access denied to the bucket")
+        .expect_stderr(&format!("bucket 'no-such-bucket' at {endpoint}"))
+        .expect_stderr("no such bucket")
+        .expect_stderr(&format!("bucket '{bucket}' at {closed}"));
+    assert!(!run.stderr.contains("not-the-secret") && !run.stderr.contains(SECRET_KEY));
+    // The dir target got its set all the same.
+    assert!(nfs.join("sets").join(&id).join("manifest.json").exists());
+    // A readable credentials file is refused, named.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+    spray_config(&node, "", &s3_target(&endpoint, &bucket, &good, ""));
+    node.run(&["spray"]).expect_code(1).expect_stderr(&format!(
+        "the credentials file '{}' is readable",
+        good.display()
+    ));
+}
+
+#[test]
+fn target_retention_deletes_what_its_plan_drops_and_nothing_else() {
+    let endpoint = shared_endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let node = Node::new("");
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    let target = s3_target(&endpoint, &bucket, &credentials, "");
+    spray_config(&node, "[retention]\nkeep_last = 10", &target);
+    let ids: Vec<String> = (0..3).map(|_| node.backup()).collect();
+    node.run(&["spray"]).expect_code(0).expect_stdout("(3 sent");
+    let stray = format!("cluster/sets/{}/notes.txt", ids[0]);
+    tool_json(&endpoint, &["put", &bucket, &stray, "mine"]);
+    tool_json(&endpoint, &["put", &bucket, "cluster/sets/README", "mine"]);
+
+    // The local history shrinks to one: nothing goes on the bucket.
+    spray_config(&node, "[retention]\nkeep_last = 1", &target);
+    node.run(&["prune"]).expect_code(0);
+    spray_config(&node, "[retention]\nkeep_last = 10", &target);
+    node.run(&["spray"]).expect_code(0);
+    let sets_on = |objects: &BTreeMap<String, serde_json::Value>| -> Vec<String> {
+        ids.iter()
+            .filter(|id| objects.contains_key(&format!("cluster/sets/{id}/manifest.json")))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(sets_on(&objects(&endpoint, &bucket)), ids);
+
+    // The bucket's own policy keeps two: the oldest goes, its stray object and README stay.
+    spray_config(&node, "[retention]\nkeep_last = 2", &target);
+    node.run(&["spray"]).expect_code(0);
+    let after = objects(&endpoint, &bucket);
+    assert_eq!(sets_on(&after), ids[1..]);
+    let left: Vec<&String> = after
+        .keys()
+        .filter(|k| k.starts_with(&format!("cluster/sets/{}/", ids[0])))
+        .collect();
+    assert_eq!(left, [&stray]);
+    assert!(after.contains_key("cluster/sets/README"));
+}
+
+#[test]
+fn locked_sets_stay_and_split_files_come_back_whole_from_two_buckets() {
+    let endpoint = shared_endpoint();
+    let locked = new_bucket(&endpoint, true);
+    let other = new_bucket(&endpoint, false);
+    let node = Node::new("");
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    let targets = [
+        s3_target(
+            &endpoint,
+            &locked,
+            &credentials,
+            "files = \"snapshot\"\nobject_lock_mode = \"GOVERNANCE\"\nobject_lock_days = 1",
+        ),
+        s3_target(&endpoint, &other, &credentials, "files = \"resources\""),
+    ]
+    .concat();
+    spray_config(&node, "[retention]\nkeep_last = 10", &targets);
+    let ids: Vec<String> = (0..2).map(|_| node.backup()).collect();
+    node.run(&["spray"]).expect_code(0);
+    let snapshot_only = objects(&endpoint, &locked);
+    for (key, object) in &snapshot_only {
+        assert!(
+            key.ends_with(".db") || key.ends_with("manifest.json"),
+            "{key}"
+        );
+        assert_eq!(object["lock_mode"], "GOVERNANCE", "{key}");
+    }
+    assert!(
+        objects(&endpoint, &other)
+            .keys()
+            .all(|k| !k.ends_with(".db"))
+    );
+
+    // Retention would drop the older set: locked, it stays, and the log says why.
+    spray_config(&node, "[retention]\nkeep_last = 1", &targets);
+    let run = node.run(&["spray"]);
+    run.expect_code(0).expect_stderr("locked until");
+    assert!(
+        objects(&endpoint, &locked).contains_key(&format!("cluster/sets/{}/manifest.json", ids[0]))
+    );
+    assert!(
+        !objects(&endpoint, &other).contains_key(&format!("cluster/sets/{}/manifest.json", ids[0]))
+    );
+
+    // Neither bucket alone holds the newest set whole; together they do.
+    let original = fingerprint(&node.set_dir(&ids[1]));
+    std::fs::remove_dir_all(node.store()).unwrap();
+    node.run(&["fetch", "--from", &locked, &ids[1]])
+        .expect_code(1)
+        .expect_stderr("no source gave a sound copy");
+    let run = node.run(&["fetch", &ids[1]]);
+    run.expect_code(0)
+        .expect_stdout(&format!(".db from bucket '{locked}'"))
+        .expect_stdout(&format!(".tar.gz from bucket '{other}'"));
+    assert_eq!(fingerprint(&node.set_dir(&ids[1])), original);
+}

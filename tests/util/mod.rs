@@ -114,6 +114,24 @@ pub fn etcd() -> &'static Etcd {
     })
 }
 
+/// A second etcd of this test binary holding ~40 MiB, for snapshots of several S3 parts.
+pub fn big_etcd() -> &'static Etcd {
+    static ETCD: OnceLock<Etcd> = OnceLock::new();
+    ETCD.get_or_init(|| {
+        let etcd = Etcd::start();
+        for batch in 0..40 {
+            let puts: Vec<String> = (0..10)
+                .map(|i| {
+                    let value = format!("{batch:04}{i:02}").repeat(17_000);
+                    format!("/registry/big/key-{batch:04}-{i:02} {value}")
+                })
+                .collect();
+            etcd.txn_put(&puts);
+        }
+        etcd
+    })
+}
+
 impl Etcd {
     /// An etcd of its own on loopback (empty), killed when the test binary exits.
     pub fn start() -> Etcd {
@@ -272,6 +290,12 @@ impl Node {
         let node = Node { dir, env };
         node.write_config(extra);
         node
+    }
+
+    /// Backups of this node snapshot `etcd` instead of the shared one.
+    pub fn use_etcd(&mut self, etcd: &Etcd) {
+        self.env
+            .insert("STANDIN_ENDPOINTS".into(), etcd.endpoint.clone());
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -4,7 +4,6 @@
 //! never through our own client.
 
 use super::*;
-use std::process::Child;
 
 pub const ACCESS_KEY: &str = "AKIDETCDBACKUPTEST";
 pub const SECRET_KEY: &str = "etcd-backup-test-secret-key-0123456789";
@@ -33,7 +32,8 @@ pub struct S3Server {
     pub dir: tempfile::TempDir,
     pub port: u16,
     ports: Vec<u16>,
-    child: Option<Child>,
+    /// The running server's pid and the end of its waiter thread.
+    child: Option<(i32, std::sync::mpsc::Receiver<()>)>,
 }
 
 /// The shared server of this test binary (each test uses buckets of its own).
@@ -103,7 +103,20 @@ impl S3Server {
                     .map_err(std::io::Error::from)
             });
         }
-        self.child = Some(cmd.spawn().expect("cannot start weed"));
+        // Spawned from a thread that outlives the server: the death signal fires when the
+        // spawning thread ends, and a test's thread ends before the test binary does.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (exited_tx, exited_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut child = cmd.spawn().expect("cannot start weed");
+            started_tx.send(child.id() as i32).unwrap();
+            let _ = child.wait();
+            let _ = exited_tx.send(());
+            loop {
+                std::thread::park();
+            }
+        });
+        self.child = Some((started_rx.recv().unwrap(), exited_rx));
         let started = Instant::now();
         // Up when an authenticated listing answers.
         while !self.tool(&["mkbucket", "probe"]).status.success()
@@ -120,9 +133,12 @@ impl S3Server {
 
     /// SIGKILL, as a crash or a cut cable would end it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some((pid, exited)) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = exited.recv();
         }
     }
 
