@@ -722,7 +722,7 @@ fn cmd_fetch(settings: &Settings, from: Option<&str>, id: &str) -> Result<u8> {
             ),
             TargetConfig::S3(s) => (
                 crate::targets::s3::Bucket(s.clone()).id(),
-                Source::Bucket(s.clone()),
+                Source::Bucket(Box::new(s.clone())),
             ),
         })
         .collect();

@@ -80,7 +80,7 @@ pub enum Source {
     /// A directory store (a dir target, an NFS export, a dead master's disk).
     Dir(std::path::PathBuf),
     /// An S3 target (which may carry only one of the two files).
-    Bucket(crate::config::S3Target),
+    Bucket(Box<crate::config::S3Target>),
 }
 
 impl Source {
@@ -162,7 +162,7 @@ fn look(source: &Source, id: &str, timeouts: (Duration, Duration)) -> Result<Hel
                 manifest_sha256: crate::verify::hex(&crate::hash::Sha256::digest(&bytes)),
                 manifest,
                 files,
-                from: Opened::Bucket(Box::new(client), t.clone()),
+                from: Opened::Bucket(Box::new(client), (**t).clone()),
             })
         }
     }

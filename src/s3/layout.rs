@@ -294,7 +294,8 @@ mod tests {
     #[test]
     fn parts_table() {
         let mib = 1u64 << 20;
-        let cases: &[(u64, u64, &[(u16, u64, u64)])] = &[
+        type Case<'a> = (u64, u64, &'a [(u16, u64, u64)]);
+        let cases: &[Case] = &[
             (0, 5 * mib, &[(1, 0, 0)]),
             (1, 5 * mib, &[(1, 0, 1)]),
             (5 * mib, 5 * mib, &[(1, 0, 5 * mib)]),
