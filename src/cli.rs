@@ -417,6 +417,12 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
         let budget = render::MACHINECONFIG_BUDGET_BYTES;
         let refuse = render::EMBEDDED_REFUSE_BYTES;
         let why = "etcd refuses requests over 1.5 MiB, the rendered master config holds every MachineConfig of the pool, and the operator keeps every old rendered config";
+        if yaml.len() >= render::ETCD_REQUEST_LIMIT_BYTES {
+            bail!(
+                "the MachineConfig with the binary embedded is {kib} KiB: etcd refuses any request over {} KiB, so no cluster could take it, forced or not: install from an image (--image REF@sha256:DIGEST)",
+                render::ETCD_REQUEST_LIMIT_BYTES >> 10
+            );
+        }
         if yaml.len() > refuse && !force {
             bail!(
                 "the MachineConfig with the binary embedded is {kib} KiB, over {} KiB ({why}): install from an image (--image REF@sha256:DIGEST), or pass --force",

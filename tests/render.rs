@@ -298,17 +298,20 @@ fn an_embedded_binary_over_the_limit_is_refused_unless_forced() {
     let node = Node::new("");
     let config = node.dir.path().join("c.toml");
     std::fs::write(&config, "").unwrap();
-    // Incompressible: 1.3 MiB of it is more than 1.2 MiB of MachineConfig.
+    // Incompressible: 1000 KiB of it is more than 1.2 MiB of MachineConfig (base64).
     let binary = node.dir.path().join("big");
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let bytes: Vec<u8> = (0..1300 << 10)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let bytes: Vec<u8> = random(1000 << 10);
     std::fs::write(&binary, &bytes).unwrap();
     let args = [
         "--embed-binary".as_ref(),
@@ -332,6 +335,17 @@ fn an_embedded_binary_over_the_limit_is_refused_unless_forced() {
     );
     let mc = parse_yaml(&String::from_utf8(out.stdout).unwrap());
     assert!(decode(&file(&mc, "/usr/local/bin/etcd-backup").unwrap()["contents"]) == bytes);
+
+    // Over etcd's own request limit nothing helps: refused even forced.
+    std::fs::write(&binary, random(1200 << 10)).unwrap();
+    let out = render(&config, &forced);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("etcd refuses any request over 1536 KiB"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

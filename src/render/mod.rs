@@ -27,6 +27,9 @@ pub const IMAGE_MACHINECONFIG_BUDGET_BYTES: usize = 48 << 10;
 pub const MACHINECONFIG_BUDGET_BYTES: usize = 768 << 10;
 /// Above this an embedded-binary MachineConfig is refused unless forced.
 pub const EMBEDDED_REFUSE_BYTES: usize = 1229 << 10;
+/// etcd refuses any request over 1.5 MiB: an object this big could never be applied, forced
+/// or not.
+pub const ETCD_REQUEST_LIMIT_BYTES: usize = 1536 << 10;
 pub const BINARY_PATH: &str = "/usr/local/bin/etcd-backup";
 /// No `.sh` and no operator marker: the etcd pod deletes such files in /usr/local/bin.
 pub const INSTALL_SCRIPT_PATH: &str = "/usr/local/bin/etcd-backup-install";
