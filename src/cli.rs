@@ -139,37 +139,44 @@ enum Cmd {
 enum RenderCmd {
     /// A MachineConfig for the master pool: config, spray key, units, core's key, and the binary
     /// (installed from a pinned image by default)
-    #[command(group(clap::ArgGroup::new("delivery").required(true).args(["image", "embed_binary"])))]
-    Machineconfig {
-        /// The config.toml every master gets (validated; must not set node.name)
-        #[arg(long, value_name = "FILE")]
-        node_config: PathBuf,
-        /// The image the masters install the binary from, pinned by digest (a tag alone is refused)
-        #[arg(long, value_name = "REF@sha256:DIGEST", value_parser = crate::render::image::parse_pinned)]
-        image: Option<crate::render::image::PinnedImage>,
-        /// The sha256 the installed binary must have [default: the sha256 of --binary]
-        #[arg(long, value_name = "HEX", conflicts_with_all = ["binary", "embed_binary"])]
-        binary_sha256: Option<String>,
-        /// The binary the image was built from (--image), or to embed [default: this one]
-        #[arg(long, value_name = "FILE")]
-        binary: Option<PathBuf>,
-        /// Carry the binary inside the MachineConfig instead of an image (over 1 MiB: see README)
-        #[arg(long)]
-        embed_binary: bool,
-        /// With --embed-binary: render even when the MachineConfig is over 1.2 MiB
-        #[arg(long, conflicts_with = "image")]
-        force: bool,
-        /// The spray private key (ECDSA P-256 recommended) [default: generate a fresh one]
-        #[arg(long, value_name = "FILE")]
-        spray_key: Option<PathBuf>,
-        /// The peers' host keys; without it the config pins them on first contact (accept-new)
-        #[arg(long, value_name = "FILE")]
-        known_hosts: Option<PathBuf>,
-        #[arg(long, default_value = "99-master-etcd-backup")]
-        name: String,
-    },
+    Machineconfig(Box<MachineconfigArgs>),
     /// The OpenShift 4.17+ node disruption policy: timer restarts instead of reboots
     NodeDisruptionPolicy,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("delivery").required(true).args(["image", "embed_binary"])))]
+struct MachineconfigArgs {
+    /// The config.toml every master gets (validated; must not set node.name)
+    #[arg(long, value_name = "FILE")]
+    node_config: PathBuf,
+    /// The image the masters install the binary from, pinned by digest (a tag alone is refused)
+    #[arg(long, value_name = "REF@sha256:DIGEST", value_parser = crate::render::image::parse_pinned)]
+    image: Option<crate::render::image::PinnedImage>,
+    /// The sha256 the installed binary must have [default: the sha256 of --binary]
+    #[arg(long, value_name = "HEX", conflicts_with_all = ["binary", "embed_binary"])]
+    binary_sha256: Option<String>,
+    /// The binary the image was built from (--image), or to embed [default: this one]
+    #[arg(long, value_name = "FILE")]
+    binary: Option<PathBuf>,
+    /// Carry the binary inside the MachineConfig instead of an image (over 1 MiB: see README)
+    #[arg(long)]
+    embed_binary: bool,
+    /// With --embed-binary: render even when the MachineConfig is over 1.2 MiB
+    #[arg(long, conflicts_with = "image")]
+    force: bool,
+    /// The spray private key (ECDSA P-256 recommended) [default: generate a fresh one]
+    #[arg(long, value_name = "FILE")]
+    spray_key: Option<PathBuf>,
+    /// The peers' host keys; without it the config pins them on first contact (accept-new)
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+    /// An AWS shared-credentials file (0600) for the S3 targets whose credentials are
+    /// /etc/etcd-backup/s3-credentials, a profile per target
+    #[arg(long, value_name = "FILE")]
+    s3_credentials: Option<PathBuf>,
+    #[arg(long, default_value = "99-master-etcd-backup")]
+    name: String,
 }
 
 /// What `main` calls.
@@ -345,7 +352,11 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
 
 fn cmd_render(what: &RenderCmd) -> Result<u8> {
     use crate::render;
-    let RenderCmd::Machineconfig {
+    let RenderCmd::Machineconfig(args) = what else {
+        print!("{}", render::node_disruption_policy());
+        return Ok(EXIT_OK);
+    };
+    let MachineconfigArgs {
         node_config,
         image,
         binary_sha256,
@@ -354,12 +365,9 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
         force,
         spray_key,
         known_hosts,
+        s3_credentials,
         name,
-    } = what
-    else {
-        print!("{}", render::node_disruption_policy());
-        return Ok(EXIT_OK);
-    };
+    } = &**args;
     let read = |path: &PathBuf| {
         std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))
     };
@@ -404,6 +412,14 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
         None => render::generate_keypair()?,
     };
     let known_hosts = known_hosts.as_ref().map(read).transpose()?;
+    let s3_credentials = match s3_credentials {
+        Some(path) => Some(crate::s3::credentials::read_private(path)?),
+        None => None,
+    };
+    for warning in render::check_s3_credentials(&settings.spray.targets, s3_credentials.as_deref())?
+    {
+        tracing::warn!("{warning}");
+    }
     let yaml = render::machineconfig(&render::Inputs {
         name,
         delivery,
@@ -411,6 +427,7 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
         known_hosts: known_hosts.as_deref(),
         spray_private_key: &private,
         spray_public_key: &public,
+        s3_credentials: s3_credentials.as_deref(),
     })?;
     let kib = yaml.len() >> 10;
     if *embed_binary {

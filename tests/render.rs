@@ -487,3 +487,78 @@ fn the_node_disruption_policy_restarts_timers_and_reboots_nothing() {
         serde_json::json!([{"type": "None"}])
     );
 }
+
+#[test]
+fn s3_credentials_ride_along_0600_and_are_checked_against_the_targets() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("");
+    let config = node.dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[[spray.target]]\nkind = \"s3\"\nendpoint = \"https://s3.example.com\"\n\
+         bucket = \"etcd-backups\"\ncredentials = \"/etc/etcd-backup/s3-credentials\"\n\
+         profile = \"backup\"\n",
+    )
+    .unwrap();
+    let credentials = node.dir.path().join("credentials");
+    let text = "[backup]\naws_access_key_id = AKIDLAB\naws_secret_access_key = SECRETLAB\n";
+    std::fs::write(&credentials, text).unwrap();
+    let image = format!("mirror.example.com:5000/ocp/etcd-backup@{DIGEST}");
+    let with_image = |extra: &[&std::ffi::OsStr]| -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--image".into(), image.clone().into()];
+        args.extend(extra.iter().map(|a| a.to_os_string()));
+        args
+    };
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let args = with_image(extra);
+        render(
+            &config,
+            &args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+        )
+    };
+    let flag = std::ffi::OsStr::new("--s3-credentials");
+
+    // Group-readable: refused, naming the file.
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let refused = run(&[flag, credentials.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(&*credentials.to_string_lossy()) && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+
+    // 0600: carried, byte for byte, 0600, at the path the target reads.
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with = with_image(&[flag, credentials.as_os_str()]);
+    let mc = render_ok(
+        &config,
+        &with.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+    );
+    let carried = file(&mc, "/etc/etcd-backup/s3-credentials").expect("the credentials file");
+    assert_eq!(carried["mode"], 384);
+    assert_eq!(decode(&carried["contents"]), text.as_bytes());
+
+    // A file without the target's profile: refused, naming target and profile, no value.
+    std::fs::write(&credentials, text.replace("[backup]", "[default]")).unwrap();
+    let out = run(&[flag, credentials.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("etcd-backups") && stderr.contains("'backup'"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("SECRETLAB") && !stderr.contains("AKIDLAB"),
+        "{stderr}"
+    );
+
+    // No file given: rendered, with a warning that the masters need it some other way.
+    let out = run(&[]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/etc/etcd-backup/s3-credentials"),
+        "{stderr}"
+    );
+}

@@ -13,7 +13,7 @@ mod policy;
 
 pub use keys::{generate_keypair, public_key_of};
 pub use machineconfig::machineconfig;
-pub use payload::{Delivery, Inputs};
+pub use payload::{Delivery, Inputs, S3_CREDENTIALS_PATH, check_s3_credentials};
 pub use policy::node_disruption_policy;
 
 use std::fmt::Write as _;
@@ -116,6 +116,7 @@ mod tests {
             known_hosts: None,
             spray_private_key: "",
             spray_public_key: "",
+            s3_credentials: None,
         };
         assert!(
             machineconfig(&inputs)

@@ -4,7 +4,8 @@
 
 use super::image::PinnedImage;
 use super::{BINARY_PATH, CONFIG_DIR, INSTALL_SCRIPT_PATH, RECEIVE_COMMAND};
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
+use std::path::Path;
 
 /// How the binary reaches the masters.
 pub enum Delivery<'a> {
@@ -28,6 +29,9 @@ pub struct Inputs<'a> {
     pub known_hosts: Option<&'a str>,
     pub spray_private_key: &'a str,
     pub spray_public_key: &'a str,
+    /// An AWS shared-credentials file for the config's S3 targets (a profile per target), put
+    /// at [`S3_CREDENTIALS_PATH`].
+    pub s3_credentials: Option<&'a str>,
 }
 
 /// What the node disruption policy does when a file changes.
@@ -67,6 +71,58 @@ pub struct Payload {
 
 pub const INSTALL_UNIT: &str = "etcd-backup-install.service";
 pub const IMAGE_ENV_PATH: &str = "/etc/etcd-backup/image.env";
+/// Where `render machineconfig --s3-credentials` puts the file: one path (each target picks its
+/// `profile`), so that the node disruption policy can name it.
+pub const S3_CREDENTIALS_PATH: &str = "/etc/etcd-backup/s3-credentials";
+
+/// Checks a credentials file given to `render machineconfig --s3-credentials` against the
+/// config's S3 targets: at least one target must read it from [`S3_CREDENTIALS_PATH`], and
+/// every such target's profile must be in it with both keys. Errors name targets and
+/// profiles, never values. Returns the warnings: targets that read that path when no file is
+/// given (the masters must get it some other way).
+pub fn check_s3_credentials(
+    targets: &[crate::config::TargetConfig],
+    credentials: Option<&str>,
+) -> Result<Vec<String>> {
+    let readers: Vec<&crate::config::S3Target> = targets
+        .iter()
+        .filter_map(|t| match t {
+            crate::config::TargetConfig::S3(s)
+                if s.credentials == Path::new(S3_CREDENTIALS_PATH) =>
+            {
+                Some(s)
+            }
+            _ => None,
+        })
+        .collect();
+    let Some(text) = credentials else {
+        return Ok(readers
+            .iter()
+            .map(|t| {
+                format!(
+                    "the s3 target {}/{} reads {S3_CREDENTIALS_PATH}, which this MachineConfig does not carry (no --s3-credentials): the masters must get it some other way",
+                    t.endpoint, t.bucket
+                )
+            })
+            .collect());
+    };
+    if readers.is_empty() {
+        bail!(
+            "--s3-credentials is given, but no [[spray.target]] kind = \"s3\" reads it: set credentials = \"{S3_CREDENTIALS_PATH}\" in the targets that should use it"
+        );
+    }
+    for t in readers {
+        crate::s3::credentials::parse(text, &t.profile).map_err(|e| {
+            anyhow!(
+                "--s3-credentials: the s3 target {}/{} (profile '{}'): {e}",
+                t.endpoint,
+                t.bucket,
+                t.profile
+            )
+        })?;
+    }
+    Ok(Vec::new())
+}
 
 /// The units every delivery ships.
 const UNITS: [Unit; 6] = [
@@ -204,6 +260,14 @@ pub fn payload(inputs: &Inputs<'_>) -> Result<Payload> {
             OnChange::Nothing,
         )),
     }
+    if let Some(credentials) = inputs.s3_credentials {
+        files.push(file(
+            S3_CREDENTIALS_PATH,
+            0o600,
+            credentials.as_bytes(),
+            OnChange::Nothing,
+        ));
+    }
     units.extend(UNITS);
     Ok(Payload {
         directories: vec![CONFIG_DIR.to_string(), format!("{CONFIG_DIR}/config.d")],
@@ -224,15 +288,16 @@ pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
     let zeros = "0".repeat(64);
     let mut paths: Vec<(String, OnChange)> = Vec::new();
     let mut units: Vec<Unit> = Vec::new();
-    for (delivery, known_hosts) in [
+    for (delivery, known_hosts, s3_credentials) in [
         (
             Delivery::Image {
                 image: &image,
                 binary_sha256: &zeros,
             },
             None,
+            Some(""),
         ),
-        (Delivery::Embedded { binary: b"" }, Some("")),
+        (Delivery::Embedded { binary: b"" }, Some(""), None),
     ] {
         let payload = payload(&Inputs {
             name: "",
@@ -241,6 +306,7 @@ pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
             known_hosts,
             spray_private_key: "",
             spray_public_key: "",
+            s3_credentials,
         })
         .expect("the payload of empty inputs");
         for file in payload.files {
@@ -260,6 +326,95 @@ pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn targets(toml: &str) -> Vec<crate::config::TargetConfig> {
+        let source = (std::path::PathBuf::from("/c.toml"), toml.to_string());
+        crate::config::Settings::from_sources("n".into(), &[source])
+            .unwrap()
+            .spray
+            .targets
+    }
+
+    #[test]
+    fn s3_credentials_are_checked_against_the_targets_that_read_them() {
+        let s3 = |bucket: &str, credentials: &str, profile: &str| {
+            format!(
+                "[[spray.target]]\nkind = \"s3\"\nendpoint = \"http://s3.lab:8333\"\n\
+                 bucket = \"{bucket}\"\ncredentials = \"{credentials}\"\nprofile = \"{profile}\"\n"
+            )
+        };
+        let both = format!(
+            "{}{}",
+            s3("a-bucket", S3_CREDENTIALS_PATH, "default"),
+            s3("b-bucket", S3_CREDENTIALS_PATH, "offsite")
+        );
+        let elsewhere = s3("c-bucket", "/etc/other-credentials", "default");
+        let good = "[default]\naws_access_key_id = AK1\naws_secret_access_key = SECRET1\n\
+                    [offsite]\naws_access_key_id = AK2\naws_secret_access_key = SECRET2\n";
+        let no_offsite = "[default]\naws_access_key_id = AK1\naws_secret_access_key = SECRET1\n";
+        let no_secret = "[default]\naws_access_key_id = AK1\n[offsite]\naws_access_key_id = AK2\naws_secret_access_key = SECRET2\n";
+        // (config, file, Ok(number of warnings) or Err(what the error must say))
+        let cases: [(&str, Option<&str>, Result<usize, &str>); 6] = [
+            (&both, Some(good), Ok(0)),
+            (&both, None, Ok(2)),
+            (&elsewhere, None, Ok(0)),
+            (&both, Some(no_offsite), Err("b-bucket (profile 'offsite')")),
+            (&both, Some(no_secret), Err("a-bucket (profile 'default')")),
+            (
+                &elsewhere,
+                Some(good),
+                Err("no [[spray.target]] kind = \"s3\" reads it"),
+            ),
+        ];
+        for (config, file, want) in cases {
+            let got = check_s3_credentials(&targets(config), file);
+            match (got, want) {
+                (Ok(warnings), Ok(n)) => {
+                    assert_eq!(warnings.len(), n, "{warnings:?}");
+                    assert!(warnings.iter().all(|w| w.contains(S3_CREDENTIALS_PATH)));
+                }
+                (Err(e), Err(needle)) => {
+                    let e = format!("{e:#}");
+                    assert!(e.contains(needle), "{e}");
+                    assert!(
+                        !e.contains("SECRET") && !e.contains("AK"),
+                        "a value leaked: {e}"
+                    );
+                }
+                (got, want) => panic!("{config}\n{file:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn s3_credentials_go_to_their_path_0600_and_the_policy_names_it() {
+        let image = crate::render::image::parse_pinned(&format!(
+            "registry.example/etcd-backup@sha256:{}",
+            "a".repeat(64)
+        ))
+        .unwrap();
+        let zeros = "0".repeat(64);
+        let made = payload(&Inputs {
+            name: "n",
+            delivery: Delivery::Image {
+                image: &image,
+                binary_sha256: &zeros,
+            },
+            config_toml: "",
+            known_hosts: None,
+            spray_private_key: "",
+            spray_public_key: "ecdsa-sha2-nistp256 AAAA k\n",
+            s3_credentials: Some("[default]\n"),
+        })
+        .unwrap();
+        let file = made
+            .files
+            .iter()
+            .find(|f| f.path == S3_CREDENTIALS_PATH)
+            .expect("the credentials file");
+        assert_eq!(file.mode, 0o600);
+        assert!(everything().0.iter().any(|(p, _)| p == S3_CREDENTIALS_PATH));
+    }
 
     #[test]
     fn the_install_script_and_units_do_not_carry_the_operator_marker() {
@@ -281,6 +436,7 @@ mod tests {
             known_hosts: None,
             spray_private_key: "",
             spray_public_key: "ecdsa-sha2-nistp256 AAAA k\n",
+            s3_credentials: None,
         };
         let pinned = payload(&inputs(Delivery::Image {
             image: &image,

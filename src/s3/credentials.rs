@@ -74,6 +74,13 @@ pub fn parse(text: &str, profile: &str) -> Result<Keys, String> {
 /// Reads `profile` from the credentials file at `path`, refusing a file that group or others
 /// can read.
 pub fn load(path: &Path, profile: &str) -> Result<Keys> {
+    parse(&read_private(path)?, profile)
+        .map_err(|e| anyhow::anyhow!("the credentials file '{}': {e}", path.display()))
+}
+
+/// The text of the credentials file at `path` (at most 1 MiB), refusing a file that group or
+/// others can read.
+pub fn read_private(path: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot open the credentials file '{}'", path.display()))?;
@@ -88,8 +95,7 @@ pub fn load(path: &Path, profile: &str) -> Result<Keys> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::Read::take(file, 1 << 20), &mut text)
         .with_context(|| format!("cannot read the credentials file '{}'", path.display()))?;
-    parse(&text, profile)
-        .map_err(|e| anyhow::anyhow!("the credentials file '{}': {e}", path.display()))
+    Ok(text)
 }
 
 #[cfg(test)]
