@@ -7,7 +7,7 @@
 use crate::store::{FILE_MODE, Store, StoredSet};
 use anyhow::{Context, Result, bail, ensure};
 use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,6 +27,14 @@ pub fn stage(store: &Store, id: &str, dir: &Path) -> Result<StoredSet> {
         Err(e) => return Err(e).with_context(|| format!("cannot read '{}'", dir.display())),
     }
     let created = !dir.exists();
+    // As cluster-backup.sh's `mkdir -p`: /home/core/assets may not exist on a rebuilt master.
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(crate::store::DIR_MODE)
+            .create(parent)
+            .with_context(|| format!("cannot create directory '{}'", parent.display()))?;
+    }
     crate::store::ensure_private_dir(dir)?;
     let result = copy_checked(&set, dir);
     if result.is_err() {

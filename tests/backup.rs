@@ -482,7 +482,8 @@ fn a_failed_verification_lasts_and_the_set_is_neither_sent_nor_counted_until_it_
 fn stage_copies_a_sound_set_unmodified_for_cluster_restore_and_refuses_anything_else() {
     let node = Node::new("");
     let id = node.backup();
-    let staged = node.dir.path().join("restore");
+    // Missing parents are made, as /home/core/assets on a rebuilt master.
+    let staged = node.dir.path().join("assets/restore");
     let run = node.run(&["stage", &id, staged.to_str().unwrap()]);
     run.expect_code(0)
         .expect_stdout(&format!("staged set {id} (from master-0"))
@@ -495,6 +496,7 @@ fn stage_copies_a_sound_set_unmodified_for_cluster_restore_and_refuses_anything_
     set_files.retain(|name, _| name != "manifest.json");
     assert_eq!(fingerprint(&staged), set_files);
     assert_eq!(mode(&staged), 0o700);
+    assert_eq!(mode(staged.parent().unwrap()), 0o700);
     for name in set_files.keys() {
         assert_eq!(mode(&staged.join(name)), 0o600, "{name}");
     }
