@@ -8,6 +8,7 @@ mod config;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod disk_full;
+mod drill;
 mod hostile_store;
 mod journal;
 mod masters;
