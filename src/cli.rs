@@ -853,6 +853,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 "problem": s.problem,
             })).collect::<Vec<_>>(),
             "targets": targets,
+            "coverage": summary.coverage,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -893,6 +894,9 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                     fmt_time(target.last_success)
                 ),
             }
+        }
+        if let Some(note) = summary.coverage.and_then(|c| c.note()) {
+            println!("{note}");
         }
     }
     Ok(summary.exit_code())

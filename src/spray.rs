@@ -204,6 +204,8 @@ pub struct TargetResult {
     pub name: String,
     pub result: std::result::Result<PushStats, String>,
     pub attempts: u32,
+    /// `Target::carries`.
+    pub carries: crate::config::Carried,
 }
 
 const BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
@@ -222,7 +224,7 @@ pub fn spray_all(
             .iter()
             .map(|target| {
                 scope.spawn(move || {
-                    let (id, name) = (target.id(), target.describe());
+                    let (id, name, carries) = (target.id(), target.describe(), target.carries());
                     let started = std::time::Instant::now();
                     let mut backoff = BACKOFF_FIRST;
                     let mut attempt = 0;
@@ -241,7 +243,7 @@ pub fn spray_all(
                                     seconds = started.elapsed().as_secs_f64(),
                                     "target current: {name}"
                                 );
-                                return TargetResult { id, name, result: Ok(stats), attempts: attempt };
+                                return TargetResult { id, name, result: Ok(stats), attempts: attempt, carries };
                             }
                             Err(error) if attempt < settings.spray.attempts => {
                                 tracing::warn!(target = %name, attempt, "spray attempt failed, retrying in {}s: {error:#}", backoff.as_secs());
@@ -250,7 +252,7 @@ pub fn spray_all(
                             }
                             Err(error) => {
                                 tracing::error!(message_id = message_id::TARGET_FAILED, target = %name, attempts = attempt, "target failed: {name}: {error:#}");
-                                return TargetResult { id, name, result: Err(format!("{error:#}")), attempts: attempt };
+                                return TargetResult { id, name, result: Err(format!("{error:#}")), attempts: attempt, carries };
                             }
                         }
                     }
@@ -266,6 +268,7 @@ pub fn spray_all(
                     name: t.describe(),
                     result: Err("panicked".into()),
                     attempts: 0,
+                    carries: t.carries(),
                 })
             })
             .collect()
@@ -285,6 +288,9 @@ pub struct TargetState {
     pub bytes_sent: u64,
     /// Of this node's sets, how many the target holds after its last successful run.
     pub sets_held: usize,
+    /// Which of a set's files it carries (state files of older versions: all).
+    #[serde(default)]
+    pub carries: crate::config::Carried,
 }
 
 pub const STATE_FILE: &str = "spray-state.json";
@@ -304,6 +310,7 @@ pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Res
     for result in results {
         let mut entry = old.get(&result.id).cloned().unwrap_or_default();
         entry.name = result.name.clone();
+        entry.carries = result.carries;
         entry.last_attempt = Some(now);
         match &result.result {
             Ok(stats) => {

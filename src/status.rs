@@ -35,6 +35,49 @@ pub struct Summary<'a> {
     pub targets: &'a BTreeMap<String, TargetState>,
     /// Targets whose last run failed.
     pub behind: Vec<&'a str>,
+    /// Where a set's files are off this node (`None` without targets).
+    pub coverage: Option<Coverage>,
+}
+
+/// Which of a set's files the targets carry between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Coverage {
+    /// Some target carries both files: one target alone can give a whole set back.
+    pub whole_on_one: bool,
+    pub snapshot: bool,
+    pub resources: bool,
+}
+
+/// What the targets of the last spray run carry between them; `None` when there are none.
+pub fn coverage(targets: &BTreeMap<String, TargetState>) -> Option<Coverage> {
+    use crate::config::Carried;
+    if targets.is_empty() {
+        return None;
+    }
+    let any = |f: fn(Carried) -> bool| targets.values().any(|t| f(t.carries));
+    Some(Coverage {
+        whole_on_one: any(|c| c == Carried::All),
+        snapshot: any(|c| c != Carried::Resources),
+        resources: any(|c| c != Carried::Snapshot),
+    })
+}
+
+impl Coverage {
+    /// What `status` says when no single target holds whole sets, or a file is on none.
+    pub fn note(&self) -> Option<&'static str> {
+        match (self.whole_on_one, self.snapshot, self.resources) {
+            (true, _, _) => None,
+            (false, true, true) => Some(
+                "no target holds whole sets alone: the snapshot and the resources archive are on different targets (fetch takes each file from a target that has it; keep both reachable for a restore)",
+            ),
+            (false, true, false) => {
+                Some("WARNING: no target carries the resources archive: losing this node loses it")
+            }
+            (false, false, _) => {
+                Some("WARNING: no target carries the snapshot: losing this node loses it")
+            }
+        }
+    }
 }
 
 /// What `status` and `metrics` read from a store: its sets, the spray state, the run
@@ -114,6 +157,7 @@ pub fn summarize<'a>(
         failed,
         targets,
         behind,
+        coverage: coverage(targets),
     }
 }
 
@@ -180,6 +224,72 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn coverage_says_whether_one_target_holds_whole_sets_and_what_is_on_none() {
+        use crate::config::Carried::{self, All, Resources, Snapshot};
+        let targets = |carried: &[Carried]| -> BTreeMap<String, TargetState> {
+            carried
+                .iter()
+                .enumerate()
+                .map(|(i, &carries)| {
+                    let state = TargetState {
+                        carries,
+                        ..Default::default()
+                    };
+                    (format!("s3:t{i}"), state)
+                })
+                .collect()
+        };
+        // (what the targets carry, (whole on one, snapshot somewhere, resources somewhere), note)
+        type Case<'a> = (&'a [Carried], (bool, bool, bool), Option<&'a str>);
+        let cases: [Case; 7] = [
+            (&[All], (true, true, true), None),
+            (&[Snapshot, All], (true, true, true), None),
+            (
+                &[Snapshot, Resources],
+                (false, true, true),
+                Some("no target holds whole sets"),
+            ),
+            (
+                &[Resources, Snapshot, Snapshot],
+                (false, true, true),
+                Some("no target holds"),
+            ),
+            (
+                &[Snapshot],
+                (false, true, false),
+                Some("no target carries the resources"),
+            ),
+            (
+                &[Snapshot, Snapshot],
+                (false, true, false),
+                Some("resources archive"),
+            ),
+            (
+                &[Resources],
+                (false, false, true),
+                Some("no target carries the snapshot"),
+            ),
+        ];
+        for (carried, (whole, snapshot, resources), note) in cases {
+            let got = coverage(&targets(carried)).unwrap();
+            assert_eq!(
+                (got.whole_on_one, got.snapshot, got.resources),
+                (whole, snapshot, resources),
+                "{carried:?}"
+            );
+            match (got.note(), note) {
+                (None, None) => {}
+                (Some(got), Some(want)) => assert!(got.contains(want), "{carried:?}: {got}"),
+                (got, want) => panic!("{carried:?}: {got:?}, want {want:?}"),
+            }
+        }
+        assert_eq!(coverage(&BTreeMap::new()), None);
+        // A state file written before `carries` existed reads as whole.
+        let old: TargetState = serde_json::from_str(r#"{"last_attempt":null,"last_success":null,"last_error":null,"sets_sent":0,"bytes_sent":0,"sets_held":1}"#).unwrap();
+        assert_eq!(old.carries, All);
+    }
 
     #[test]
     fn summaries_and_exit_codes() {

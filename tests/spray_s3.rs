@@ -303,6 +303,16 @@ fn locked_sets_stay_and_split_files_come_back_whole_from_two_buckets() {
             .keys()
             .all(|k| !k.ends_with(".db"))
     );
+    // status says that no one bucket gives a set back alone.
+    node.run(&["status"])
+        .expect_code(0)
+        .expect_stdout("no target holds whole sets alone");
+    let status: serde_json::Value =
+        serde_json::from_str(&node.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        status["coverage"],
+        serde_json::json!({"whole_on_one": false, "snapshot": true, "resources": true})
+    );
 
     // Retention would drop the older set: locked, it stays, and the log says why.
     spray_config(&node, "[retention]\nkeep_last = 1", &targets);

@@ -63,8 +63,10 @@ impl Sse {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Carried {
+    #[default]
     All,
     Snapshot,
     Resources,

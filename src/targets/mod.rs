@@ -22,6 +22,10 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
     /// Offers `sets` and sends what the target lacks.
     fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats>;
+    /// Which of a set's files the target carries (a bucket can carry one of the two).
+    fn carries(&self) -> crate::config::Carried {
+        crate::config::Carried::All
+    }
 }
 
 /// The targets of one run.

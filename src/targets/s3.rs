@@ -40,6 +40,10 @@ impl Bucket {
 }
 
 impl Target for Bucket {
+    fn carries(&self) -> Carried {
+        self.0.files
+    }
+
     fn id(&self) -> String {
         format!("s3:{}", self.location())
     }
