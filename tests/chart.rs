@@ -484,3 +484,113 @@ fn monitoring_adds_a_read_only_exporter_its_service_monitor_and_alerts_only_when
     let err = template(&["--set", "monitoring.prometheusRule.enabled=true"]).unwrap_err();
     assert!(err.contains("needs monitoring.enabled"), "{err}");
 }
+
+#[test]
+fn s3_targets_come_from_values_with_their_keys_from_a_secret_in_the_spray_pods_only() {
+    let values = chart().join("ci/s3-values.yaml");
+    let (objects, _) = template(&["-f", values.to_str().unwrap()]).unwrap();
+    let pod_of = |name: &str| {
+        let cron = objects
+            .iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        cron["spec"]["jobTemplate"]["spec"]["template"]["spec"].clone()
+    };
+    let spray = pod_of("eb-etcd-backup-spray");
+    let volume = |pod: &Value, name: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+    };
+    let secret = volume(&spray, "s3-credentials").expect("the credentials volume");
+    assert_eq!(secret["secret"]["secretName"], "etcd-backup-s3");
+    assert_eq!(secret["secret"]["defaultMode"], 0o400);
+    assert_eq!(secret["secret"]["items"][0]["key"], "credentials");
+    assert_eq!(
+        volume(&spray, "s3-ca").unwrap()["configMap"]["name"],
+        "etcd-backup-s3-ca"
+    );
+    let mounts = &spray["containers"][0]["volumeMounts"];
+    assert!(
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "s3-credentials"
+                && m["mountPath"] == "/run/etcd-backup/s3"
+                && m["readOnly"] == true),
+        "{mounts}"
+    );
+    // The privileged backup pod and the receivers never see the bucket keys.
+    let backup = pod_of("eb-etcd-backup-backup");
+    assert!(volume(&backup, "s3-credentials").is_none());
+    for daemonset in of_kind(&objects, "DaemonSet") {
+        assert!(volume(&daemonset["spec"]["template"]["spec"], "s3-credentials").is_none());
+    }
+
+    // The config: both buckets, as etcd-backup itself reads them.
+    let config = of_kind(&objects, "ConfigMap")[0]["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env("NODE_NAME", "master-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "bucket = \"etcd-snapshots\"",
+        "prefix = \"cluster-a\"",
+        "files = \"snapshot\"",
+        "sse = \"AES256\"",
+        "object_lock_days = 7",
+        "bucket = \"etcd-resources\"",
+        "profile = \"offsite\"",
+        "path_style = false",
+        "files = \"resources\"",
+        "part_size = \"32MiB\"",
+        "credentials = \"/run/etcd-backup/s3/credentials\"",
+        "ca_file = \"/run/etcd-backup/s3-ca/ca.crt\"",
+        "transport = \"tls\"",
+    ] {
+        assert!(effective.contains(line), "{line} in:\n{effective}");
+    }
+
+    // Targets without their Secret, or without a bucket: refused, saying what is missing.
+    for (set, why) in [
+        (
+            vec![
+                "s3.targets[0].endpoint=https://s3.example.com",
+                "s3.targets[0].bucket=b",
+            ],
+            "s3.targets need s3.credentialsSecret",
+        ),
+        (
+            vec![
+                "s3.credentialsSecret=k",
+                "s3.targets[0].endpoint=https://s3.example.com",
+            ],
+            "s3.targets[0] needs endpoint and bucket",
+        ),
+    ] {
+        let mut args = Vec::new();
+        for s in &set {
+            args.extend(["--set", s]);
+        }
+        let error = template(&args).unwrap_err();
+        assert!(error.contains(why), "{set:?}: {error}");
+    }
+}

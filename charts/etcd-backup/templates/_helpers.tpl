@@ -46,6 +46,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "etcd-backup.configDir" -}}/etc/etcd-backup{{- end -}}
 {{- define "etcd-backup.tlsDir" -}}/run/etcd-backup/tls{{- end -}}
 {{- define "etcd-backup.pvMount" -}}/mnt/etcd-backup-pv{{- end -}}
+{{- define "etcd-backup.s3Dir" -}}/run/etcd-backup/s3{{- end -}}
+{{- define "etcd-backup.s3CaDir" -}}/run/etcd-backup/s3-ca{{- end -}}
 
 {{/* The node name, from the downward API: a pod's hostname is its own name. */}}
 {{- define "etcd-backup.env" -}}
