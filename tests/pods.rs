@@ -4,6 +4,7 @@
 //! (`tests/lab/run-pod`). The image is the one `packaging/Containerfile` builds.
 
 use crate::masters::{Masters, backed_up, messages, render};
+use crate::util::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use crate::util::{BIN, release_binary, repo};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,7 +101,7 @@ impl HostStore {
 }
 
 #[test]
-fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_and_to_a_volume() {
+fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_volume_and_a_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let lab = Masters::up("pods");
 
@@ -260,4 +261,71 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_and_to_
         "the whole history on the volume"
     );
     assert_eq!(on_volume.len(), 3);
+
+    // S3: the spray job also fills a bucket (a real S3 server on the lab's network), its keys
+    // from a Secret the administrator made, mounted 0400 by the runtime.
+    let s3 = S3Server::start_in("ebl-pods-s3", "10.252.0.11");
+    s3.tool_json(&["mkbucket", "pods"]);
+    let endpoint = s3.endpoint();
+    // pv mode here: a render of sync mode would make another CA than the running receivers'.
+    let with_s3 = template(
+        dir.path(),
+        "s3.yaml",
+        &[
+            "-f",
+            repo()
+                .join("charts/etcd-backup/ci/pv-values.yaml")
+                .to_str()
+                .unwrap(),
+            "--set",
+            &format!(
+                "s3.credentialsSecret=eb-s3,s3.targets[0].endpoint={endpoint},s3.targets[0].bucket=pods,s3.targets[0].prefix=cluster-a"
+            ),
+        ],
+    );
+    let credentials = format!(
+        "[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+    );
+    let secret = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: eb-s3\ndata:\n  credentials: {}\n",
+        base64(credentials.as_bytes())
+    );
+    let mut rendered = std::fs::read_to_string(&with_s3).unwrap();
+    rendered.push_str(&secret);
+    std::fs::write(&with_s3, rendered).unwrap();
+    lab.script(&[
+        "run-pod",
+        with_s3.to_str().unwrap(),
+        "eb-etcd-backup-spray",
+        "0",
+        "--claim",
+        &format!("eb-etcd-backup-pv={}", volume.display()),
+    ])
+    .expect_ok("the spray job with an s3 target");
+    let objects = s3.tool_json(&["objects", "pods", "cluster-a/sets/"]);
+    let mut in_bucket: Vec<String> = objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| {
+            o["key"]
+                .as_str()?
+                .strip_suffix("/manifest.json")
+                .map(String::from)
+        })
+        .map(|k| k.rsplit('/').next().unwrap().to_string())
+        .collect();
+    in_bucket.sort();
+    assert_eq!(
+        in_bucket,
+        master_0.verified_ids(),
+        "master-0's history in the bucket"
+    );
+}
+
+/// Standard base64 (what a Secret's `data` holds).
+fn base64(bytes: &[u8]) -> String {
+    let mut cmd = Command::new("base64");
+    cmd.arg("-w0");
+    String::from_utf8(crate::util::run_with_stdin(cmd, bytes).stdout).unwrap()
 }
