@@ -159,6 +159,17 @@ pub struct Client {
 }
 
 impl Client {
+    /// Another client of the same origin, trust and timeouts, with a connection of its own.
+    pub fn fork(&self) -> Client {
+        Client {
+            origin: self.origin.clone(),
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+            io_timeout: self.io_timeout,
+            conn: None,
+        }
+    }
+
     /// `ca_file` replaces the system's trusted CAs for an `https` origin.
     pub fn new(
         origin: Origin,

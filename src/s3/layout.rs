@@ -103,6 +103,13 @@ pub fn effective_part_size(size: u64, part_size: u64) -> u64 {
     }
 }
 
+/// How many parts of `part_size` are uploaded side by side, each on a connection of its own:
+/// as many as fit in 32 MiB, at least one, at most four. One more part is being read and
+/// hashed meanwhile, so a file upload holds at most `(n + 1) × part_size` in memory.
+pub fn parallel_parts(part_size: u64) -> usize {
+    ((32 << 20) / part_size.max(1)).clamp(1, 4) as usize
+}
+
 /// The parts of a file of `size` (at least one).
 pub fn parts(size: u64, part_size: u64) -> Vec<PartRange> {
     let part_size = effective_part_size(size, part_size);
@@ -218,6 +225,23 @@ pub fn orphans<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_in_flight_fit_the_memory_bound() {
+        const MIB: u64 = 1 << 20;
+        for (part_size, senders) in [
+            (5 * MIB, 4),
+            (8 * MIB, 4),
+            (10 * MIB, 3),
+            (16 * MIB, 2),
+            (32 * MIB, 1),
+            (5 << 30, 1),
+        ] {
+            assert_eq!(parallel_parts(part_size), senders, "{part_size}");
+            let held = (senders as u64 + 1) * part_size;
+            assert!(held <= 48 * MIB || senders == 1, "{part_size}: {held}");
+        }
+    }
     use proptest::prelude::*;
 
     const ID: &str = "20261202T180000.000Z-master-0";

@@ -81,6 +81,17 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 impl Client {
+    /// Another client of the same bucket and keys, with a connection of its own (parts
+    /// uploaded side by side).
+    pub fn fork(&self) -> Client {
+        Client {
+            bucket: self.bucket.clone(),
+            credentials: self.credentials.clone(),
+            http: self.http.fork(),
+            describe: self.describe.clone(),
+        }
+    }
+
     /// A client for the target's bucket with the keys of its credentials file.
     pub fn open(
         target: &S3Target,

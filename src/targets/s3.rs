@@ -317,27 +317,104 @@ fn upload_file(
     let held: BTreeMap<u32, &crate::s3::xml::Part> = held.iter().map(|p| (p.number, p)).collect();
     let mut whole = crate::hash::Sha256::new();
     let mut digests = Vec::with_capacity(parts.len());
-    let mut completed = Vec::with_capacity(parts.len());
+    let mut completed: Vec<crate::s3::xml::CompletedPart> = parts
+        .iter()
+        .map(|p| crate::s3::xml::CompletedPart {
+            etag: String::new(),
+            number: u32::from(p.number),
+            checksum_sha256: String::new(),
+        })
+        .collect();
     let mut sent = 0;
-    for part in &parts {
-        read(buf, part.offset, part.len)?;
-        whole.update(buf);
-        let digest = crate::hash::Sha256::digest(buf);
-        let checksum = base64(&digest);
-        let etag = match held.get(&u32::from(part.number)) {
-            Some(p) if p.size == part.len && part_matches(p, &checksum, buf) => p.etag.clone(),
-            _ => {
-                let etag = client.upload_part(key, &upload_id, part.number, buf, &checksum)?;
-                sent += part.len;
-                etag
+    // This thread reads and hashes each part once, in order; `senders` connections upload
+    // them side by side (a part in flight on each, one being read: the memory bound).
+    let senders = layout::parallel_parts(t.part_size);
+    // Part bodies circulate: read here, uploaded by a sender, handed back for the next read.
+    // At most `senders + 1` exist, so memory stays `(senders + 1) × part_size`.
+    type Done = Result<(usize, String, Vec<u8>)>;
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>, String)>(0);
+    let (done_tx, done) = std::sync::mpsc::channel::<Done>();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    fn record(
+        result: Done,
+        completed: &mut [crate::s3::xml::CompletedPart],
+        free: &mut Vec<Vec<u8>>,
+    ) -> Result<()> {
+        let (i, etag, body) = result?;
+        completed[i].etag = etag;
+        free.push(body);
+        Ok(())
+    }
+    let mut free: Vec<Vec<u8>> = Vec::new();
+    let fed = std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..senders {
+            let (queue, done_tx, mut client) = (queue.clone(), done_tx.clone(), client.fork());
+            let (key, upload_id, parts) = (key, upload_id.as_str(), &parts);
+            scope.spawn(move || {
+                loop {
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((i, body, checksum)) = job else { return };
+                    let number = parts[i].number;
+                    let result = client.upload_part(key, upload_id, number, &body, &checksum);
+                    let failed = result.is_err();
+                    let _ = done_tx.send(result.map(|etag| (i, etag, body)));
+                    if failed {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((queue, done_tx));
+        let mut made = 0;
+        for (i, part) in parts.iter().enumerate() {
+            while let Ok(result) = done.try_recv() {
+                record(result, &mut completed, &mut free)?;
             }
-        };
-        digests.push(digest);
-        completed.push(crate::s3::xml::CompletedPart {
-            etag,
-            number: u32::from(part.number),
-            checksum_sha256: checksum,
-        });
+            let mut body = match free.pop() {
+                Some(body) => body,
+                None if made <= senders => {
+                    made += 1;
+                    Vec::new()
+                }
+                // Every body is out: wait for a sender to hand one back (or to fail).
+                None => match done.recv() {
+                    Ok(result) => {
+                        record(result, &mut completed, &mut free)?;
+                        free.pop().expect("a body handed back")
+                    }
+                    Err(_) => break,
+                },
+            };
+            read(&mut body, part.offset, part.len)?;
+            whole.update(&body);
+            let digest = crate::hash::Sha256::digest(&body);
+            let checksum = base64(&digest);
+            digests.push(digest);
+            completed[i].checksum_sha256 = checksum.clone();
+            match held.get(&u32::from(part.number)) {
+                Some(p) if p.size == part.len && part_matches(p, &checksum, &body) => {
+                    completed[i].etag = p.etag.clone();
+                    free.push(body);
+                }
+                _ => {
+                    sent += part.len;
+                    // A send fails only when every sender has stopped on an error.
+                    if jobs.send((i, body, checksum)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(jobs);
+        Ok(())
+    });
+    // Every sender has ended: what they uploaded, or the first error.
+    for result in done.try_iter() {
+        record(result, &mut completed, &mut free)?;
+    }
+    fed?;
+    if let Some(part) = completed.iter().find(|p| p.etag.is_empty()) {
+        bail!("part {} of '{key}' was not uploaded", part.number);
     }
     let whole = whole.finalize();
     if crate::verify::hex(&whole) != entry.sha256 {
