@@ -68,20 +68,9 @@ fn clear_peers(lab: &Lab) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    let Some((lab, mib)) = Lab::for_bench() else {
         return; // `cargo test --benches` must not run this.
-    }
-    let mib: usize = std::env::var("BENCH_SIZE_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let lab = Lab::new();
-    let started = Instant::now();
-    lab.load_etcd(mib);
-    eprintln!(
-        "loaded {mib} MiB into etcd in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
+    };
     let id = lab.backup(0);
     let set_dir = lab.hosts[0].store().join("sets").join(&id);
     let files: Vec<std::path::PathBuf> = std::fs::read_dir(&set_dir)

@@ -101,7 +101,8 @@ impl HostStore {
 }
 
 #[test]
-fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_volume_and_a_bucket() {
+fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_volume_and_a_bucket()
+{
     let dir = tempfile::tempdir().unwrap();
     let lab = Masters::up("pods");
 

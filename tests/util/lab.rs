@@ -325,6 +325,26 @@ impl Lab {
         key
     }
 
+    /// For benchmarks: `None` under `cargo test --benches` (nothing runs); otherwise a lab
+    /// with BENCH_SIZE_MIB (default 1024) MiB loaded into etcd, and that size.
+    pub fn for_bench() -> Option<(Lab, usize)> {
+        if std::env::args().any(|a| a == "--list" || a == "--test") {
+            return None;
+        }
+        let mib: usize = std::env::var("BENCH_SIZE_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024);
+        let lab = Lab::new();
+        let started = std::time::Instant::now();
+        lab.load_etcd(mib);
+        eprintln!(
+            "loaded {mib} MiB into etcd in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+        Some((lab, mib))
+    }
+
     /// Loads `mib` MiB of values shaped like Kubernetes objects into the test etcd: structure
     /// that repeats, ids and payloads that do not (real etcd data compresses a few times).
     pub fn load_etcd(&self, mib: usize) {
