@@ -337,3 +337,66 @@ fn locked_sets_stay_and_split_files_come_back_whole_from_two_buckets() {
         .expect_stdout(&format!(".tar.gz from bucket '{other}'"));
     assert_eq!(fingerprint(&node.set_dir(&ids[1])), original);
 }
+
+#[test]
+fn an_https_bucket_is_trusted_by_its_ca_file_and_refused_under_another_ca() {
+    let server = S3Server::start_tls();
+    let endpoint = server.endpoint();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let bucket = "tls-bucket";
+    server.tool_json(&["mkbucket", bucket]);
+    let node = Node::new("");
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    let other_ca = make_ca(node.dir.path(), "other-ca");
+    let nfs = node.dir.path().join("nfs");
+    let dir_target = format!(
+        "\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+        nfs.display()
+    );
+    let id = node.backup();
+
+    // Another CA, and the system's CAs: both refuse the server, naming endpoint and bucket;
+    // the dir target beside it gets the set all the same.
+    for ca in [Some(other_ca.as_path()), None] {
+        let extra = ca.map_or(String::new(), |ca| {
+            format!("ca_file = \"{}\"", ca.display())
+        });
+        let targets = s3_target(&endpoint, bucket, &credentials, &extra) + &dir_target;
+        spray_config(&node, "", &targets);
+        let run = node.run(&["spray"]);
+        let trusted = ca.map_or("a CA the system trusts".to_string(), |ca| {
+            format!("signed by the CA in '{}'", ca.display())
+        });
+        run.expect_code(4)
+            .expect_stderr(&format!("bucket '{bucket}' at {endpoint}"))
+            .expect_stderr("certificate verify failed")
+            .expect_stderr(&trusted);
+        assert!(nfs.join("sets").join(&id).join("manifest.json").exists());
+        let objects = server.tool_json(&["objects", bucket, "cluster/"]);
+        assert_eq!(objects, serde_json::json!([]), "nothing reached the bucket");
+    }
+
+    // Its own CA: trusted, the set arrives whole.
+    let extra = format!("ca_file = \"{}\"", server.ca().unwrap().display());
+    spray_config(
+        &node,
+        "",
+        &s3_target(&endpoint, bucket, &credentials, &extra),
+    );
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    let objects = server.tool_json(&["objects", bucket, &format!("cluster/sets/{id}/")]);
+    let by_name: BTreeMap<String, String> = objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let key = o["key"].as_str().unwrap();
+            (
+                key.rsplit('/').next().unwrap().to_string(),
+                o["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let local: BTreeMap<String, String> = fingerprint(&node.set_dir(&id)).into_iter().collect();
+    assert_eq!(by_name, local);
+}

@@ -156,6 +156,8 @@ pub struct Client {
     connect_timeout: Duration,
     io_timeout: Duration,
     conn: Option<BufReader<Wire>>,
+    /// Whom the server's certificate must come from, for messages: the CA file or the system.
+    trust: String,
 }
 
 impl Client {
@@ -167,6 +169,7 @@ impl Client {
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
             conn: None,
+            trust: self.trust.clone(),
         }
     }
 
@@ -200,12 +203,17 @@ impl Client {
         } else {
             None
         };
+        let trust = match ca_file {
+            Some(ca) => format!("the CA in '{}' (ca_file)", ca.display()),
+            None => "a CA the system trusts (or set ca_file)".to_string(),
+        };
         Ok(Client {
             origin,
             tls,
             connect_timeout,
             io_timeout,
             conn: None,
+            trust,
         })
     }
 
@@ -226,7 +234,12 @@ impl Client {
                         None => Wire::Plain(stream),
                         Some(tls) => Wire::Tls(Box::new(
                             tls.connect(host, stream)
-                                .map_err(|e| anyhow::anyhow!("TLS handshake failed: {e}"))?,
+                                .map_err(|e| {
+                                    anyhow::anyhow!(
+                                        "TLS handshake failed (the server's certificate must be signed by {} and name '{host}'): {e}",
+                                        self.trust
+                                    )
+                                })?,
                         )),
                     };
                     return Ok(BufReader::with_capacity(64 * 1024, wire));

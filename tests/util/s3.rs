@@ -34,6 +34,8 @@ pub struct S3Server {
     /// The network namespace it runs in (its clients run there too), and its address there.
     netns: Option<String>,
     ip: String,
+    /// With TLS: the CA that signed its certificate (`https` endpoint).
+    ca: Option<PathBuf>,
     ports: Vec<u16>,
     /// The running server's pid and the end of its waiter thread.
     child: Option<(i32, std::sync::mpsc::Receiver<()>)>,
@@ -61,8 +63,27 @@ impl S3Server {
         S3Server::start_on(Some(netns.to_string()), ip)
     }
 
+    /// On loopback over `https`, its certificate (for 127.0.0.1) signed by a CA of its own.
+    pub fn start_tls() -> S3Server {
+        S3Server::start_with(None, "127.0.0.1", true)
+    }
+
+    /// The CA of an `https` server.
+    pub fn ca(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
     fn start_on(netns: Option<String>, ip: &str) -> S3Server {
+        S3Server::start_with(netns, ip, false)
+    }
+
+    fn start_with(netns: Option<String>, ip: &str, tls: bool) -> S3Server {
         let dir = tempfile::tempdir().unwrap();
+        let ca = tls.then(|| {
+            let ca = make_ca(dir.path(), "ca");
+            issue(dir.path(), &ca, "tls", ip);
+            ca
+        });
         // s3, master, volume, filer, admin, webdav, and the gRPC port of each of the first five.
         let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
         let mut server = S3Server {
@@ -71,6 +92,7 @@ impl S3Server {
             ports,
             netns,
             ip: ip.to_string(),
+            ca,
             child: None,
         };
         server.restart();
@@ -78,7 +100,8 @@ impl S3Server {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{}", self.ip, self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.ip, self.port)
     }
 
     /// Starts the server (again, on the same data and ports) and waits until S3 answers.
@@ -96,6 +119,13 @@ impl S3Server {
             .arg(format!("-ip={}", self.ip))
             .arg(format!("-ip.bind={}", self.ip))
             .arg("-admin.ui=false")
+            .args(self.ca.iter().flat_map(|_| {
+                let dir = self.dir.path();
+                [
+                    format!("-s3.cert.file={}", dir.join("tls.crt").display()),
+                    format!("-s3.key.file={}", dir.join("tls.key").display()),
+                ]
+            }))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-s3.port={}", p[0]))
             .arg(format!("-master.port={}", p[1]))
@@ -161,7 +191,11 @@ impl S3Server {
 
     /// `tests/lab/s3-tool ARGS` against this server (in its namespace).
     pub fn tool(&self, args: &[&str]) -> Output {
-        tool_in(self.netns.as_deref(), &self.endpoint(), args)
+        let mut cmd = tool_cmd(self.netns.as_deref(), &self.endpoint(), args);
+        if let Some(ca) = &self.ca {
+            cmd.env("AWS_CA_BUNDLE", ca);
+        }
+        cmd.output().unwrap()
     }
 
     /// `tool`, which must succeed, its JSON parsed.
@@ -195,13 +229,88 @@ pub fn tool(endpoint: &str, args: &[&str]) -> Output {
 }
 
 fn tool_in(netns: Option<&str>, endpoint: &str, args: &[&str]) -> Output {
-    in_netns(netns, &repo().join("tests/lab/s3-tool"))
-        .args(args)
+    tool_cmd(netns, endpoint, args).output().unwrap()
+}
+
+fn tool_cmd(netns: Option<&str>, endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = in_netns(netns, &repo().join("tests/lab/s3-tool"));
+    cmd.args(args)
         .env("S3_ENDPOINT", endpoint)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap()
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    cmd
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A CA of its own in `dir`: `NAME.crt` and `NAME.key`. The certificate's path.
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=etcd-backup test {name}"),
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        crt.to_str().unwrap(),
+    ]);
+    crt
+}
+
+/// A server certificate for `ip` signed by the CA `ca` (made by `make_ca`): `NAME.crt`/`.key`.
+fn issue(dir: &Path, ca: &Path, name: &str, ip: &str) {
+    let path = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
+    std::fs::write(
+        path("ext"),
+        format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={ip}"),
+        "-keyout",
+        &path("key"),
+        "-out",
+        &path("csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("csr"),
+        "-CA",
+        ca.to_str().unwrap(),
+        "-CAkey",
+        ca.with_extension("key").to_str().unwrap(),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &path("ext"),
+        "-out",
+        &path("crt"),
+    ]);
 }
 
 /// `tool`, which must succeed, its JSON parsed.
