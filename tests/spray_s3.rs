@@ -400,3 +400,30 @@ fn an_https_bucket_is_trusted_by_its_ca_file_and_refused_under_another_ca() {
     let local: BTreeMap<String, String> = fingerprint(&node.set_dir(&id)).into_iter().collect();
     assert_eq!(by_name, local);
 }
+
+#[test]
+fn sse_aes256_is_asked_for_and_every_stored_object_has_it() {
+    let endpoint = shared_endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let mut node = Node::new("");
+    node.use_etcd(big_etcd());
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    spray_config(
+        &node,
+        "",
+        &s3_target(&endpoint, &bucket, &credentials, "sse = \"AES256\""),
+    );
+    let id = node.backup();
+    let snapshot = set_file(&node.set_dir(&id), ".db");
+    let size = std::fs::metadata(&snapshot).unwrap().len();
+    assert!(size > 2 * (5 << 20), "a multipart upload as well: {size}");
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    // The snapshot in parts, the resources and the manifest in one PUT each: all encrypted
+    // as the server reports it to an independent client.
+    let objects = objects(&endpoint, &bucket);
+    assert_eq!(objects.len(), 3, "{objects:#?}");
+    for (key, object) in &objects {
+        assert_eq!(object["sse"], "AES256", "{key}");
+    }
+    assert_sets_on_bucket(&node, &endpoint, &bucket, std::slice::from_ref(&id));
+}

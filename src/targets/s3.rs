@@ -195,11 +195,18 @@ fn object_headers(t: &S3Target, sha256_hex: &str) -> Vec<(&'static str, String)>
     headers
 }
 
-/// A store that answers without the encryption asked for has not encrypted the object.
-fn check_encryption(t: &S3Target, key: &str, response: &crate::s3::http::Response) -> Result<()> {
+/// Whether an answer shows the encryption asked for. With `absent_ok`, an answer that names
+/// none passes (some stores, SeaweedFS among them, do not echo it when a multipart upload
+/// starts; the stored object's HEAD is checked at the end).
+fn check_encryption(
+    t: &S3Target,
+    key: &str,
+    response: &crate::s3::http::Response,
+    absent_ok: bool,
+) -> Result<()> {
     if let Some(sse) = &t.sse {
         let answered = response.header("x-amz-server-side-encryption");
-        if answered != Some(sse.algorithm()) {
+        if answered != Some(sse.algorithm()) && !(absent_ok && answered.is_none()) {
             bail!(
                 "'{key}' was stored without the requested encryption {} (the store answered {}): not trusting this bucket with secrets",
                 sse.algorithm(),
@@ -208,6 +215,20 @@ fn check_encryption(t: &S3Target, key: &str, response: &crate::s3::http::Respons
         }
     }
     Ok(())
+}
+
+/// `check_encryption` of a stored object; one stored without it is deleted again (it holds
+/// secrets in the clear) before the error.
+fn refuse_unencrypted(
+    client: &mut Client,
+    t: &S3Target,
+    key: &str,
+    response: &crate::s3::http::Response,
+) -> Result<()> {
+    check_encryption(t, key, response, false).map_err(|e| match client.delete(key) {
+        Ok(()) => anyhow::anyhow!("{e:#}; the object is deleted again"),
+        Err(d) => anyhow::anyhow!("{e:#}; and it could not be deleted again: {d:#}"),
+    })
 }
 
 /// Uploads the files of `open` this target carries and lacks, then the manifest; returns the
@@ -252,7 +273,7 @@ fn upload_set(
         set.manifest_json.as_bytes(),
         &object_headers(t, &digest),
     )?;
-    check_encryption(t, &key, &response)?;
+    refuse_unencrypted(client, t, &key, &response)?;
     Ok(sent)
 }
 
@@ -288,8 +309,8 @@ fn upload_file(
             return Err(mismatch());
         }
         let response = client.put(key, buf, &headers)?;
-        check_encryption(t, key, &response)?;
-        verify_object(client, key, entry, &base64(&digest), None)?;
+        refuse_unencrypted(client, t, key, &response)?;
+        verify_object(client, t, key, entry, &base64(&digest), None)?;
         return Ok(entry.size);
     }
     // Continue the newest upload of this key, if a cut run left one.
@@ -310,7 +331,10 @@ fn upload_file(
         }
         None => {
             let (id, response) = client.create_multipart(key, &headers)?;
-            check_encryption(t, key, &response)?;
+            if let Err(e) = check_encryption(t, key, &response, true) {
+                client.abort(key, &id)?;
+                return Err(e);
+            }
             (id, Vec::new())
         }
     };
@@ -422,11 +446,9 @@ fn upload_file(
         return Err(mismatch());
     }
     let response = client.complete(key, &upload_id, &completed)?;
-    if t.sse.is_some() && response.header("x-amz-server-side-encryption").is_some() {
-        check_encryption(t, key, &response)?;
-    }
+    check_encryption(t, key, &response, true)?;
     let composite = layout::composite_checksum(&digests);
-    verify_object(client, key, entry, &base64(&whole), Some(&composite))?;
+    verify_object(client, t, key, entry, &base64(&whole), Some(&composite))?;
     Ok(sent)
 }
 
@@ -444,6 +466,7 @@ fn part_matches(held: &crate::s3::xml::Part, sha256_b64: &str, bytes: &[u8]) -> 
 /// was sent, the encryption asked for.
 fn verify_object(
     client: &mut Client,
+    t: &S3Target,
     key: &str,
     entry: &FileEntry,
     whole_b64: &str,
@@ -452,6 +475,7 @@ fn verify_object(
     let head = client
         .head(key)?
         .with_context(|| format!("'{key}' is missing right after its upload"))?;
+    refuse_unencrypted(client, t, key, &head)?;
     let size = head
         .header("content-length")
         .and_then(|l| l.parse::<u64>().ok());
