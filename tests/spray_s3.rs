@@ -347,7 +347,7 @@ fn an_https_bucket_is_trusted_by_its_ca_file_and_refused_under_another_ca() {
     server.tool_json(&["mkbucket", bucket]);
     let node = Node::new("");
     let credentials = credentials_file(node.dir.path(), SECRET_KEY);
-    let other_ca = make_ca(node.dir.path(), "other-ca");
+    let (other_ca, _) = make_ca(node.dir.path(), "other-ca");
     let nfs = node.dir.path().join("nfs");
     let dir_target = format!(
         "\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",

@@ -82,7 +82,7 @@ impl S3Server {
         let ca = tls.then(|| {
             let ca = make_ca(dir.path(), "ca");
             issue(dir.path(), &ca, "tls", ip);
-            ca
+            ca.0
         });
         // s3, master, volume, filer, admin, webdav, and the gRPC port of each of the first five.
         let ports: Vec<u16> = (0..10).map(|_| free_port()).collect();
@@ -246,34 +246,8 @@ fn openssl(args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {out:?}");
 }
 
-/// A CA of its own in `dir`: `NAME.crt` and `NAME.key`. The certificate's path.
-pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
-    let (crt, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN=etcd-backup test {name}"),
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        crt.to_str().unwrap(),
-    ]);
-    crt
-}
-
-/// A server certificate for `ip` signed by the CA `ca` (made by `make_ca`): `NAME.crt`/`.key`.
-fn issue(dir: &Path, ca: &Path, name: &str, ip: &str) {
+/// A server certificate for `ip` signed by the CA `ca` (cert, key): `NAME.crt`/`.key`.
+fn issue(dir: &Path, ca: &(PathBuf, PathBuf), name: &str, ip: &str) {
     let path = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
     std::fs::write(
         path("ext"),
@@ -300,9 +274,9 @@ fn issue(dir: &Path, ca: &Path, name: &str, ip: &str) {
         "-in",
         &path("csr"),
         "-CA",
-        ca.to_str().unwrap(),
+        ca.0.to_str().unwrap(),
         "-CAkey",
-        ca.with_extension("key").to_str().unwrap(),
+        ca.1.to_str().unwrap(),
         "-CAcreateserial",
         "-days",
         "2",
