@@ -99,6 +99,30 @@ fn host_paths(pod: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The rendered ConfigMap's config.toml as `etcd-backup check-config` on master-1 reads it
+/// (it must accept it): the effective config.
+fn effective_config(objects: &[Value]) -> String {
+    let config = of_kind(objects, "ConfigMap")[0]["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env("NODE_NAME", "master-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn helm_lint_is_clean_for_the_defaults_and_every_ci_values_file() {
     let mut runs = vec![vec![]];
@@ -301,25 +325,7 @@ fn sync_mode_runs_receivers_pinned_snapshot_nodes_and_a_config_that_loads() {
     assert_eq!(of_kind(&objects, "Secret").len(), 1, "the CA");
 
     // The rendered config.toml is one etcd-backup itself accepts.
-    let config = of_kind(&objects, "ConfigMap")[0]["data"]["config.toml"]
-        .as_str()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .env("NODE_NAME", "master-1")
-        .output()
-        .unwrap();
-    let effective = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let effective = effective_config(&objects);
     for line in [
         "name = \"master-1\"",
         "chroot = \"/host\"",
@@ -532,25 +538,7 @@ fn s3_targets_come_from_values_with_their_keys_from_a_secret_in_the_spray_pods_o
     }
 
     // The config: both buckets, as etcd-backup itself reads them.
-    let config = of_kind(&objects, "ConfigMap")[0]["data"]["config.toml"]
-        .as_str()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .env("NODE_NAME", "master-1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let effective = String::from_utf8_lossy(&out.stdout);
+    let effective = effective_config(&objects);
     for line in [
         "bucket = \"etcd-snapshots\"",
         "prefix = \"cluster-a\"",
