@@ -33,18 +33,7 @@ fn timed(program: &str, args: &[&str], env: &[(&str, String)]) -> (f64, String, 
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
-    let field = |name: &str| -> Vec<f64> {
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix(name))
-            .filter_map(|v| v.trim().parse().ok())
-            .collect()
-    };
-    let rss = field("Maximum resident set size (kbytes):")
-        .first()
-        .copied()
-        .unwrap_or(0.0) as u64;
-    let cpu = field("User time (seconds):").iter().sum::<f64>()
-        + field("System time (seconds):").iter().sum::<f64>();
+    let (rss, cpu) = util::time_v_figures(&text);
     (secs, text, rss, cpu)
 }
 

@@ -41,23 +41,7 @@ fn spray(lab: &Lab, peers: &[usize], compress: bool) -> (f64, String, u64, f64) 
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "spray failed:\n{stdout}\n{stderr}");
-    let rss_kib: u64 = stderr
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let cpu: f64 = stderr
-        .lines()
-        .filter_map(|l| {
-            l.trim()
-                .strip_prefix("User time (seconds): ")
-                .or_else(|| l.trim().strip_prefix("System time (seconds): "))
-        })
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum();
+    let (rss_kib, cpu) = time_v_figures(&stderr);
     (secs, stdout, rss_kib, cpu)
 }
 

@@ -607,3 +607,21 @@ pub fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     assert!(out.status.success(), "{out:?}");
     (cert, key)
 }
+
+/// From what `/usr/bin/time -v` printed: the peak RSS (KiB) and the CPU seconds (user +
+/// system) of the command (benchmarks).
+pub fn time_v_figures(text: &str) -> (u64, f64) {
+    let field = |name: &str| -> Vec<f64> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix(name))
+            .filter_map(|v| v.trim().parse().ok())
+            .collect()
+    };
+    let rss = field("Maximum resident set size (kbytes):")
+        .first()
+        .copied()
+        .unwrap_or(0.0) as u64;
+    let cpu = field("User time (seconds):").iter().sum::<f64>()
+        + field("System time (seconds):").iter().sum::<f64>();
+    (rss, cpu)
+}
