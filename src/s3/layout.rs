@@ -225,6 +225,7 @@ pub fn orphans<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn parts_in_flight_fit_the_memory_bound() {
@@ -242,7 +243,6 @@ mod tests {
             assert!(held <= 48 * MIB || senders == 1, "{part_size}: {held}");
         }
     }
-    use proptest::prelude::*;
 
     const ID: &str = "20261202T180000.000Z-master-0";
 

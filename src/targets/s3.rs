@@ -339,6 +339,47 @@ fn upload_file(
         }
     };
     let held: BTreeMap<u32, &crate::s3::xml::Part> = held.iter().map(|p| (p.number, p)).collect();
+    let senders = layout::parallel_parts(t.part_size);
+    let Uploaded {
+        completed,
+        digests,
+        whole,
+        sent,
+    } = upload_parts(client, key, &upload_id, &parts, &held, senders, read)?;
+    if crate::verify::hex(&whole) != entry.sha256 {
+        client.abort(key, &upload_id)?;
+        return Err(mismatch());
+    }
+    let response = client.complete(key, &upload_id, &completed)?;
+    check_encryption(t, key, &response, true)?;
+    let composite = layout::composite_checksum(&digests);
+    verify_object(client, t, key, entry, &base64(&whole), Some(&composite))?;
+    Ok(sent)
+}
+
+/// What `upload_parts` did: the parts to complete the upload with, each part's SHA-256 and
+/// the whole file's, and the bytes sent (parts the server already held are not).
+struct Uploaded {
+    completed: Vec<crate::s3::xml::CompletedPart>,
+    digests: Vec<[u8; 32]>,
+    whole: [u8; 32],
+    sent: u64,
+}
+
+/// The parts of one multipart upload: this thread reads and hashes each part once, in order
+/// (`read`); `senders` connections upload them side by side. A part `held` with the same
+/// bytes is not sent again. Part bodies circulate: read here, uploaded by a sender, handed
+/// back for the next read; at most `senders + 1` exist, so memory stays
+/// `(senders + 1) × part_size`.
+fn upload_parts(
+    client: &Client,
+    key: &str,
+    upload_id: &str,
+    parts: &[layout::PartRange],
+    held: &BTreeMap<u32, &crate::s3::xml::Part>,
+    senders: usize,
+    read: impl Fn(&mut Vec<u8>, u64, u64) -> Result<()>,
+) -> Result<Uploaded> {
     let mut whole = crate::hash::Sha256::new();
     let mut digests = Vec::with_capacity(parts.len());
     let mut completed: Vec<crate::s3::xml::CompletedPart> = parts
@@ -350,11 +391,6 @@ fn upload_file(
         })
         .collect();
     let mut sent = 0;
-    // This thread reads and hashes each part once, in order; `senders` connections upload
-    // them side by side (a part in flight on each, one being read: the memory bound).
-    let senders = layout::parallel_parts(t.part_size);
-    // Part bodies circulate: read here, uploaded by a sender, handed back for the next read.
-    // At most `senders + 1` exist, so memory stays `(senders + 1) × part_size`.
     type Done = Result<(usize, String, Vec<u8>)>;
     let (jobs, queue) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>, String)>(0);
     let (done_tx, done) = std::sync::mpsc::channel::<Done>();
@@ -373,7 +409,6 @@ fn upload_file(
     let fed = std::thread::scope(|scope| -> Result<()> {
         for _ in 0..senders {
             let (queue, done_tx, mut client) = (queue.clone(), done_tx.clone(), client.fork());
-            let (key, upload_id, parts) = (key, upload_id.as_str(), &parts);
             scope.spawn(move || {
                 loop {
                     let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
@@ -440,16 +475,12 @@ fn upload_file(
     if let Some(part) = completed.iter().find(|p| p.etag.is_empty()) {
         bail!("part {} of '{key}' was not uploaded", part.number);
     }
-    let whole = whole.finalize();
-    if crate::verify::hex(&whole) != entry.sha256 {
-        client.abort(key, &upload_id)?;
-        return Err(mismatch());
-    }
-    let response = client.complete(key, &upload_id, &completed)?;
-    check_encryption(t, key, &response, true)?;
-    let composite = layout::composite_checksum(&digests);
-    verify_object(client, t, key, entry, &base64(&whole), Some(&composite))?;
-    Ok(sent)
+    Ok(Uploaded {
+        completed,
+        digests,
+        whole: whole.finalize(),
+        sent,
+    })
 }
 
 /// Whether a part a cut run left holds these bytes: by its SHA-256 where the server lists it,
