@@ -412,10 +412,10 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
         None => render::generate_keypair()?,
     };
     let known_hosts = known_hosts.as_ref().map(read).transpose()?;
-    let s3_credentials = match s3_credentials {
-        Some(path) => Some(crate::s3::credentials::read_private(path)?),
-        None => None,
-    };
+    let s3_credentials = s3_credentials
+        .as_deref()
+        .map(crate::s3::credentials::read_private)
+        .transpose()?;
     for warning in render::check_s3_credentials(&settings.spray.targets, s3_credentials.as_deref())?
     {
         tracing::warn!("{warning}");

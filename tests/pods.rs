@@ -235,26 +235,21 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
     // in for the NFS export, mounted into the pod as the claim would be).
     let volume = dir.path().join("nfs-export");
     std::fs::create_dir(&volume).unwrap();
-    let pv = template(
-        dir.path(),
-        "pv.yaml",
-        &[
-            "-f",
-            repo()
-                .join("charts/etcd-backup/ci/pv-values.yaml")
-                .to_str()
-                .unwrap(),
-        ],
-    );
-    lab.script(&[
-        "run-pod",
-        pv.to_str().unwrap(),
-        "eb-etcd-backup-spray",
-        "0",
-        "--claim",
-        &format!("eb-etcd-backup-pv={}", volume.display()),
-    ])
-    .expect_ok("the pv spray job");
+    let pv_values = repo().join("charts/etcd-backup/ci/pv-values.yaml");
+    let pv_values = pv_values.to_str().unwrap();
+    // The pv-mode spray job of `rendered` on master-0, the volume mounted as its claim.
+    let pv_spray = |rendered: &Path| {
+        lab.script(&[
+            "run-pod",
+            rendered.to_str().unwrap(),
+            "eb-etcd-backup-spray",
+            "0",
+            "--claim",
+            &format!("eb-etcd-backup-pv={}", volume.display()),
+        ])
+    };
+    let pv = template(dir.path(), "pv.yaml", &["-f", pv_values]);
+    pv_spray(&pv).expect_ok("the pv spray job");
     let on_volume = HostStore::at(&volume).verified_ids();
     assert_eq!(
         on_volume,
@@ -274,10 +269,7 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
         "s3.yaml",
         &[
             "-f",
-            repo()
-                .join("charts/etcd-backup/ci/pv-values.yaml")
-                .to_str()
-                .unwrap(),
+            pv_values,
             "--set",
             &format!(
                 "s3.credentialsSecret=eb-s3,s3.targets[0].endpoint={endpoint},s3.targets[0].bucket=pods,s3.targets[0].prefix=cluster-a"
@@ -294,15 +286,7 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
     let mut rendered = std::fs::read_to_string(&with_s3).unwrap();
     rendered.push_str(&secret);
     std::fs::write(&with_s3, rendered).unwrap();
-    lab.script(&[
-        "run-pod",
-        with_s3.to_str().unwrap(),
-        "eb-etcd-backup-spray",
-        "0",
-        "--claim",
-        &format!("eb-etcd-backup-pv={}", volume.display()),
-    ])
-    .expect_ok("the spray job with an s3 target");
+    pv_spray(&with_s3).expect_ok("the spray job with an s3 target");
     let objects = s3.tool_json(&["objects", "pods", "cluster-a/sets/"]);
     let mut in_bucket: Vec<String> = objects
         .as_array()

@@ -225,11 +225,7 @@ fn in_netns(netns: Option<&str>, program: &Path) -> Command {
 
 /// `tests/lab/s3-tool ARGS` against `endpoint` on loopback, with the test keys.
 pub fn tool(endpoint: &str, args: &[&str]) -> Output {
-    tool_in(None, endpoint, args)
-}
-
-fn tool_in(netns: Option<&str>, endpoint: &str, args: &[&str]) -> Output {
-    tool_cmd(netns, endpoint, args).output().unwrap()
+    tool_cmd(None, endpoint, args).output().unwrap()
 }
 
 fn tool_cmd(netns: Option<&str>, endpoint: &str, args: &[&str]) -> Command {
