@@ -1,26 +1,55 @@
-//! Benchmark (not a test): spraying a ~1 GiB set of etcd data over real OpenSSH in the
-//! namespace lab, against `scp -O -c aes128-gcm@openssh.com` of the same files, all measured in
-//! this run: one peer vs scp, two peers vs one, a no-op spray, peak RSS.
+//! Benchmark (not a test): spraying real etcd backup sets over real OpenSSH in the namespace
+//! lab against OpenSSH's own `scp -O -c aes128-gcm@openssh.com` and `rsync -e ssh` of the same
+//! files, on two datasets: Kubernetes-shaped values (compressible) and values shaped like
+//! secrets under etcd encryption at rest (incompressible). Per dataset the four runs (scp, rsync,
+//! spray to one peer, spray to two peers) are alternated in three rounds and the medians
+//! compared; then a no-op spray and peak RSS. Sender and receiver CPU seconds per GiB show which
+//! side limits (the receiver figure is `sudo` and `etcd-backup receive`, not sshd).
 //!
-//! `cargo bench --bench spray` (as root; tests/lab/install-deps first). BENCH_SIZE_MIB sets the
-//! etcd data size (default 1024).
+//! `cargo bench --bench spray` (as root; tests/lab/install-deps first). BENCH_SIZE_MIB sets
+//! the etcd data size of each dataset (default 1024).
 
 #[path = "../tests/util/mod.rs"]
 mod util;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 use util::lab::Lab;
 use util::*;
 
-fn timed(mut cmd: Command) -> (f64, std::process::Output) {
-    let start = Instant::now();
-    let out = cmd.output().unwrap();
-    (start.elapsed().as_secs_f64(), out)
+const ROUNDS: usize = 3;
+
+/// One run's figures.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    secs: f64,
+    /// Sender (or scp/rsync client) CPU seconds, user + system.
+    sender_cpu: f64,
+    /// Receivers' CPU seconds (spray only).
+    receiver_cpu: f64,
+    rss_kib: u64,
 }
 
-/// Wall seconds, stdout, peak RSS (KiB) and CPU seconds (user + system) of one spray run.
-fn spray(lab: &Lab, peers: &[usize], compress: bool) -> (f64, String, u64, f64) {
+fn run_timed(mut cmd: Command, what: &str) -> (Figures, String) {
+    let start = Instant::now();
+    let out = cmd.output().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    let (rss_kib, sender_cpu) = time_v_figures(&stderr);
+    let figures = Figures {
+        secs,
+        sender_cpu,
+        rss_kib,
+        ..Figures::default()
+    };
+    (figures, stdout)
+}
+
+/// One spray run from master-0 to `peers`.
+fn spray(lab: &Lab, peers: &[usize]) -> (Figures, String) {
     let list: Vec<String> = peers
         .iter()
         .map(|&n| format!("\"{}\"", lab.hosts[n].ip))
@@ -28,7 +57,7 @@ fn spray(lab: &Lab, peers: &[usize], compress: bool) -> (f64, String, u64, f64) 
     lab.write_config(
         0,
         &format!(
-            "etcd_env = \"\"\npeers = [{}]\ncompress = {compress}\nio_timeout = \"60s\"",
+            "etcd_env = \"\"\npeers = [{}]\nio_timeout = \"60s\"",
             list.join(", ")
         ),
     );
@@ -37,113 +66,243 @@ fn spray(lab: &Lab, peers: &[usize], compress: bool) -> (f64, String, u64, f64) 
         .arg(lab.hosts[0].config())
         .arg("spray")
         .env_remove("JOURNAL_STREAM");
-    let (secs, out) = timed(cmd);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "spray failed:\n{stdout}\n{stderr}");
-    let (rss_kib, cpu) = time_v_figures(&stderr);
-    (secs, stdout, rss_kib, cpu)
+    lab.take_receiver_cpu();
+    let (mut figures, out) = run_timed(cmd, "spray");
+    figures.receiver_cpu = lab.take_receiver_cpu();
+    (figures, out)
 }
 
+/// OpenSSH's client options for the baselines: the same cipher scp is given, batch mode, the
+/// lab's pinned host keys.
+fn ssh_options(lab: &Lab, key: &Path) -> Vec<String> {
+    vec![
+        "-c".into(),
+        "aes128-gcm@openssh.com".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-i".into(),
+        key.display().to_string(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", lab.known_hosts.display()),
+    ]
+}
+
+fn scp(lab: &Lab, key: &Path, files: &[PathBuf]) -> Figures {
+    let mut cmd = lab.hosts[0].cmd("/usr/bin/time");
+    cmd.args(["-v", "scp", "-O", "-q"])
+        .args(ssh_options(lab, key))
+        .args(files)
+        .arg(format!(
+            "core@{}:{}/scp/",
+            lab.hosts[1].ip,
+            lab.hosts[1].dir.display()
+        ));
+    run_timed(cmd, "scp").0
+}
+
+fn rsync(lab: &Lab, key: &Path, files: &[PathBuf]) -> Figures {
+    let mut cmd = lab.hosts[0].cmd("/usr/bin/time");
+    cmd.args(["-v", "rsync", "-e"])
+        .arg(format!("ssh {}", ssh_options(lab, key).join(" ")))
+        .args(files)
+        .arg(format!(
+            "core@{}:{}/scp/",
+            lab.hosts[1].ip,
+            lab.hosts[1].dir.display()
+        ));
+    run_timed(cmd, "rsync").0
+}
+
+/// Every peer starts empty: no set, no staging, no scp copy.
 fn clear_peers(lab: &Lab) {
     for host in &lab.hosts[1..] {
         let _ = std::fs::remove_dir_all(host.store());
+        for entry in std::fs::read_dir(host.dir.join("scp")).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
     }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+const METHODS: [&str; 4] = ["scp", "rsync", "spray 1 peer", "spray 2 peers"];
+
+struct Dataset {
+    name: &'static str,
+    id: String,
+    bytes: u64,
+    /// Per method, the figures of each round.
+    runs: Vec<Vec<Figures>>,
+}
+
+fn set_files(lab: &Lab, id: &str) -> (Vec<PathBuf>, u64) {
+    let set_dir = lab.hosts[0].store().join("sets").join(id);
+    let files: Vec<PathBuf> = std::fs::read_dir(&set_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with("manifest.json"))
+        .collect();
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    (files, bytes)
+}
+
+/// The three rounds of one dataset, whose set is the only one in master-0's store.
+fn measure(lab: &Lab, key: &Path, name: &'static str, id: String) -> Dataset {
+    let (files, bytes) = set_files(lab, &id);
+    eprintln!("{name}: set {id}, {:.0} MiB", bytes as f64 / MIB);
+    let mut runs = vec![Vec::new(); METHODS.len()];
+    for round in 0..ROUNDS {
+        // Alternated: each round starts with another method.
+        for step in 0..METHODS.len() {
+            let method = (round + step) % METHODS.len();
+            clear_peers(lab);
+            let figures = match method {
+                0 => scp(lab, key, &files),
+                1 => rsync(lab, key, &files),
+                2 => spray(lab, &[1]).0,
+                _ => spray(lab, &[1, 2]).0,
+            };
+            eprintln!(
+                "  round {round}: {:<14} {:6.2} s",
+                METHODS[method], figures.secs
+            );
+            runs[method].push(figures);
+        }
+    }
+    Dataset {
+        name,
+        id,
+        bytes,
+        runs,
+    }
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+fn report(data: &Dataset) {
+    let m = |method: usize, field: fn(&Figures) -> f64| {
+        median(data.runs[method].iter().map(field).collect())
+    };
+    let secs = |method| m(method, |f| f.secs);
+    let gib = data.bytes as f64 / (1u64 << 30) as f64;
+    println!(
+        "{}: {:.0} MiB set; medians of {ROUNDS} alternated runs",
+        data.name,
+        data.bytes as f64 / MIB
+    );
+    let (scp_secs, two_secs, one_secs) = (secs(0), secs(3), secs(2));
+    for (method, name) in METHODS.iter().enumerate() {
+        let s = secs(method);
+        let mut line = format!(
+            "  {name:<14} {s:6.2} s {:6.0} MiB/s = {:.2}x scp; sender CPU {:.2} s/GiB",
+            data.bytes as f64 / MIB / s,
+            scp_secs / s,
+            m(method, |f| f.sender_cpu) / gib
+        );
+        if method >= 2 {
+            let peers = (method - 1) as f64;
+            line.push_str(&format!(
+                ", receiver CPU {:.2} s/GiB per peer",
+                m(method, |f| f.receiver_cpu) / gib / peers
+            ));
+        }
+        println!("{line}");
+    }
+    println!(
+        "  targets: spray 1 peer {:.2}x scp (>= {}), 2 peers {:.2}x one peer (<= 1.3x)",
+        scp_secs / one_secs,
+        if data.name.starts_with("kube") {
+            "1.5x"
+        } else {
+            "1.1x"
+        },
+        two_secs / one_secs
+    );
+}
+
+/// Moves a set out of master-0's store into `stash` (or back), so that each dataset's runs
+/// offer only its own set.
+fn move_set(lab: &Lab, id: &str, stash: &Path, into_store: bool) {
+    let in_store = lab.hosts[0].store().join("sets").join(id);
+    let stashed = stash.join(id);
+    let (from, to) = if into_store {
+        (stashed, in_store)
+    } else {
+        (in_store, stashed)
+    };
+    std::fs::rename(&from, &to).unwrap();
 }
 
 fn main() {
     let Some((lab, mib)) = Lab::for_bench() else {
         return; // `cargo test --benches` must not run this.
     };
-    let id = lab.backup(0);
-    let set_dir = lab.hosts[0].store().join("sets").join(&id);
-    let files: Vec<std::path::PathBuf> = std::fs::read_dir(&set_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| !p.ends_with("manifest.json"))
-        .collect();
-    let bytes: u64 = files
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len())
-        .sum();
-    let mib_of = |b: u64| b as f64 / (1u64 << 20) as f64;
-    eprintln!("set {id}: {:.0} MiB", mib_of(bytes));
+    let key = lab.allow_plain_key();
+    lab.time_receivers();
+    let stash = lab.hosts[0].dir.join("stash");
+    std::fs::create_dir(&stash).unwrap();
 
-    // Baseline: OpenSSH scp (legacy protocol), AES-GCM, same files, same link, same CPU.
-    let plain = lab.allow_plain_key();
-    let mut scp = lab.hosts[0].cmd("scp");
-    scp.args([
-        "-O",
-        "-q",
-        "-c",
-        "aes128-gcm@openssh.com",
-        "-o",
-        "BatchMode=yes",
-        "-i",
-    ])
-    .arg(&plain)
-    .arg("-o")
-    .arg(format!("UserKnownHostsFile={}", lab.known_hosts.display()))
-    .args(&files)
-    .arg(format!(
-        "core@{}:{}/scp/",
-        lab.hosts[1].ip,
-        lab.hosts[1].dir.display()
-    ));
-    let (scp_secs, out) = timed(scp);
-    assert!(
-        out.status.success(),
-        "scp: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let kube = lab.backup(0);
+    move_set(&lab, &kube, &stash, false);
+    lab.clear_etcd();
+    let started = Instant::now();
+    lab.load_etcd_encrypted(mib);
+    eprintln!(
+        "loaded {mib} MiB of encrypted-shaped values in {:.0}s",
+        started.elapsed().as_secs_f64()
     );
+    let encrypted = lab.backup(0);
+    move_set(&lab, &encrypted, &stash, false);
 
-    let (raw_secs, _, _, raw_cpu) = spray(&lab, &[1], false);
+    let mut datasets = Vec::new();
+    for (name, id) in [
+        ("kubernetes-shaped", kube),
+        ("encrypted at rest", encrypted),
+    ] {
+        move_set(&lab, &id, &stash, true);
+        datasets.push(measure(&lab, &key, name, id.clone()));
+        move_set(&lab, &id, &stash, false);
+    }
+
+    // No-op and memory: both sets offered, both peers current.
+    for data in &datasets {
+        move_set(&lab, &data.id, &stash, true);
+    }
     clear_peers(&lab);
-    let (one_secs, one_out, one_rss, one_cpu) = spray(&lab, &[1], true);
-    let wire: u64 = one_out
-        .split("bytes, ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    clear_peers(&lab);
-    let (two_secs, _, two_rss, two_cpu) = spray(&lab, &[1, 2], true);
-    let (noop_secs, noop_out, _, _) = spray(&lab, &[1, 2], true);
+    let (full, _) = spray(&lab, &[1, 2]);
+    let (noop, noop_out) = spray(&lab, &[1, 2]);
     assert_eq!(
         noop_out.matches("(0 sent, 0 bytes").count(),
         2,
         "{noop_out}"
     );
 
-    let rate = |secs: f64| mib_of(bytes) / secs;
     println!(
-        "set: {:.0} MiB from {mib} MiB of etcd values; sender, sshds and receivers share one 2-core machine",
-        mib_of(bytes)
+        "{mib} MiB of etcd values per dataset; sender, sshds and receivers share one {}-core machine",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    for data in &datasets {
+        report(data);
+    }
     println!(
-        "scp -O -c aes128-gcm:             {scp_secs:6.2} s  {:6.0} MiB/s",
-        rate(scp_secs)
+        "spray, no-op (2 peers current): {:.3} s (target <= 0.3 s)",
+        noop.secs
     );
+    let peak = datasets
+        .iter()
+        .flat_map(|d| d.runs[2..].iter().flatten())
+        .map(|f| f.rss_kib)
+        .chain([full.rss_kib])
+        .max()
+        .unwrap_or(0);
     println!(
-        "spray, 1 peer, no compression:    {raw_secs:6.2} s  {:6.0} MiB/s  = {:.2}x scp; sender CPU {raw_cpu:.2} s",
-        rate(raw_secs),
-        scp_secs / raw_secs
-    );
-    println!(
-        "spray, 1 peer, lz4:               {one_secs:6.2} s  {:6.0} MiB/s  = {:.2}x scp (target >= 1.0x); wire {:.0} MiB ({:.1}x smaller)",
-        rate(one_secs),
-        scp_secs / one_secs,
-        mib_of(wire),
-        bytes as f64 / wire.max(1) as f64
-    );
-    println!(
-        "spray, 2 peers, lz4:              {two_secs:6.2} s  = {:.2}x one peer (target <= 1.2x); sender CPU {two_cpu:.2} s vs {one_cpu:.2} s for one",
-        two_secs / one_secs
-    );
-    println!("spray, no-op (both current):      {noop_secs:6.3} s  (target <= 0.3 s)");
-    println!(
-        "peak RSS: 1 peer {:.1} MiB, 2 peers {:.1} MiB (target <= 20 MiB)",
-        one_rss as f64 / 1024.0,
-        two_rss as f64 / 1024.0
+        "peak RSS of the sender over all spray runs: {:.1} MiB (target <= 20 MiB)",
+        peak as f64 / 1024.0
     );
 }

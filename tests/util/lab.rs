@@ -348,38 +348,86 @@ impl Lab {
     /// Loads `mib` MiB of values shaped like Kubernetes objects into the test etcd: structure
     /// that repeats, ids and payloads that do not (real etcd data compresses a few times).
     pub fn load_etcd(&self, mib: usize) {
+        load_values(mib, |random, template| {
+            format!(
+                "uid={};{template};payload={}",
+                random(32, 16),
+                random(3000, 16)
+            )
+        });
+    }
+
+    /// Loads `mib` MiB of values shaped like secrets under etcd encryption at rest
+    /// (`k8s:enc:aescbc:v1:<key>:` and ciphertext): random base64 text, which LZ4 cannot shrink.
+    pub fn load_etcd_encrypted(&self, mib: usize) {
+        load_values(mib, |random, _| {
+            format!("k8s:enc:aescbc:v1:key1:{}", random(3000, 64))
+        });
+    }
+
+    /// Empties the test etcd and gives the space back (compaction and defragmentation), so the
+    /// next backup holds only what is loaded next.
+    pub fn clear_etcd(&self) {
         let etcd = etcd();
-        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut random_hex = |n: usize| -> String {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    char::from(b"0123456789abcdef"[(seed & 15) as usize])
-                })
-                .collect()
+        let ctl = |args: &[&str]| {
+            let out = Command::new(etcd.bin_dir.join("etcdctl"))
+                .arg(format!("--endpoints={}", etcd.endpoint))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "etcdctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
         };
-        let template =
-            "apiVersion=v1;kind=ConfigMap;metadata.namespace=openshift-bench;labels.app=bench;"
-                .repeat(40);
-        let mut key = 0usize;
-        let mut loaded = 0usize;
-        while loaded < mib << 20 {
-            let puts: Vec<String> = (0..100)
-                .map(|_| {
-                    let value = format!(
-                        "uid={};{template};payload={}",
-                        random_hex(32),
-                        random_hex(3000)
-                    );
-                    loaded += value.len();
-                    key += 1;
-                    format!("/kubernetes.io/configmaps/bench/{key:08} {value}")
-                })
-                .collect();
-            etcd.txn_put(&puts);
+        ctl(&["del", "--prefix", "/"]);
+        let status = ctl(&["endpoint", "status", "-w", "json"]);
+        let revision = status
+            .split("\"revision\":")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .expect("a revision in endpoint status")
+            .to_string();
+        ctl(&["compaction", "--physical", &revision]);
+        ctl(&["defrag", "--command-timeout=120s"]);
+    }
+
+    /// For benchmarks: the peers' forced command runs under `/usr/bin/time`, which appends the
+    /// receiver's user and system CPU seconds (sudo and its child) to the host's `receive-cpu`.
+    pub fn time_receivers(&self) {
+        for host in &self.hosts {
+            let log = host.dir.join("receive-cpu");
+            std::fs::write(&log, "").unwrap();
+            sh(&format!("chmod 0666 {}", log.display()));
+            let keys = std::fs::read_to_string(host.dir.join("authorized_keys")).unwrap();
+            let timed = keys.replacen(
+                "command=\"sudo -n",
+                &format!(
+                    "command=\"/usr/bin/time -a -o {} -f '%U %S' sudo -n",
+                    log.display()
+                ),
+                1,
+            );
+            std::fs::write(host.dir.join("authorized_keys"), timed).unwrap();
         }
+    }
+
+    /// CPU seconds of the receivers timed since the last call (see `time_receivers`), summed
+    /// over the hosts; the logs start empty again.
+    pub fn take_receiver_cpu(&self) -> f64 {
+        let mut total = 0.0;
+        for host in &self.hosts {
+            let log = host.dir.join("receive-cpu");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            total += text
+                .split_whitespace()
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum::<f64>();
+            std::fs::write(&log, "").unwrap();
+        }
+        total
     }
 
     /// A backup on host `n` (run outside its namespace: the test etcd is on this loopback).
@@ -411,5 +459,40 @@ impl Drop for Lab {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.switch])
             .status();
+    }
+}
+
+/// Puts `mib` MiB of values made by `value(random, template)` into the test etcd, 100 per
+/// transaction; `random(n, radix)` gives `n` pseudo-random characters of a 16- or 64-letter
+/// alphabet, `template` a repeating Kubernetes-like structure.
+fn load_values(mib: usize, value: impl Fn(&mut dyn FnMut(usize, usize) -> String, &str) -> String) {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/";
+    let etcd = etcd();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut random = |n: usize, radix: usize| -> String {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(ALPHABET[(seed % radix as u64) as usize])
+            })
+            .collect()
+    };
+    let template =
+        "apiVersion=v1;kind=ConfigMap;metadata.namespace=openshift-bench;labels.app=bench;"
+            .repeat(40);
+    let mut key = 0usize;
+    let mut loaded = 0usize;
+    while loaded < mib << 20 {
+        let puts: Vec<String> = (0..100)
+            .map(|_| {
+                let value = value(&mut random, &template);
+                loaded += value.len();
+                key += 1;
+                format!("/kubernetes.io/configmaps/bench/{key:08} {value}")
+            })
+            .collect();
+        etcd.txn_put(&puts);
     }
 }
