@@ -497,11 +497,11 @@ fn receive_file<S: Stream>(
                         entry.name, entry.size
                     )));
                 }
-                file.write_all(&data)
+                file.write_all(data)
                     .with_context(|| format!("cannot write '{}'", path.display()))?;
                 crate::failpoint::hit("receive:writing");
                 check
-                    .update(&data)
+                    .update(data)
                     .map_err(|e| violation(format!("'{}': {e}", entry.name)))?;
                 pos += data.len() as u64;
             }
