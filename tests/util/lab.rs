@@ -370,27 +370,21 @@ impl Lab {
     pub fn clear_etcd(&self) {
         let etcd = etcd();
         let ctl = |args: &[&str]| {
-            let out = Command::new(etcd.bin_dir.join("etcdctl"))
-                .arg(format!("--endpoints={}", etcd.endpoint))
-                .args(args)
-                .output()
-                .unwrap();
+            let out = etcd.etcdctl(args);
             assert!(
                 out.status.success(),
                 "etcdctl {args:?}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            out.stdout
         };
         ctl(&["del", "--prefix", "/"]);
-        let status = ctl(&["endpoint", "status", "-w", "json"]);
-        let revision = status
-            .split("\"revision\":")
-            .nth(1)
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-            .expect("a revision in endpoint status")
-            .to_string();
-        ctl(&["compaction", "--physical", &revision]);
+        let status: serde_json::Value =
+            serde_json::from_slice(&ctl(&["endpoint", "status", "-w", "json"])).unwrap();
+        let revision = status[0]["Status"]["header"]["revision"]
+            .as_u64()
+            .expect("a revision in endpoint status");
+        ctl(&["compaction", "--physical", &revision.to_string()]);
         ctl(&["defrag", "--command-timeout=120s"]);
     }
 
