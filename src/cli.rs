@@ -551,6 +551,7 @@ fn cmd_receive(settings: &Settings) -> Result<u8> {
     // Raw descriptors: stdout carries frames only, in large writes.
     let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    crate::receive::widen_pipe(&input);
     let input = crate::receive::TimeoutReader::new(input, settings.spray.io_timeout);
     let stream = crate::protocol::Duplex::new(
         std::io::BufReader::with_capacity(crate::protocol::CHUNK_BYTES, input),
