@@ -197,21 +197,25 @@ impl<S: Stream> Conn<S> {
     /// Sends one chunk of file data (at most [`CHUNK_BYTES`]), LZ4-compressed when enabled and
     /// smaller.
     pub fn send_data(&mut self, chunk: &[u8]) -> io::Result<()> {
-        assert!(chunk.len() <= CHUNK_BYTES, "chunk larger than CHUNK_BYTES");
-        self.data_bytes_sent += chunk.len() as u64;
-        if self.compress {
-            self.encoded
-                .resize(lz4_flex::block::get_maximum_output_size(chunk.len()), 0);
-            let n = lz4_flex::block::compress_into(chunk, &mut self.encoded)
-                .map_err(io::Error::other)?;
-            if n < chunk.len() {
-                let encoded = std::mem::take(&mut self.encoded);
-                let result = self.write_frame(KIND_DATA, &[&[ENCODING_LZ4], &encoded[..n]]);
-                self.encoded = encoded;
-                return result;
-            }
-        }
-        self.write_frame(KIND_DATA, &[&[ENCODING_RAW], chunk])
+        let mut frame = std::mem::take(&mut self.encoded);
+        let n = encode_data(chunk, self.compress, &mut frame);
+        let result = self.send_encoded(&frame[..n], chunk.len());
+        self.encoded = frame;
+        result
+    }
+
+    /// Sends a whole data frame made by [`encode_data`] from `data_len` bytes of file data, in
+    /// one write (the SSH transport makes one packet of a header and its payload).
+    pub fn send_encoded(&mut self, frame: &[u8], data_len: usize) -> io::Result<()> {
+        self.stream.write_all(frame)?;
+        self.data_bytes_sent += data_len as u64;
+        self.wire_bytes_sent += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Whether data frames of this connection are to be compressed.
+    pub fn compresses(&self) -> bool {
+        self.compress
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -288,6 +292,37 @@ impl<S: Stream> Conn<S> {
             )),
         }
     }
+}
+
+/// Encodes the whole data frame of `chunk` (at most [`CHUNK_BYTES`]) into `frame` and returns
+/// its length: LZ4 when `compress` and it comes out smaller, raw otherwise. `frame` only ever
+/// grows, so a buffer kept from one chunk to the next is neither reallocated nor zeroed again.
+/// No I/O, so that a sender can encode off the thread that writes.
+pub fn encode_data(chunk: &[u8], compress: bool, frame: &mut Vec<u8>) -> usize {
+    assert!(chunk.len() <= CHUNK_BYTES, "chunk larger than CHUNK_BYTES");
+    const HEAD: usize = 6;
+    let room = HEAD + lz4_flex::block::get_maximum_output_size(chunk.len());
+    if frame.len() < room {
+        frame.resize(room, 0);
+    }
+    let lz4 = if compress {
+        lz4_flex::block::compress_into(chunk, &mut frame[HEAD..])
+            .ok()
+            .filter(|&n| n < chunk.len())
+    } else {
+        None
+    };
+    let (encoding, len) = match lz4 {
+        Some(n) => (ENCODING_LZ4, n),
+        None => {
+            frame[HEAD..HEAD + chunk.len()].copy_from_slice(chunk);
+            (ENCODING_RAW, chunk.len())
+        }
+    };
+    frame[0] = KIND_DATA;
+    frame[1..5].copy_from_slice(&((1 + len) as u32).to_be_bytes());
+    frame[5] = encoding;
+    HEAD + len
 }
 
 /// Two one-way streams as one connection (pipes to an in-process receiver).
@@ -544,6 +579,40 @@ mod tests {
                 matches!(conn.next_frame(), Err(ProtocolError::Io(_))),
                 "EOF"
             );
+        }
+    }
+
+    #[test]
+    fn one_reused_frame_buffer_encodes_each_chunk_on_its_own() {
+        // Large then small, compressible then not: nothing of an earlier frame leaks into a
+        // later one, and each frame says its own length and encoding.
+        let text = b"{\"kind\":\"Secret\",\"data\":{}}".repeat(20_000);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..CHUNK_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 56) as u8
+            })
+            .collect();
+        let chunks: [&[u8]; 5] = [&text, &noise[..1000], &noise, &text[..77], &[]];
+        for compress in [false, true] {
+            let mut frame = Vec::new();
+            for chunk in chunks {
+                let n = encode_data(chunk, compress, &mut frame);
+                if chunk.len() > 1000 {
+                    let lz4 = compress && chunk == &text[..];
+                    assert_eq!(frame[5], u8::from(lz4), "LZ4 for text only");
+                }
+                let mut conn = decode(frame[..n].to_vec());
+                if chunk.is_empty() {
+                    // An empty chunk is never sent (a file's range is never empty there).
+                    continue;
+                }
+                assert_eq!(conn.next_frame().unwrap(), Frame::Data(chunk));
+                assert!(matches!(conn.next_frame(), Err(ProtocolError::Io(_))));
+            }
         }
     }
 

@@ -792,6 +792,29 @@ mod tests {
         widen_pipe(&tempfile::tempfile().unwrap());
     }
 
+    #[test]
+    fn a_source_file_that_shrinks_mid_spray_fails_naming_it_and_commits_nothing() {
+        let (m0, m1) = (side("m0"), side("m1"));
+        let set = make_set(&m0, 0, 600);
+        let sets = open_sets(m0.store.list().unwrap().sets);
+        // Damaged on disk after it was opened: the reading thread hits EOF several chunks in.
+        let snapshot = set.dir.join(&set.manifest.files[0].name);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&snapshot)
+            .unwrap()
+            .set_len(1_000_000)
+            .unwrap();
+        let (sent, received) = exchange(&m1, true, |conn| push(conn, "m0", &sets));
+        let error = format!("{:#}", sent.unwrap_err());
+        assert!(
+            error.contains(&format!("cannot read '{}'", snapshot.display())),
+            "{error}"
+        );
+        assert!(received.is_err());
+        assert!(ids(&m1).is_empty(), "nothing committed");
+    }
+
     /// Sends a Hello offering `manifest` (a crafted one), then `frames` after set_begin.
     fn hostile(
         receiver: &Side,

@@ -101,7 +101,6 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
         offered,
         ..PushStats::default()
     };
-    let mut buf = vec![0u8; crate::protocol::CHUNK_BYTES];
     for want in &wants {
         let Some(OpenSet { set, files }) = intact.get(want.id.as_str()).copied() else {
             bail!(
@@ -127,16 +126,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
                     name: file.name.clone(),
                     offset,
                 })?;
-                let mut pos = offset;
-                while pos < file.size {
-                    let n = buf.len().min((file.size - pos) as usize);
-                    source.read_exact_at(&mut buf[..n], pos).with_context(|| {
-                        format!("cannot read '{}'", set.dir.join(&file.name).display())
-                    })?;
-                    conn.send_data(&buf[..n])?;
-                    crate::failpoint::hit("spray:sending");
-                    pos += n as u64;
-                }
+                send_file(conn, source, &set.dir.join(&file.name), offset..file.size)?;
                 conn.send(&Message::FileEnd {
                     name: file.name.clone(),
                 })?;
@@ -172,6 +162,65 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
     stats.data_bytes = conn.data_bytes_sent;
     stats.wire_bytes = conn.wire_bytes_sent;
     Ok(stats)
+}
+
+/// Bytes the sender reads and encodes at a time: small enough that a chunk stays in the CPU's
+/// cache from the read through LZ4 to the cipher, large enough that framing costs nothing.
+const SEND_CHUNK_BYTES: usize = 256 << 10;
+/// Encoded chunks in flight between the thread that reads and compresses and the one that
+/// writes to the connection.
+const PIPELINE_DEPTH: usize = 4;
+
+/// Sends `range` of `source` as data frames. One thread reads and encodes (LZ4) chunks ahead
+/// while this one writes them, so that the cipher's thread (libssh2 encrypts on the thread
+/// that writes) never waits for the disk or the compressor; buffers go back and forth, so
+/// memory stays at [`PIPELINE_DEPTH`] frames.
+fn send_file<S: Stream>(
+    conn: &mut Conn<S>,
+    source: &File,
+    path: &std::path::Path,
+    range: std::ops::Range<u64>,
+) -> Result<()> {
+    use std::sync::mpsc::{channel, sync_channel};
+    let compress = conn.compresses();
+    std::thread::scope(|scope| {
+        let (full_tx, full) = sync_channel::<Result<(Vec<u8>, usize, usize)>>(PIPELINE_DEPTH);
+        let (empty, empty_rx) = channel::<Vec<u8>>();
+        for _ in 0..PIPELINE_DEPTH {
+            empty.send(Vec::new()).expect("receiver alive");
+        }
+        scope.spawn(move || {
+            let mut chunk = vec![0u8; SEND_CHUNK_BYTES];
+            let mut pos = range.start;
+            while pos < range.end {
+                // The writer stopped (its link failed): so does the reader.
+                let Ok(mut frame) = empty_rx.recv() else {
+                    return;
+                };
+                let n = chunk.len().min((range.end - pos) as usize);
+                let encoded = source
+                    .read_exact_at(&mut chunk[..n], pos)
+                    .with_context(|| format!("cannot read '{}'", path.display()))
+                    .map(|()| {
+                        let len = crate::protocol::encode_data(&chunk[..n], compress, &mut frame);
+                        (frame, len, n)
+                    });
+                let failed = encoded.is_err();
+                if full_tx.send(encoded).is_err() || failed {
+                    return;
+                }
+                pos += n as u64;
+            }
+        });
+        for encoded in full {
+            let (frame, len, data_len) = encoded?;
+            conn.send_encoded(&frame[..len], data_len)?;
+            crate::failpoint::hit("spray:sending");
+            // The reader may have finished and gone: a buffer it no longer needs is dropped.
+            let _ = empty.send(frame);
+        }
+        Ok(())
+    })
 }
 
 /// A receiver waits at most its own `lock_wait` (10m by default); one that keeps saying it
