@@ -198,7 +198,7 @@ impl<S: Stream> Conn<S> {
     /// smaller.
     pub fn send_data(&mut self, chunk: &[u8]) -> io::Result<()> {
         let mut frame = std::mem::take(&mut self.encoded);
-        let n = encode_data(chunk, self.compress, &mut frame);
+        let (n, _) = encode_data(chunk, self.compress, &mut frame);
         let result = self.send_encoded(&frame[..n], chunk.len());
         self.encoded = frame;
         result
@@ -295,10 +295,11 @@ impl<S: Stream> Conn<S> {
 }
 
 /// Encodes the whole data frame of `chunk` (at most [`CHUNK_BYTES`]) into `frame` and returns
-/// its length: LZ4 when `compress` and it comes out smaller, raw otherwise. `frame` only ever
+/// its length and whether it is LZ4: LZ4 when `compress` and it comes out smaller, raw
+/// otherwise. `frame` only ever
 /// grows, so a buffer kept from one chunk to the next is neither reallocated nor zeroed again.
 /// No I/O, so that a sender can encode off the thread that writes.
-pub fn encode_data(chunk: &[u8], compress: bool, frame: &mut Vec<u8>) -> usize {
+pub fn encode_data(chunk: &[u8], compress: bool, frame: &mut Vec<u8>) -> (usize, bool) {
     assert!(chunk.len() <= CHUNK_BYTES, "chunk larger than CHUNK_BYTES");
     const HEAD: usize = 6;
     let room = HEAD + lz4_flex::block::get_maximum_output_size(chunk.len());
@@ -322,7 +323,7 @@ pub fn encode_data(chunk: &[u8], compress: bool, frame: &mut Vec<u8>) -> usize {
     frame[0] = KIND_DATA;
     frame[1..5].copy_from_slice(&((1 + len) as u32).to_be_bytes());
     frame[5] = encoding;
-    HEAD + len
+    (HEAD + len, encoding == ENCODING_LZ4)
 }
 
 /// Two one-way streams as one connection (pipes to an in-process receiver).
@@ -600,10 +601,10 @@ mod tests {
         for compress in [false, true] {
             let mut frame = Vec::new();
             for chunk in chunks {
-                let n = encode_data(chunk, compress, &mut frame);
+                let (n, lz4) = encode_data(chunk, compress, &mut frame);
+                assert_eq!(frame[5], u8::from(lz4));
                 if chunk.len() > 1000 {
-                    let lz4 = compress && chunk == &text[..];
-                    assert_eq!(frame[5], u8::from(lz4), "LZ4 for text only");
+                    assert_eq!(lz4, compress && chunk == &text[..], "LZ4 for text only");
                 }
                 let mut conn = decode(frame[..n].to_vec());
                 if chunk.is_empty() {

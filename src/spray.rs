@@ -191,6 +191,7 @@ fn send_file<S: Stream>(
         }
         scope.spawn(move || {
             let mut chunk = vec![0u8; SEND_CHUNK_BYTES];
+            let mut lz4 = Lz4Backoff::default();
             let mut pos = range.start;
             while pos < range.end {
                 // The writer stopped (its link failed): so does the reader.
@@ -202,7 +203,12 @@ fn send_file<S: Stream>(
                     .read_exact_at(&mut chunk[..n], pos)
                     .with_context(|| format!("cannot read '{}'", path.display()))
                     .map(|()| {
-                        let len = crate::protocol::encode_data(&chunk[..n], compress, &mut frame);
+                        let attempt = compress && lz4.attempt();
+                        let (len, shrank) =
+                            crate::protocol::encode_data(&chunk[..n], attempt, &mut frame);
+                        if attempt {
+                            lz4.record(shrank);
+                        }
                         (frame, len, n)
                     });
                 let failed = encoded.is_err();
@@ -221,6 +227,38 @@ fn send_file<S: Stream>(
         }
         Ok(())
     })
+}
+
+/// Chunks passed over at most after LZ4 failed to shrink several in a row (4 MiB at 256 KiB).
+const LZ4_MAX_SKIP: u32 = 16;
+
+/// Whether to try LZ4 on the next chunk: after each chunk that did not shrink, twice as many
+/// chunks are sent raw without trying (1, 2, 4 … [`LZ4_MAX_SKIP`]); one that shrinks resets it.
+/// Values under etcd encryption at rest are ciphertext, which LZ4 never shrinks: trying every
+/// chunk only burnt CPU. The bytes sent are the same either way; only the wire size can differ.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Lz4Backoff {
+    misses: u32,
+    skip: u32,
+}
+
+impl Lz4Backoff {
+    fn attempt(&mut self) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    fn record(&mut self, shrank: bool) {
+        if shrank {
+            *self = Lz4Backoff::default();
+        } else {
+            self.misses = (self.misses + 1).min(31);
+            self.skip = (1u32 << (self.misses - 1)).min(LZ4_MAX_SKIP);
+        }
+    }
 }
 
 /// A receiver waits at most its own `lock_wait` (10m by default); one that keeps saying it
@@ -375,4 +413,57 @@ pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Res
     }
     let json = serde_json::to_vec_pretty(&state)?;
     crate::store::write_atomic(store.root(), STATE_FILE, &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Which of `shrinks.len()` chunks are tried, when chunk i would shrink iff `shrinks[i]`.
+    fn tried(shrinks: &[bool]) -> Vec<bool> {
+        let mut lz4 = Lz4Backoff::default();
+        shrinks
+            .iter()
+            .map(|&shrank| {
+                let attempt = lz4.attempt();
+                if attempt {
+                    lz4.record(shrank);
+                }
+                attempt
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lz4_is_tried_less_often_while_it_fails_and_again_at_once_when_it_works() {
+        let (t, f) = (true, false);
+        // Compressible: every chunk tried.
+        assert_eq!(tried(&[t; 5]), [t; 5]);
+        // Incompressible: tried at 0, 2, 5, 10, 19, 36, 53 (skips 1, 2, 4, 8, 16, 16).
+        let pattern = tried(&[f; 60]);
+        let at: Vec<usize> = (0..60).filter(|&i| pattern[i]).collect();
+        assert_eq!(at, [0, 2, 5, 10, 19, 36, 53]);
+        // A hit resets: after it, the next chunk is tried again.
+        assert_eq!(tried(&[f, f, t, t, f, f]), [t, f, t, t, t, f]);
+    }
+
+    proptest! {
+        #[test]
+        fn lz4_backoff_never_skips_more_than_its_bound(shrinks in proptest::collection::vec(any::<bool>(), 0..300)) {
+            let pattern = tried(&shrinks);
+            let mut run = 0;
+            for (i, &attempt) in pattern.iter().enumerate() {
+                if attempt {
+                    run = 0;
+                } else {
+                    run += 1;
+                    prop_assert!(run <= LZ4_MAX_SKIP, "{} skipped in a row at {}", run, i);
+                    // Skipping only ever follows a miss.
+                    let last_try = (0..i).rev().find(|&j| pattern[j]).unwrap();
+                    prop_assert!(!shrinks[last_try]);
+                }
+            }
+        }
+    }
 }
