@@ -174,23 +174,17 @@ impl<S: Stream> Conn<S> {
         &mut self.stream
     }
 
-    fn write_frame(&mut self, kind: u8, parts: &[&[u8]]) -> io::Result<()> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut header = [0u8; 5];
-        header[0] = kind;
-        header[1..].copy_from_slice(&(len as u32).to_be_bytes());
-        self.stream.write_all(&header)?;
-        for part in parts {
-            self.stream.write_all(part)?;
-        }
-        self.wire_bytes_sent += 5 + len as u64;
+    fn write_frame(&mut self, kind: u8, payload: &[u8]) -> io::Result<()> {
+        self.stream.write_all(&frame_header(kind, payload.len()))?;
+        self.stream.write_all(payload)?;
+        self.wire_bytes_sent += (FRAME_HEADER_BYTES + payload.len()) as u64;
         Ok(())
     }
 
     /// Sends a message and flushes: the peer may be waiting for it.
     pub fn send(&mut self, message: &Message) -> io::Result<()> {
         let json = serde_json::to_vec(message).map_err(io::Error::other)?;
-        self.write_frame(KIND_CONTROL, &[&json])?;
+        self.write_frame(KIND_CONTROL, &json)?;
         self.stream.flush()
     }
 
@@ -229,7 +223,7 @@ impl<S: Stream> Conn<S> {
 
     /// Reads the next frame, refusing anything malformed or oversized before allocating for it.
     pub fn next_frame(&mut self) -> Result<Frame<'_>, ProtocolError> {
-        let mut header = [0u8; 5];
+        let mut header = [0u8; FRAME_HEADER_BYTES];
         self.stream.read_exact(&mut header)?;
         let len = u32::from_be_bytes(header[1..].try_into().expect("4 bytes")) as usize;
         match header[0] {
@@ -294,14 +288,23 @@ impl<S: Stream> Conn<S> {
     }
 }
 
+/// A frame's `kind` and payload length, as they precede the payload on the wire.
+const FRAME_HEADER_BYTES: usize = 5;
+
+fn frame_header(kind: u8, payload_len: usize) -> [u8; FRAME_HEADER_BYTES] {
+    let mut header = [kind; FRAME_HEADER_BYTES];
+    header[1..].copy_from_slice(&(payload_len as u32).to_be_bytes());
+    header
+}
+
 /// Encodes the whole data frame of `chunk` (at most [`CHUNK_BYTES`]) into `frame` and returns
 /// its length and whether it is LZ4: LZ4 when `compress` and it comes out smaller, raw
-/// otherwise. `frame` only ever
-/// grows, so a buffer kept from one chunk to the next is neither reallocated nor zeroed again.
-/// No I/O, so that a sender can encode off the thread that writes.
+/// otherwise. `frame` only ever grows, so a buffer kept from one chunk to the next is neither
+/// reallocated nor zeroed again. No I/O, so that a sender can encode off the thread that writes.
 pub fn encode_data(chunk: &[u8], compress: bool, frame: &mut Vec<u8>) -> (usize, bool) {
     assert!(chunk.len() <= CHUNK_BYTES, "chunk larger than CHUNK_BYTES");
-    const HEAD: usize = 6;
+    // The header, then the encoding byte.
+    const HEAD: usize = FRAME_HEADER_BYTES + 1;
     let room = HEAD + lz4_flex::block::get_maximum_output_size(chunk.len());
     if frame.len() < room {
         frame.resize(room, 0);
@@ -320,9 +323,8 @@ pub fn encode_data(chunk: &[u8], compress: bool, frame: &mut Vec<u8>) -> (usize,
             (ENCODING_RAW, chunk.len())
         }
     };
-    frame[0] = KIND_DATA;
-    frame[1..5].copy_from_slice(&((1 + len) as u32).to_be_bytes());
-    frame[5] = encoding;
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&frame_header(KIND_DATA, 1 + len));
+    frame[FRAME_HEADER_BYTES] = encoding;
     (HEAD + len, encoding == ENCODING_LZ4)
 }
 
@@ -606,11 +608,11 @@ mod tests {
                 if chunk.len() > 1000 {
                     assert_eq!(lz4, compress && chunk == &text[..], "LZ4 for text only");
                 }
-                let mut conn = decode(frame[..n].to_vec());
                 if chunk.is_empty() {
                     // An empty chunk is never sent (a file's range is never empty there).
                     continue;
                 }
+                let mut conn = decode(frame[..n].to_vec());
                 assert_eq!(conn.next_frame().unwrap(), Frame::Data(chunk));
                 assert!(matches!(conn.next_frame(), Err(ProtocolError::Io(_))));
             }
