@@ -3,11 +3,13 @@
 //! files, on two datasets: Kubernetes-shaped values (compressible) and values shaped like
 //! secrets under etcd encryption at rest (incompressible). Per dataset the four runs (scp, rsync,
 //! spray to one peer, spray to two peers) are alternated in three rounds and the medians
-//! compared; then a no-op spray and peak RSS. Sender and receiver CPU seconds per GiB show which
-//! side limits (the receiver figure is `sudo` and `etcd-backup receive`, not sshd).
+//! compared (the fastest and slowest run beside each median); then a no-op spray and peak RSS.
+//! CPU seconds per GiB show what limits: the whole machine's (busy share × cores × wall time:
+//! sender, sshds, the receiving side, the kernel), the sender's (or the scp/rsync client's),
+//! and for the spray the receivers' (`sudo` and `etcd-backup receive`, not sshd).
 //!
 //! `cargo bench --bench spray` (as root; tests/lab/install-deps first). BENCH_SIZE_MIB sets
-//! the etcd data size of each dataset (default 1024).
+//! the etcd data size of each dataset (default 1024), BENCH_ROUNDS the rounds (default 3).
 
 #[path = "../tests/util/mod.rs"]
 mod util;
@@ -18,7 +20,13 @@ use std::time::Instant;
 use util::lab::Lab;
 use util::*;
 
-const ROUNDS: usize = 3;
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS").map_or(3, |v| v.parse().expect("BENCH_ROUNDS: a number"))
+}
 
 /// One run's figures.
 #[derive(Clone, Copy, Default)]
@@ -28,13 +36,30 @@ struct Figures {
     sender_cpu: f64,
     /// Receivers' CPU seconds (spray only).
     receiver_cpu: f64,
+    /// Share of the machine's CPU time that was busy during the run (everything: sender,
+    /// sshds, the receiving side, the kernel's writeback).
+    busy: f64,
     rss_kib: u64,
 }
 
+/// The machine's busy and total CPU time so far (/proc/stat, in ticks).
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<f64> = stat.lines().next().unwrap()[3..]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+    let total: f64 = ticks[..8].iter().sum();
+    (total - ticks[3] - ticks[4], total)
+}
+
 fn run_timed(mut cmd: Command, what: &str) -> (Figures, String) {
+    let machine_before = machine_ticks();
     let start = Instant::now();
     let out = cmd.output().unwrap();
     let secs = start.elapsed().as_secs_f64();
+    let machine_after = machine_ticks();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
@@ -42,6 +67,7 @@ fn run_timed(mut cmd: Command, what: &str) -> (Figures, String) {
     let figures = Figures {
         secs,
         sender_cpu,
+        busy: (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1),
         rss_kib,
         ..Figures::default()
     };
@@ -156,7 +182,7 @@ fn measure(lab: &Lab, key: &Path, name: &'static str, target: f64, id: String) -
         format!("ssh {}", options.join(" ")),
     ];
     let mut runs = vec![Vec::new(); METHODS.len()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         // Alternated: each round starts with another method.
         for step in 0..METHODS.len() {
             let method = (round + step) % METHODS.len();
@@ -192,23 +218,31 @@ fn report(data: &Dataset) {
     let secs = |method| m(method, |f| f.secs);
     let gib = data.bytes as f64 / (1u64 << 30) as f64;
     println!(
-        "{}: {:.0} MiB set; medians of {ROUNDS} alternated runs",
+        "{}: {:.0} MiB set; medians of {} alternated runs",
         data.name,
-        data.bytes as f64 / MIB
+        data.bytes as f64 / MIB,
+        data.runs[0].len()
     );
     let (scp_secs, two_secs, one_secs) = (secs(0), secs(3), secs(2));
     for (method, name) in METHODS.iter().enumerate() {
         let s = secs(method);
+        let (fastest, slowest) = data.runs[method]
+            .iter()
+            .map(|f| f.secs)
+            .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let busy = m(method, |f| f.busy);
         let mut line = format!(
-            "  {name:<14} {s:6.2} s {:6.0} MiB/s = {:.2}x scp; sender CPU {:.2} s/GiB",
+            "  {name:<14} {s:6.2} s ({fastest:.2}-{slowest:.2}) {:4.0} MiB/s = {:.2}x scp; machine {:3.0}% busy = {:.2} CPU s/GiB, sender {:.2}",
             data.bytes as f64 / MIB / s,
             scp_secs / s,
+            busy * 100.0,
+            m(method, |f| f.busy * f.secs) * cores() / gib,
             m(method, |f| f.sender_cpu) / gib
         );
         if method >= 2 {
             let peers = (method - 1) as f64;
             line.push_str(&format!(
-                ", receiver CPU {:.2} s/GiB per peer",
+                ", receiver {:.2} per peer",
                 m(method, |f| f.receiver_cpu) / gib / peers
             ));
         }
@@ -281,7 +315,7 @@ fn main() {
 
     println!(
         "{mib} MiB of etcd values per dataset; sender, sshds and receivers share one {}-core machine",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        cores()
     );
     for data in &datasets {
         report(data);
