@@ -2,7 +2,7 @@
 //! lab against OpenSSH's own `scp -O -c aes128-gcm@openssh.com` and `rsync -e ssh` of the same
 //! files, on two datasets: Kubernetes-shaped values (compressible) and values shaped like
 //! secrets under etcd encryption at rest (incompressible). Per dataset the four runs (scp, rsync,
-//! spray to one peer, spray to two peers) are alternated in three rounds and the medians
+//! spray to one peer, spray to two peers) are alternated in rounds and the medians
 //! compared (the fastest and slowest run beside each median); then a no-op spray and peak RSS.
 //! CPU seconds per GiB show what limits: the whole machine's (busy share × cores × wall time:
 //! sender, sshds, the receiving side, the kernel), the sender's (or the scp/rsync client's),

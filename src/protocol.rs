@@ -604,7 +604,7 @@ mod tests {
             let mut frame = Vec::new();
             for chunk in chunks {
                 let (n, lz4) = encode_data(chunk, compress, &mut frame);
-                assert_eq!(frame[5], u8::from(lz4));
+                assert_eq!(frame[FRAME_HEADER_BYTES], u8::from(lz4));
                 if chunk.len() > 1000 {
                     assert_eq!(lz4, compress && chunk == &text[..], "LZ4 for text only");
                 }
