@@ -2,13 +2,14 @@
 //! and commits a verified set. A failed attempt changes nothing in `sets/`.
 
 use crate::config::{BackupSettings, ForcePolicy, Settings};
+use crate::files::open_regular;
 use crate::logging::message_id;
 use crate::manifest::{
     BackupName, Checks, FORMAT_VERSION, FileEntry, FileKind, Manifest, make_set_id,
     parse_backup_name,
 };
 use crate::store::{Store, StoredSet};
-use crate::verify::{check_resources, check_snapshot, open_regular};
+use crate::verify::{check_resources, check_snapshot};
 use anyhow::{Context, Result, bail, ensure};
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;

@@ -7,6 +7,7 @@ pub mod bbolt;
 pub mod cli;
 pub mod config;
 pub mod failpoint;
+pub mod files;
 pub mod hash;
 pub mod listen;
 pub mod logging;

@@ -5,6 +5,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_NAME: &str = "manifest.json";
+/// A manifest is small (two files); anything larger is not one of ours.
+pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
 pub const FORMAT_VERSION: u32 = 1;
 /// The suffix `cluster-backup.sh --force` appends to both file names.
 pub const DIRTY_SUFFIX: &str = "__POSSIBLY_DIRTY__";

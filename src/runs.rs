@@ -42,10 +42,7 @@ pub fn add(runs: &mut Runs, kind: &str, start: DateTime<Utc>, took: Duration, ok
 }
 
 pub fn read(store: &Store) -> Runs {
-    std::fs::read(store.root().join(RUNS_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+    crate::files::read_state(&store.root().join(RUNS_FILE)).unwrap_or_default()
 }
 
 /// Records one run. Backup, spray and verify hold different locks, so a short lock of its

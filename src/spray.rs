@@ -2,9 +2,9 @@
 //! (`crate::targets`: SSH peers, directory stores) provide the stream. `spray_all` runs one
 //! thread per target with retries, and the state file keeps each target's last result.
 
+use crate::files::open_regular;
 use crate::protocol::{Conn, Message, Offer, PROTOCOL_VERSION, Stream};
 use crate::store::StoredSet;
-use crate::verify::open_regular;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -383,10 +383,7 @@ pub struct TargetState {
 pub const STATE_FILE: &str = "spray-state.json";
 
 pub fn read_state(store: &crate::store::Store) -> BTreeMap<String, TargetState> {
-    std::fs::read(store.root().join(STATE_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+    crate::files::read_state(&store.root().join(STATE_FILE)).unwrap_or_default()
 }
 
 /// Records a run's results (targets no longer configured are dropped).

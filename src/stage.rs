@@ -54,7 +54,7 @@ pub(crate) fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
     for file in &set.manifest.files {
         let from = set.dir.join(&file.name);
         let to = dir.join(&file.name);
-        let mut source = crate::verify::open_regular(&from)?;
+        let mut source = crate::files::open_regular(&from)?;
         let mut dest = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -188,7 +188,7 @@ fn copy_from(held: &mut Held, id: &str, name: &str, to: &Path) -> Result<()> {
     match &mut held.from {
         Opened::Dir(set) => {
             let from = set.dir.join(name);
-            let mut source = crate::verify::open_regular(&from)?;
+            let mut source = crate::files::open_regular(&from)?;
             // In the kernel (copy_file_range); the copy is read back once to check it.
             std::io::copy(&mut source, &mut dest)
                 .with_context(|| format!("cannot copy '{}'", from.display()))?;

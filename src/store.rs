@@ -6,9 +6,8 @@
 //! last) is renamed into `sets/`; a set is deleted by renaming it out of `sets/` first; files are
 //! 0600 and directories 0700; names in `sets/` that are not set ids are never touched.
 
-use crate::manifest::{MANIFEST_NAME, Manifest, parse_set_id};
+use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest, parse_set_id};
 use crate::retention::SetInfo;
-use crate::verify::open_regular;
 use anyhow::{Context, Result, bail, ensure};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, File};
@@ -28,8 +27,6 @@ pub const RECEIVE_STAGING_PREFIX: &str = "recv-";
 pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 const LOCK_POLL: Duration = Duration::from_millis(100);
-/// A manifest is small; anything larger is not ours.
-const MANIFEST_MAX_BYTES: u64 = 1 << 20;
 
 /// Another run holds the store lock; the CLI maps this to its own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -306,10 +303,7 @@ impl Store {
     /// All sets, oldest first; entries that are not set ids are ignored and left alone.
     /// The last verification of each manifest (by its sha256).
     pub fn verifications(&self) -> std::collections::BTreeMap<String, Verification> {
-        fs::read(self.root.join(VERIFY_STATE_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+        crate::files::read_state(&self.root.join(VERIFY_STATE_FILE)).unwrap_or_default()
     }
 
     /// Records verification results (by manifest sha256); records of manifests no longer in
@@ -384,10 +378,7 @@ impl Store {
             dir.display()
         );
         let manifest_path = dir.join(MANIFEST_NAME);
-        let file = open_regular(&manifest_path)?;
-        let mut bytes = Vec::new();
-        file.take(MANIFEST_MAX_BYTES)
-            .read_to_end(&mut bytes)
+        let bytes = crate::files::read_regular(&manifest_path, MANIFEST_MAX_BYTES)
             .with_context(|| format!("cannot read manifest '{}'", manifest_path.display()))?;
         let manifest = Manifest::parse(&bytes)
             .map_err(|e| anyhow::anyhow!("manifest '{}': {e}", manifest_path.display()))?;

@@ -2,10 +2,10 @@
 //! computes the file's sha256: the etcd snapshot (bbolt meta page + sha256 trailer) and the
 //! static-pod-resources tar.gz (decompresses, CRC valid, lists the expected directories).
 
+use crate::files::open_regular;
 use crate::hash::Sha256;
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -39,21 +39,6 @@ impl FileDigest {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Opens a file for checking, refusing symlinks and anything that is not a regular file.
-pub fn open_regular(path: &Path) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("cannot open '{}'", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat '{}'", path.display()))?;
-    ensure!(meta.is_file(), "'{}' is not a regular file", path.display());
-    Ok(file)
 }
 
 /// Reads exactly `len` bytes of `reader` into `hasher` (fails on a short file).
@@ -411,6 +396,7 @@ pub fn deep_check_against(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
 
     /// A minimal file with etcd's snapshot shape: a valid bbolt meta page 0, filler pages, trailer.
