@@ -169,6 +169,14 @@ impl Manifest {
                 );
             }
         }
+        if self
+            .files
+            .iter()
+            .try_fold(0u64, |total, f| total.checked_add(f.size))
+            .is_none()
+        {
+            return Err("the files' sizes add up past 2^64 bytes".to_string());
+        }
         for file in &self.files {
             if file.sha256.len() != 64
                 || !file
@@ -193,8 +201,13 @@ impl Manifest {
         }
     }
 
+    /// The bytes of the set's files; `u64::MAX` when they add up past it (a manifest that
+    /// [`Manifest::parse`] refuses; never "fits" anywhere).
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .try_fold(0u64, |total, f| total.checked_add(f.size))
+            .unwrap_or(u64::MAX)
     }
 
     pub fn file(&self, kind: FileKind) -> &FileEntry {
@@ -329,6 +342,12 @@ pub(crate) mod tests {
         let mut bad = m.clone();
         bad.origin = "master-1".into();
         cases.push((bad, "does not match origin"));
+        // Two files of 2^63 bytes: their sum would wrap to 0 and pass any space check.
+        let mut bad = m.clone();
+        bad.files[0].size = 1 << 63;
+        bad.files[1].size = 1 << 63;
+        assert_eq!(bad.total_size(), u64::MAX, "saturates, never wraps");
+        cases.push((bad, "add up past 2^64"));
         for (manifest, expected) in cases {
             let err = Manifest::parse(&manifest.to_json()).unwrap_err();
             assert!(err.contains(expected), "{err} / {expected}");

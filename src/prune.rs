@@ -42,7 +42,7 @@ pub fn prune(store: &Store, policy: &Policy, dry_run: bool) -> Result<Plan> {
             .with_context(|| format!("cannot prune set '{}'", decision.set.id))?;
         tracing::debug!(set_id = %decision.set.id, reason = %decision.delete.expect("to delete"), "set pruned");
         deleted.push(decision.set.id.as_str());
-        freed += decision.set.size;
+        freed = freed.saturating_add(decision.set.size);
     }
     if !deleted.is_empty() {
         tracing::info!(

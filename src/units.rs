@@ -10,7 +10,12 @@ const SECS_PER_UNIT: &[(&str, u64)] = &[
     ("s", 1),
 ];
 
-/// Parses `30s`, `90m`, `1h30m`, `7d`, `2w`: one or more `<integer><unit>` terms, units `s m h d w`.
+/// The longest duration the config takes: 100 years. Every duration is added to a clock
+/// somewhere (`Instant`, a set's creation time); a bound keeps those sums from overflowing.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+
+/// Parses `30s`, `90m`, `1h30m`, `7d`, `2w`: one or more `<integer><unit>` terms, units `s m h d w`,
+/// at most [`MAX_DURATION_SECS`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration '{text}': expected terms like 30s, 90m, 1h30m, 7d, 2w");
     let mut rest = text.trim();
@@ -37,10 +42,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = number
             .checked_mul(secs)
             .and_then(|term| total.checked_add(term))
-            .ok_or_else(|| format!("duration '{text}' is too large"))?;
+            .filter(|total| *total <= MAX_DURATION_SECS)
+            .ok_or_else(|| format!("duration '{text}' is too large (at most 100 years)"))?;
         rest = &rest[digits + units..];
     }
     Ok(Duration::from_secs(total))
+}
+
+/// `time` plus `duration`, or the end of time when that does not fit.
+pub fn after(
+    time: chrono::DateTime<chrono::Utc>,
+    duration: Duration,
+) -> chrono::DateTime<chrono::Utc> {
+    chrono::TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| time.checked_add_signed(delta))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
 }
 
 /// Formats a duration the way `parse_duration` reads it, largest units first (`5400s` → `1h30m`).
@@ -155,6 +172,14 @@ mod tests {
             assert!(err.contains(&format!("'{text}'")), "{err}");
         }
         assert!(parse_duration("99999999999999999w").is_err());
+        // Past 100 years, though it fits in a u64: added to an Instant it used to panic.
+        let err = parse_duration("30000000000000w").unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        assert_eq!(
+            parse_duration("5200w"),
+            Ok(Duration::from_secs(5200 * 7 * 86_400))
+        );
+        assert!(parse_duration("5215w").is_err());
     }
 
     #[test]
@@ -187,7 +212,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn duration_round_trips(secs in 0u64..10_000_000_000) {
+        fn duration_round_trips(secs in 0u64..=MAX_DURATION_SECS) {
             let d = Duration::from_secs(secs);
             prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }

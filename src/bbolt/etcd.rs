@@ -152,6 +152,7 @@ pub fn status(file: &File, db_len: u64) -> std::io::Result<(Report, Figures)> {
     }
     let mut figures = etcd.figures;
     figures.hash = etcd.crc;
-    figures.total_size = report.hwm * u64::from(report.page_size);
+    // What the meta claims, which a damaged meta may put past any file (the report says so).
+    figures.total_size = report.hwm.saturating_mul(u64::from(report.page_size));
     Ok((report, figures))
 }

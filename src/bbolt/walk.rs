@@ -492,6 +492,27 @@ mod tests {
         check(&file, bytes.len() as u64, &mut Count(0)).unwrap()
     }
 
+    #[test]
+    fn a_high_water_mark_past_the_file_is_a_problem_not_an_overflow() {
+        let mut bytes = crate::verify::tests::fake_snapshot(6, 512);
+        bytes.truncate(6 * 512);
+        // Both metas claim 2^60 pages, with their checksums made to match.
+        for meta in [0usize, 512] {
+            let fields = meta + page::PAGE_HEADER_BYTES;
+            bytes[fields + 40..fields + 48].copy_from_slice(&(1u64 << 60).to_le_bytes());
+            let sum = page::fnv1a64(&bytes[fields..fields + 56]);
+            bytes[fields + 56..fields + 64].copy_from_slice(&sum.to_le_bytes());
+        }
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        let (report, _) = crate::bbolt::status(&file, bytes.len() as u64).unwrap();
+        assert!(
+            report.problems[0].what.contains("do not hold"),
+            "{:?}",
+            report.problems
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         /// Any damage anywhere, up to 8 bytes of it: a report, never a panic, never unbounded.
