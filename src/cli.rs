@@ -317,6 +317,7 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
             &settings.backup.snapshot_nodes,
             &held,
             chrono::Utc::now(),
+            settings.not_after(),
             settings.backup.takeover_after,
         );
         let set = match turn {
@@ -329,10 +330,12 @@ fn cmd_backup(settings: &Settings, journal: bool) -> u8 {
                 Some(backup::take_backup(settings, &store, &sets)?)
             }
         };
-        prune::prune(&store, &settings.retention, false).with_context(|| match &set {
-            Some(set) => format!("set {} was committed, but pruning failed", set.id()),
-            None => "pruning failed".to_string(),
-        })?;
+        prune::prune(&store, &settings.retention, false, settings.not_after()).with_context(
+            || match &set {
+                Some(set) => format!("set {} was committed, but pruning failed", set.id()),
+                None => "pruning failed".to_string(),
+            },
+        )?;
         Ok::<Option<StoredSet>, anyhow::Error>(set)
     })();
     match result {
@@ -552,13 +555,31 @@ fn cmd_receive(settings: &Settings) -> Result<u8> {
     let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     crate::receive::widen_pipe(&input);
-    let input = crate::receive::TimeoutReader::new(input, settings.spray.io_timeout);
+    let peer = crate::receive::PeerSender {
+        authenticated: None,
+        // sshd says where the sender connects from: "client-ip client-port server-ip port".
+        from: std::env::var("SSH_CONNECTION")
+            .ok()
+            .and_then(|c| c.split(' ').next().map(str::to_string))
+            .unwrap_or_else(|| "stdin".to_string()),
+        deadline: crate::deadline::Deadline::after(crate::receive::HELLO_TIMEOUT),
+    };
+    let input = crate::deadline::TimeoutReader::new(
+        input,
+        settings.spray.io_timeout,
+        peer.deadline.clone(),
+    );
     let stream = crate::protocol::Duplex::new(
         std::io::BufReader::with_capacity(crate::protocol::CHUNK_BYTES, input),
         std::io::BufWriter::with_capacity(1 << 16, output),
     );
     let mut conn = crate::protocol::Conn::new(stream, false);
-    let stats = crate::receive::serve(settings, &store, &mut conn)?;
+    let stats = crate::receive::serve(
+        settings,
+        &store,
+        &mut conn,
+        crate::receive::Sender::Peer(&peer),
+    )?;
     tracing::debug!(
         sets = stats.committed.len(),
         bytes = stats.data_bytes,
@@ -570,7 +591,7 @@ fn cmd_receive(settings: &Settings) -> Result<u8> {
 fn cmd_prune(settings: &Settings, dry_run: bool) -> Result<u8> {
     let store = Store::open(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
-    let plan = prune::prune(&store, &settings.retention, dry_run)?;
+    let plan = prune::prune(&store, &settings.retention, dry_run, settings.not_after())?;
     for decision in &plan.decisions {
         let reasons: Vec<String> = decision
             .keep_reasons
@@ -832,7 +853,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
     // No store yet is a status too (stale), not an error.
     let view = crate::status::StoreView::read(root)?;
     let (listing, targets) = (&view.listing, &view.targets);
-    let summary = view.summary(settings.status.max_age);
+    let summary = view.summary(settings.status.max_age, settings.max_clock_skew);
     let (newest, age, fresh, max_age) =
         (summary.newest, summary.age, summary.fresh, summary.max_age);
     if json {
@@ -853,6 +874,7 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 "origin": s.manifest.origin,
                 "problem": s.problem,
             })).collect::<Vec<_>>(),
+            "future_dated": summary.future.iter().map(|s| &s.manifest.id).collect::<Vec<_>>(),
             "targets": targets,
             "coverage": summary.coverage,
         });
@@ -869,6 +891,14 @@ fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 if fresh { "fresh" } else { "STALE" }
             ),
             _ => println!("no backup set in '{}': STALE", root.display()),
+        }
+        for set in &summary.future {
+            println!(
+                "WARNING: set {} is dated {}, after this node's clock plus node.max_clock_skew ({}): not counted (a clock set wrong, or a forged set)",
+                set.manifest.id,
+                set.manifest.created.format("%Y-%m-%d %H:%M:%SZ"),
+                crate::units::format_duration(settings.max_clock_skew)
+            );
         }
         for set in &summary.failed {
             println!(

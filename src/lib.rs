@@ -6,6 +6,7 @@ pub mod backup;
 pub mod bbolt;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod failpoint;
 pub mod files;
 pub mod hash;

@@ -2,18 +2,48 @@
 //! other masters' senders and serves each like the SSH forced command does, taking the sender's
 //! identity from its verified client certificate. The certificates are read again for every
 //! connection, so a renewed certificate is used without a restart.
+//!
+//! The port faces anyone who can reach the masters: a handshake must finish within
+//! [`HANDSHAKE_TIMEOUT`] (however slowly its bytes trickle), handshakes in progress have a cap
+//! of their own, and only senders whose certificate verified count against [`MAX_SESSIONS`].
 
 use crate::config::Settings;
+use crate::deadline::{BoundedTcp, Deadline};
 use crate::protocol::Conn;
+use crate::receive::{PeerSender, Sender};
 use crate::store::Store;
-use crate::tcp::bound;
 use crate::tls::{TlsStream, acceptor, peer_name};
 use anyhow::{Context, Result};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// More senders than masters at once is a fault or an attack: the rest are turned away.
-const MAX_SESSIONS: usize = 16;
+pub const MAX_SESSIONS: usize = 16;
+/// Connections still in their handshake: anyone can open these, so they have their own cap.
+pub const MAX_HANDSHAKES: usize = 256;
+/// The whole handshake, however slowly its bytes arrive.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A slot of a capped count, given back when dropped.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    fn take(count: &'a AtomicUsize, cap: usize) -> Option<Slot<'a>> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
     // Fail at start, not at the first connection, when the certificates are unusable.
@@ -25,7 +55,7 @@ pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
         store = %settings.store.root.display(),
         "receiving sets over mutual TLS on {addr}"
     );
-    let sessions = AtomicUsize::new(0);
+    let (handshakes, sessions) = (AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|scope| {
         for tcp in listener.incoming() {
             let tcp = match tcp {
@@ -35,34 +65,54 @@ pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
                     continue;
                 }
             };
-            if sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
-                sessions.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!("{MAX_SESSIONS} sessions already: a connection turned away");
+            let Some(handshake) = Slot::take(&handshakes, MAX_HANDSHAKES) else {
+                tracing::warn!("{MAX_HANDSHAKES} handshakes in progress: a connection turned away");
                 continue;
-            }
+            };
             let (sessions, store) = (&sessions, &store);
             scope.spawn(move || {
                 let from = tcp
                     .peer_addr()
                     .map_or_else(|_| "?".to_string(), |a| a.to_string());
-                if let Err(error) = session(settings, store, tcp) {
+                if let Err(error) = session(settings, store, tcp, &from, handshake, sessions) {
                     tracing::warn!(from = %from, "session from {from} failed: {error:#}");
                 }
-                sessions.fetch_sub(1, Ordering::SeqCst);
             });
         }
         Ok(())
     })
 }
 
-fn session(settings: &Settings, store: &Store, tcp: TcpStream) -> Result<()> {
-    bound(&tcp, settings.spray.io_timeout)?;
+fn session(
+    settings: &Settings,
+    store: &Store,
+    tcp: TcpStream,
+    from: &str,
+    handshake: Slot,
+    sessions: &AtomicUsize,
+) -> Result<()> {
+    tcp.set_nodelay(true)?;
+    crate::tcp::user_timeout(&tcp, settings.spray.io_timeout)?;
+    let peer = PeerSender {
+        authenticated: None,
+        from: from.to_string(),
+        deadline: Deadline::after(HANDSHAKE_TIMEOUT),
+    };
+    let bounded = BoundedTcp::new(tcp, settings.spray.io_timeout, peer.deadline.clone());
     let stream = acceptor(&settings.tls)?
-        .accept(tcp)
+        .accept(bounded)
         .map_err(|e| anyhow::anyhow!("TLS handshake refused: {e}"))?;
+    drop(handshake);
     let sender = peer_name(&stream)?;
+    let Some(_session) = Slot::take(sessions, MAX_SESSIONS) else {
+        anyhow::bail!("{MAX_SESSIONS} sessions already: {sender} turned away");
+    };
+    let peer = PeerSender {
+        authenticated: Some(sender.clone()),
+        ..peer
+    };
     let mut conn = Conn::new(TlsStream(stream), false);
-    let stats = crate::receive::serve_as(settings, store, &mut conn, Some(&sender))
+    let stats = crate::receive::serve(settings, store, &mut conn, Sender::Peer(&peer))
         .with_context(|| format!("serving {sender}"))?;
     tracing::debug!(
         sender = %sender,

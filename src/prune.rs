@@ -7,8 +7,14 @@ use anyhow::{Context, Result};
 
 /// Plans retention over the store's sets and, unless `dry_run`, deletes what the plan drops.
 /// Sets whose files do not match their manifest, and unreadable entries, are neither counted
-/// nor deleted: nothing the tool cannot vouch for is removed.
-pub fn prune(store: &Store, policy: &Policy, dry_run: bool) -> Result<Plan> {
+/// nor deleted: nothing the tool cannot vouch for is removed. Sets created after `not_after`
+/// count for nothing (see [`crate::retention`]).
+pub fn prune(
+    store: &Store,
+    policy: &Policy,
+    dry_run: bool,
+    not_after: chrono::DateTime<chrono::Utc>,
+) -> Result<Plan> {
     let listing = store.list()?;
     for (dir, reason) in &listing.unreadable {
         tracing::warn!(path = %dir.display(), "unreadable set left alone: {reason}");
@@ -27,7 +33,7 @@ pub fn prune(store: &Store, policy: &Policy, dry_run: bool) -> Result<Plan> {
     } else {
         0
     };
-    let plan = plan(&infos, policy, free);
+    let plan = plan(&infos, policy, free, not_after);
     if let Some(reason) = plan.pressure_unmet {
         tracing::warn!(store = %store.root().display(), "{reason} even after pruning every set that may go");
     }

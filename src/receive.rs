@@ -1,15 +1,25 @@
 //! `receive`: the server side of the spray protocol, run as the SSH forced command on a peer
 //! (and in-process for directory targets). It trusts nothing: every name comes from a manifest
-//! that parses and matches its offered digest, every byte is bounded by the manifest, every file
-//! is hashed (and the snapshot trailer checked) while it is written, and only a complete,
-//! verified set is committed — by the same store code as a local backup.
+//! that parses and matches its offered digest and size, every byte is bounded by the manifest,
+//! every file is hashed (and the snapshot trailer checked) while it is written, and only a
+//! complete, verified set is committed — by the same store code as a local backup.
+//!
+//! A peer's sender holds the spray key or a node certificate, which more people than root on a
+//! master may hold: it may deliver sets and nothing else. What it offers is judged by
+//! [`crate::protocol::wants`] (no set of this node's origin, none dated in the future, none
+//! that would push a held set out but through the ordinary turn of retention, none that does
+//! not fit above the free-space floor, a bound per origin); it must say hello within
+//! [`HELLO_TIMEOUT`] before it gets the receive lock, and its session ends at
+//! `spray.session_timeout`; the prune after a delivery never deletes to make room.
 
 use crate::config::Settings;
+use crate::deadline::Deadline;
 use crate::hash::Sha256;
 use crate::logging::message_id;
-use crate::manifest::{FileEntry, Manifest, parse_backup_name};
+use crate::manifest::{FileEntry, MANIFEST_MAX_BYTES, Manifest};
 use crate::protocol::{
-    Conn, Frame, HeldSet, Message, PROTOCOL_VERSION, Partial, ProtocolError, Stream, Want, wants,
+    Conn, Frame, Guard, HeldSet, Judge, Message, Offer, PROTOCOL_VERSION, Partial, ProtocolError,
+    Stream, Want, wants,
 };
 use crate::store::{
     RECEIVE_LOCK_FILE, RECEIVE_STAGING_PREFIX, Store, ensure_private_dir, write_atomic,
@@ -21,44 +31,18 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The offered manifest, kept beside a partial transfer so a resume can be matched to it.
 const OFFER_FILE: &str = ".offer-manifest.json";
 const READ_BUF_BYTES: usize = 1 << 20;
-
-/// A reader that gives up when no byte arrives for `timeout`: a receiver whose sender's link
-/// was cut must not wait (holding the receive lock) until TCP gives up hours later.
-pub struct TimeoutReader<R> {
-    inner: R,
-    timeout: std::time::Duration,
-}
-
-impl<R: std::os::fd::AsFd> TimeoutReader<R> {
-    pub fn new(inner: R, timeout: std::time::Duration) -> TimeoutReader<R> {
-        TimeoutReader { inner, timeout }
-    }
-}
-
-impl<R: Read + std::os::fd::AsFd> Read for TimeoutReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let millis = self.timeout.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(self.inner.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(
-            &mut fds,
-            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
-        )
-        .map_err(std::io::Error::from)?;
-        if ready == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no data from the sender for {}s", self.timeout.as_secs()),
-            ));
-        }
-        self.inner.read(buf)
-    }
-}
+/// A sender says hello within this, or is cut before it gets the receive lock.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Sets of one origin a peer's session may add: a master takes one an hour; a new or rebuilt
+/// peer catches up over a few sprays.
+pub const MAX_SETS_PER_ORIGIN: usize = 8;
+/// Offers in one hello: every set of a long history of several masters fits many times.
+pub const MAX_OFFERS: usize = 4096;
 
 /// What the receiver asks of the pipe sshd writes the sender's bytes into: 1 MiB, the most an
 /// unprivileged process may ask (`/proc/sys/fs/pipe-max-size`).
@@ -75,6 +59,27 @@ pub fn widen_pipe(input: &impl std::os::fd::AsFd) {
     }
 }
 
+/// Who is at the other end of a receiver's connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Sender<'a> {
+    /// This node itself, spraying to a store of its own (a directory target, in-process).
+    Own,
+    /// Another master: over SSH with the spray key, or over mutual TLS.
+    Peer(&'a PeerSender),
+}
+
+/// A peer sender: what the transport proved of it, and the clock of its session.
+#[derive(Debug, Clone, Default)]
+pub struct PeerSender {
+    /// The node name of its TLS client certificate; `None` over SSH, where the spray key only
+    /// proves that it is one of the masters.
+    pub authenticated: Option<String>,
+    /// Where it connects from, for the journal.
+    pub from: String,
+    /// Obeyed by the connection's reads: moved to the hello's bound, then to the session's.
+    pub deadline: Deadline,
+}
+
 #[derive(Debug, Default)]
 pub struct ReceiveStats {
     pub committed: Vec<String>,
@@ -89,20 +94,10 @@ pub fn serve<S: Stream>(
     settings: &Settings,
     store: &Store,
     conn: &mut Conn<S>,
-) -> Result<ReceiveStats> {
-    serve_as(settings, store, conn, None)
-}
-
-/// [`serve`] a sender whose identity the transport proved (a TLS client certificate's node
-/// name): its hello must claim that name, and that name is what the journal records.
-pub fn serve_as<S: Stream>(
-    settings: &Settings,
-    store: &Store,
-    conn: &mut Conn<S>,
-    authenticated: Option<&str>,
+    sender: Sender,
 ) -> Result<ReceiveStats> {
     let mut stats = ReceiveStats::default();
-    let result = session(settings, store, conn, &mut stats, authenticated);
+    let result = session(settings, store, conn, &mut stats, sender);
     if let Err(error) = &result
         && !connection_lost(error)
     {
@@ -114,20 +109,8 @@ pub fn serve_as<S: Stream>(
     result.map(|()| stats)
 }
 
-fn session<S: Stream>(
-    settings: &Settings,
-    store: &Store,
-    conn: &mut Conn<S>,
-    stats: &mut ReceiveStats,
-    authenticated: Option<&str>,
-) -> Result<()> {
-    let _receiving = lock_telling_sender(
-        conn,
-        store,
-        RECEIVE_LOCK_FILE,
-        settings.store.lock_wait,
-        "another sender is being received",
-    )?;
+/// The sender's hello: who it says it is and what it offers, checked.
+fn hello<S: Stream>(conn: &mut Conn<S>) -> Result<(String, Vec<Offer>)> {
     let (sender, offers) = match conn.next_message()? {
         Message::Hello {
             version,
@@ -145,11 +128,53 @@ fn session<S: Stream>(
             );
         }
     };
-    if let Some(proven) = authenticated
-        && !sender.eq_ignore_ascii_case(proven)
-    {
-        bail!("the sender's certificate names '{proven}' but its hello claims '{sender}': refused");
+    if offers.len() > MAX_OFFERS {
+        return Err(violation(format!(
+            "{} sets offered (at most {MAX_OFFERS})",
+            offers.len()
+        )));
     }
+    let mut ids = std::collections::BTreeSet::new();
+    if let Some(twice) = offers.iter().find(|o| !ids.insert(o.id.as_str())) {
+        return Err(violation(format!("set '{}' offered twice", twice.id)));
+    }
+    Ok((sender, offers))
+}
+
+fn session<S: Stream>(
+    settings: &Settings,
+    store: &Store,
+    conn: &mut Conn<S>,
+    stats: &mut ReceiveStats,
+    sender: Sender,
+) -> Result<()> {
+    let peer = match sender {
+        Sender::Own => None,
+        Sender::Peer(peer) => Some(peer),
+    };
+    // Nothing is locked for a connection that has not said hello.
+    if let Some(peer) = peer {
+        peer.deadline.set(HELLO_TIMEOUT);
+    }
+    let (claimed, offers) = hello(conn)?;
+    let authenticated = peer.and_then(|p| p.authenticated.as_deref());
+    if let Some(proven) = authenticated
+        && !claimed.eq_ignore_ascii_case(proven)
+    {
+        bail!(
+            "the sender's certificate names '{proven}' but its hello claims '{claimed}': refused"
+        );
+    }
+    if let Some(peer) = peer {
+        peer.deadline.set(settings.spray.session_timeout);
+    }
+    let _receiving = lock_telling_sender(
+        conn,
+        store,
+        RECEIVE_LOCK_FILE,
+        settings.store.lock_wait,
+        "another sender is being received",
+    )?;
     let listing = store.list()?;
     let mut held: Vec<HeldSet> = listing
         .sets
@@ -178,29 +203,49 @@ fn session<S: Stream>(
         }
     }
     let partials = partials(store)?;
-    let plan = wants(
-        &offers,
-        &held,
-        &partials,
-        &settings.retention,
-        store.free_bytes()?,
-    );
+    let judge = Judge {
+        policy: &settings.retention,
+        free_bytes: store.free_bytes()?,
+        not_after: settings.not_after(),
+        guard: peer.map(|_| Guard {
+            own_origin: &settings.node_name,
+            max_sets_per_origin: MAX_SETS_PER_ORIGIN,
+        }),
+    };
+    let plan = wants(&offers, &held, &partials, &judge);
+    // A partial transfer this session does not resume goes now: only the set a cut link
+    // leaves half-received waits (for the next session) in staging.
+    for id in partials.keys() {
+        if !plan.wants.iter().any(|w| &w.id == id) {
+            remove_partial(store, id);
+        }
+    }
+    let who = Who {
+        name: &claimed,
+        authenticated,
+        from: peer.map_or("this node", |p| p.from.as_str()),
+    };
     for id in &plan.conflicts {
-        tracing::warn!(set_id = %id, sender = %sender, "offered set has the id of a held set but another manifest (or ours is unreadable); keeping ours");
+        tracing::warn!(set_id = %id, sender = %claimed, "offered set has the id of a held set but another manifest (or ours is unreadable); keeping ours");
     }
     for id in &plan.repairs {
-        tracing::warn!(set_id = %id, sender = %sender, "our copy of set {id} is damaged; receiving it again from {sender}");
+        tracing::warn!(set_id = %id, sender = %claimed, "our copy of set {id} is damaged; receiving it again from {claimed}");
     }
-    if !plan.declined.is_empty() {
-        tracing::debug!(
-            count = plan.declined.len(),
-            "declined sets that retention here would not keep"
-        );
+    for (id, why) in &plan.declined {
+        use crate::protocol::Declined;
+        match why {
+            Declined::FutureDated | Declined::TakesPlaceOf(_) => {
+                tracing::warn!(set_id = %id, sender = %claimed, authenticated = who.authenticated.unwrap_or(""), from = %who.from, "refused set {id} offered by {}: {why}", who.describe())
+            }
+            Declined::Deferred | Declined::NoRoom(_) => {
+                tracing::info!(set_id = %id, sender = %claimed, "not now: set {id} from {claimed}: {why}")
+            }
+            Declined::NotASet | Declined::OwnOrigin | Declined::NotKept => {
+                tracing::debug!(set_id = %id, "declined: {why}")
+            }
+        }
     }
-    let digests: BTreeMap<&str, &str> = offers
-        .iter()
-        .map(|o| (o.id.as_str(), o.manifest_sha256.as_str()))
-        .collect();
+    let offered: BTreeMap<&str, &Offer> = offers.iter().map(|o| (o.id.as_str(), o)).collect();
     let mut pending: BTreeMap<String, Want> = plan
         .wants
         .iter()
@@ -218,29 +263,49 @@ fn session<S: Stream>(
                 let want = pending.remove(&id).ok_or_else(|| {
                     ProtocolError::violation(format!("set '{id}' was not asked for"))
                 })?;
-                let digest = digests.get(id.as_str()).copied().unwrap_or_default();
+                let refused = plan
+                    .refused
+                    .as_ref()
+                    .filter(|(r, _)| *r == id)
+                    .map(|(_, why)| why.as_str());
+                let offer = offered[id.as_str()];
                 let staging = store
                     .staging_dir()
                     .join(format!("{RECEIVE_STAGING_PREFIX}{id}"));
                 let started = Instant::now();
                 let before = conn.data_bytes_received;
-                match receive_set(settings, store, conn, &want, digest, &manifest, &staging) {
-                    Ok(()) => {}
+                let received = receive_set(
+                    settings,
+                    store,
+                    conn,
+                    (&want, offer, refused),
+                    &manifest,
+                    &staging,
+                    sender,
+                );
+                let origin = match received {
+                    Ok(origin) => origin,
                     Err(error) => {
                         // A cut link keeps the partial files for the next run to resume.
                         if !connection_lost(&error) {
                             let _ = fs::remove_dir_all(&staging);
                         }
-                        return Err(error.context(format!("receiving set '{id}' from {sender}")));
+                        return Err(
+                            error.context(format!("receiving set '{id}' from {}", who.describe()))
+                        );
                     }
-                }
+                };
                 tracing::info!(
                     message_id = message_id::SET_RECEIVED,
                     set_id = %id,
-                    sender = %sender,
+                    origin = %origin,
+                    sender = %claimed,
+                    authenticated = who.authenticated.unwrap_or(""),
+                    from = %who.from,
                     bytes = conn.data_bytes_received - before,
                     seconds = started.elapsed().as_secs_f64(),
-                    "set received: {id} from {sender}"
+                    "set received: {id} (origin {origin}) from {}",
+                    who.describe()
                 );
                 stats.committed.push(id.clone());
                 crate::failpoint::hit("receive:before-ack");
@@ -254,6 +319,22 @@ fn session<S: Stream>(
                 ))
                 .into());
             }
+        }
+    }
+}
+
+/// How the journal names a sender: what it claims, and what the transport proved.
+struct Who<'a> {
+    name: &'a str,
+    authenticated: Option<&'a str>,
+    from: &'a str,
+}
+
+impl Who<'_> {
+    fn describe(&self) -> String {
+        match self.authenticated {
+            Some(proven) => format!("{} (certificate of {proven}, {})", self.name, self.from),
+            None => format!("{} ({})", self.name, self.from),
         }
     }
 }
@@ -283,15 +364,15 @@ fn name(message: &Message) -> &'static str {
 
 /// Takes the lock file `lock` of the store, telling the sender every
 /// [`crate::protocol::KEEPALIVE`] that it waits and why, for at most `wait` (then the busy
-/// error goes back to the sender).
+/// error, with the whole wait, goes back to the sender).
 fn lock_telling_sender<S: Stream>(
     conn: &mut Conn<S>,
     store: &Store,
     lock: &str,
-    wait: std::time::Duration,
+    wait: Duration,
     why: &str,
 ) -> Result<crate::store::StoreLock> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     loop {
         let left = wait.saturating_sub(started.elapsed());
         match store.lock_named(lock, left.min(crate::protocol::KEEPALIVE)) {
@@ -300,12 +381,23 @@ fn lock_telling_sender<S: Stream>(
                     reason: format!("{why}: {e:#}"),
                 })?;
             }
+            Err(e) => {
+                return Err(match e.downcast::<crate::store::BusyError>() {
+                    Ok(mut busy) => {
+                        busy.waited_secs = started.elapsed().as_secs();
+                        busy.into()
+                    }
+                    Err(e) => e,
+                });
+            }
             result => return result,
         }
     }
 }
 
-/// Cut transfers in staging: the manifest digest each was for and the bytes held per file.
+/// Cut transfers in staging: the manifest digest each was for and the bytes held per file. A
+/// partial that is not one (no readable offer manifest of its set) or holds more than its
+/// manifest promised is removed here.
 fn partials(store: &Store) -> Result<BTreeMap<String, Partial>> {
     let mut found = BTreeMap::new();
     let staging = store.staging_dir();
@@ -320,45 +412,88 @@ fn partials(store: &Store) -> Result<BTreeMap<String, Partial>> {
         if !entry.file_type()?.is_dir() {
             continue;
         }
-        let Ok(text) = fs::read(entry.path().join(OFFER_FILE)) else {
-            continue;
-        };
-        let mut held = BTreeMap::new();
-        for file in fs::read_dir(entry.path())? {
-            let file = file?;
-            let file_name = file.file_name().to_string_lossy().into_owned();
-            if parse_backup_name(&file_name).is_some() && file.file_type()?.is_file() {
-                held.insert(file_name, file.metadata()?.len());
+        match partial(&entry.path(), id) {
+            Ok(partial) => {
+                found.insert(id.to_string(), partial);
+            }
+            Err(e) => {
+                tracing::info!("removing a partial transfer: {e:#}");
+                remove_partial(store, id);
             }
         }
-        found.insert(
-            id.to_string(),
-            Partial {
-                manifest_sha256: hex(&Sha256::digest(&text)),
-                held,
-            },
-        );
     }
     Ok(found)
+}
+
+/// What the partial transfer in `dir` holds, checked against the manifest it was for.
+fn partial(dir: &Path, id: &str) -> Result<Partial> {
+    let text = crate::files::read_regular(&dir.join(OFFER_FILE), MANIFEST_MAX_BYTES)?;
+    let manifest = Manifest::parse(&text).map_err(|e| anyhow!("'{}': {e}", dir.display()))?;
+    if manifest.id != id {
+        bail!("'{}' holds a manifest of '{}'", dir.display(), manifest.id);
+    }
+    let mut held = BTreeMap::new();
+    for file in fs::read_dir(dir)? {
+        let file = file?;
+        let name = file.file_name().to_string_lossy().into_owned();
+        if name == OFFER_FILE {
+            continue;
+        }
+        let meta = file.metadata()?;
+        let promised = manifest.files.iter().find(|f| f.name == name);
+        match promised {
+            Some(entry) if meta.is_file() && meta.len() <= entry.size => {
+                held.insert(name, meta.len());
+            }
+            Some(entry) if meta.is_file() => bail!(
+                "'{}' holds {} bytes, more than the {} its manifest promised",
+                file.path().display(),
+                meta.len(),
+                entry.size
+            ),
+            _ => bail!("'{}' is not part of set '{id}'", file.path().display()),
+        }
+    }
+    Ok(Partial {
+        manifest_sha256: hex(&Sha256::digest(&text)),
+        held,
+    })
+}
+
+/// Removes the partial transfer of set `id` (never following a link: `remove_dir_all` does not).
+fn remove_partial(store: &Store, id: &str) {
+    let dir = store
+        .staging_dir()
+        .join(format!("{RECEIVE_STAGING_PREFIX}{id}"));
+    if let Err(e) = fs::remove_dir_all(&dir) {
+        tracing::warn!(
+            "cannot remove the partial transfer '{}': {e}",
+            dir.display()
+        );
+    }
 }
 
 fn violation(message: String) -> anyhow::Error {
     ProtocolError::Violation(message).into()
 }
 
+/// Receives one set into `staging` and commits it; returns its origin. `asked` is what was
+/// asked for, what was offered, and why it is refused if it was asked for only to say so.
 fn receive_set<S: Stream>(
     settings: &Settings,
     store: &Store,
     conn: &mut Conn<S>,
-    want: &Want,
-    offered_digest: &str,
+    asked: (&Want, &Offer, Option<&str>),
     manifest_text: &str,
     staging: &Path,
-) -> Result<()> {
+    sender: Sender,
+) -> Result<String> {
+    let (want, offer, refused) = asked;
     let digest = hex(&Sha256::digest(manifest_text.as_bytes()));
-    if digest != offered_digest {
+    if digest != offer.manifest_sha256 {
         return Err(violation(format!(
-            "manifest digest {digest} is not the offered {offered_digest}"
+            "manifest digest {digest} is not the offered {}",
+            offer.manifest_sha256
         )));
     }
     let manifest = Manifest::parse(manifest_text.as_bytes())
@@ -369,25 +504,52 @@ fn receive_set<S: Stream>(
             manifest.id, want.id
         )));
     }
+    // What was judged is the offer: the manifest must be what it promised.
+    if manifest.total_size() != offer.size || manifest.dirty != offer.dirty {
+        return Err(violation(format!(
+            "the manifest of '{}' says {} bytes (dirty: {}), its offer said {} (dirty: {})",
+            manifest.id,
+            manifest.total_size(),
+            manifest.dirty,
+            offer.size,
+            offer.dirty
+        )));
+    }
+    if let Some(why) = refused {
+        bail!(
+            "set '{}' does not fit in store '{}' on {}: {why}",
+            manifest.id,
+            store.root().display(),
+            settings.node_name
+        );
+    }
     // A partial transfer for another manifest is stale: start over.
-    if fs::read(staging.join(OFFER_FILE)).is_ok_and(|old| old != manifest_text.as_bytes()) {
+    if crate::files::read_regular(&staging.join(OFFER_FILE), MANIFEST_MAX_BYTES)
+        .is_ok_and(|old| old != manifest_text.as_bytes())
+    {
         fs::remove_dir_all(staging)
             .with_context(|| format!("cannot clear '{}'", staging.display()))?;
     }
     ensure_private_dir(staging)?;
     write_atomic(staging, OFFER_FILE, manifest_text.as_bytes())?;
-    let held: u64 = manifest
+    let held = manifest
         .files
         .iter()
         .map(|f| fs::symlink_metadata(staging.join(&f.name)).map_or(0, |m| m.len().min(f.size)))
-        .sum();
-    let needed = manifest.total_size() - held;
+        .fold(0u64, u64::saturating_add);
+    let needed = manifest.total_size().saturating_sub(held);
     let free = store.free_bytes()?;
-    if needed > free {
+    let floor = settings.retention.min_free_space.unwrap_or(0);
+    if needed.saturating_add(floor) > free {
         return Err(violation(format!(
-            "set '{}' needs {needed} more bytes, only {free} are free in '{}'",
+            "set '{}' needs {needed} more bytes, only {free} are free in '{}'{}",
             manifest.id,
-            store.root().display()
+            store.root().display(),
+            if floor > 0 {
+                format!(" and {floor} must stay free (retention.min_free_space)")
+            } else {
+                String::new()
+            }
         )));
     }
     receive_files(conn, staging, &manifest)?;
@@ -405,8 +567,14 @@ fn receive_set<S: Stream>(
     } else {
         store.commit(staging, &manifest)?;
     }
-    crate::prune::prune(store, &settings.retention, false)?;
-    Ok(())
+    // A peer's delivery never makes this store delete to make room: whether it fit was
+    // decided before it was asked for. The local backup's prune applies the size limits.
+    let policy = match sender {
+        Sender::Own => settings.retention.clone(),
+        Sender::Peer(_) => settings.retention.without_size_pressure(),
+    };
+    crate::prune::prune(store, &policy, false, settings.not_after())?;
+    Ok(manifest.origin)
 }
 
 /// The files of `manifest` and its end, each checked as it arrives; then the deep check of
@@ -528,7 +696,10 @@ fn receive_file<S: Stream>(
     loop {
         match conn.next_frame()? {
             Frame::Data(data) => {
-                if pos + data.len() as u64 > entry.size {
+                if pos
+                    .checked_add(data.len() as u64)
+                    .is_none_or(|end| end > entry.size)
+                {
                     return Err(violation(format!(
                         "'{}': more data than its {} bytes",
                         entry.name, entry.size
@@ -595,6 +766,13 @@ mod tests {
     use std::path::PathBuf;
 
     type End = Conn<Duplex<PipeReader, PipeWriter>>;
+
+    /// Another master's sender, over a transport that proves nothing of it (SSH).
+    const PEER: Sender = Sender::Peer(&PeerSender {
+        authenticated: None,
+        from: String::new(),
+        deadline: Deadline::NONE,
+    });
 
     struct Side {
         _dir: tempfile::TempDir,
@@ -663,8 +841,8 @@ mod tests {
         let mut sending = Conn::new(a, compress);
         let mut receiving = Conn::new(b, false);
         std::thread::scope(|scope| {
-            let server =
-                scope.spawn(move || serve(&receiver.settings, &receiver.store, &mut receiving));
+            let server = scope
+                .spawn(move || serve(&receiver.settings, &receiver.store, &mut receiving, PEER));
             let sent = sender(&mut sending);
             drop(sending);
             (sent, server.join().unwrap())
@@ -770,7 +948,7 @@ mod tests {
         let mut receiving = Conn::new(b, false);
         let (sent, received) = std::thread::scope(|scope| {
             let (settings, store) = (&m1.settings, &m1.store);
-            let server = scope.spawn(move || serve(settings, store, &mut receiving));
+            let server = scope.spawn(move || serve(settings, store, &mut receiving, PEER));
             let cut = Duplex::new(
                 a.reader,
                 Cut {
@@ -848,8 +1026,8 @@ mod tests {
             let offer = Offer {
                 id: manifest.id.clone(),
                 manifest_sha256: digest,
-                size: 1,
-                dirty: false,
+                size: manifest.total_size(),
+                dirty: manifest.dirty,
             };
             conn.send(&Message::Hello {
                 version: 1,
@@ -919,7 +1097,19 @@ mod tests {
         let mut huge = good.clone();
         huge.files[0].size = 1 << 60;
         let err = hostile(&m1, &huge, |_| {});
-        assert!(err.contains("only") && err.contains("are free"), "{err}");
+        assert!(
+            err.contains("does not fit in store") && err.contains("are free"),
+            "{err}"
+        );
+        assert!(staging_is_clean(&m1));
+
+        // Sizes that add up past 2^64 (two of 2^63): the manifest itself is refused, whatever
+        // the offer says.
+        let mut wrapping = good.clone();
+        wrapping.files[0].size = 1 << 63;
+        wrapping.files[1].size = 1 << 63;
+        let err = hostile(&m1, &wrapping, |_| {});
+        assert!(err.contains("manifest refused"), "{err}");
         assert!(staging_is_clean(&m1));
 
         // A frame out of order.

@@ -11,6 +11,10 @@
 //! Two safety rules come before everything else: the newest set of each origin, and the newest
 //! clean (not `--force`d) set of each origin, are never deleted.
 //!
+//! A set dated after `not_after` (now plus the clocks' allowed skew) counts for nothing: it is
+//! kept, takes no place in any rule, is never the newest of its origin, and is the first to go
+//! under size pressure. (A clock set wrong, or a forged date, must not push real sets out.)
+//!
 //! Then store-wide size pressure: while the kept sets exceed `max_total_size`, or the free
 //! space would stay below `min_free_space`, the oldest unprotected kept set goes.
 
@@ -57,6 +61,8 @@ impl Policy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KeepReason {
+    /// Dated after `not_after`: kept, but counted by no rule.
+    FutureDated,
     NewestOfOrigin,
     NewestClean,
     Last,
@@ -71,6 +77,7 @@ pub enum KeepReason {
 impl fmt::Display for KeepReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            KeepReason::FutureDated => "dated in the future: counted by no rule",
             KeepReason::NewestOfOrigin => "newest set of its origin",
             KeepReason::NewestClean => "newest clean set of its origin",
             KeepReason::Last => "keep_last",
@@ -166,16 +173,61 @@ fn bucket_count(policy: &Policy, reason: KeepReason) -> u32 {
     }
 }
 
+impl Policy {
+    /// The same keep rules without `max_total_size` and `min_free_space`: what a receiver
+    /// applies after a delivery, so that a sender can never make it delete sets to make room
+    /// (whether a set fits is decided before it is received).
+    pub fn without_size_pressure(&self) -> Policy {
+        Policy {
+            max_total_size: None,
+            min_free_space: None,
+            ..self.clone()
+        }
+    }
+
+    fn bucket_rules(&self) -> impl Iterator<Item = (KeepReason, Bucket, u32)> + '_ {
+        BUCKET_RULES
+            .into_iter()
+            .map(|(reason, bucket)| (reason, bucket, bucket_count(self, reason)))
+            .filter(|(_, _, count)| *count > 0)
+    }
+}
+
+/// Of `held` (sets of one origin), the one whose place `set` of that origin would take as the
+/// newest of an hour, day, week, month or year that the policy keeps: the newest held set of
+/// that period, when it is older than `set`. `None` when `set` takes no such place (its periods
+/// hold nothing, or something newer).
+pub fn takes_place_of<'a>(
+    set: &SetInfo,
+    held: &'a [SetInfo],
+    policy: &Policy,
+) -> Option<&'a SetInfo> {
+    let order = |s: &SetInfo| (s.created, s.id.clone());
+    policy.bucket_rules().find_map(|(_, bucket, _)| {
+        let period = bucket(&set.created);
+        held.iter()
+            .filter(|h| bucket(&h.created) == period)
+            .max_by_key(|h| order(h))
+            .filter(|newest| order(newest) < order(set))
+    })
+}
+
 /// Plans retention for one store. `free_bytes` is the free space of the store's filesystem now
-/// (only consulted when `min_free_space` is set).
-pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64) -> Plan {
+/// (only consulted when `min_free_space` is set); sets created after `not_after` are
+/// future-dated (see the module's doc).
+pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64, not_after: DateTime<Utc>) -> Plan {
     // Newest first; ties broken by id so the plan never depends on input order.
     let mut sorted: Vec<&SetInfo> = sets.iter().collect();
     sorted.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.id.cmp(&a.id)));
 
     let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); sorted.len()];
+    let future = |set: &SetInfo| set.created > not_after;
     let mut by_origin: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, set) in sorted.iter().enumerate() {
+        if future(set) {
+            reasons[index].push(KeepReason::FutureDated);
+            continue;
+        }
         by_origin
             .entry(set.origin.as_str())
             .or_default()
@@ -191,8 +243,8 @@ pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64) -> Plan {
         for &index in indices.iter().take(policy.keep_last as usize) {
             reasons[index].push(KeepReason::Last);
         }
-        for (reason, bucket) in BUCKET_RULES {
-            let mut remaining = bucket_count(policy, reason);
+        for (reason, bucket, count) in policy.bucket_rules() {
+            let mut remaining = count;
             let mut last_bucket = None;
             for &index in indices {
                 if remaining == 0 {
@@ -249,7 +301,10 @@ pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64) -> Plan {
         }
     };
     let mut pressure_unmet = None;
-    for index in (0..sorted.len()).rev() {
+    // Future-dated sets first (they count for nothing), then the oldest.
+    let (dated_ahead, present): (Vec<usize>, Vec<usize>) =
+        (0..sorted.len()).partition(|&index| future(sorted[index]));
+    for index in dated_ahead.into_iter().chain(present.into_iter().rev()) {
         let Some(reason) = over(kept_bytes, freed_bytes) else {
             break;
         };
@@ -290,6 +345,11 @@ mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
+
+    /// The plan with nothing dated in the future.
+    fn plan(sets: &[SetInfo], policy: &Policy, free: u64) -> Plan {
+        super::plan(sets, policy, free, DateTime::<Utc>::MAX_UTC)
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -540,7 +600,7 @@ mod tests {
             max_total_size: Some(10),
             ..policy
         };
-        let plan = super::plan(&sets, &tiny, 0);
+        let plan = self::plan(&sets, &tiny, 0);
         assert_eq!(kept(&plan), ["2026-01-01T03:00:00"]);
         assert_eq!(plan.pressure_unmet, Some(DeleteReason::MaxTotalSize));
     }
@@ -564,7 +624,95 @@ mod tests {
         assert_eq!(plan.decisions[2].delete, Some(DeleteReason::MinFreeSpace));
         assert_eq!(plan.decisions[3].delete, Some(DeleteReason::NoRule));
         // 900 + 100 = 1000: floor met, nothing extra.
-        assert_eq!(super::plan(&sets, &policy, 900).to_delete().count(), 1);
+        assert_eq!(self::plan(&sets, &policy, 900).to_delete().count(), 1);
+    }
+
+    #[test]
+    fn future_dated_sets_count_for_nothing_and_go_first_under_pressure() {
+        let mut sets = history(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T01:00:00Z",
+            "2026-01-01T02:00:00Z",
+        ]);
+        // Forged or from a wrong clock: 2099, and one just past the allowed skew.
+        sets.extend(history(&["2099-01-01T00:00:00Z", "2026-01-01T03:00:01Z"]));
+        let policy = Policy {
+            keep_last: 2,
+            ..Policy::default()
+        };
+        let not_after = at("2026-01-01T03:00:00Z");
+        let plan = super::plan(&sets, &policy, 0, not_after);
+        // The two real newest stay by keep_last; the future ones take no place and are kept.
+        assert_eq!(
+            kept(&plan),
+            [
+                "2099-01-01T00:00:00",
+                "2026-01-01T03:00:01",
+                "2026-01-01T02:00:00",
+                "2026-01-01T01:00:00"
+            ]
+        );
+        assert_eq!(plan.decisions[0].keep_reasons, [KeepReason::FutureDated]);
+        assert_eq!(
+            plan.decisions[2].keep_reasons,
+            [
+                KeepReason::NewestOfOrigin,
+                KeepReason::NewestClean,
+                KeepReason::Last
+            ]
+        );
+        // Under pressure the future-dated go before any real set.
+        let tight = Policy {
+            max_total_size: Some(250),
+            ..policy
+        };
+        let plan = super::plan(&sets, &tight, 0, not_after);
+        assert_eq!(
+            kept(&plan),
+            ["2026-01-01T02:00:00", "2026-01-01T01:00:00"],
+            "{plan:#?}"
+        );
+    }
+
+    #[test]
+    fn a_set_takes_the_place_of_the_older_newest_of_its_period() {
+        let held = history(&[
+            "2026-03-01T10:05:00Z",
+            "2026-03-01T10:40:00Z",
+            "2026-03-02T09:00:00Z",
+        ]);
+        let hourly = Policy {
+            keep_hourly: 24,
+            ..Policy::default()
+        };
+        let daily = Policy {
+            keep_daily: 7,
+            ..Policy::default()
+        };
+        let last_only = Policy {
+            keep_last: 3,
+            ..Policy::default()
+        };
+        // (candidate, policy, whose place it takes)
+        let table: &[(&str, &Policy, Option<&str>)] = &[
+            // Later in the hour of 10:40: takes its place as the newest of hour 10.
+            ("2026-03-01T10:50:00Z", &hourly, Some("2026-03-01T10:40:00")),
+            // Earlier than 10:40 in the same hour: 10:40 stays the newest.
+            ("2026-03-01T10:20:00Z", &hourly, None),
+            // An hour nothing is held in.
+            ("2026-03-01T12:00:00Z", &hourly, None),
+            // Hour 12 of day 1 is after everything that day: the newest of day 1.
+            ("2026-03-01T12:00:00Z", &daily, Some("2026-03-01T10:40:00")),
+            // Newer than everything: the newest of day 2.
+            ("2026-03-02T10:00:00Z", &daily, Some("2026-03-02T09:00:00")),
+            // keep_last keeps no periods.
+            ("2026-03-01T10:50:00Z", &last_only, None),
+        ];
+        for (candidate, policy, expected) in table {
+            let set = self::set("m0", candidate);
+            let found = takes_place_of(&set, &held, policy).map(|s| s.created_str());
+            assert_eq!(found, *expected, "{candidate} under {policy:?}");
+        }
     }
 
     #[test]
@@ -686,6 +834,23 @@ mod tests {
             let small_kept = kept_ids(&plan(&sets, &small, 0));
             let big_kept = kept_ids(&plan(&sets, &big, 0));
             prop_assert!(small_kept.is_subset(&big_kept));
+        }
+
+        #[test]
+        fn future_dated_sets_change_nothing_for_the_others(sets in arb_sets(), policy in arb_policy(), cut in 0i64..(400 * 86_400)) {
+            // Without size pressure, the sets up to `not_after` get the same decisions as if
+            // the later ones were not there.
+            let policy = policy.without_size_pressure();
+            let not_after = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap() + chrono::TimeDelta::seconds(cut);
+            let present: Vec<SetInfo> = sets.iter().filter(|s| s.created <= not_after).cloned().collect();
+            let all = super::plan(&sets, &policy, 0, not_after);
+            let alone = super::plan(&present, &policy, 0, not_after);
+            let of_present: Vec<&Decision> = all.decisions.iter().filter(|d| d.set.created <= not_after).collect();
+            prop_assert_eq!(of_present, alone.decisions.iter().collect::<Vec<_>>());
+            for decision in all.decisions.iter().filter(|d| d.set.created > not_after) {
+                prop_assert_eq!(&decision.keep_reasons, &vec![KeepReason::FutureDated]);
+                prop_assert!(decision.keep());
+            }
         }
 
         #[test]

@@ -32,6 +32,9 @@ pub struct Summary<'a> {
     pub origins: BTreeMap<&'a str, Origin<'a>>,
     /// The newest set of an origin, when it is damaged or failed its last verification.
     pub failed: Vec<&'a StoredSet>,
+    /// Sets dated after now plus `max_clock_skew` (a clock set wrong, or a forged date): they
+    /// count for nothing, neither as the newest nor in `origins`.
+    pub future: Vec<&'a StoredSet>,
     pub targets: &'a BTreeMap<String, TargetState>,
     /// Targets whose last run failed.
     pub behind: Vec<&'a str>,
@@ -101,9 +104,15 @@ impl StoreView {
         })
     }
 
-    /// The summary as of now, with the bound `max_age`.
-    pub fn summary(&self, max_age: Duration) -> Summary<'_> {
-        summarize(&self.listing.sets, &self.targets, Utc::now(), max_age)
+    /// The summary as of now, with the bound `max_age` and the clocks' `max_clock_skew`.
+    pub fn summary(&self, max_age: Duration, max_clock_skew: Duration) -> Summary<'_> {
+        summarize(
+            &self.listing.sets,
+            &self.targets,
+            Utc::now(),
+            max_age,
+            max_clock_skew,
+        )
     }
 }
 
@@ -112,9 +121,16 @@ pub fn summarize<'a>(
     targets: &'a BTreeMap<String, TargetState>,
     now: DateTime<Utc>,
     max_age: Duration,
+    max_clock_skew: Duration,
 ) -> Summary<'a> {
+    let not_after = crate::units::after(now, max_clock_skew);
     let mut origins: BTreeMap<&str, Origin> = BTreeMap::new();
+    let mut future = Vec::new();
     for set in sets {
+        if set.manifest.created > not_after {
+            future.push(set);
+            continue;
+        }
         let origin = origins.entry(set.manifest.origin.as_str()).or_default();
         let newer = |other: Option<&StoredSet>| {
             other.is_none_or(|o| set.manifest.created > o.manifest.created)
@@ -130,7 +146,7 @@ pub fn summarize<'a>(
         } else {
             origin.failed += 1;
         }
-        origin.bytes += set.manifest.total_size();
+        origin.bytes = origin.bytes.saturating_add(set.manifest.total_size());
     }
     let failed = origins
         .values()
@@ -155,6 +171,7 @@ pub fn summarize<'a>(
         fresh: age.is_some_and(|age| age <= max_age),
         origins,
         failed,
+        future,
         targets,
         behind,
         coverage: coverage(targets),
@@ -224,6 +241,7 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+    const SKEW: Duration = Duration::from_secs(300);
 
     #[test]
     fn coverage_says_whether_one_target_holds_whole_sets_and_what_is_on_none() {
@@ -363,6 +381,24 @@ mod tests {
                 vec![],
                 EXIT_OK,
             ),
+            // A set dated past the skew (2099, or a forged date) counts for nothing: stale.
+            (
+                vec![set("m0", 0, None), set("m0", 40_000_000, None)],
+                ok_target.clone(),
+                120,
+                Some("0-m0"),
+                vec![],
+                EXIT_STALE,
+            ),
+            // Within the skew: fresh.
+            (
+                vec![set("m0", 124, None)],
+                ok_target.clone(),
+                120,
+                Some("124-m0"),
+                vec![],
+                EXIT_OK,
+            ),
             // Input order does not matter.
             (
                 vec![set("m1", 90, None), set("m0", 0, None)],
@@ -374,7 +410,7 @@ mod tests {
             ),
         ];
         for (i, (sets, targets, now, newest, failed, code)) in cases.iter().enumerate() {
-            let summary = summarize(sets, targets, at(*now), HOUR);
+            let summary = summarize(sets, targets, at(*now), HOUR, SKEW);
             assert_eq!(summary.newest.map(|s| s.id()), *newest, "case {i}");
             let failed_ids: Vec<&str> = summary.failed.iter().map(|s| s.id()).collect();
             assert_eq!(&failed_ids, failed, "case {i}");
@@ -390,12 +426,23 @@ mod tests {
             set("m1", 3, None),
         ];
         let targets = BTreeMap::new();
-        let summary = summarize(&sets, &targets, at(10), HOUR);
+        let summary = summarize(&sets, &targets, at(10), HOUR, SKEW);
         let m0 = &summary.origins["m0"];
         assert_eq!((m0.verified, m0.failed, m0.bytes), (1, 1, 200));
         assert_eq!(m0.newest.unwrap().id(), "5-m0");
         assert_eq!(m0.newest_verified.unwrap().id(), "0-m0");
         assert_eq!(summary.origins["m1"].verified, 1);
         assert_eq!(summary.age, Some(Duration::from_secs(7 * 60)));
+    }
+
+    #[test]
+    fn future_dated_sets_are_listed_apart() {
+        let sets = vec![set("m0", 0, None), set("m0", 100, None)];
+        let targets = BTreeMap::new();
+        let summary = summarize(&sets, &targets, at(10), HOUR, SKEW);
+        let future: Vec<&str> = summary.future.iter().map(|s| s.id()).collect();
+        assert_eq!(future, ["100-m0"]);
+        assert_eq!(summary.origins["m0"].verified, 1);
+        assert_eq!(summary.newest.unwrap().id(), "0-m0");
     }
 }

@@ -22,12 +22,15 @@ pub enum Turn {
 }
 
 /// Decides whether `node` backs up now, from the sets in its own store (its own and those
-/// sprayed to it). A set from the future (clock skew) counts as fresh.
+/// sprayed to it). A set a little ahead of `now` (clock skew) counts as fresh; one dated after
+/// `not_after` counts for nothing: a forged or wrong date must not keep a node from taking
+/// over.
 pub fn whose_turn(
     node: &str,
     snapshot_nodes: &[String],
     sets: &[SetInfo],
     now: DateTime<Utc>,
+    not_after: DateTime<Utc>,
     takeover_after: Duration,
 ) -> Turn {
     if snapshot_nodes.is_empty() {
@@ -46,7 +49,7 @@ pub fn whose_turn(
             .unwrap_or(chrono::TimeDelta::MAX);
         let newest = sets
             .iter()
-            .filter(|s| s.origin.eq_ignore_ascii_case(higher))
+            .filter(|s| s.origin.eq_ignore_ascii_case(higher) && s.created <= not_after)
             .max_by_key(|s| s.created);
         if let Some(set) = newest {
             let age = now.signed_duration_since(set.created);
@@ -99,9 +102,14 @@ mod tests {
 
     const BOUND: Duration = Duration::from_secs(2 * 3600);
 
+    /// Five minutes of skew allowed.
+    fn not_after() -> DateTime<Utc> {
+        now() + chrono::TimeDelta::minutes(5)
+    }
+
     fn takes(node: &str, sets: &[SetInfo]) -> bool {
         matches!(
-            whose_turn(node, &nodes(), sets, now(), BOUND),
+            whose_turn(node, &nodes(), sets, now(), not_after(), BOUND),
             Turn::Take(_)
         )
     }
@@ -140,24 +148,33 @@ mod tests {
 
     #[test]
     fn reasons_are_explicit() {
-        let Turn::Skip(why) = whose_turn("m1", &nodes(), &[at(1, "m0")], now(), BOUND) else {
+        let Turn::Skip(why) = whose_turn("m1", &nodes(), &[at(1, "m0")], now(), not_after(), BOUND)
+        else {
             panic!()
         };
         assert!(
             why.contains("m0 comes first") && why.contains("3600s old"),
             "{why}"
         );
-        let Turn::Skip(why) = whose_turn("m9", &nodes(), &[], now(), BOUND) else {
+        let Turn::Skip(why) = whose_turn("m9", &nodes(), &[], now(), not_after(), BOUND) else {
             panic!()
         };
         assert!(why.contains("not in backup.snapshot_nodes"), "{why}");
         assert!(matches!(
-            whose_turn("any", &[], &[], now(), BOUND),
+            whose_turn("any", &[], &[], now(), not_after(), BOUND),
             Turn::Take(_)
         ));
-        // A set from the future (clock skew) counts as fresh.
-        let future = at(-1, "m0");
-        assert!(!takes("m1", &[future]));
+        // A set a little ahead (clock skew) counts as fresh.
+        let ahead = SetInfo {
+            created: now() + chrono::TimeDelta::minutes(4),
+            ..at(0, "m0")
+        };
+        assert!(!takes("m1", &[ahead]));
+        // One dated after the skew allows (forged, or a clock set wrong) counts for nothing:
+        // m1 takes over from a silent m0.
+        let forged = at(-1, "m0");
+        assert!(takes("m1", std::slice::from_ref(&forged)));
+        assert!(takes("m1", &[forged, at(3, "m0")]));
     }
 
     proptest! {

@@ -41,7 +41,7 @@ pub fn bound(tcp: &TcpStream, io_timeout: Duration) -> Result<()> {
 }
 
 /// Unacknowledged data for longer than `io_timeout` kills the connection in the kernel.
-fn user_timeout(tcp: &TcpStream, io_timeout: Duration) -> Result<()> {
+pub fn user_timeout(tcp: &TcpStream, io_timeout: Duration) -> Result<()> {
     let millis = io_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
     nix::sys::socket::setsockopt(tcp, nix::sys::socket::sockopt::TcpUserTimeout, &millis)
         .context("cannot set TCP_USER_TIMEOUT")

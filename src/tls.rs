@@ -84,16 +84,17 @@ pub fn peer_name<S>(stream: &SslStream<S>) -> Result<String> {
         .context("the peer's certificate has no DNS subject alternative name (its node name)")
 }
 
-/// A TLS connection carrying the protocol.
-pub struct TlsStream(pub SslStream<TcpStream>);
+/// A TLS connection carrying the protocol (over a plain socket when sending, over one bound
+/// by a session deadline when receiving).
+pub struct TlsStream<S = TcpStream>(pub SslStream<S>);
 
-impl Read for TlsStream {
+impl<S: Read + Write> Read for TlsStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.read(buf)
     }
 }
 
-impl Write for TlsStream {
+impl<S: Read + Write> Write for TlsStream<S> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.write(buf)
     }
@@ -103,7 +104,7 @@ impl Write for TlsStream {
     }
 }
 
-impl Stream for TlsStream {
+impl<S: Read + Write> Stream for TlsStream<S> {
     /// A close_notify: the other side reads EOF, this side can still read its answer.
     fn close_write(&mut self) -> std::io::Result<()> {
         match self.0.shutdown() {

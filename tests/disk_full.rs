@@ -1,42 +1,7 @@
 //! A store on a small filesystem (a tmpfs of a few MiB mounted over the node's store): a backup
 //! that does not fit fails cleanly and loses nothing; the free-space floor of retention holds.
 
-use crate::util::{Node, fingerprint};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// A tmpfs of `mib` MiB mounted at `path` until dropped.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(path: &Path, mib: u64) -> SmallFs {
-        std::fs::create_dir_all(path).unwrap();
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mib}m,mode=0700"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs on {}", path.display());
-        SmallFs(path.to_path_buf())
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
-        stat.blocks_available() * stat.fragment_size()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use crate::util::{Node, SmallFs, fingerprint};
 
 #[test]
 fn a_backup_that_does_not_fit_fails_and_the_history_is_intact() {

@@ -147,7 +147,9 @@ fn sets_reach_both_receivers_verified_and_a_rerun_sends_nothing() {
         assert!(
             receiver
                 .log()
-                .contains(&format!("set received: {id} from master-0")),
+                .contains(&format!(
+                    "set received: {id} (origin master-0) from master-0 (certificate of master-0, 127.0.0.1:"
+                )),
             "{}",
             receiver.log()
         );
@@ -207,4 +209,91 @@ fn the_sender_is_who_its_certificate_says_and_the_receiver_must_be_the_peer_mean
         .expect_stdout("must be signed by");
     one.holds_nothing();
     two.holds_nothing();
+}
+
+#[test]
+fn connections_that_never_finish_a_handshake_lock_no_sender_out() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path(), "ca");
+    let port = free_port();
+    let receiver = Receiver::start(
+        dir.path(),
+        "master-1",
+        "127.0.0.2",
+        port,
+        &issue(dir.path(), &ca, "master-1"),
+    );
+    // Anyone who can reach the port: plain TCP, a byte now and then, more of them than the
+    // receiver takes sessions.
+    let trickling: Vec<_> = (0..40)
+        .map(|_| {
+            let mut tcp = std::net::TcpStream::connect(("127.0.0.2", port)).unwrap();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                // A TLS handshake record of 512 bytes is coming, a byte every half second,
+                // for 30 s at most unless the receiver cuts it first.
+                if tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).is_ok() {
+                    for _ in 0..60 {
+                        if tcp.write_all(&[0x01]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (node, id) = sender(dir.path(), port, &issue(dir.path(), &ca, "master-0"));
+    // (master-2 of its etcd.env is not running: a partial run.)
+    node.run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("ok      master-1");
+    assert_eq!(receiver.store.ids(), [id]);
+    // Each was cut at the handshake's bound (10 s), though never idle for the 5 s I/O timeout.
+    let lasted: Vec<Duration> = trickling.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        lasted
+            .iter()
+            .all(|d| *d > Duration::from_secs(8) && *d < Duration::from_secs(20)),
+        "{lasted:?}"
+    );
+}
+
+#[test]
+fn a_node_certificate_cannot_deliver_sets_of_the_receiver_s_own_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path(), "ca");
+    let port = free_port();
+    let receiver = Receiver::start(
+        dir.path(),
+        "master-1",
+        "127.0.0.2",
+        port,
+        &issue(dir.path(), &ca, "master-1"),
+    );
+    // master-0's certificate, and a store whose sets claim master-1 as their origin.
+    let (node, _) = sender(dir.path(), port, &issue(dir.path(), &ca, "master-0"));
+    node.write_config_raw(
+        &std::fs::read_to_string(node.config_path())
+            .unwrap()
+            .replace("name = \"master-0\"", "name = \"master-1\""),
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let forged = node.backup();
+    assert!(forged.ends_with("-master-1"), "{forged}");
+    node.write_config_raw(
+        &std::fs::read_to_string(node.config_path())
+            .unwrap()
+            .replace("name = \"master-1\"", "name = \"master-0\""),
+    );
+    node.run(&["spray"])
+        .expect_code(4)
+        .expect_stdout("ok      master-1 (127.0.0.2:")
+        .expect_stdout("tls)  (1 sent");
+    let held = receiver.store.ids();
+    assert!(!held.contains(&forged), "{held:?}");
+    assert_eq!(held.len(), 1, "master-0's own set only: {held:?}");
 }

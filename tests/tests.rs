@@ -9,6 +9,7 @@ mod config;
 mod crash;
 mod disk_full;
 mod drill;
+mod hostile_sender;
 mod hostile_store;
 mod journal;
 mod masters;

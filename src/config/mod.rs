@@ -54,6 +54,9 @@ impl ForcePolicy {
 pub struct Settings {
     /// Origin name recorded in every set this node takes.
     pub node_name: String,
+    /// How far another master's clock may be ahead of this node's: a set dated later than now
+    /// plus this is refused on receipt and never counts as the newest.
+    pub max_clock_skew: Duration,
     pub store: StoreSettings,
     pub backup: BackupSettings,
     pub retention: Policy,
@@ -218,6 +221,9 @@ pub struct SpraySettings {
     pub connect_timeout: Duration,
     /// Any single read or write on a peer connection.
     pub io_timeout: Duration,
+    /// The most one session of a peer's receiver may last (its receive lock held); a set cut
+    /// off by it resumes in the next session.
+    pub session_timeout: Duration,
     /// Attempts per target within one run.
     pub attempts: u32,
     /// LZ4 on the wire to peers.
@@ -229,10 +235,16 @@ pub struct SpraySettings {
 }
 
 impl Settings {
+    /// Sets created after this are dated in the future: now plus `max_clock_skew`.
+    pub fn not_after(&self) -> chrono::DateTime<chrono::Utc> {
+        crate::units::after(chrono::Utc::now(), self.max_clock_skew)
+    }
+
     /// The compiled-in defaults, for a node named `node_name`.
     pub fn defaults(node_name: String) -> Settings {
         Settings {
             node_name,
+            max_clock_skew: Duration::from_secs(5 * 60),
             store: StoreSettings {
                 root: PathBuf::from("/var/lib/etcd-backup"),
                 gc_grace: Duration::from_secs(3600),
@@ -267,6 +279,7 @@ impl Settings {
                 remote_command: "sudo -n /usr/local/bin/etcd-backup receive".to_string(),
                 connect_timeout: Duration::from_secs(10),
                 io_timeout: Duration::from_secs(60),
+                session_timeout: Duration::from_secs(3600),
                 attempts: 3,
                 compress: true,
                 transport: Transport::Ssh,
@@ -367,7 +380,12 @@ impl Settings {
                 sources.join(", ")
             }
         );
-        let _ = writeln!(out, "\n[node]\nname = {}", quote(&self.node_name));
+        let _ = writeln!(
+            out,
+            "\n[node]\nname = {}\nmax_clock_skew = {}",
+            quote(&self.node_name),
+            quote(&format_duration(self.max_clock_skew))
+        );
         let _ = writeln!(
             out,
             "\n[store]\nroot = {}\ngc_grace = {}\nlock_wait = {}",
@@ -423,7 +441,7 @@ impl Settings {
             out,
             "\n[spray]\netcd_env = {}\npeers = [{}]\nuser = {}\nidentity = {}\nknown_hosts = {}\n\
              host_key_policy = {}\nremote_command = {}\nconnect_timeout = {}\nio_timeout = {}\n\
-             attempts = {}\ncompress = {}\ntransport = {}\ntls_port = {}",
+             session_timeout = {}\nattempts = {}\ncompress = {}\ntransport = {}\ntls_port = {}",
             quote(
                 &sp.etcd_env
                     .as_ref()
@@ -437,6 +455,7 @@ impl Settings {
             quote(&sp.remote_command),
             quote(&format_duration(sp.connect_timeout)),
             quote(&format_duration(sp.io_timeout)),
+            quote(&format_duration(sp.session_timeout)),
             sp.attempts,
             sp.compress,
             quote(sp.transport.as_str()),
@@ -576,6 +595,8 @@ struct SprayFragment {
     connect_timeout: Option<Spanned<String>>,
     /// Default `60s`.
     io_timeout: Option<Spanned<String>>,
+    /// Default `1h`.
+    session_timeout: Option<Spanned<String>>,
     /// Default 3.
     attempts: Option<Spanned<u32>>,
     /// Default true.
@@ -593,6 +614,8 @@ struct SprayFragment {
 struct NodeFragment {
     /// Origin name of this node's sets (default: the hostname).
     name: Option<Spanned<String>>,
+    /// Default `5m`.
+    max_clock_skew: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -651,6 +674,9 @@ impl FileFragment {
         settings: &mut Settings,
         retention_from: &mut Option<String>,
     ) -> Result<(), ConfigError> {
+        if let Some(skew) = self.node.as_ref().and_then(|n| n.max_clock_skew.as_ref()) {
+            settings.max_clock_skew = file.duration(skew, "node.max_clock_skew", true)?;
+        }
         if let Some(node) = self.node
             && let Some(name) = node.name
         {
@@ -849,6 +875,9 @@ impl SprayFragment {
         if let Some(timeout) = &self.io_timeout {
             spray.io_timeout = file.duration(timeout, "spray.io_timeout", false)?;
         }
+        if let Some(timeout) = &self.session_timeout {
+            spray.session_timeout = file.duration(timeout, "spray.session_timeout", false)?;
+        }
         if let Some(attempts) = &self.attempts {
             if *attempts.get_ref() == 0 {
                 return Err(file.error(attempts, "spray.attempts must be at least 1"));
@@ -1017,6 +1046,11 @@ max_age = "1h30m"
             (
                 "[backup]\ntimeout = \"0s\"\n",
                 "/c.toml:2:11: backup.timeout must be greater than zero",
+            ),
+            (
+                // Added to an Instant once the script ran, this panicked.
+                "[backup]\ntimeout = \"30000000000000w\"\n",
+                "/c.toml:2:11: backup.timeout: duration '30000000000000w' is too large (at most 100 years)",
             ),
             (
                 "[backup]\ntimeout = 600\n",

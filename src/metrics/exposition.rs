@@ -198,10 +198,17 @@ pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> 
         "Entries in the store named like sets whose manifest cannot be read (never deleted).",
     );
     unreadable_family.add(vec![], unreadable as f64);
+    let mut future = Family::new(
+        "etcd_backup_store_future_dated_sets",
+        Gauge,
+        "Sets dated after this node's clock plus max_clock_skew: a clock set wrong or a forged date; counted for nothing.",
+    );
+    future.add(vec![], summary.future.len() as f64);
     families.extend([
         held,
         bytes,
         unreadable_family,
+        future,
         created,
         age,
         size,
@@ -347,8 +354,13 @@ mod tests {
     fn an_empty_store_says_who_and_when_and_nothing_else() {
         let targets = Default::default();
         let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let summary =
-            crate::status::summarize(&[], &targets, now, std::time::Duration::from_secs(3600));
+        let summary = crate::status::summarize(
+            &[],
+            &targets,
+            now,
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(300),
+        );
         let text = render(&summary, &Runs::new(), "master-0", 0);
         assert!(text.contains("etcd_backup_info{version=\""));
         assert!(text.contains(",node=\"master-0\"} 1\n"));

@@ -18,7 +18,7 @@ pub const TEXTFILE_NAME: &str = "etcd-backup.prom";
 pub fn gather(settings: &Settings) -> Result<String> {
     let view = crate::status::StoreView::read(&settings.store.root)?;
     Ok(exposition::render(
-        &view.summary(settings.status.max_age),
+        &view.summary(settings.status.max_age, settings.max_clock_skew),
         &view.runs,
         &settings.node_name,
         view.listing.unreadable.len(),

@@ -34,8 +34,14 @@ impl Target for DirStore {
         std::thread::scope(|scope| {
             let mut receiving = crate::protocol::Conn::new(receiving, false);
             let (target_settings, store) = (&target_settings, &store);
-            let server =
-                scope.spawn(move || crate::receive::serve(target_settings, store, &mut receiving));
+            let server = scope.spawn(move || {
+                crate::receive::serve(
+                    target_settings,
+                    store,
+                    &mut receiving,
+                    crate::receive::Sender::Own,
+                )
+            });
             // The sending end is dropped when push_over returns: the receiver sees EOF.
             let pushed = push_over(sending, false, &settings.node_name, sets).map(|(s, _)| s);
             let served = server

@@ -143,7 +143,13 @@ fn push(
     let mut policy = settings.retention.clone();
     policy.min_free_space = None;
     let held = remote.held(t.files);
-    let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), &policy, u64::MAX);
+    let judge = crate::protocol::Judge {
+        policy: &policy,
+        free_bytes: u64::MAX,
+        not_after: settings.not_after(),
+        guard: None,
+    };
+    let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), &judge);
     for id in &plan.conflicts {
         tracing::warn!(set_id = %id, "the bucket holds another set '{id}' (another manifest): left alone, not sent");
     }
@@ -170,7 +176,7 @@ fn push(
     }
     stats.held = plan.holds + stats.sent.len();
 
-    prune(client, t, &policy, &remote, &stats.sent, sets)?;
+    prune(client, t, &judge, &remote, &stats.sent, sets)?;
     collect_garbage(client, t, &remote, &uploading)?;
     Ok(stats)
 }
@@ -533,7 +539,7 @@ fn verify_object(
 fn prune(
     client: &mut Client,
     t: &S3Target,
-    policy: &crate::retention::Policy,
+    judge: &crate::protocol::Judge,
     remote: &Remote,
     sent: &[String],
     sets: &[OpenSet],
@@ -551,7 +557,7 @@ fn prune(
             infos.push(open.set.info());
         }
     }
-    let plan = crate::retention::plan(&infos, policy, u64::MAX);
+    let plan = crate::retention::plan(&infos, judge.policy, u64::MAX, judge.not_after);
     let mut deleted = Vec::new();
     for decision in plan.to_delete() {
         let id = &decision.set.id;

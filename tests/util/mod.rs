@@ -578,6 +578,39 @@ pub fn flip_byte(path: &Path, offset: Option<usize>, mask: u8) {
     std::fs::write(path, &bytes).unwrap();
 }
 
+/// A tmpfs of `mib` MiB mounted at `path` until dropped.
+pub struct SmallFs(PathBuf);
+
+impl SmallFs {
+    pub fn mount(path: &Path, mib: u64) -> SmallFs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs on {}", path.display());
+        SmallFs(path.to_path_buf())
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(&self.0).unwrap();
+        stat.blocks_available() * stat.fragment_size()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// A CA made with the openssl CLI: (cert, key).
 pub fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (
