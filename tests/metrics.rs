@@ -451,6 +451,49 @@ fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
     assert!(status.contains("200"), "{status}");
 }
 
+#[test]
+fn clients_that_trickle_their_request_cannot_keep_a_scrape_out() {
+    let node = Node::new("");
+    let port = free_port();
+    let _server = Killed(
+        node.cmd(&["metrics", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    http_get(port, &get("/"));
+    // More slow clients than the server has slots, each sending a byte of its request line
+    // every half second (each read is far from the 10 s I/O timeout), for up to 20 s.
+    let slow: Vec<_> = (0..80)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while sent < 40 && stream.write_all(b"G").is_ok() {
+                    sent += 1;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, _) = http_get(port, &get("/metrics"));
+        assert!(status.contains("200"), "{status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Every slow client was cut: by the whole head's bound (5 s), or to make room.
+    let sent: Vec<usize> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(sent.iter().all(|&n| n < 40), "{sent:?}");
+}
+
 /// A label set in promtool's series notation: `name{a="b",…}`.
 fn series(name: &str, labels: &BTreeMap<String, String>) -> String {
     let labels: Vec<String> = labels

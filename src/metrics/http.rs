@@ -1,17 +1,27 @@
 //! `metrics --listen ADDR`: `GET /metrics` over plain HTTP/1.1, one connection per request,
 //! computed afresh at each scrape (Pod Mode's exporter; a ServiceMonitor scrapes it). Requests
-//! are hostile input: the head is bounded, slow clients time out, connections are capped.
+//! are hostile input: the head is bounded in size and must arrive whole within
+//! [`HEAD_TIMEOUT`] however slowly it trickles, the answer within [`IO_TIMEOUT`], and
+//! connections are capped; when the cap is reached, the connection that has waited longest
+//! for its head is closed to make room, so that clients that never finish a request cannot
+//! keep a scrape out.
 
 use crate::config::Settings;
+use crate::deadline::{BoundedTcp, Deadline};
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A request head larger than this is refused.
 pub const MAX_HEAD_BYTES: usize = 8 << 10;
-const MAX_CONNECTIONS: usize = 8;
+pub const MAX_CONNECTIONS: usize = 64;
+/// The whole request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The answer, and any single read or write.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a request asks for.
@@ -63,18 +73,43 @@ pub fn serve(settings: &Settings, addr: &str) -> Result<()> {
         listener.local_addr()?
     );
     let active = AtomicUsize::new(0);
+    // Connections still reading their head, by arrival: the oldest is closed to make room.
+    let reading: Mutex<BTreeMap<u64, TcpStream>> = Mutex::new(BTreeMap::new());
     std::thread::scope(|scope| {
-        for conn in listener.incoming() {
+        for (arrival, conn) in (0u64..).zip(listener.incoming()) {
             let Ok(stream) = conn else { continue };
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                active.fetch_sub(1, Ordering::SeqCst);
-                continue; // dropped: closes the connection
+            if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                let oldest = reading
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_first();
+                match oldest {
+                    // Its thread's read fails at once and gives its slot back.
+                    Some((_, slow)) => {
+                        let _ = slow.shutdown(std::net::Shutdown::Both);
+                    }
+                    None => continue, // every slot is answering: this one is dropped
+                }
             }
-            let active = &active;
+            if let Ok(clone) = stream.try_clone() {
+                reading
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(arrival, clone);
+            }
+            active.fetch_add(1, Ordering::SeqCst);
+            let (active, reading) = (&active, &reading);
             scope.spawn(move || {
-                if let Err(error) = handle(settings, stream) {
+                let head_read = || {
+                    reading
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&arrival);
+                };
+                if let Err(error) = handle(settings, stream, head_read) {
                     tracing::debug!("metrics request: {error:#}");
                 }
+                head_read();
                 active.fetch_sub(1, Ordering::SeqCst);
             });
         }
@@ -82,7 +117,7 @@ pub fn serve(settings: &Settings, addr: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_head(stream: &mut TcpStream) -> Result<Option<Vec<u8>>> {
+fn read_head(stream: &mut impl Read) -> Result<Option<Vec<u8>>> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     loop {
@@ -100,13 +135,16 @@ fn read_head(stream: &mut TcpStream) -> Result<Option<Vec<u8>>> {
     }
 }
 
-fn handle(settings: &Settings, mut stream: TcpStream) -> Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+/// Answers one request; `head_read` is called once its head is in.
+fn handle(settings: &Settings, stream: TcpStream, head_read: impl Fn()) -> Result<()> {
+    let deadline = Deadline::after(HEAD_TIMEOUT);
+    let mut stream = BoundedTcp::new(stream, IO_TIMEOUT, deadline.clone());
     let route = match read_head(&mut stream)? {
         Some(head) => route(&head),
         None => Route::BadRequest,
     };
+    head_read();
+    deadline.set(IO_TIMEOUT);
     let (status, content_type, body) = match route {
         Route::Metrics => match super::gather(settings) {
             Ok(text) => ("200 OK", super::exposition::CONTENT_TYPE, text),
@@ -146,7 +184,7 @@ fn handle(settings: &Settings, mut stream: TcpStream) -> Result<()> {
     stream.flush()?;
     // A lingering close: what the client still sends is read and dropped, so that closing with
     // unread bytes does not reset the connection before the client reads the answer.
-    stream.shutdown(std::net::Shutdown::Write)?;
+    stream.get_ref().shutdown(std::net::Shutdown::Write)?;
     let _ = std::io::copy(&mut (&mut stream).take(1 << 16), &mut std::io::sink());
     Ok(())
 }
