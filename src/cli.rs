@@ -804,7 +804,8 @@ fn cmd_fetch(settings: &Settings, from: Option<&str>, id: &str) -> Result<u8> {
     let store = Store::open(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
     let timeouts = (settings.spray.connect_timeout, settings.spray.io_timeout);
-    let (set, how, origins) = crate::stage::fetch(&store, &sources, id, timeouts)
+    let floor = settings.retention.min_free_space.unwrap_or(0);
+    let (set, how, origins) = crate::stage::fetch(&store, &sources, id, timeouts, floor)
         .with_context(|| format!("set '{id}' could not be fetched"))?;
     let what = match how {
         crate::stage::Fetched::Committed => "fetched",

@@ -4,38 +4,25 @@
 //! local one. Each copy is checked against the manifest (the snapshot deep-checked) after it
 //! is written.
 
+use crate::manifest::FileEntry;
 use crate::store::{FILE_MODE, Store, StoredSet};
 use anyhow::{Context, Result, bail, ensure};
-use std::fs;
+use std::fs::{self, File};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-/// Stages set `id` of `store` into `dir` (created 0700, or an existing empty directory).
+/// Stages set `id` of `store` into `dir` (created 0700, or an existing empty directory of
+/// this user's that only it can write). `cluster-restore.sh` restores whatever it finds there:
+/// nobody but root, this user and the user who ran sudo may be able to change `dir` or replace
+/// it (the directories above it included), or a local user could swap the snapshot.
 pub fn stage(store: &Store, id: &str, dir: &Path) -> Result<StoredSet> {
     let set = store.get(id)?;
     if let Some(problem) = &set.problem {
         bail!("set '{id}' is not sound, not staged: {problem}");
     }
-    match fs::read_dir(dir) {
-        Ok(mut entries) => ensure!(
-            entries.next().is_none(),
-            "'{}' is not empty: stage into a new or empty directory",
-            dir.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read '{}'", dir.display())),
-    }
-    let created = !dir.exists();
-    // As cluster-backup.sh's `mkdir -p`: /home/core/assets may not exist on a rebuilt master.
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(crate::store::DIR_MODE)
-            .create(parent)
-            .with_context(|| format!("cannot create directory '{}'", parent.display()))?;
-    }
-    crate::store::ensure_private_dir(dir)?;
+    let created = make_stage_dir(dir)?;
     let result = copy_checked(&set, dir);
     if result.is_err() {
         // Nothing half-staged stays behind for a restore to pick up.
@@ -47,6 +34,100 @@ pub fn stage(store: &Store, id: &str, dir: &Path) -> Result<StoredSet> {
         }
     }
     result.map(|()| set)
+}
+
+/// The users whose directories may hold a staged set: root, this process's user, and the user
+/// who ran sudo (`SUDO_UID`), who asked for it.
+fn trusted_owners() -> Vec<u32> {
+    let mut uids = vec![0, nix::unistd::geteuid().as_raw()];
+    if let Some(uid) = std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok()) {
+        uids.push(uid);
+    }
+    uids
+}
+
+/// Why nobody but the trusted owners can change the directory `path` (as `meta` says), or
+/// what is wrong with it. A sticky directory (`/tmp`) may be writable by all: nobody can
+/// rename what another user put in it.
+fn untrusted(path: &Path, meta: &fs::Metadata, owners: &[u32]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_dir() {
+        return Some(format!("'{}' is not a directory", path.display()));
+    }
+    if !owners.contains(&meta.uid()) {
+        return Some(format!(
+            "'{}' is owned by uid {}, who could replace what is staged there",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.mode() & 0o022 != 0 && !sticky {
+        return Some(format!(
+            "'{}' is writable by its group or by others (mode {:o})",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+/// Makes the stage directory `dir` (and missing parents, 0700, as `cluster-backup.sh`'s
+/// `mkdir -p`: /home/core/assets may not exist on a rebuilt master), after checking every
+/// directory above it; `dir` itself is made here, or must be an empty directory of this user
+/// that only it can write. Returns whether it was made.
+fn make_stage_dir(dir: &Path) -> Result<bool> {
+    let owners = trusted_owners();
+    let Some(name) = dir.file_name() else {
+        bail!("'{}' cannot be a stage directory", dir.display());
+    };
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(crate::store::DIR_MODE)
+        .create(parent)
+        .with_context(|| format!("cannot create directory '{}'", parent.display()))?;
+    let parent = fs::canonicalize(parent)
+        .with_context(|| format!("cannot resolve '{}'", parent.display()))?;
+    for ancestor in parent.ancestors() {
+        let meta = fs::metadata(ancestor)
+            .with_context(|| format!("cannot stat '{}'", ancestor.display()))?;
+        if let Some(why) = untrusted(ancestor, &meta, &owners) {
+            bail!(
+                "not staging into '{}': {why}; stage into a directory that only root (or you) can change",
+                dir.display()
+            );
+        }
+    }
+    let dir = parent.join(name);
+    match fs::DirBuilder::new()
+        .mode(crate::store::DIR_MODE)
+        .create(&dir)
+    {
+        Ok(()) => return Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot create directory '{}'", dir.display()));
+        }
+    }
+    // There already: a real directory (not a link), this user's alone, and empty.
+    let meta =
+        fs::symlink_metadata(&dir).with_context(|| format!("cannot stat '{}'", dir.display()))?;
+    let only_mine = [nix::unistd::geteuid().as_raw()];
+    if let Some(why) = untrusted(&dir, &meta, &only_mine) {
+        bail!("not staging into '{}': {why}", dir.display());
+    }
+    ensure!(
+        fs::read_dir(&dir)
+            .with_context(|| format!("cannot read '{}'", dir.display()))?
+            .next()
+            .is_none(),
+        "'{}' is not empty: stage into a new or empty directory",
+        dir.display()
+    );
+    crate::store::ensure_private_dir(&dir)?;
+    Ok(false)
 }
 
 pub(crate) fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
@@ -62,9 +143,8 @@ pub(crate) fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&to)
             .with_context(|| format!("cannot create '{}'", to.display()))?;
-        // In the kernel (copy_file_range); the copy is read back once to check it.
-        std::io::copy(&mut source, &mut dest)
-            .and_then(|_| dest.sync_all())
+        copy_exactly(&mut source, &mut dest, file.size)
+            .and_then(|()| dest.sync_all())
             .with_context(|| format!("cannot copy '{}' to '{}'", from.display(), to.display()))?;
         crate::verify::check_file_against(&to, file, set.manifest.checks.etcd.as_ref(), true)
             .with_context(|| format!("the copy of set '{id}' is not sound"))?;
@@ -176,8 +256,29 @@ fn look(source: &Source, id: &str, timeouts: (Duration, Duration)) -> Result<Hel
     }
 }
 
-/// Writes `name` of set `id` from `held` to `to` (created 0600, fsynced).
-fn copy_from(held: &mut Held, id: &str, name: &str, to: &Path) -> Result<()> {
+/// Copies at most `size` bytes of `source` into `dest`; a source that holds more (it grew, or
+/// lies about its size) is an error.
+fn copy_exactly(source: &mut File, dest: &mut File, size: u64) -> std::io::Result<()> {
+    // In the kernel (copy_file_range); the copy is read back once to check it.
+    let copied = std::io::copy(&mut Read::by_ref(source).take(size), dest)?;
+    if copied < size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{copied} bytes, the manifest says {size}"),
+        ));
+    }
+    if source.read(&mut [0u8; 1])? != 0 {
+        return Err(std::io::Error::other(format!(
+            "more than the manifest's {size} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the file `entry` of set `id` from `held` to `to` (created 0600, fsynced): no more
+/// than its manifest's size, whatever the source sends.
+fn copy_from(held: &mut Held, id: &str, entry: &FileEntry, to: &Path) -> Result<()> {
+    let name = &entry.name;
     let mut dest = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -189,14 +290,13 @@ fn copy_from(held: &mut Held, id: &str, name: &str, to: &Path) -> Result<()> {
         Opened::Dir(set) => {
             let from = set.dir.join(name);
             let mut source = crate::files::open_regular(&from)?;
-            // In the kernel (copy_file_range); the copy is read back once to check it.
-            std::io::copy(&mut source, &mut dest)
+            copy_exactly(&mut source, &mut dest, entry.size)
                 .with_context(|| format!("cannot copy '{}'", from.display()))?;
         }
         Opened::Bucket(client, t) => {
             let key = crate::s3::layout::key(&t.prefix, id, name);
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut dest);
-            client.get(&key, &mut out)?;
+            client.get(&key, &mut out, entry.size)?;
             std::io::Write::flush(&mut out)?;
         }
     }
@@ -210,11 +310,13 @@ fn copy_from(held: &mut Held, id: &str, name: &str, to: &Path) -> Result<()> {
 /// against the manifest (the snapshot deep-checked) before the set is committed; a local set
 /// under the same id with another manifest is never replaced. Returns where each file came
 /// from.
+/// The set must fit with `floor` bytes (`min_free_space`) left free.
 pub fn fetch(
     store: &Store,
     sources: &[Source],
     id: &str,
     timeouts: (Duration, Duration),
+    floor: u64,
 ) -> Result<(StoredSet, Fetched, Vec<String>)> {
     let mut failures = Vec::new();
     let mut held = Vec::new();
@@ -251,6 +353,20 @@ pub fn fetch(
             return Ok((local.clone(), Fetched::AlreadyHeld, Vec::new()));
         }
     }
+    // What the manifest promises must fit above the floor before a byte is copied.
+    let needed = manifest.total_size();
+    let free = store.free_bytes()?;
+    if needed.saturating_add(floor) > free {
+        bail!(
+            "set '{id}' needs {needed} bytes, {free} are free in '{}'{}",
+            store.root().display(),
+            if floor > 0 {
+                format!(" and {floor} must stay free (retention.min_free_space)")
+            } else {
+                String::new()
+            }
+        );
+    }
     let staging = store.new_staging("fetch")?;
     let result = (|| {
         let mut origins = Vec::new();
@@ -261,7 +377,7 @@ pub fn fetch(
                 .iter_mut()
                 .filter(|(_, h)| h.files.contains(&file.name))
             {
-                let copied = copy_from(h, id, &file.name, &to).and_then(|()| {
+                let copied = copy_from(h, id, file, &to).and_then(|()| {
                     crate::verify::check_file_against(
                         &to,
                         file,

@@ -25,11 +25,25 @@ fn keys(lab: &Masters, n: usize) -> String {
         .expect_ok("etcdctl get")
 }
 
-/// `etcd-backup stage SET ASSETS` on master-N, then the restore command it printed, run as
-/// printed.
+/// `etcd-backup stage SET ASSETS` on master-N, as an administrator runs it (core, with sudo:
+/// /home/core is core's), then the restore command it printed, run as printed.
 fn stage_and_restore(lab: &Masters, n: usize, set: &str) {
     let staged = lab
-        .exec(n, &["etcd-backup", "stage", set, ASSETS])
+        .exec(
+            n,
+            &[
+                "runuser",
+                "-u",
+                "core",
+                "--",
+                "sudo",
+                "-n",
+                "etcd-backup",
+                "stage",
+                set,
+                ASSETS,
+            ],
+        )
         .expect_ok("stage");
     let command = staged
         .lines()

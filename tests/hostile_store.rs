@@ -82,3 +82,59 @@ fn planted_symlinks_are_never_followed() {
         "staging GC did not follow the link"
     );
 }
+
+/// `cluster-restore.sh` restores whatever the stage directory holds when it runs: a local user
+/// who can change that directory, or one above it, could swap the snapshot.
+#[test]
+fn stage_refuses_a_directory_a_local_user_could_change() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let node = Node::new("");
+    let id = node.backup();
+    let base = node.dir.path().join("stage");
+    std::fs::create_dir(&base).unwrap();
+    let nobody = Some(65534);
+    let stage = |dir: &std::path::Path| node.run(&["stage", &id, dir.to_str().unwrap()]);
+
+    // An empty directory a local user owns (stage used to chmod it 0700 and keep the owner).
+    let theirs = base.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    chown(&theirs, nobody, nobody).unwrap();
+    stage(&theirs)
+        .expect_code(1)
+        .expect_stderr("is owned by uid 65534");
+    assert!(std::fs::read_dir(&theirs).unwrap().next().is_none());
+    // A directory of theirs above it: they could rename ours away and put theirs in its place.
+    let above = base.join("above");
+    std::fs::create_dir(&above).unwrap();
+    chown(&above, nobody, nobody).unwrap();
+    stage(&above.join("restore"))
+        .expect_code(1)
+        .expect_stderr("is owned by uid 65534");
+    assert!(!above.join("restore").exists());
+    // Root's, but writable by its group.
+    let shared = base.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+    stage(&shared.join("restore"))
+        .expect_code(1)
+        .expect_stderr("writable by its group or by others (mode 770)");
+    // A link where the directory goes.
+    let link = base.join("link");
+    std::os::unix::fs::symlink(&theirs, &link).unwrap();
+    stage(&link)
+        .expect_code(1)
+        .expect_stderr("is not a directory");
+    // A sticky directory open to all (/tmp) is fine: nobody can rename what root put there.
+    let sticky = base.join("tmp");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    stage(&sticky.join("restore")).expect_code(0);
+    assert_eq!(mode(&sticky.join("restore")), 0o700);
+    // A directory of the user who ran sudo is theirs to use.
+    let output = node
+        .cmd(&["stage", &id, above.join("restore").to_str().unwrap()])
+        .env("SUDO_UID", "65534")
+        .output()
+        .unwrap();
+    Run::from_output(output, &["stage", "(SUDO_UID=65534)"]).expect_code(0);
+}

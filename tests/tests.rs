@@ -10,6 +10,7 @@ mod crash;
 mod disk_full;
 mod drill;
 mod hostile_sender;
+mod hostile_source;
 mod hostile_store;
 mod journal;
 mod masters;

@@ -255,14 +255,15 @@ impl Client {
 
     /// Sends one request (`target` is the path and query, `headers` without Host and
     /// Content-Length) and reads the response. A successful response's body goes to `sink` when
-    /// one is given; any other body is read into memory up to `max_body` bytes.
+    /// one is given, up to its bound (a body that says or turns out larger is an error); any
+    /// other body is read into memory up to `max_body` bytes.
     pub fn request(
         &mut self,
         method: &str,
         target: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-        sink: Option<&mut dyn Write>,
+        sink: Option<(&mut dyn Write, u64)>,
         max_body: usize,
     ) -> Result<Response> {
         // A kept-alive connection the server closed meanwhile fails on first use: once more on
@@ -274,7 +275,8 @@ impl Client {
             target,
             headers,
             body,
-            sink.as_mut().map(|s| &mut **s as &mut dyn Write),
+            sink.as_mut()
+                .map(|(s, limit)| (&mut **s as &mut dyn Write, *limit)),
             max_body,
         );
         match first {
@@ -292,7 +294,7 @@ impl Client {
         target: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-        sink: Option<&mut dyn Write>,
+        sink: Option<(&mut dyn Write, u64)>,
         max_body: usize,
     ) -> Result<Response> {
         let mut conn = match self.conn.take() {
@@ -324,7 +326,7 @@ impl Client {
         let success = (200..300).contains(&status);
         let mut body = Vec::new();
         match sink {
-            Some(sink) if success => copy_body(&mut conn, framing, sink, u64::MAX)?,
+            Some((sink, limit)) if success => copy_body(&mut conn, framing, sink, limit)?,
             _ => copy_body(&mut conn, framing, &mut body, max_body as u64)?,
         };
         if !close {
@@ -441,12 +443,17 @@ fn copy_body(
                 let size = u64::from_str_radix(size, 16)
                     .map_err(|_| anyhow::anyhow!("bad chunk size line {:?}", line.trim_end()))?;
                 if size == 0 {
-                    // Trailers, up to the empty line.
+                    // Trailers, up to the empty line: as many as a response head may hold.
+                    let mut trailers = 0usize;
                     loop {
                         let mut trailer = String::new();
                         let n = (&mut *conn).take(8192).read_line(&mut trailer)?;
                         if n == 0 || trailer.trim_end().is_empty() {
                             return Ok(total);
+                        }
+                        trailers += n;
+                        if trailers > MAX_HEAD_BYTES {
+                            bail!("HTTP trailers over {MAX_HEAD_BYTES} bytes");
                         }
                     }
                 }

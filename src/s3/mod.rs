@@ -17,6 +17,57 @@ use std::time::Duration;
 const SIGNATURE_TTL: Duration = Duration::from_secs(15 * 60);
 /// Bodies read into memory: listings and error documents.
 const MAX_DOCUMENT_BYTES: usize = 16 << 20;
+/// Pages of one listing: 1000 keys a page would be ten million.
+pub const MAX_LIST_PAGES: usize = 10_000;
+/// Entries of one listing (objects, parts, uploads): far more than any set history holds.
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// The pages of one listing. The server decides where a listing ends, so every token it hands
+/// out is remembered (one seen before would start a loop: refused), and pages and entries are
+/// bounded: a hostile or broken server cannot make a listing endless or huge.
+#[derive(Debug)]
+pub struct Pages<T> {
+    what: String,
+    seen: std::collections::BTreeSet<T>,
+    pages: usize,
+    entries: usize,
+}
+
+impl<T: Ord + Clone> Pages<T> {
+    /// `what` names the listing in errors ("the objects under 'sets/'").
+    pub fn new(what: impl Into<String>) -> Pages<T> {
+        Pages {
+            what: what.into(),
+            seen: Default::default(),
+            pages: 0,
+            entries: 0,
+        }
+    }
+
+    /// A page of `entries` arrived, saying where the next begins (`None`: it was the last).
+    /// Returns where to ask next, or `None` when the listing is whole.
+    pub fn next(&mut self, entries: usize, next: Option<T>) -> Result<Option<T>> {
+        self.pages += 1;
+        self.entries = self.entries.saturating_add(entries);
+        if self.entries > MAX_LIST_ENTRIES {
+            bail!("{}: more than {MAX_LIST_ENTRIES} entries", self.what);
+        }
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        if self.pages >= MAX_LIST_PAGES {
+            bail!("{}: more than {MAX_LIST_PAGES} pages", self.what);
+        }
+        if !self.seen.insert(next.clone()) {
+            bail!(
+                "{}: the server gave a continuation it gave before (page {}): the listing would never end",
+                self.what,
+                self.pages + 1
+            );
+        }
+        Ok(Some(next))
+    }
+}
 
 /// An answer of the server that was not a success.
 #[derive(Debug)]
@@ -153,7 +204,7 @@ fn send(
     url: url::Url,
     headers: &rusty_s3::Map<'_>,
     body: &[u8],
-    sink: Option<&mut dyn Write>,
+    sink: Option<(&mut dyn Write, u64)>,
 ) -> Result<http::Response> {
     let target = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
@@ -198,6 +249,7 @@ impl Client {
     pub fn list(&mut self, prefix: &str) -> Result<Vec<Object>> {
         let mut objects = Vec::new();
         let mut token: Option<String> = None;
+        let mut pages = Pages::new(format!("the objects under '{prefix}'"));
         loop {
             let mut action = self.bucket.list_objects_v2(Some(&self.credentials));
             action.with_prefix(prefix);
@@ -209,6 +261,7 @@ impl Client {
             let text = String::from_utf8_lossy(&response.body);
             let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
                 .map_err(|e| anyhow::anyhow!("unreadable object listing: {e}"))?;
+            let count = page.contents.len();
             for content in page.contents {
                 objects.push(Object {
                     key: content.key,
@@ -216,9 +269,9 @@ impl Client {
                     last_modified: content.last_modified,
                 });
             }
-            match page.next_continuation_token {
-                Some(next) if token.as_ref() != Some(&next) => token = Some(next),
-                _ => return Ok(objects),
+            token = pages.next(count, page.next_continuation_token)?;
+            if token.is_none() {
+                return Ok(objects);
             }
         }
     }
@@ -228,24 +281,21 @@ impl Client {
         let action = self.bucket.get_object(Some(&self.credentials), key);
         let url = action.sign(SIGNATURE_TTL);
         let mut body = Vec::new();
-        let mut limited = Limited {
-            out: &mut body,
-            left: max,
-        };
         send(
             &mut self.http,
             "GET",
             url,
             &rusty_s3::Map::new(),
             &[],
-            Some(&mut limited),
+            Some((&mut body, max as u64)),
         )
         .with_context(|| format!("cannot get '{key}'"))?;
         Ok(body)
     }
 
-    /// An object streamed into `sink`.
-    pub fn get(&mut self, key: &str, sink: &mut dyn Write) -> Result<()> {
+    /// An object streamed into `sink`: at most `max_bytes` of it (what its manifest says it
+    /// holds), or an error.
+    pub fn get(&mut self, key: &str, sink: &mut dyn Write, max_bytes: u64) -> Result<()> {
         let action = self.bucket.get_object(Some(&self.credentials), key);
         let url = action.sign(SIGNATURE_TTL);
         send(
@@ -254,7 +304,7 @@ impl Client {
             url,
             &rusty_s3::Map::new(),
             &[],
-            Some(sink),
+            Some((sink, max_bytes)),
         )
         .with_context(|| format!("cannot get '{key}'"))
         .map(drop)
@@ -368,6 +418,7 @@ impl Client {
     pub fn list_parts(&mut self, key: &str, upload_id: &str) -> Result<Vec<xml::Part>> {
         let mut parts = Vec::new();
         let mut marker: Option<u32> = None;
+        let mut pages = Pages::new(format!("the parts of '{key}'"));
         loop {
             let mut action = self
                 .bucket
@@ -381,10 +432,15 @@ impl Client {
             let page: xml::ListParts =
                 instant_xml::from_str(&String::from_utf8_lossy(&response.body))
                     .map_err(|e| anyhow::anyhow!("unreadable part listing of '{key}': {e}"))?;
+            let count = page.parts.len();
             parts.extend(page.parts);
-            match (page.is_truncated, page.next_part_number_marker) {
-                (Some(true), Some(next)) if Some(next) != marker => marker = Some(next),
-                _ => break,
+            let next = match (page.is_truncated, page.next_part_number_marker) {
+                (Some(true), Some(next)) => Some(next),
+                _ => None,
+            };
+            marker = pages.next(count, next)?;
+            if marker.is_none() {
+                break;
             }
         }
         parts.sort_by_key(|p| p.number);
@@ -453,6 +509,7 @@ impl Client {
     pub fn list_uploads(&mut self, prefix: &str) -> Result<Vec<xml::Upload>> {
         let mut uploads = Vec::new();
         let (mut key_marker, mut id_marker) = (String::new(), String::new());
+        let mut pages = Pages::new(format!("the multipart uploads under '{prefix}'"));
         loop {
             // Sorted by name, as signing requires.
             let mut query = vec![];
@@ -481,40 +538,63 @@ impl Client {
             let page: xml::ListUploads =
                 instant_xml::from_str(&String::from_utf8_lossy(&response.body))
                     .map_err(|e| anyhow::anyhow!("unreadable multipart upload listing: {e}"))?;
+            let count = page.uploads.len();
             uploads.extend(page.uploads);
-            match (
+            let next = match (
                 page.is_truncated,
                 page.next_key_marker,
                 page.next_upload_id_marker,
             ) {
-                (Some(true), Some(k), Some(u))
-                    if (k.as_str(), u.as_str()) != (key_marker.as_str(), id_marker.as_str()) =>
-                {
-                    key_marker = k;
-                    id_marker = u;
-                }
-                _ => return Ok(uploads),
+                (Some(true), Some(k), Some(u)) => Some((k, u)),
+                _ => None,
+            };
+            match pages.next(count, next)? {
+                Some((k, u)) => (key_marker, id_marker) = (k, u),
+                None => return Ok(uploads),
             }
         }
     }
 }
 
-/// A writer that fails past `left` bytes.
-struct Limited<'a> {
-    out: &'a mut Vec<u8>,
-    left: usize,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Write for Limited<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.len() > self.left {
-            return Err(std::io::Error::other("object larger than expected"));
-        }
-        self.left -= buf.len();
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    #[test]
+    fn a_listing_ends_refuses_a_token_seen_before_and_is_bounded() {
+        // Ends when the server says so.
+        let mut pages = Pages::new("the objects under 'sets/'");
+        assert_eq!(pages.next(1000, Some("a")).unwrap(), Some("a"));
+        assert_eq!(pages.next(1000, Some("b")).unwrap(), Some("b"));
+        assert_eq!(pages.next(10, None).unwrap(), None);
+        // A token that comes back, even after others: the listing would loop.
+        let mut pages = Pages::new("the objects under 'sets/'");
+        pages.next(1, Some("a")).unwrap();
+        pages.next(1, Some("b")).unwrap();
+        let error = pages.next(1, Some("a")).unwrap_err().to_string();
+        assert!(
+            error.contains("a continuation it gave before (page 4)"),
+            "{error}"
+        );
+        assert!(error.contains("'sets/'"), "{error}");
+        // Ever new tokens: bounded in pages, and in entries.
+        let mut pages = Pages::new("x");
+        let error = (0u64..)
+            .find_map(|n| pages.next(0, Some(n)).err())
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains(&format!("more than {MAX_LIST_PAGES} pages")),
+            "{error}"
+        );
+        let mut pages = Pages::new("x");
+        let error = (0u64..)
+            .find_map(|n| pages.next(1000, Some(n)).err())
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains(&format!("more than {MAX_LIST_ENTRIES} entries")),
+            "{error}"
+        );
     }
 }
