@@ -110,7 +110,8 @@ fn master_0_lost_the_cluster_comes_back_from_a_peer_and_from_the_bucket_alone() 
         "[backup]\nsnapshot_nodes = [\"master-0\", \"master-1\", \"master-2\"]\n\
          [spray]\nconnect_timeout = \"3s\"\nio_timeout = \"10s\"\nattempts = 1\n\
          [[spray.target]]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
-         prefix = \"{PREFIX}\"\ncredentials = \"/etc/etcd-backup/s3-credentials\"\n"
+         prefix = \"{PREFIX}\"\ncredentials = \"/etc/etcd-backup/s3-credentials\"\n\
+         insecure_http = true\n"
     );
     let mc = dir.path().join("drill.yaml");
     std::fs::write(

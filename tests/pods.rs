@@ -272,7 +272,7 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
             pv_values,
             "--set",
             &format!(
-                "s3.credentialsSecret=eb-s3,s3.targets[0].endpoint={endpoint},s3.targets[0].bucket=pods,s3.targets[0].prefix=cluster-a"
+                "s3.credentialsSecret=eb-s3,s3.targets[0].endpoint={endpoint},s3.targets[0].bucket=pods,s3.targets[0].prefix=cluster-a,s3.targets[0].insecureHttp=true"
             ),
         ],
     );

@@ -91,6 +91,7 @@ fn watcher(endpoint: &str, bucket: &str, credentials: &std::path::Path) -> etcd_
         part_size: 5 << 20,
         object_lock: None,
         gc_grace: std::time::Duration::from_secs(86_400),
+        insecure_http: true,
     };
     let timeout = std::time::Duration::from_secs(5);
     etcd_backup::s3::Client::open(&target, timeout, timeout).unwrap()

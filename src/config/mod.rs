@@ -1290,6 +1290,11 @@ max_age = "1h30m"
         assert_eq!(t.gc_grace, Duration::from_secs(7200));
         let again = load(&[("/c.toml", s.to_toml().as_str())]).unwrap();
         assert_eq!(again.spray, s.spray);
+        // Plain HTTP, said on purpose (a lab's loopback server).
+        let lab = S3.replace("https://", "http://") + "insecure_http = true\n";
+        let s = load(&[("/c.toml", &lab)]).unwrap();
+        let again = load(&[("/c.toml", s.to_toml().as_str())]).unwrap();
+        assert_eq!(again.spray, s.spray);
 
         let table: &[(&str, &str)] = &[
             ("bucket = \"Bad_Bucket\"\n", "is not a bucket name"),
@@ -1302,6 +1307,10 @@ max_age = "1h30m"
             (
                 "endpoint = \"https://h/bucket\"\n",
                 "must be scheme://host[:port] only",
+            ),
+            (
+                "endpoint = \"http://s3.example.com\"\n",
+                "is plain HTTP: every Secret of the cluster would cross the network in clear text",
             ),
             ("credentials = \"rel\"\n", "must be an absolute path"),
             ("sse = \"rot13\"\n", "is not AES256 or aws:kms"),

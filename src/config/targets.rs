@@ -44,6 +44,8 @@ pub struct S3Target {
     pub object_lock: Option<ObjectLock>,
     /// Multipart uploads older than this that no run continues are aborted.
     pub gc_grace: Duration,
+    /// A plain `http://` endpoint is allowed (a server on loopback or in a lab).
+    pub insecure_http: bool,
 }
 
 /// Server-side encryption asked of the store (the answer is checked).
@@ -152,6 +154,8 @@ pub(super) struct TargetFragment {
     object_lock_days: Option<Spanned<u32>>,
     /// Default 24h.
     gc_grace: Option<Spanned<String>>,
+    /// Default false: an `http://` endpoint is refused.
+    insecure_http: Option<bool>,
 }
 
 impl TargetFragment {
@@ -208,11 +212,16 @@ impl TargetFragment {
                 ),
             ],
         )?;
-        if self.path_style.is_some() {
-            return Err(file.error(
-                &self.kind,
-                "spray.target.path_style is not a key of kind 'dir'",
-            ));
+        for (key, set) in [
+            ("path_style", self.path_style.is_some()),
+            ("insecure_http", self.insecure_http.is_some()),
+        ] {
+            if set {
+                return Err(file.error(
+                    &self.kind,
+                    format!("spray.target.{key} is not a key of kind 'dir'"),
+                ));
+            }
         }
         let path = self
             .path
@@ -238,7 +247,8 @@ impl TargetFragment {
                 .ok_or_else(|| file.error(&self.kind, format!("an s3 target needs {key}")))
         };
         let endpoint = required(&self.endpoint, "an endpoint")?;
-        check_endpoint(endpoint.get_ref()).map_err(|e| file.error(&endpoint, e))?;
+        let insecure_http = self.insecure_http.unwrap_or(false);
+        check_endpoint(endpoint.get_ref(), insecure_http).map_err(|e| file.error(&endpoint, e))?;
         let bucket = required(&self.bucket, "a bucket")?;
         check_bucket(bucket.get_ref()).map_err(|e| file.error(&bucket, e))?;
         let prefix = match &self.prefix {
@@ -377,11 +387,12 @@ impl TargetFragment {
             part_size,
             object_lock,
             gc_grace,
+            insecure_http,
         }))
     }
 }
 
-fn check_endpoint(text: &str) -> Result<(), String> {
+fn check_endpoint(text: &str, insecure_http: bool) -> Result<(), String> {
     let url: url::Url = text
         .parse()
         .map_err(|e| format!("spray.target.endpoint '{text}' is not a URL: {e}"))?;
@@ -393,6 +404,11 @@ fn check_endpoint(text: &str) -> Result<(), String> {
     if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
         return Err(format!(
             "spray.target.endpoint '{text}' must be scheme://host[:port] only (the bucket is its own key)"
+        ));
+    }
+    if url.scheme() == "http" && !insecure_http {
+        return Err(format!(
+            "spray.target.endpoint '{text}' is plain HTTP: every Secret of the cluster would cross the network in clear text, and the bucket's answers could be changed on the way; use https://, or set insecure_http = true for a server on loopback or in a lab"
         ));
     }
     Ok(())
@@ -481,6 +497,9 @@ pub(super) fn to_toml(targets: &[TargetConfig], out: &mut String) {
                 );
                 if let Some(ca) = &s.ca_file {
                     let _ = writeln!(out, "ca_file = {}", quote(&ca.to_string_lossy()));
+                }
+                if s.insecure_http {
+                    let _ = writeln!(out, "insecure_http = true");
                 }
                 match &s.sse {
                     None => {}

@@ -340,7 +340,8 @@ mod tests {
         let s3 = |bucket: &str, credentials: &str, profile: &str| {
             format!(
                 "[[spray.target]]\nkind = \"s3\"\nendpoint = \"http://s3.lab:8333\"\n\
-                 bucket = \"{bucket}\"\ncredentials = \"{credentials}\"\nprofile = \"{profile}\"\n"
+                 bucket = \"{bucket}\"\ncredentials = \"{credentials}\"\nprofile = \"{profile}\"\n\
+                 insecure_http = true\n"
             )
         };
         let both = format!(

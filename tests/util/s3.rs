@@ -326,11 +326,16 @@ pub fn credentials_file(dir: &Path, secret: &str) -> PathBuf {
     path
 }
 
-/// A `[[spray.target]]` table of kind s3.
+/// A `[[spray.target]]` table of kind s3 (a test server's plain `http://` allowed).
 pub fn s3_target(endpoint: &str, bucket: &str, credentials: &Path, extra: &str) -> String {
+    let insecure = if endpoint.starts_with("http://") {
+        "insecure_http = true\n"
+    } else {
+        ""
+    };
     format!(
         "\n[[spray.target]]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{bucket}\"\n\
-         prefix = \"cluster\"\ncredentials = \"{}\"\npart_size = \"5MiB\"\n{extra}\n",
+         prefix = \"cluster\"\ncredentials = \"{}\"\npart_size = \"5MiB\"\n{insecure}{extra}\n",
         credentials.display()
     )
 }
