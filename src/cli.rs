@@ -415,6 +415,9 @@ fn cmd_render(what: &RenderCmd) -> Result<u8> {
         None => render::generate_keypair()?,
     };
     let known_hosts = known_hosts.as_ref().map(read).transpose()?;
+    if known_hosts.is_none() {
+        tracing::warn!("{}", render::ACCEPT_NEW_WARNING);
+    }
     let s3_credentials = s3_credentials
         .as_deref()
         .map(crate::s3::credentials::read_private)

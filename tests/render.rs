@@ -121,7 +121,25 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
     let private = file(&mc, "/etc/etcd-backup/spray_key").unwrap();
     assert_eq!(private["mode"], 384);
     assert_eq!(decode(&private["contents"]), std::fs::read(&key).unwrap());
-    // No known_hosts given: a drop-in pins host keys on first contact.
+    // No known_hosts given: a drop-in pins host keys on first contact, and the admin is told
+    // how to collect them instead.
+    let warned = render(
+        &config,
+        &[
+            "--spray-key".as_ref(),
+            key.as_os_str(),
+            "--binary".as_ref(),
+            binary.as_os_str(),
+            "--embed-binary".as_ref(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        stderr.contains("no --known-hosts")
+            && stderr.contains("ssh_host_ecdsa_key.pub")
+            && stderr.contains("> known_hosts"),
+        "{stderr}"
+    );
     let dropin = file(&mc, "/etc/etcd-backup/config.d/50-host-key-policy.toml").unwrap();
     assert!(
         String::from_utf8(decode(&dropin["contents"]))
@@ -371,6 +389,17 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
         decode(&file(&mc, "/etc/etcd-backup/known_hosts").unwrap()["contents"]),
         b"10.0.0.4 ecdsa-sha2-nistp256 AAAA\n"
     );
+    let quiet = render(
+        &config,
+        &[
+            "--known-hosts".as_ref(),
+            known.as_os_str(),
+            "--binary".as_ref(),
+            binary.as_os_str(),
+            "--embed-binary".as_ref(),
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("no --known-hosts"));
     assert!(file(&mc, "/etc/etcd-backup/config.d/50-host-key-policy.toml").is_none());
     // A generated key is ECDSA P-256 (FIPS-mode sshd refuses ed25519).
     assert!(

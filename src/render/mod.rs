@@ -19,6 +19,15 @@ pub use policy::node_disruption_policy;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+/// What `render machineconfig` says when no `--known-hosts` is given: the masters would pin
+/// each other's host keys on first contact, so whoever answers first on a master's address is
+/// trusted. The keys can be read through the API (authenticated), not off the network.
+pub const ACCEPT_NEW_WARNING: &str = "no --known-hosts: the masters will pin each other's SSH host keys on first contact (host_key_policy = \"accept-new\"), trusting whoever answers first on each address. Collect the keys through the API and pass --known-hosts known_hosts:
+  for node in $(oc get nodes -l node-role.kubernetes.io/master -o name); do
+    ip=$(oc get \"$node\" -o jsonpath='{.status.addresses[?(@.type==\"InternalIP\")].address}')
+    echo \"$ip $(oc debug -q \"$node\" -- chroot /host cat /etc/ssh/ssh_host_ecdsa_key.pub | cut -d' ' -f1,2)\"
+  done > known_hosts";
+
 /// The default MachineConfig (binary from a pinned image): config, units, keys, the install
 /// unit. A test holds it to this.
 pub const IMAGE_MACHINECONFIG_BUDGET_BYTES: usize = 48 << 10;
