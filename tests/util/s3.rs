@@ -119,6 +119,8 @@ impl S3Server {
             .arg(format!("-ip={}", self.ip))
             .arg(format!("-ip.bind={}", self.ip))
             .arg("-admin.ui=false")
+            // It reports statistics to an outside server unless told not to; no WebDAV.
+            .args(["-master.telemetry=false", "-webdav=false"])
             .args(self.ca.iter().flat_map(|_| {
                 let dir = self.dir.path();
                 [
