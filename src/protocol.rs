@@ -481,7 +481,13 @@ pub struct Guard<'a> {
     pub own_origin: &'a str,
     /// At most this many sets of one origin in one session.
     pub max_sets_per_origin: usize,
+    /// At most this many sets in one session, of all origins.
+    pub max_sets: usize,
 }
+
+/// Offers planned one at a time in one call (each costs a retention plan): the rest wait for
+/// the next session. A store's own sprays offer far fewer that its rules keep.
+pub const MAX_PLANNED: usize = 256;
 
 /// What a receiver lacks: offers it does not hold, that its own retention policy would keep
 /// (otherwise every spray would send them again), resuming cut transfers of the same manifest.
@@ -491,7 +497,8 @@ pub struct Guard<'a> {
 /// fit above the free-space floor and within `max_total_size` without deleting a held set;
 /// no set older than the newest held of its origin that would take a held set's place as the
 /// newest of a period retention keeps (a set newer than all of its origin is a new backup);
-/// and at most `max_sets_per_origin` sets of one origin. So a sender can push no held set out
+/// and at most `max_sets_per_origin` sets of one origin (`max_sets` in all). So a sender can
+/// push no held set out
 /// but through the ordinary turn of retention at the newest end.
 pub fn wants(
     offers: &[Offer],
@@ -504,7 +511,9 @@ pub fn wants(
         held.iter().map(|h| (h.info.id.as_str(), h)).collect();
     // (offer, what retention knows of it, whether it repairs a damaged copy)
     let mut candidates: Vec<(&Offer, SetInfo, bool)> = Vec::new();
-    for offer in offers {
+    let mut offered = BTreeSet::new();
+    // An id offered twice is judged once (a receiver refuses such a hello anyway).
+    for offer in offers.iter().filter(|o| offered.insert(o.id.as_str())) {
         let same = |h: &HeldSet| h.manifest_sha256 == offer.manifest_sha256;
         let repair = match held_by_id.get(offer.id.as_str()) {
             Some(h) if same(h) && !h.damaged => {
@@ -570,10 +579,19 @@ pub fn wants(
     let mut accepted: Vec<SetInfo> = Vec::new();
     let mut incoming: u64 = 0;
     let mut taken: BTreeMap<String, usize> = BTreeMap::new();
+    let mut planned_count = 0usize;
     for (offer, info, repair) in candidates {
         let id = info.id.clone();
         if !kept_by_rules.contains(&id) {
             result.declined.push((id, Declined::NotKept));
+            continue;
+        }
+        let full = judge
+            .guard
+            .as_ref()
+            .is_some_and(|g| accepted.len() >= g.max_sets);
+        if planned_count >= MAX_PLANNED || full {
+            result.declined.push((id, Declined::Deferred));
             continue;
         }
         if let (Some(guard), false) = (&judge.guard, repair) {
@@ -597,6 +615,7 @@ pub fn wants(
                 continue;
             }
         }
+        planned_count += 1;
         let arriving = incoming.saturating_add(info.size);
         let free_after = judge.free_bytes.saturating_sub(arriving);
         let mut planned = present.clone();
@@ -1032,6 +1051,7 @@ mod tests {
             guard: Some(Guard {
                 own_origin: "m1",
                 max_sets_per_origin: 3,
+                max_sets: 7,
             }),
         }
     }
@@ -1106,14 +1126,16 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_adds_at_most_its_bound_per_origin_newest_first() {
+    fn a_peer_adds_at_most_its_bound_per_origin_and_in_all_newest_first() {
         let policy = Policy {
             keep_last: 20,
             ..Policy::default()
         };
         let now = parse_set_id("20260302T000000.000Z-x").unwrap().0;
         let offers: Vec<Offer> = (0..6)
-            .flat_map(|h| ["m0", "m2"].map(|o| offer(&format!("20260301T0{h}0000.000Z-{o}"), "x")))
+            .flat_map(|h| {
+                ["m0", "m2", "m3"].map(|o| offer(&format!("20260301T0{h}0000.000Z-{o}"), "x"))
+            })
             .collect();
         let plan = wants(
             &offers,
@@ -1125,12 +1147,13 @@ mod tests {
         assert_eq!(
             wanted,
             [
+                "20260301T050000.000Z-m3",
                 "20260301T050000.000Z-m2",
                 "20260301T050000.000Z-m0",
+                "20260301T040000.000Z-m3",
                 "20260301T040000.000Z-m2",
                 "20260301T040000.000Z-m0",
-                "20260301T030000.000Z-m2",
-                "20260301T030000.000Z-m0",
+                "20260301T030000.000Z-m3",
             ]
         );
         assert_eq!(
@@ -1138,7 +1161,7 @@ mod tests {
                 .iter()
                 .filter(|(_, w)| *w == Declined::Deferred)
                 .count(),
-            6
+            11
         );
     }
 
@@ -1261,6 +1284,7 @@ mod tests {
                 }
             }
             prop_assert!(per_origin.values().all(|n| *n <= 3), "{per_origin:?}");
+            prop_assert!(per_origin.values().sum::<usize>() <= 7, "{per_origin:?}");
         }
     }
 }

@@ -41,6 +41,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Sets of one origin a peer's session may add: a master takes one an hour; a new or rebuilt
 /// peer catches up over a few sprays.
 pub const MAX_SETS_PER_ORIGIN: usize = 8;
+/// Sets of all origins a peer's session may add (a hello naming thousands of origins costs no
+/// more than this).
+pub const MAX_SETS: usize = 32;
 /// Offers in one hello: every set of a long history of several masters fits many times.
 pub const MAX_OFFERS: usize = 4096;
 
@@ -210,6 +213,7 @@ fn session<S: Stream>(
         guard: peer.map(|_| Guard {
             own_origin: &settings.node_name,
             max_sets_per_origin: MAX_SETS_PER_ORIGIN,
+            max_sets: MAX_SETS,
         }),
     };
     let plan = wants(&offers, &held, &partials, &judge);
