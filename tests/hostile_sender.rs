@@ -256,6 +256,20 @@ fn begin(conn: &mut Wire, offer: Offer, manifest: &str) -> Message {
     welcome
 }
 
+/// Says hello as master-0 offering nothing, and reads the welcome.
+fn offer_nothing(receiver: &mut Receiver) {
+    receiver
+        .conn()
+        .send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            sender: "master-0".into(),
+            offers: vec![],
+        })
+        .unwrap();
+    let welcome = receiver.conn().next_message().unwrap();
+    assert!(matches!(welcome, Message::Welcome { .. }), "{welcome:?}");
+}
+
 fn honest_offer(manifest: &Manifest, text: &str) -> Offer {
     Offer {
         id: manifest.id.clone(),
@@ -365,15 +379,7 @@ fn a_sender_cannot_fill_the_receiver_s_disk() {
     assert_eq!(partials(&node).len(), 1, "kept for a resume");
     // ...and goes with the next session that does not resume it.
     let mut receiver = Receiver::start(&node);
-    receiver
-        .conn()
-        .send(&Message::Hello {
-            version: PROTOCOL_VERSION,
-            sender: "master-0".into(),
-            offers: vec![],
-        })
-        .unwrap();
-    receiver.conn().next_message().unwrap();
+    offer_nothing(&mut receiver);
     receiver.conn().send(&Message::Bye).unwrap();
     let (code, log) = receiver.finish();
     assert_eq!(code, 0, "{log}");
@@ -439,18 +445,7 @@ fn a_sender_that_never_says_hello_holds_no_lock_and_one_that_trickles_is_cut() {
 
     // One that says hello (holding the receive lock) and then a byte now and then.
     let mut trickler = Receiver::start(&node);
-    trickler
-        .conn()
-        .send(&Message::Hello {
-            version: PROTOCOL_VERSION,
-            sender: "master-0".into(),
-            offers: vec![],
-        })
-        .unwrap();
-    assert!(matches!(
-        trickler.conn().next_message().unwrap(),
-        Message::Welcome { .. }
-    ));
+    offer_nothing(&mut trickler);
     let started = Instant::now();
     let trickling = std::thread::spawn(move || {
         use std::io::Write;

@@ -401,18 +401,23 @@ fn node_exporter_s_textfile_collector_serves_the_textfile() {
     );
 }
 
-#[test]
-fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
-    let node = Node::new("");
+/// `metrics --listen` of `node` on a loopback port; killed when the test ends, passed or not.
+fn listen(node: &Node) -> (Killed, u16) {
     let port = free_port();
-    // Killed when the test ends, passed or not.
-    let _server = Killed(
+    let server = Killed(
         node.cmd(&["metrics", "--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
+    (server, port)
+}
+
+#[test]
+fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
+    let node = Node::new("");
+    let (_server, port) = listen(&node);
     let (status, body) = http_get(port, &get("/metrics"));
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     lint(&body);
@@ -454,14 +459,7 @@ fn metrics_listen_serves_fresh_metrics_and_refuses_what_is_not_a_scrape() {
 #[test]
 fn clients_that_trickle_their_request_cannot_keep_a_scrape_out() {
     let node = Node::new("");
-    let port = free_port();
-    let _server = Killed(
-        node.cmd(&["metrics", "--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_server, port) = listen(&node);
     http_get(port, &get("/"));
     // More slow clients than the server has slots, each sending a byte of its request line
     // every half second (each read is far from the 10 s I/O timeout), for up to 20 s.

@@ -85,7 +85,7 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     std::fs::write(&binary, &bytes).unwrap();
-    let mc = render_ok(
+    let rendered = render(
         &config,
         &[
             "--spray-key".as_ref(),
@@ -95,6 +95,9 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
             "--embed-binary".as_ref(),
         ],
     );
+    let stderr = String::from_utf8_lossy(&rendered.stderr);
+    assert!(rendered.status.success(), "{stderr}");
+    let mc = parse_yaml(&String::from_utf8(rendered.stdout.clone()).unwrap());
 
     assert_eq!(mc["apiVersion"], "machineconfiguration.openshift.io/v1");
     assert_eq!(mc["kind"], "MachineConfig");
@@ -123,17 +126,6 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
     assert_eq!(decode(&private["contents"]), std::fs::read(&key).unwrap());
     // No known_hosts given: a drop-in pins host keys on first contact, and the admin is told
     // how to collect them instead.
-    let warned = render(
-        &config,
-        &[
-            "--spray-key".as_ref(),
-            key.as_os_str(),
-            "--binary".as_ref(),
-            binary.as_os_str(),
-            "--embed-binary".as_ref(),
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&warned.stderr);
     assert!(
         stderr.contains("no --known-hosts")
             && stderr.contains("ssh_host_ecdsa_key.pub")
@@ -375,7 +367,7 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
     std::fs::write(&known, "10.0.0.4 ecdsa-sha2-nistp256 AAAA\n").unwrap();
     let binary = node.dir.path().join("etcd-backup");
     std::fs::write(&binary, b"\x7fELF stand-in").unwrap();
-    let mc = render_ok(
+    let rendered = render(
         &config,
         &[
             "--known-hosts".as_ref(),
@@ -385,21 +377,14 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
             "--embed-binary".as_ref(),
         ],
     );
+    let stderr = String::from_utf8_lossy(&rendered.stderr);
+    assert!(rendered.status.success(), "{stderr}");
+    assert!(!stderr.contains("no --known-hosts"), "{stderr}");
+    let mc = parse_yaml(&String::from_utf8(rendered.stdout.clone()).unwrap());
     assert_eq!(
         decode(&file(&mc, "/etc/etcd-backup/known_hosts").unwrap()["contents"]),
         b"10.0.0.4 ecdsa-sha2-nistp256 AAAA\n"
     );
-    let quiet = render(
-        &config,
-        &[
-            "--known-hosts".as_ref(),
-            known.as_os_str(),
-            "--binary".as_ref(),
-            binary.as_os_str(),
-            "--embed-binary".as_ref(),
-        ],
-    );
-    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("no --known-hosts"));
     assert!(file(&mc, "/etc/etcd-backup/config.d/50-host-key-policy.toml").is_none());
     // A generated key is ECDSA P-256 (FIPS-mode sshd refuses ed25519).
     assert!(

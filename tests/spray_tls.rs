@@ -102,6 +102,17 @@ impl Drop for Receiver {
     }
 }
 
+/// master-1's receiver on 127.0.0.2:`port`, its certificate issued from `ca`.
+fn master_1(dir: &Path, ca: &(PathBuf, PathBuf), port: u16) -> Receiver {
+    Receiver::start(
+        dir,
+        "master-1",
+        "127.0.0.2",
+        port,
+        &issue(dir, ca, "master-1"),
+    )
+}
+
 /// master-0 (the test's node) with one set, spraying over TLS to the masters of its etcd.env.
 fn sender(dir: &Path, port: u16, tls: &Path) -> (Node, String) {
     let etcd_env = dir.join("etcd.env");
@@ -217,13 +228,7 @@ fn connections_that_never_finish_a_handshake_lock_no_sender_out() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca(dir.path(), "ca");
     let port = free_port();
-    let receiver = Receiver::start(
-        dir.path(),
-        "master-1",
-        "127.0.0.2",
-        port,
-        &issue(dir.path(), &ca, "master-1"),
-    );
+    let receiver = master_1(dir.path(), &ca, port);
     // Anyone who can reach the port: plain TCP, a byte now and then, more of them than the
     // receiver takes sessions.
     let trickling: Vec<_> = (0..40)
@@ -267,13 +272,7 @@ fn a_node_certificate_cannot_deliver_sets_of_the_receiver_s_own_origin() {
     let dir = tempfile::tempdir().unwrap();
     let ca = make_ca(dir.path(), "ca");
     let port = free_port();
-    let receiver = Receiver::start(
-        dir.path(),
-        "master-1",
-        "127.0.0.2",
-        port,
-        &issue(dir.path(), &ca, "master-1"),
-    );
+    let receiver = master_1(dir.path(), &ca, port);
     // master-0's certificate, and a store whose sets claim master-1 as their origin.
     let (node, _) = sender(dir.path(), port, &issue(dir.path(), &ca, "master-0"));
     node.write_config_raw(
