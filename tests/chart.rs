@@ -338,6 +338,88 @@ fn sync_mode_runs_receivers_pinned_snapshot_nodes_and_a_config_that_loads() {
     }
 }
 
+/// The masters' certificates issued at install: each receiver and spray pod is pinned to its
+/// master and mounts that master's certificate only; no pod mounts the CA key (with which one
+/// compromised master could mint any node's certificate).
+#[test]
+fn certificates_issued_at_install_keep_the_ca_key_out_of_every_pod() {
+    let values = chart().join("ci/sync-tls-nodes-values.yaml");
+    let (objects, _) = template(&["-f", values.to_str().unwrap()]).unwrap();
+    let masters = ["master-0", "master-1", "master-2"];
+    for (name, pod) in pods(&objects) {
+        let secrets: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert!(
+            !secrets.contains(&"eb-etcd-backup-ca"),
+            "{name} mounts the CA"
+        );
+        for c in containers(pod) {
+            assert_ne!(c["command"][3], "tls-issue", "{name}");
+        }
+        if name.contains("(receiver)") || name.contains("(spray)") {
+            let node = pod["nodeSelector"]["kubernetes.io/hostname"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} is not pinned"));
+            assert_eq!(secrets, [format!("eb-etcd-backup-tls-{node}")], "{name}");
+        }
+    }
+    let receivers = of_kind(&objects, "DaemonSet");
+    assert_eq!(receivers.len(), 3, "one receiver per master");
+    let sprays: Vec<&Value> = of_kind(&objects, "CronJob")
+        .into_iter()
+        .filter(|c| c["metadata"]["labels"]["app.kubernetes.io/component"] == "spray")
+        .collect();
+    assert_eq!(
+        sprays.len(),
+        3,
+        "a spray on each master, with its own certificate"
+    );
+    // Each master's certificate: issued by the CA, named for that master, server and client.
+    let secret = |name: &str| {
+        of_kind(&objects, "Secret")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Secret {name}"))
+            .clone()
+    };
+    let decode = |value: &Value| {
+        let mut cmd = Command::new("base64");
+        cmd.arg("-d");
+        run_with_stdin(cmd, value.as_str().unwrap().as_bytes()).stdout
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, decode(&secret("eb-etcd-backup-ca")["data"]["ca.crt"])).unwrap();
+    for master in masters {
+        let data = secret(&format!("eb-etcd-backup-tls-{master}"))["data"].clone();
+        let cert = dir.path().join(format!("{master}.crt"));
+        std::fs::write(&cert, decode(&data["tls.crt"])).unwrap();
+        assert_eq!(decode(&data["ca.crt"]), std::fs::read(&ca).unwrap());
+        for purpose in ["sslserver", "sslclient"] {
+            let verify = Command::new("openssl")
+                .args(["verify", "-purpose", purpose, "-CAfile"])
+                .arg(&ca)
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(verify.status.success(), "{master} {purpose}: {verify:?}");
+        }
+        let san = Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&san.stdout).contains(&format!("DNS:{master}")),
+            "{san:?}"
+        );
+    }
+}
+
 #[test]
 fn pv_mode_mounts_a_retained_nfs_volume_as_a_dir_target() {
     let values = chart().join("ci/pv-values.yaml");

@@ -129,7 +129,8 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
         .expect_ok("stop systemd mode");
     }
 
-    // Pod Mode, sync: receivers on master-1 and master-2, backup and spray jobs on master-0.
+    // Pod Mode, sync: receivers on master-1 and master-2, backup and spray jobs on master-0,
+    // each with the certificate the chart issued its master (no pod holds the CA key).
     lab.script(&[
         "image",
         release_binary().to_str().unwrap(),
@@ -137,7 +138,10 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
         "--local",
     ])
     .expect_ok("build the image here");
-    let snapshot_nodes = ["--set", "snapshotNodes={master-0,master-1,master-2}"];
+    let snapshot_nodes = [
+        "--set",
+        "snapshotNodes={master-0,master-1,master-2},sync.tls.nodes={master-0,master-1,master-2}",
+    ];
     let sync = template(dir.path(), "sync.yaml", &snapshot_nodes);
     let sync_path = sync.to_str().unwrap();
     let mut receivers = Running(Vec::new());
@@ -146,7 +150,7 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
             .script(&[
                 "run-pod",
                 sync_path,
-                "eb-etcd-backup-receiver",
+                &format!("eb-etcd-backup-receiver-master-{n}"),
                 n,
                 "--detach",
             ])

@@ -107,6 +107,53 @@ capabilities:
       mountPath: {{ include "etcd-backup.tlsDir" . }}
 {{- end -}}
 
+{{/*
+The masters whose certificates the chart issues at install, as a JSON list: sync.tls.nodes,
+else the control-plane nodes helm can see; none with a CA of the user's own. For each, no pod
+mounts the CA key.
+*/}}
+{{- define "etcd-backup.tlsNodes" -}}
+{{- $nodes := list -}}
+{{- if and (eq (include "etcd-backup.mode" .) "sync") (not .Values.sync.tls.existingSecret) -}}
+{{- $nodes = .Values.sync.tls.nodes -}}
+{{- if not $nodes -}}
+{{- range (lookup "v1" "Node" "" "").items | default list -}}
+{{- $labels := .metadata.labels | default dict -}}
+{{- if or (hasKey $labels "node-role.kubernetes.io/master") (hasKey $labels "node-role.kubernetes.io/control-plane") -}}
+{{- $nodes = append $nodes .metadata.name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $nodes -}}
+{{- end -}}
+
+{{/* The Secret holding a master's certificate issued at install. */}}
+{{- define "etcd-backup.nodeTlsSecret" -}}
+{{- printf "%s-tls-%s" (include "etcd-backup.fullname" .root) .node -}}
+{{- end -}}
+
+{{/*
+A pod's TLS volumes: its master's certificate Secret when the chart issued one at install
+(.node is among the tlsNodes), else the CA Secret and an emptyDir the init container fills.
+*/}}
+{{- define "etcd-backup.tlsVolumes" -}}
+{{- if has .node (include "etcd-backup.tlsNodes" .root | fromJsonArray) }}
+- name: tls
+  secret:
+    secretName: {{ include "etcd-backup.nodeTlsSecret" . }}
+    defaultMode: 0400
+{{- else }}
+- name: ca
+  secret:
+    secretName: {{ include "etcd-backup.caSecret" .root }}
+    defaultMode: 0400
+- name: tls
+  emptyDir:
+    medium: Memory
+{{- end }}
+{{- end -}}
+
 {{- define "etcd-backup.caSecret" -}}
 {{- .Values.sync.tls.existingSecret | default (printf "%s-ca" (include "etcd-backup.fullname" .)) -}}
 {{- end -}}
