@@ -363,6 +363,7 @@ fn a_receiver_that_stops_reading_or_a_reset_handshake_is_bounded() {
     let lab = Lab::new();
     let id = lab.backup(0);
     // master-2's receiver is stopped (SIGSTOP) as soon as it starts: it reads nothing more.
+    // (sudo above it stops itself when its command stops, so the thaws below are for both.)
     let pattern = format!("{} receive", lab.hosts[2].config().display());
     let stopper = std::thread::spawn(move || {
         let start = std::time::Instant::now();
@@ -407,6 +408,12 @@ fn a_receiver_that_stops_reading_or_a_reset_handshake_is_bounded() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     assert_eq!(lab.hosts[2].set_ids(), std::slice::from_ref(&id));
+    // sudo may have stopped itself after the thaw (it follows its command's stops): thawed
+    // again, or it would stay stopped with its exited receiver a zombie after the test.
+    std::process::Command::new("pkill")
+        .args(["-CONT", "-f", &pattern])
+        .status()
+        .unwrap();
 
     // A peer that sends half a banner, then resets the connection.
     let mut reset = lab.hosts[2]
