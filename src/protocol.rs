@@ -498,8 +498,7 @@ pub const MAX_PLANNED: usize = 256;
 /// no set older than the newest held of its origin that would take a held set's place as the
 /// newest of a period retention keeps (a set newer than all of its origin is a new backup);
 /// and at most `max_sets_per_origin` sets of one origin (`max_sets` in all). So a sender can
-/// push no held set out
-/// but through the ordinary turn of retention at the newest end.
+/// push no held set out but through the ordinary turn of retention at the newest end.
 pub fn wants(
     offers: &[Offer],
     held: &[HeldSet],
@@ -595,6 +594,10 @@ pub fn wants(
             continue;
         }
         if let (Some(guard), false) = (&judge.guard, repair) {
+            if taken.get(&info.origin).copied().unwrap_or(0) >= guard.max_sets_per_origin {
+                result.declined.push((id, Declined::Deferred));
+                continue;
+            }
             let of_origin: Vec<SetInfo> = present
                 .iter()
                 .chain(&accepted)
@@ -602,10 +605,6 @@ pub fn wants(
                 .cloned()
                 .collect();
             let newest = of_origin.iter().map(|s| (&s.created, &s.id)).max();
-            if taken.get(&info.origin).copied().unwrap_or(0) >= guard.max_sets_per_origin {
-                result.declined.push((id, Declined::Deferred));
-                continue;
-            }
             if newest.is_some_and(|newest| (&info.created, &info.id) < newest)
                 && let Some(place) = takes_place_of(&info, &of_origin, judge.policy)
             {

@@ -541,21 +541,11 @@ fn receive_set<S: Stream>(
         .iter()
         .map(|f| fs::symlink_metadata(staging.join(&f.name)).map_or(0, |m| m.len().min(f.size)))
         .fold(0u64, u64::saturating_add);
-    let needed = manifest.total_size().saturating_sub(held);
-    let free = store.free_bytes()?;
-    let floor = settings.retention.min_free_space.unwrap_or(0);
-    if needed.saturating_add(floor) > free {
-        return Err(violation(format!(
-            "set '{}' needs {needed} more bytes, only {free} are free in '{}'{}",
-            manifest.id,
-            store.root().display(),
-            if floor > 0 {
-                format!(" and {floor} must stay free (retention.min_free_space)")
-            } else {
-                String::new()
-            }
-        )));
-    }
+    store.ensure_room(
+        &format!("set '{}'", manifest.id),
+        manifest.total_size().saturating_sub(held),
+        settings.retention.min_free_space.unwrap_or(0),
+    )?;
     receive_files(conn, staging, &manifest)?;
     crate::failpoint::hit("receive:before-commit");
     let _lock = lock_telling_sender(

@@ -354,19 +354,7 @@ pub fn fetch(
         }
     }
     // What the manifest promises must fit above the floor before a byte is copied.
-    let needed = manifest.total_size();
-    let free = store.free_bytes()?;
-    if needed.saturating_add(floor) > free {
-        bail!(
-            "set '{id}' needs {needed} bytes, {free} are free in '{}'{}",
-            store.root().display(),
-            if floor > 0 {
-                format!(" and {floor} must stay free (retention.min_free_space)")
-            } else {
-                String::new()
-            }
-        );
-    }
+    store.ensure_room(&format!("set '{id}'"), manifest.total_size(), floor)?;
     let staging = store.new_staging("fetch")?;
     let result = (|| {
         let mut origins = Vec::new();

@@ -591,6 +591,23 @@ impl Store {
         Ok(removed)
     }
 
+    /// Refuses `needed` more bytes for `what` (a set) unless they fit with `floor` bytes
+    /// (`retention.min_free_space`) still free: the error names the store and the figures.
+    pub fn ensure_room(&self, what: &str, needed: u64, floor: u64) -> Result<()> {
+        let free = self.free_bytes()?;
+        ensure!(
+            needed.saturating_add(floor) <= free,
+            "{what} needs {needed} bytes, {free} are free in '{}'{}",
+            self.root.display(),
+            if floor > 0 {
+                format!(" and {floor} must stay free (retention.min_free_space)")
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
     /// Free bytes for an unprivileged writer on the store's filesystem.
     pub fn free_bytes(&self) -> Result<u64> {
         let stat = nix::sys::statvfs::statvfs(&self.root)
