@@ -371,6 +371,48 @@ fn check_chroot(root: &Path, store: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The whole `backup` run: under the store lock, clears staging leftovers, asks
+/// [`crate::takeover`] whether this node takes a backup now, takes it, then prunes. Returns the
+/// committed set, or `None` when it was not this node's turn.
+pub fn run(settings: &Settings) -> Result<Option<StoredSet>> {
+    let store = Store::open(&settings.store.root)?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    for removed in store.gc_staging(settings.store.gc_grace, std::time::SystemTime::now())? {
+        tracing::info!(path = %removed.display(), "removed staging leftover");
+    }
+    let sets = store.list()?.sets;
+    let held: Vec<_> = sets
+        .iter()
+        .filter(|s| s.problem.is_none())
+        .map(|s| s.info())
+        .collect();
+    let turn = crate::takeover::whose_turn(
+        &settings.node_name,
+        &settings.backup.snapshot_nodes,
+        &held,
+        chrono::Utc::now(),
+        settings.not_after(),
+        settings.backup.takeover_after,
+    );
+    let set = match turn {
+        crate::takeover::Turn::Skip(why) => {
+            tracing::info!("not taking a backup: {why}");
+            None
+        }
+        crate::takeover::Turn::Take(why) => {
+            tracing::info!("taking a backup: {why}");
+            Some(take_backup(settings, &store, &sets)?)
+        }
+    };
+    crate::prune::prune(&store, &settings.retention, false, settings.not_after()).with_context(
+        || match &set {
+            Some(set) => format!("set {} was committed, but pruning failed", set.id()),
+            None => "pruning failed".to_string(),
+        },
+    )?;
+    Ok(set)
+}
+
 /// Takes one backup set per the force policy and commits it. The caller holds the lock and
 /// passes the store's sets as it listed them.
 pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Result<StoredSet> {

@@ -3,11 +3,14 @@
 //! blocking on a FIFO (`O_NOFOLLOW | O_NONBLOCK`, then `fstat`), and read up to a bound: a
 //! symlink to `/dev/zero` or a FIFO left in a store must neither exhaust memory nor hang a run
 //! that holds a lock.
+//!
+//! And files we write: private (0600 in 0700 directories, whatever the umask), never through a
+//! symlink, replaced atomically (temporary file, fsync, rename, fsync of the directory).
 
-use anyhow::{Context, Result, ensure};
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use anyhow::{Context, Result, bail, ensure};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// The most a state file of a store may hold (`spray-state.json`, `verify-state.json`,
@@ -65,6 +68,92 @@ pub fn read_state<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
             None
         }
     }
+}
+
+/// Directories we create: owner only.
+pub const DIR_MODE: u32 = 0o700;
+/// Files we write: owner read-write only.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Creates `path` as a 0700 directory, or checks an existing one is a real directory and makes
+/// it 0700.
+pub fn ensure_private_dir(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            if meta.permissions().mode() & 0o777 != DIR_MODE {
+                fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
+                    .with_context(|| format!("cannot chmod 0700 '{}'", path.display()))?;
+            }
+            Ok(())
+        }
+        Ok(_) => bail!("'{}' exists and is not a directory", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+                Ok(()) => Ok(()),
+                // Another run (two first runs at once) made it since: check what it made.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ensure_private_dir(path),
+                Err(e) => {
+                    Err(e).with_context(|| format!("cannot create directory '{}'", path.display()))
+                }
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot stat '{}'", path.display())),
+    }
+}
+
+pub fn fsync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("cannot fsync directory '{}'", path.display()))
+}
+
+/// Writes `bytes` to `dir/name` (0600) through a temporary file, fsync and rename.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(dir, name, bytes, FILE_MODE)
+}
+
+/// `write_atomic` with another mode, set as given whatever the umask (the units run with
+/// `UMask=0077`).
+pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+    let target = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&temp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, &target)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("cannot write '{}'", target.display()));
+    }
+    fsync_dir(dir)
+}
+
+/// Copies at most `size` bytes of `source` into `dest`; a source that holds more (it grew, or
+/// lies about its size) is an error.
+pub fn copy_exactly(source: &mut File, dest: &mut File, size: u64) -> std::io::Result<()> {
+    // In the kernel (copy_file_range); the copy is read back once to check it.
+    let copied = std::io::copy(&mut Read::by_ref(source).take(size), dest)?;
+    if copied < size {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{copied} bytes, the manifest says {size}"),
+        ));
+    }
+    if source.read(&mut [0u8; 1])? != 0 {
+        return Err(std::io::Error::other(format!(
+            "more than the manifest's {size} bytes"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,6 +37,11 @@ impl Sha256 {
     }
 }
 
+/// Lowercase hexadecimal, as `sha256sum` prints a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,11 +49,11 @@ mod tests {
     #[test]
     fn known_answers_and_a_cloned_state_continues_alike() {
         assert_eq!(
-            crate::verify::hex(&Sha256::digest(b"")),
+            hex(&Sha256::digest(b"")),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(
-            crate::verify::hex(&Sha256::digest(b"abc")),
+            hex(&Sha256::digest(b"abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         let mut a = Sha256::new();

@@ -1,12 +1,17 @@
 //! The manifest of a backup set (`manifest.json`, written last), set ids and backup file names.
 
-use crate::config::is_node_name;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// A manifest is small (two files); anything larger is not one of ours.
 pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
+
+/// What a manifest is known by: the SHA-256 (hex) of its bytes as stored and sent. Offers, held
+/// sets, verification records and a bucket's copies all compare this.
+pub fn digest(manifest_json: &[u8]) -> String {
+    crate::hash::hex(&crate::hash::Sha256::digest(manifest_json))
+}
 pub const FORMAT_VERSION: u32 = 1;
 /// The suffix `cluster-backup.sh --force` appends to both file names.
 pub const DIRTY_SUFFIX: &str = "__POSSIBLY_DIRTY__";
@@ -93,6 +98,18 @@ pub fn parse_backup_name(name: &str) -> Option<BackupName<'_>> {
             .all(|b| b.is_ascii_digit() || b == b'-' || b == b'_')
         && stamp.as_bytes()[0].is_ascii_digit();
     valid.then_some(BackupName { kind, stamp, dirty })
+}
+
+/// A Kubernetes node name: a DNS subdomain (RFC 1123), case-insensitive here.
+pub fn is_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+        && !name.contains("..")
 }
 
 /// `<UTC time with milliseconds>-<origin>`: sorts by creation time, unique across origins.

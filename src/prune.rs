@@ -5,6 +5,13 @@ use crate::retention::{Plan, Policy, plan};
 use crate::store::Store;
 use anyhow::{Context, Result};
 
+/// The `prune` command: under the store lock, [`prune`] by the configured policy.
+pub fn run(settings: &crate::config::Settings, dry_run: bool) -> Result<Plan> {
+    let store = Store::open(&settings.store.root)?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    prune(&store, &settings.retention, dry_run, settings.not_after())
+}
+
 /// Plans retention over the store's sets and, unless `dry_run`, deletes what the plan drops.
 /// Sets whose files do not match their manifest, and unreadable entries, are neither counted
 /// nor deleted: nothing the tool cannot vouch for is removed. Sets created after `not_after`

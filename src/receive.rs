@@ -1,1175 +1,140 @@
-//! `receive`: the server side of the spray protocol, run as the SSH forced command on a peer
-//! (and in-process for directory targets). It trusts nothing: every name comes from a manifest
-//! that parses and matches its offered digest and size, every byte is bounded by the manifest,
-//! every file is hashed (and the snapshot trailer checked) while it is written, and only a
-//! complete, verified set is committed — by the same store code as a local backup.
+//! `receive`: a peer's receiving service, over the protocol's serving end
+//! ([`crate::protocol::serve`]). On stdin and stdout it serves one sender: the SSH forced
+//! command. With `--listen ADDR` it is the Pod Mode receiver: it accepts mutual-TLS connections
+//! from the other masters' senders and serves each, taking the sender's identity from its
+//! verified client certificate. The certificates are read again for every connection, so a
+//! renewed certificate is used without a restart.
 //!
-//! A peer's sender holds the spray key or a node certificate, which more people than root on a
-//! master may hold: it may deliver sets and nothing else. What it offers is judged by
-//! [`crate::protocol::wants`] (no set of this node's origin, none dated in the future, none
-//! that would push a held set out but through the ordinary turn of retention, none that does
-//! not fit above the free-space floor, a bound per origin); it must say hello within
-//! [`HELLO_TIMEOUT`] before it gets the receive lock, and its session ends at
-//! `spray.session_timeout`; the prune after a delivery never deletes to make room.
+//! The port faces anyone who can reach the masters: a handshake must finish within
+//! [`HANDSHAKE_TIMEOUT`] (however slowly its bytes trickle), handshakes in progress have a cap
+//! of their own, and only senders whose certificate verified count against [`MAX_SESSIONS`].
 
 use crate::config::Settings;
-use crate::deadline::Deadline;
-use crate::hash::Sha256;
-use crate::logging::message_id;
-use crate::manifest::{FileEntry, MANIFEST_MAX_BYTES, Manifest};
-use crate::protocol::{
-    Conn, Frame, Guard, HeldSet, Judge, Message, Offer, PROTOCOL_VERSION, Partial, ProtocolError,
-    Stream, Want, wants,
-};
-use crate::store::{
-    RECEIVE_LOCK_FILE, RECEIVE_STAGING_PREFIX, Store, ensure_private_dir, write_atomic,
-};
-use crate::verify::{SnapshotHasher, hex};
-use anyhow::{Context, Result, anyhow, bail};
-use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use crate::deadline::{BoundedTcp, Deadline};
+use crate::protocol::Conn;
+use crate::protocol::serve::{HELLO_TIMEOUT, PeerSender, ReceiveStats, Sender, serve};
+use crate::store::Store;
+use crate::transport::tls::{TlsStream, acceptor, peer_name};
+use anyhow::{Context, Result};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-/// The offered manifest, kept beside a partial transfer so a resume can be matched to it.
-const OFFER_FILE: &str = ".offer-manifest.json";
-const READ_BUF_BYTES: usize = 1 << 20;
-/// A sender says hello within this, or is cut before it gets the receive lock.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
-/// Sets of one origin a peer's session may add: a master takes one an hour; a new or rebuilt
-/// peer catches up over a few sprays.
-pub const MAX_SETS_PER_ORIGIN: usize = 8;
-/// Sets of all origins a peer's session may add (a hello naming thousands of origins costs no
-/// more than this).
-pub const MAX_SETS: usize = 32;
-/// Offers in one hello: every set of a long history of several masters fits many times.
-pub const MAX_OFFERS: usize = 4096;
+/// More senders than masters at once is a fault or an attack: the rest are turned away.
+pub const MAX_SESSIONS: usize = 16;
+/// Connections still in their handshake: anyone can open these, so they have their own cap.
+pub const MAX_HANDSHAKES: usize = 256;
+/// The whole handshake, however slowly its bytes arrive.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the receiver asks of the pipe sshd writes the sender's bytes into: 1 MiB, the most an
-/// unprivileged process may ask (`/proc/sys/fs/pipe-max-size`).
-const PIPE_BYTES: i32 = 1 << 20;
+/// A slot of a capped count, given back when dropped.
+struct Slot<'a>(&'a AtomicUsize);
 
-/// Widens the pipe on `input` (sshd's side of the exec channel) from Linux's 64 KiB. With the
-/// default, sshd and the receiver took turns every 64 KiB, each waiting on the other: the
-/// spray bench measured 18–20% more wall time for one peer. Not a pipe, or not allowed: left
-/// as it is.
-pub fn widen_pipe(input: &impl std::os::fd::AsFd) {
-    use nix::fcntl::{FcntlArg, fcntl};
-    if let Err(e) = fcntl(input, FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)) {
-        tracing::debug!("input pipe left at its size: {e}");
+impl<'a> Slot<'a> {
+    fn take(count: &'a AtomicUsize, cap: usize) -> Option<Slot<'a>> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count))
     }
 }
 
-/// Who is at the other end of a receiver's connection.
-#[derive(Debug, Clone, Copy)]
-pub enum Sender<'a> {
-    /// This node itself, spraying to a store of its own (a directory target, in-process).
-    Own,
-    /// Another master: over SSH with the spray key, or over mutual TLS.
-    Peer(&'a PeerSender),
-}
-
-/// A peer sender: what the transport proved of it, and the clock of its session.
-#[derive(Debug, Clone, Default)]
-pub struct PeerSender {
-    /// The node name of its TLS client certificate; `None` over SSH, where the spray key only
-    /// proves that it is one of the masters.
-    pub authenticated: Option<String>,
-    /// Where it connects from, for the journal.
-    pub from: String,
-    /// Obeyed by the connection's reads: moved to the hello's bound, then to the session's.
-    pub deadline: Deadline,
-}
-
-#[derive(Debug, Default)]
-pub struct ReceiveStats {
-    pub committed: Vec<String>,
-    /// File data bytes received (decoded).
-    pub data_bytes: u64,
-}
-
-/// Serves one sender on `conn`. A protocol violation or a failed check is answered with an
-/// Error frame before returning the error; a broken connection just returns it (and keeps the
-/// partial files for the next run to resume).
-pub fn serve<S: Stream>(
-    settings: &Settings,
-    store: &Store,
-    conn: &mut Conn<S>,
-    sender: Sender,
-) -> Result<ReceiveStats> {
-    let mut stats = ReceiveStats::default();
-    let result = session(settings, store, conn, &mut stats, sender);
-    if let Err(error) = &result
-        && !connection_lost(error)
-    {
-        let _ = conn.send(&Message::Error {
-            message: format!("{error:#}"),
-        });
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
-    stats.data_bytes = conn.data_bytes_received;
-    result.map(|()| stats)
 }
 
-/// The sender's hello: who it says it is and what it offers, checked.
-fn hello<S: Stream>(conn: &mut Conn<S>) -> Result<(String, Vec<Offer>)> {
-    let (sender, offers) = match conn.next_message()? {
-        Message::Hello {
-            version,
-            sender,
-            offers,
-        } if version == PROTOCOL_VERSION => (sender, offers),
-        Message::Hello { version, .. } => {
-            bail!(
-                "sender speaks protocol version {version}; this receiver speaks {PROTOCOL_VERSION}"
-            )
-        }
-        other => {
-            return Err(
-                ProtocolError::violation(format!("expected hello, got {}", name(&other))).into(),
-            );
-        }
+/// Serves the one sender on stdin and stdout (the SSH forced command on a peer).
+pub fn on_stdio(settings: &Settings) -> Result<ReceiveStats> {
+    let store = Store::open(&settings.store.root)?;
+    let peer = PeerSender {
+        authenticated: None,
+        from: crate::transport::stdio::ssh_client(),
+        deadline: Deadline::after(HELLO_TIMEOUT),
     };
-    if offers.len() > MAX_OFFERS {
-        return Err(violation(format!(
-            "{} sets offered (at most {MAX_OFFERS})",
-            offers.len()
-        )));
-    }
-    let mut ids = std::collections::BTreeSet::new();
-    if let Some(twice) = offers.iter().find(|o| !ids.insert(o.id.as_str())) {
-        return Err(violation(format!("set '{}' offered twice", twice.id)));
-    }
-    Ok((sender, offers))
+    let stream = crate::transport::stdio::stdio(settings.spray.io_timeout, peer.deadline.clone())?;
+    let mut conn = Conn::new(stream, false);
+    serve(settings, &store, &mut conn, Sender::Peer(&peer))
 }
 
-fn session<S: Stream>(
-    settings: &Settings,
-    store: &Store,
-    conn: &mut Conn<S>,
-    stats: &mut ReceiveStats,
-    sender: Sender,
-) -> Result<()> {
-    let peer = match sender {
-        Sender::Own => None,
-        Sender::Peer(peer) => Some(peer),
-    };
-    // Nothing is locked for a connection that has not said hello.
-    if let Some(peer) = peer {
-        peer.deadline.set(HELLO_TIMEOUT);
-    }
-    let (claimed, offers) = hello(conn)?;
-    let authenticated = peer.and_then(|p| p.authenticated.as_deref());
-    if let Some(proven) = authenticated
-        && !claimed.eq_ignore_ascii_case(proven)
-    {
-        bail!(
-            "the sender's certificate names '{proven}' but its hello claims '{claimed}': refused"
-        );
-    }
-    if let Some(peer) = peer {
-        peer.deadline.set(settings.spray.session_timeout);
-    }
-    let _receiving = lock_telling_sender(
-        conn,
-        store,
-        RECEIVE_LOCK_FILE,
-        settings.store.lock_wait,
-        "another sender is being received",
-    )?;
-    let listing = store.list()?;
-    let mut held: Vec<HeldSet> = listing
-        .sets
-        .iter()
-        .map(|s| HeldSet {
-            info: s.info(),
-            manifest_sha256: s.manifest_sha256.clone(),
-            damaged: s.problem.is_some(),
-        })
-        .collect();
-    // A set dir whose manifest cannot be read: its id is taken, and nothing replaces it.
-    for (dir, _) in &listing.unreadable {
-        let id = dir.file_name().unwrap_or_default().to_string_lossy();
-        if let Some((created, origin)) = crate::manifest::parse_set_id(&id) {
-            held.push(HeldSet {
-                info: crate::retention::SetInfo {
-                    id: id.to_string(),
-                    origin: origin.to_string(),
-                    created,
-                    size: 0,
-                    dirty: false,
-                },
-                manifest_sha256: String::new(),
-                damaged: true,
-            });
-        }
-    }
-    let partials = partials(store)?;
-    let judge = Judge {
-        policy: &settings.retention,
-        free_bytes: store.free_bytes()?,
-        not_after: settings.not_after(),
-        guard: peer.map(|_| Guard {
-            own_origin: &settings.node_name,
-            max_sets_per_origin: MAX_SETS_PER_ORIGIN,
-            max_sets: MAX_SETS,
-        }),
-    };
-    let plan = wants(&offers, &held, &partials, &judge);
-    // A partial transfer this session does not resume goes now: only the set a cut link
-    // leaves half-received waits (for the next session) in staging.
-    for id in partials.keys() {
-        if !plan.wants.iter().any(|w| &w.id == id) {
-            remove_partial(store, id);
-        }
-    }
-    let who = Who {
-        name: &claimed,
-        authenticated,
-        from: peer.map_or("this node", |p| p.from.as_str()),
-    };
-    for id in &plan.conflicts {
-        tracing::warn!(set_id = %id, sender = %claimed, "offered set has the id of a held set but another manifest (or ours is unreadable); keeping ours");
-    }
-    for id in &plan.repairs {
-        tracing::warn!(set_id = %id, sender = %claimed, "our copy of set {id} is damaged; receiving it again from {claimed}");
-    }
-    for (id, why) in &plan.declined {
-        use crate::protocol::Declined;
-        match why {
-            Declined::FutureDated | Declined::TakesPlaceOf(_) => {
-                tracing::warn!(set_id = %id, sender = %claimed, authenticated = who.authenticated.unwrap_or(""), from = %who.from, "refused set {id} offered by {}: {why}", who.describe())
-            }
-            Declined::Deferred | Declined::NoRoom(_) => {
-                tracing::info!(set_id = %id, sender = %claimed, "not now: set {id} from {claimed}: {why}")
-            }
-            Declined::NotASet | Declined::OwnOrigin | Declined::NotKept => {
-                tracing::debug!(set_id = %id, "declined: {why}")
-            }
-        }
-    }
-    let offered: BTreeMap<&str, &Offer> = offers.iter().map(|o| (o.id.as_str(), o)).collect();
-    let mut pending: BTreeMap<String, Want> = plan
-        .wants
-        .iter()
-        .map(|w| (w.id.clone(), w.clone()))
-        .collect();
-    conn.send(&Message::Welcome {
-        version: PROTOCOL_VERSION,
-        receiver: settings.node_name.clone(),
-        wants: plan.wants,
-        holds: plan.holds,
-    })?;
-    loop {
-        match conn.next_message()? {
-            Message::SetBegin { id, manifest } => {
-                let want = pending.remove(&id).ok_or_else(|| {
-                    ProtocolError::violation(format!("set '{id}' was not asked for"))
-                })?;
-                let refused = plan
-                    .refused
-                    .as_ref()
-                    .filter(|(r, _)| *r == id)
-                    .map(|(_, why)| why.as_str());
-                let offer = offered[id.as_str()];
-                let staging = store
-                    .staging_dir()
-                    .join(format!("{RECEIVE_STAGING_PREFIX}{id}"));
-                let started = Instant::now();
-                let before = conn.data_bytes_received;
-                let received = receive_set(
-                    settings,
-                    store,
-                    conn,
-                    (&want, offer, refused),
-                    &manifest,
-                    &staging,
-                    sender,
-                );
-                let origin = match received {
-                    Ok(origin) => origin,
-                    Err(error) => {
-                        // A cut link keeps the partial files for the next run to resume.
-                        if !connection_lost(&error) {
-                            let _ = fs::remove_dir_all(&staging);
-                        }
-                        return Err(
-                            error.context(format!("receiving set '{id}' from {}", who.describe()))
-                        );
-                    }
-                };
-                tracing::info!(
-                    message_id = message_id::SET_RECEIVED,
-                    set_id = %id,
-                    origin = %origin,
-                    sender = %claimed,
-                    authenticated = who.authenticated.unwrap_or(""),
-                    from = %who.from,
-                    bytes = conn.data_bytes_received - before,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "set received: {id} (origin {origin}) from {}",
-                    who.describe()
-                );
-                stats.committed.push(id.clone());
-                crate::failpoint::hit("receive:before-ack");
-                conn.send(&Message::Committed { id })?;
-            }
-            Message::Bye => return Ok(()),
-            other => {
-                return Err(ProtocolError::violation(format!(
-                    "expected set_begin or bye, got {}",
-                    name(&other)
-                ))
-                .into());
-            }
-        }
-    }
-}
-
-/// How the journal names a sender: what it claims, and what the transport proved.
-struct Who<'a> {
-    name: &'a str,
-    authenticated: Option<&'a str>,
-    from: &'a str,
-}
-
-impl Who<'_> {
-    fn describe(&self) -> String {
-        match self.authenticated {
-            Some(proven) => format!("{} (certificate of {proven}, {})", self.name, self.from),
-            None => format!("{} ({})", self.name, self.from),
-        }
-    }
-}
-
-/// The sender's link broke (as opposed to a refusal or a failed check): nothing to answer, and
-/// partial files are worth keeping.
-fn connection_lost(error: &anyhow::Error) -> bool {
-    error
-        .downcast_ref::<ProtocolError>()
-        .is_some_and(|e| matches!(e, ProtocolError::Io(_)))
-}
-
-fn name(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "hello",
-        Message::Welcome { .. } => "welcome",
-        Message::SetBegin { .. } => "set_begin",
-        Message::FileBegin { .. } => "file_begin",
-        Message::FileEnd { .. } => "file_end",
-        Message::SetEnd { .. } => "set_end",
-        Message::Committed { .. } => "committed",
-        Message::Bye => "bye",
-        Message::Error { .. } => "error",
-        Message::Waiting { .. } => "waiting",
-    }
-}
-
-/// Takes the lock file `lock` of the store, telling the sender every
-/// [`crate::protocol::KEEPALIVE`] that it waits and why, for at most `wait` (then the busy
-/// error, with the whole wait, goes back to the sender).
-fn lock_telling_sender<S: Stream>(
-    conn: &mut Conn<S>,
-    store: &Store,
-    lock: &str,
-    wait: Duration,
-    why: &str,
-) -> Result<crate::store::StoreLock> {
-    let started = Instant::now();
-    loop {
-        let left = wait.saturating_sub(started.elapsed());
-        match store.lock_named(lock, left.min(crate::protocol::KEEPALIVE)) {
-            Err(e) if e.is::<crate::store::BusyError>() && !left.is_zero() => {
-                conn.send(&Message::Waiting {
-                    reason: format!("{why}: {e:#}"),
-                })?;
-            }
-            Err(e) => {
-                return Err(match e.downcast::<crate::store::BusyError>() {
-                    Ok(mut busy) => {
-                        busy.waited_secs = started.elapsed().as_secs();
-                        busy.into()
-                    }
-                    Err(e) => e,
-                });
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Cut transfers in staging: the manifest digest each was for and the bytes held per file. A
-/// partial that is not one (no readable offer manifest of its set) or holds more than its
-/// manifest promised is removed here.
-fn partials(store: &Store) -> Result<BTreeMap<String, Partial>> {
-    let mut found = BTreeMap::new();
-    let staging = store.staging_dir();
-    for entry in
-        fs::read_dir(&staging).with_context(|| format!("cannot list '{}'", staging.display()))?
-    {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_prefix(RECEIVE_STAGING_PREFIX) else {
-            continue;
-        };
-        if !entry.file_type()?.is_dir() {
-            continue;
-        }
-        match partial(&entry.path(), id) {
-            Ok(partial) => {
-                found.insert(id.to_string(), partial);
-            }
-            Err(e) => {
-                tracing::info!("removing a partial transfer: {e:#}");
-                remove_partial(store, id);
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// What the partial transfer in `dir` holds, checked against the manifest it was for.
-fn partial(dir: &Path, id: &str) -> Result<Partial> {
-    let text = crate::files::read_regular(&dir.join(OFFER_FILE), MANIFEST_MAX_BYTES)?;
-    let manifest = Manifest::parse(&text).map_err(|e| anyhow!("'{}': {e}", dir.display()))?;
-    if manifest.id != id {
-        bail!("'{}' holds a manifest of '{}'", dir.display(), manifest.id);
-    }
-    let mut held = BTreeMap::new();
-    for file in fs::read_dir(dir)? {
-        let file = file?;
-        let name = file.file_name().to_string_lossy().into_owned();
-        if name == OFFER_FILE {
-            continue;
-        }
-        let meta = file.metadata()?;
-        let promised = manifest.files.iter().find(|f| f.name == name);
-        match promised {
-            Some(entry) if meta.is_file() && meta.len() <= entry.size => {
-                held.insert(name, meta.len());
-            }
-            Some(entry) if meta.is_file() => bail!(
-                "'{}' holds {} bytes, more than the {} its manifest promised",
-                file.path().display(),
-                meta.len(),
-                entry.size
-            ),
-            _ => bail!("'{}' is not part of set '{id}'", file.path().display()),
-        }
-    }
-    Ok(Partial {
-        manifest_sha256: hex(&Sha256::digest(&text)),
-        held,
-    })
-}
-
-/// Removes the partial transfer of set `id` (never following a link: `remove_dir_all` does not).
-fn remove_partial(store: &Store, id: &str) {
-    let dir = store
-        .staging_dir()
-        .join(format!("{RECEIVE_STAGING_PREFIX}{id}"));
-    if let Err(e) = fs::remove_dir_all(&dir) {
-        tracing::warn!(
-            "cannot remove the partial transfer '{}': {e}",
-            dir.display()
-        );
-    }
-}
-
-fn violation(message: String) -> anyhow::Error {
-    ProtocolError::Violation(message).into()
-}
-
-/// Receives one set into `staging` and commits it; returns its origin. `asked` is what was
-/// asked for, what was offered, and why it is refused if it was asked for only to say so.
-fn receive_set<S: Stream>(
-    settings: &Settings,
-    store: &Store,
-    conn: &mut Conn<S>,
-    asked: (&Want, &Offer, Option<&str>),
-    manifest_text: &str,
-    staging: &Path,
-    sender: Sender,
-) -> Result<String> {
-    let (want, offer, refused) = asked;
-    let digest = hex(&Sha256::digest(manifest_text.as_bytes()));
-    if digest != offer.manifest_sha256 {
-        return Err(violation(format!(
-            "manifest digest {digest} is not the offered {}",
-            offer.manifest_sha256
-        )));
-    }
-    let manifest = Manifest::parse(manifest_text.as_bytes())
-        .map_err(|e| violation(format!("manifest refused: {e}")))?;
-    if manifest.id != want.id {
-        return Err(violation(format!(
-            "manifest is for set '{}', not '{}'",
-            manifest.id, want.id
-        )));
-    }
-    // What was judged is the offer: the manifest must be what it promised.
-    if manifest.total_size() != offer.size || manifest.dirty != offer.dirty {
-        return Err(violation(format!(
-            "the manifest of '{}' says {} bytes (dirty: {}), its offer said {} (dirty: {})",
-            manifest.id,
-            manifest.total_size(),
-            manifest.dirty,
-            offer.size,
-            offer.dirty
-        )));
-    }
-    if let Some(why) = refused {
-        bail!(
-            "set '{}' does not fit in store '{}' on {}: {why}",
-            manifest.id,
-            store.root().display(),
-            settings.node_name
-        );
-    }
-    // A partial transfer for another manifest is stale: start over.
-    if crate::files::read_regular(&staging.join(OFFER_FILE), MANIFEST_MAX_BYTES)
-        .is_ok_and(|old| old != manifest_text.as_bytes())
-    {
-        fs::remove_dir_all(staging)
-            .with_context(|| format!("cannot clear '{}'", staging.display()))?;
-    }
-    ensure_private_dir(staging)?;
-    write_atomic(staging, OFFER_FILE, manifest_text.as_bytes())?;
-    let held = manifest
-        .files
-        .iter()
-        .map(|f| fs::symlink_metadata(staging.join(&f.name)).map_or(0, |m| m.len().min(f.size)))
-        .fold(0u64, u64::saturating_add);
-    store.ensure_room(
-        &format!("set '{}'", manifest.id),
-        manifest.total_size().saturating_sub(held),
-        settings.retention.min_free_space.unwrap_or(0),
-    )?;
-    receive_files(conn, staging, &manifest)?;
-    crate::failpoint::hit("receive:before-commit");
-    let _lock = lock_telling_sender(
-        conn,
-        store,
-        crate::store::LOCK_FILE,
-        settings.store.lock_wait,
-        "waiting for the store lock to commit",
-    )?;
-    if store.sets_dir().join(&manifest.id).exists() {
-        // Only a damaged copy of this very manifest is replaced (checked again under the lock).
-        store.replace_damaged(staging, &manifest, &digest)?;
-    } else {
-        store.commit(staging, &manifest)?;
-    }
-    // A peer's delivery never makes this store delete to make room: whether it fit was
-    // decided before it was asked for. The local backup's prune applies the size limits.
-    let policy = match sender {
-        Sender::Own => settings.retention.clone(),
-        Sender::Peer(_) => settings.retention.without_size_pressure(),
-    };
-    crate::prune::prune(store, &policy, false, settings.not_after())?;
-    Ok(manifest.origin)
-}
-
-/// The files of `manifest` and its end, each checked as it arrives; then the deep check of
-/// the snapshot. Each file is fsynced on a thread of its own from its last byte on, while the
-/// next file arrives and the snapshot is deep-checked: the wait for the disk overlaps that
-/// work. The scope joins every fsync before this returns, so nothing is committed unsynced.
-fn receive_files<S: Stream>(conn: &mut Conn<S>, staging: &Path, manifest: &Manifest) -> Result<()> {
+/// Serves every sender that connects to `addr` over mutual TLS, until the process is stopped.
+pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
+    // Fail at start, not at the first connection, when the certificates are unusable.
+    acceptor(&settings.tls)?;
+    let store = Store::open(&settings.store.root)?;
+    let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on '{addr}'"))?;
+    tracing::info!(
+        listen = %addr,
+        store = %settings.store.root.display(),
+        "receiving sets over mutual TLS on {addr}"
+    );
+    let (handshakes, sessions) = (AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|scope| {
-        let mut syncs = Vec::with_capacity(manifest.files.len());
-        for file in &manifest.files {
-            match conn.next_message()? {
-                Message::FileBegin { name, offset } if name == file.name => {
-                    let (written, path) = receive_file(conn, staging, file, offset)?;
-                    syncs.push(scope.spawn(move || {
-                        written
-                            .sync_all()
-                            .with_context(|| format!("cannot fsync '{}'", path.display()))
-                    }));
+        for tcp in listener.incoming() {
+            let tcp = match tcp {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
                 }
-                other => {
-                    return Err(violation(format!(
-                        "expected file_begin for '{}', got {other:?}",
-                        file.name
-                    )));
+            };
+            let Some(handshake) = Slot::take(&handshakes, MAX_HANDSHAKES) else {
+                tracing::warn!("{MAX_HANDSHAKES} handshakes in progress: a connection turned away");
+                continue;
+            };
+            let (sessions, store) = (&sessions, &store);
+            scope.spawn(move || {
+                let from = tcp
+                    .peer_addr()
+                    .map_or_else(|_| "?".to_string(), |a| a.to_string());
+                if let Err(error) = session(settings, store, tcp, &from, handshake, sessions) {
+                    tracing::warn!(from = %from, "session from {from} failed: {error:#}");
                 }
-            }
-        }
-        match conn.next_message()? {
-            Message::SetEnd { id } if id == manifest.id => {}
-            other => {
-                return Err(violation(format!(
-                    "expected set_end for '{}', got {}",
-                    manifest.id,
-                    name(&other)
-                )));
-            }
-        }
-        fs::remove_file(staging.join(OFFER_FILE))
-            .with_context(|| format!("cannot clean '{}'", staging.display()))?;
-        // What arrived is sound as etcd would restore it, and is what the sender's manifest says.
-        for file in manifest.files.iter().filter(|f| f.is_snapshot()) {
-            crate::verify::deep_check_against(
-                &staging.join(&file.name),
-                manifest.checks.etcd.as_ref(),
-            )?;
-        }
-        for sync in syncs {
-            sync.join().expect("an fsync thread panicked")?;
+            });
         }
         Ok(())
     })
 }
 
-/// What a received file is checked with while it is written.
-enum Check {
-    Snapshot(SnapshotHasher),
-    Plain(Sha256, u64),
-}
-
-impl Check {
-    fn update(&mut self, data: &[u8]) -> Result<(), String> {
-        match self {
-            Check::Snapshot(h) => h.update(data),
-            Check::Plain(h, n) => {
-                h.update(data);
-                *n += data.len() as u64;
-                Ok(())
-            }
-        }
-    }
-
-    fn finish(self) -> Result<String, String> {
-        match self {
-            Check::Snapshot(h) => h.finish().map(|(digest, _)| digest.hex()),
-            Check::Plain(h, _) => Ok(hex(&h.finalize())),
-        }
-    }
-}
-
-/// Receives one file into `staging` and checks it against its manifest entry; returns the
-/// written (not yet fsynced) file and its path.
-fn receive_file<S: Stream>(
-    conn: &mut Conn<S>,
-    staging: &Path,
-    entry: &FileEntry,
-    offset: u64,
-) -> Result<(File, std::path::PathBuf)> {
-    let path = staging.join(&entry.name);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(crate::store::FILE_MODE)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("cannot open '{}'", path.display()))?;
-    let on_disk = file.metadata()?.len();
-    if offset > on_disk || offset > entry.size {
-        return Err(violation(format!(
-            "'{}': resume offset {offset} beyond the {on_disk} bytes held",
-            entry.name
-        )));
-    }
-    file.set_len(offset)?;
-    let mut check = if entry.is_snapshot() {
-        Check::Snapshot(
-            SnapshotHasher::new(entry.size)
-                .map_err(|e| violation(format!("'{}': {e}", entry.name)))?,
-        )
-    } else {
-        Check::Plain(Sha256::new(), 0)
-    };
-    // The bytes held from a cut transfer are hashed once more; everything new as it is written.
-    hash_prefix(&mut file, offset, &mut check)
-        .with_context(|| format!("cannot read '{}'", path.display()))?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut pos = offset;
-    loop {
-        match conn.next_frame()? {
-            Frame::Data(data) => {
-                if pos
-                    .checked_add(data.len() as u64)
-                    .is_none_or(|end| end > entry.size)
-                {
-                    return Err(violation(format!(
-                        "'{}': more data than its {} bytes",
-                        entry.name, entry.size
-                    )));
-                }
-                file.write_all(data)
-                    .with_context(|| format!("cannot write '{}'", path.display()))?;
-                crate::failpoint::hit("receive:writing");
-                check
-                    .update(data)
-                    .map_err(|e| violation(format!("'{}': {e}", entry.name)))?;
-                pos += data.len() as u64;
-            }
-            Frame::Control(Message::FileEnd { name }) if name == entry.name => break,
-            Frame::Control(other) => {
-                return Err(violation(format!(
-                    "expected data or file_end for '{}', got {}",
-                    entry.name,
-                    name(&other)
-                )));
-            }
-        }
-    }
-    if pos != entry.size {
-        return Err(violation(format!(
-            "'{}': {pos} bytes received, manifest says {}",
-            entry.name, entry.size
-        )));
-    }
-    let digest = check
-        .finish()
-        .map_err(|e| violation(format!("'{}': {e}", entry.name)))?;
-    if digest != entry.sha256 {
-        return Err(violation(format!(
-            "'{}': sha256 {digest} does not match the manifest's {}",
-            entry.name, entry.sha256
-        )));
-    }
-    Ok((file, path))
-}
-
-fn hash_prefix(file: &mut File, len: u64, check: &mut Check) -> Result<()> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut buf = vec![0u8; READ_BUF_BYTES.min(len as usize).max(1)];
-    let mut left = len;
-    while left > 0 {
-        let want = buf.len().min(left as usize);
-        file.read_exact(&mut buf[..want])?;
-        check.update(&buf[..want]).map_err(|e| anyhow!("{e}"))?;
-        left -= want as u64;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::make_set_id;
-    use crate::protocol::{Duplex, Offer, pipe_pair};
-    use crate::spray::{PushStats, open_sets, push};
-    use crate::store::StoredSet;
-    use crate::verify::tests::{fake_resources, fake_snapshot};
-    use std::io::{PipeReader, PipeWriter};
-    use std::path::PathBuf;
-
-    type End = Conn<Duplex<PipeReader, PipeWriter>>;
-
-    /// Another master's sender, over a transport that proves nothing of it (SSH).
-    const PEER: Sender = Sender::Peer(&PeerSender {
+fn session(
+    settings: &Settings,
+    store: &Store,
+    tcp: TcpStream,
+    from: &str,
+    handshake: Slot,
+    sessions: &AtomicUsize,
+) -> Result<()> {
+    tcp.set_nodelay(true)?;
+    crate::transport::tcp::user_timeout(&tcp, settings.spray.io_timeout)?;
+    let peer = PeerSender {
         authenticated: None,
-        from: String::new(),
-        deadline: Deadline::NONE,
-    });
-
-    struct Side {
-        _dir: tempfile::TempDir,
-        store: Store,
-        settings: Settings,
-    }
-
-    fn side(name: &str) -> Side {
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::defaults(name.to_string());
-        settings.store.root = dir.path().join("store");
-        settings.retention = crate::retention::Policy {
-            keep_last: 10,
-            ..Default::default()
-        };
-        settings.store.lock_wait = std::time::Duration::from_secs(5);
-        let store = Store::open(&settings.store.root).unwrap();
-        Side {
-            _dir: dir,
-            store,
-            settings,
-        }
-    }
-
-    /// A set made through the real backup checks: a snapshot of `pages` pages + resources.
-    fn make_set(side: &Side, minutes: i64, pages: usize) -> StoredSet {
-        let created = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-            .unwrap()
-            .to_utc()
-            + chrono::TimeDelta::minutes(minutes);
-        let staging = side.store.new_staging("test").unwrap();
-        let stamp = created.format("%F_%H%M%S");
-        fs::write(
-            staging.join(format!("snapshot_{stamp}.db")),
-            fake_snapshot(pages, 4096),
-        )
-        .unwrap();
-        fs::write(
-            staging.join(format!("static_kuberesources_{stamp}.tar.gz")),
-            fake_resources(&[
-                "kube-apiserver-pod-2",
-                "kube-controller-manager-pod-2",
-                "kube-scheduler-pod-2",
-            ]),
-        )
-        .unwrap();
-        let origin = side.settings.node_name.clone();
-        let manifest = crate::backup::check_staged(
-            &staging,
-            false,
-            make_set_id(created, &origin),
-            &origin,
-            created,
-        )
-        .unwrap();
-        side.store.commit(&staging, &manifest).unwrap()
-    }
-
-    /// Runs `sender(conn)` against `serve` on `receiver`; returns both results.
-    fn exchange<T: Send>(
-        receiver: &Side,
-        compress: bool,
-        sender: impl FnOnce(&mut End) -> T + Send,
-    ) -> (T, Result<ReceiveStats>) {
-        let (a, b) = pipe_pair().unwrap();
-        let mut sending = Conn::new(a, compress);
-        let mut receiving = Conn::new(b, false);
-        std::thread::scope(|scope| {
-            let server = scope
-                .spawn(move || serve(&receiver.settings, &receiver.store, &mut receiving, PEER));
-            let sent = sender(&mut sending);
-            drop(sending);
-            (sent, server.join().unwrap())
-        })
-    }
-
-    fn spray(from: &Side, to: &Side, compress: bool) -> (Result<PushStats>, Result<ReceiveStats>) {
-        let sets = open_sets(from.store.list().unwrap().sets);
-        exchange(to, compress, |conn| {
-            push(conn, &from.settings.node_name, &sets)
-        })
-    }
-
-    fn ids(side: &Side) -> Vec<String> {
-        side.store
-            .list()
-            .unwrap()
-            .sets
-            .iter()
-            .map(|s| s.id().to_string())
-            .collect()
-    }
-
-    #[test]
-    fn sets_arrive_verified_and_a_second_run_sends_nothing() {
-        let (m0, m1) = (side("m0"), side("m1"));
-        let a = make_set(&m0, 0, 40);
-        let b = make_set(&m0, 60, 50);
-        for compress in [true, false] {
-            let (sent, received) = spray(&m0, &m1, compress);
-            let sent = sent.unwrap();
-            received.unwrap();
-            if compress {
-                assert_eq!(
-                    sent.sent,
-                    [b.id().to_string(), a.id().to_string()],
-                    "newest first"
-                );
-                assert_eq!(
-                    sent.data_bytes,
-                    a.manifest.total_size() + b.manifest.total_size()
-                );
-                assert!(
-                    sent.wire_bytes < sent.data_bytes,
-                    "compressed on the wire: {sent:?}"
-                );
-            } else {
-                assert!(sent.sent.is_empty() && sent.data_bytes == 0, "{sent:?}");
-                assert_eq!(sent.offered, 2);
-                assert_eq!(sent.held, 2, "the receiver holds both");
-            }
-        }
-        let listing = m1.store.list().unwrap();
-        assert_eq!(ids(&m1), ids(&m0));
-        for (theirs, ours) in listing.sets.iter().zip(m0.store.list().unwrap().sets) {
-            assert_eq!(theirs.manifest_sha256, ours.manifest_sha256);
-            assert!(theirs.problem.is_none());
-            for file in &theirs.manifest.files {
-                assert_eq!(
-                    fs::read(theirs.dir.join(&file.name)).unwrap(),
-                    fs::read(ours.dir.join(&file.name)).unwrap()
-                );
-            }
-        }
-        assert!(
-            fs::read_dir(m1.store.staging_dir())
-                .unwrap()
-                .next()
-                .is_none(),
-            "staging clean"
-        );
-    }
-
-    /// A writer that fails after `budget` bytes: a link cut mid-transfer.
-    struct Cut<W> {
-        inner: W,
-        budget: usize,
-    }
-
-    impl<W: Write> Write for Cut<W> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.budget == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::BrokenPipe,
-                    "link cut",
-                ));
-            }
-            let n = buf.len().min(self.budget);
-            self.budget -= n;
-            self.inner.write(&buf[..n])
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            self.inner.flush()
-        }
-    }
-
-    #[test]
-    fn a_cut_transfer_commits_nothing_and_resumes() {
-        let (m0, m1) = (side("m0"), side("m1"));
-        let set = make_set(&m0, 0, 600); // ~2.4 MiB snapshot
-        let sets = open_sets(m0.store.list().unwrap().sets);
-        let (a, b) = pipe_pair().unwrap();
-        let mut receiving = Conn::new(b, false);
-        let (sent, received) = std::thread::scope(|scope| {
-            let (settings, store) = (&m1.settings, &m1.store);
-            let server = scope.spawn(move || serve(settings, store, &mut receiving, PEER));
-            let cut = Duplex::new(
-                a.reader,
-                Cut {
-                    inner: a.writer.unwrap(),
-                    budget: 1_500_000,
-                },
-            );
-            let mut sending = Conn::new(cut, false);
-            let sent = push(&mut sending, "m0", &sets);
-            drop(sending);
-            (sent, server.join().unwrap())
-        });
-        assert!(sent.is_err() && received.is_err());
-        assert!(ids(&m1).is_empty(), "nothing committed");
-        let partial = m1.store.staging_dir().join(format!("recv-{}", set.id()));
-        assert!(partial.join(OFFER_FILE).exists(), "partial kept for resume");
-
-        let (sent, received) = spray(&m0, &m1, false);
-        let sent = sent.unwrap();
-        received.unwrap();
-        assert_eq!(sent.sent, [set.id().to_string()]);
-        assert!(
-            sent.data_bytes < set.manifest.total_size() - 1_000_000,
-            "resumed: {sent:?}"
-        );
-        assert_eq!(
-            m1.store.list().unwrap().sets[0].manifest_sha256,
-            set.manifest_sha256
-        );
-        assert!(!partial.exists());
-    }
-
-    #[test]
-    fn the_input_pipe_is_widened() {
-        use nix::fcntl::{FcntlArg, fcntl};
-        let (reader, _writer) = std::io::pipe().unwrap();
-        widen_pipe(&reader);
-        assert_eq!(fcntl(&reader, FcntlArg::F_GETPIPE_SZ).unwrap(), PIPE_BYTES);
-        // Anything else is left alone, without an error.
-        widen_pipe(&tempfile::tempfile().unwrap());
-    }
-
-    #[test]
-    fn a_source_file_that_shrinks_mid_spray_fails_naming_it_and_commits_nothing() {
-        let (m0, m1) = (side("m0"), side("m1"));
-        let set = make_set(&m0, 0, 600);
-        let sets = open_sets(m0.store.list().unwrap().sets);
-        // Damaged on disk after it was opened: the reading thread hits EOF several chunks in.
-        let snapshot = set.dir.join(&set.manifest.files[0].name);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&snapshot)
-            .unwrap()
-            .set_len(1_000_000)
-            .unwrap();
-        let (sent, received) = exchange(&m1, true, |conn| push(conn, "m0", &sets));
-        let error = format!("{:#}", sent.unwrap_err());
-        assert!(
-            error.contains(&format!("cannot read '{}'", snapshot.display())),
-            "{error}"
-        );
-        assert!(received.is_err());
-        assert!(ids(&m1).is_empty(), "nothing committed");
-    }
-
-    /// Sends a Hello offering `manifest` (a crafted one), then `frames` after set_begin.
-    fn hostile(
-        receiver: &Side,
-        manifest: &Manifest,
-        after_begin: impl FnOnce(&mut End) + Send,
-    ) -> String {
-        let text = String::from_utf8(manifest.to_json()).unwrap();
-        let digest = hex(&Sha256::digest(text.as_bytes()));
-        let (_, received) = exchange(receiver, false, |conn| {
-            let offer = Offer {
-                id: manifest.id.clone(),
-                manifest_sha256: digest,
-                size: manifest.total_size(),
-                dirty: manifest.dirty,
-            };
-            conn.send(&Message::Hello {
-                version: 1,
-                sender: "evil".into(),
-                offers: vec![offer],
-            })
-            .unwrap();
-            let _ = conn.next_message().unwrap();
-            let _ = conn.send(&Message::SetBegin {
-                id: manifest.id.clone(),
-                manifest: text.clone(),
-            });
-            after_begin(conn);
-        });
-        assert!(ids(receiver).is_empty(), "nothing committed");
-        format!("{:#}", received.unwrap_err())
-    }
-
-    fn staging_is_clean(side: &Side) -> bool {
-        fs::read_dir(side.store.staging_dir())
-            .unwrap()
-            .next()
-            .is_none()
-    }
-
-    #[test]
-    fn hostile_senders_are_refused_and_leave_nothing() {
-        let (m0, m1) = (side("m0"), side("m1"));
-        let good = make_set(&m0, 0, 10).manifest;
-        let db = good.files[0].clone();
-        let send_file = |conn: &mut End, data: &[u8]| {
-            let _ = conn.send(&Message::FileBegin {
-                name: db.name.clone(),
-                offset: 0,
-            });
-            let _ = conn.send_data(data);
-            let _ = conn.send(&Message::FileEnd {
-                name: db.name.clone(),
-            });
-        };
-        let real = fs::read(m0.store.list().unwrap().sets[0].dir.join(&db.name)).unwrap();
-
-        // Path traversal in a file name: the manifest itself is refused.
-        let mut evil = good.clone();
-        evil.files[0].name = "../../../etc/cron.d/snapshot_1.db".into();
-        let err = hostile(&m1, &evil, |_| {});
-        assert!(err.contains("manifest refused"), "{err}");
-
-        // More data than the manifest says.
-        let mut small = good.clone();
-        small.files[0].size = 100;
-        let err = hostile(&m1, &small, |c| send_file(c, &real));
-        assert!(
-            err.contains("more data than its 100 bytes") || err.contains("too small"),
-            "{err}"
-        );
-        assert!(staging_is_clean(&m1));
-
-        // Right size, wrong bytes.
-        let mut flipped = real.clone();
-        flipped[5000] ^= 1;
-        let err = hostile(&m1, &good, |c| send_file(c, &flipped));
-        assert!(err.contains("sha256 trailer mismatch"), "{err}");
-        assert!(staging_is_clean(&m1));
-
-        // A set larger than the free space is refused before anything is written.
-        let mut huge = good.clone();
-        huge.files[0].size = 1 << 60;
-        let err = hostile(&m1, &huge, |_| {});
-        assert!(
-            err.contains("does not fit in store") && err.contains("are free"),
-            "{err}"
-        );
-        assert!(staging_is_clean(&m1));
-
-        // Sizes that add up past 2^64 (two of 2^63): the manifest itself is refused, whatever
-        // the offer says.
-        let mut wrapping = good.clone();
-        wrapping.files[0].size = 1 << 63;
-        wrapping.files[1].size = 1 << 63;
-        let err = hostile(&m1, &wrapping, |_| {});
-        assert!(err.contains("manifest refused"), "{err}");
-        assert!(staging_is_clean(&m1));
-
-        // A frame out of order.
-        let err = hostile(&m1, &good, |c| {
-            let _ = c.send(&Message::SetEnd {
-                id: good.id.clone(),
-            });
-        });
-        assert!(err.contains("expected file_begin"), "{err}");
-        assert!(staging_is_clean(&m1));
-
-        // Garbage instead of a frame.
-        let err = hostile(&m1, &good, |c| {
-            let _ = c.get_mut().write_all(b"GET / HTTP/1.1\r\n\r\n");
-        });
-        assert!(err.contains("protocol violation"), "{err}");
-        assert!(staging_is_clean(&m1));
-
-        // A set that was not asked for.
-        let (_, received) = exchange(&m1, false, |conn| {
-            conn.send(&Message::Hello {
-                version: 1,
-                sender: "evil".into(),
-                offers: vec![],
-            })
-            .unwrap();
-            let _ = conn.next_message();
-            let _ = conn.send(&Message::SetBegin {
-                id: good.id.clone(),
-                manifest: "{}".into(),
-            });
-        });
-        assert!(format!("{:#}", received.unwrap_err()).contains("was not asked for"));
-
-        // Another protocol version.
-        let (reply, received) = exchange(&m1, false, |conn| {
-            conn.send(&Message::Hello {
-                version: 2,
-                sender: "future".into(),
-                offers: vec![],
-            })
-            .unwrap();
-            conn.next_message().unwrap()
-        });
-        assert!(matches!(reply, Message::Error { message } if message.contains("version 2")));
-        assert!(received.is_err());
-    }
-
-    #[test]
-    fn a_truncated_stream_commits_nothing() {
-        let (m0, m1) = (side("m0"), side("m1"));
-        let good = make_set(&m0, 0, 10).manifest;
-        let real = fs::read(
-            m0.store.list().unwrap().sets[0]
-                .dir
-                .join(&good.files[0].name),
-        )
-        .unwrap();
-        let err = hostile(&m1, &good, |c| {
-            let _ = c.send(&Message::FileBegin {
-                name: good.files[0].name.clone(),
-                offset: 0,
-            });
-            let _ = c.send_data(&real[..1000]);
-        });
-        assert!(err.contains("connection"), "{err}");
-        let _: PathBuf = m1.store.staging_dir();
-    }
+        from: from.to_string(),
+        deadline: Deadline::after(HANDSHAKE_TIMEOUT),
+    };
+    let bounded = BoundedTcp::new(tcp, settings.spray.io_timeout, peer.deadline.clone());
+    let stream = acceptor(&settings.tls)?
+        .accept(bounded)
+        .map_err(|e| anyhow::anyhow!("TLS handshake refused: {e}"))?;
+    drop(handshake);
+    let sender = peer_name(&stream)?;
+    let Some(_session) = Slot::take(sessions, MAX_SESSIONS) else {
+        anyhow::bail!("{MAX_SESSIONS} sessions already: {sender} turned away");
+    };
+    let peer = PeerSender {
+        authenticated: Some(sender.clone()),
+        ..peer
+    };
+    let mut conn = Conn::new(TlsStream(stream), false);
+    let stats = serve(settings, store, &mut conn, Sender::Peer(&peer))
+        .with_context(|| format!("serving {sender}"))?;
+    tracing::debug!(
+        sender = %sender,
+        sets = stats.committed.len(),
+        bytes = stats.data_bytes,
+        "session done"
+    );
+    Ok(())
 }

@@ -2,8 +2,8 @@
 //! newest set of each origin, the sets that failed, the targets that are behind. One summary
 //! that `status` prints and `metrics` exposes; computing it does no I/O.
 
-use crate::spray::TargetState;
 use crate::store::StoredSet;
+use crate::store::TargetState;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -89,7 +89,7 @@ impl Coverage {
 pub struct StoreView {
     pub listing: crate::store::Listing,
     pub targets: BTreeMap<String, TargetState>,
-    pub runs: crate::runs::Runs,
+    pub runs: crate::store::Runs,
 }
 
 impl StoreView {
@@ -97,8 +97,8 @@ impl StoreView {
         Ok(match crate::store::Store::existing(root) {
             Some(store) => StoreView {
                 listing: store.list()?,
-                targets: crate::spray::read_state(&store),
-                runs: crate::runs::read(&store),
+                targets: store.spray_state(),
+                runs: store.runs(),
             },
             None => StoreView::default(),
         })
@@ -178,18 +178,29 @@ pub fn summarize<'a>(
     }
 }
 
+/// What `status` concludes, worst first: the CLI maps it to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The newest set of an origin is damaged or failed its last verification.
+    Failed,
+    /// No verified set, or the newest is older than `status.max_age`.
+    Stale,
+    /// Fresh, but a target's last run failed.
+    Behind,
+    Ok,
+}
+
 impl Summary<'_> {
-    /// `status`'s exit code: a failed newest set first, then staleness, then a target behind.
-    pub fn exit_code(&self) -> u8 {
-        use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_STALE};
+    /// A failed newest set first, then staleness, then a target behind.
+    pub fn health(&self) -> Health {
         if !self.failed.is_empty() {
-            EXIT_FAILED
+            Health::Failed
         } else if !self.fresh {
-            EXIT_STALE
+            Health::Stale
         } else if !self.behind.is_empty() {
-            EXIT_PARTIAL
+            Health::Behind
         } else {
-            EXIT_OK
+            Health::Ok
         }
     }
 }
@@ -310,32 +321,32 @@ mod tests {
     }
 
     #[test]
-    fn summaries_and_exit_codes() {
-        use crate::cli::{EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_STALE};
+    fn summaries_and_health() {
+        use Health::{Behind, Failed, Ok as Fine, Stale};
         let ok_target: BTreeMap<String, TargetState> = [("ssh:m1".into(), state(None))].into();
         let behind: BTreeMap<String, TargetState> = [
             ("ssh:m1".into(), state(None)),
             ("ssh:m2".into(), state(Some("refused"))),
         ]
         .into();
-        // (sets, targets, now in minutes, expected newest id, failed ids, exit code)
+        // (sets, targets, now in minutes, expected newest id, failed ids, health)
         type Case = (
             Vec<StoredSet>,
             BTreeMap<String, TargetState>,
             i64,
             Option<&'static str>,
             Vec<&'static str>,
-            u8,
+            Health,
         );
         let cases: Vec<Case> = vec![
-            (vec![], ok_target.clone(), 0, None, vec![], EXIT_STALE),
+            (vec![], ok_target.clone(), 0, None, vec![], Stale),
             (
                 vec![set("m0", 0, None)],
                 ok_target.clone(),
                 60,
                 Some("0-m0"),
                 vec![],
-                EXIT_OK,
+                Fine,
             ),
             // Exactly at the bound is still fresh; a minute over is stale.
             (
@@ -344,7 +355,7 @@ mod tests {
                 61,
                 Some("0-m0"),
                 vec![],
-                EXIT_STALE,
+                Stale,
             ),
             (
                 vec![set("m0", 0, None)],
@@ -352,7 +363,7 @@ mod tests {
                 10,
                 Some("0-m0"),
                 vec![],
-                EXIT_PARTIAL,
+                Behind,
             ),
             // The newest of an origin failed: exit 1 even though an older one is fresh.
             (
@@ -361,7 +372,7 @@ mod tests {
                 10,
                 Some("0-m0"),
                 vec!["5-m0"],
-                EXIT_FAILED,
+                Failed,
             ),
             // An older failed set is not the newest: no failure.
             (
@@ -370,7 +381,7 @@ mod tests {
                 10,
                 Some("5-m0"),
                 vec![],
-                EXIT_OK,
+                Fine,
             ),
             // The newest verified set of any origin counts (failover: m1 took over).
             (
@@ -379,7 +390,7 @@ mod tests {
                 120,
                 Some("90-m1"),
                 vec![],
-                EXIT_OK,
+                Fine,
             ),
             // A set dated past the skew (2099, or a forged date) counts for nothing: stale.
             (
@@ -388,7 +399,7 @@ mod tests {
                 120,
                 Some("0-m0"),
                 vec![],
-                EXIT_STALE,
+                Stale,
             ),
             // Within the skew: fresh.
             (
@@ -397,7 +408,7 @@ mod tests {
                 120,
                 Some("124-m0"),
                 vec![],
-                EXIT_OK,
+                Fine,
             ),
             // Input order does not matter.
             (
@@ -406,7 +417,7 @@ mod tests {
                 120,
                 Some("90-m1"),
                 vec![],
-                EXIT_OK,
+                Fine,
             ),
         ];
         for (i, (sets, targets, now, newest, failed, code)) in cases.iter().enumerate() {
@@ -414,7 +425,7 @@ mod tests {
             assert_eq!(summary.newest.map(|s| s.id()), *newest, "case {i}");
             let failed_ids: Vec<&str> = summary.failed.iter().map(|s| s.id()).collect();
             assert_eq!(&failed_ids, failed, "case {i}");
-            assert_eq!(summary.exit_code(), *code, "case {i}");
+            assert_eq!(summary.health(), *code, "case {i}");
         }
     }
 

@@ -3,7 +3,8 @@
 //! static-pod-resources tar.gz (decompresses, CRC valid, lists the expected directories).
 
 use crate::files::open_regular;
-use crate::hash::Sha256;
+use crate::hash::{Sha256, hex};
+use crate::store::{Store, StoredSet, Verification};
 use anyhow::{Context, Result, bail, ensure};
 use std::collections::BTreeSet;
 use std::io::{self, Read};
@@ -35,10 +36,6 @@ impl FileDigest {
     pub fn hex(&self) -> String {
         hex(&self.sha256)
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads exactly `len` bytes of `reader` into `hasher` (fails on a short file).
@@ -391,6 +388,79 @@ pub fn deep_check_against(
         );
     }
     Ok(figures)
+}
+
+/// Re-hashes one set from disk (and with `deep` walks its snapshot); `Err` says what is wrong.
+fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
+    // A failure recorded by an earlier verify is checked again, not repeated.
+    if let Some(problem) = &set.on_disk_problem {
+        bail!("{problem}");
+    }
+    for file in &set.manifest.files {
+        check_file_against(
+            &set.dir.join(&file.name),
+            file,
+            set.manifest.checks.etcd.as_ref(),
+            deep,
+        )?;
+    }
+    Ok(())
+}
+
+/// The `verify` command: under the store lock (prune must not remove a set under our feet),
+/// verifies the sets named by `ids` (every set and unreadable entry when empty), tells
+/// `checked` each id (or unreadable directory) and its outcome as it goes, and records the
+/// outcomes, which last: list, status, retention and spray see them until the next verify.
+/// Returns how many were bad.
+pub fn run(
+    settings: &crate::config::Settings,
+    ids: &[String],
+    deep: bool,
+    mut checked: impl FnMut(&str, &Result<()>),
+) -> Result<usize> {
+    let store = Store::open_existing(&settings.store.root)?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let mut bad = 0usize;
+    let mut recorded = Vec::new();
+    let mut report = |id: &str, set: Option<&StoredSet>, result: Result<()>| {
+        checked(id, &result);
+        let problem = result.err().map(|error| {
+            bad += 1;
+            format!("{error:#}")
+        });
+        if let Some(set) = set {
+            recorded.push((
+                set.manifest_sha256.clone(),
+                Verification {
+                    at: chrono::Utc::now(),
+                    deep,
+                    problem,
+                },
+            ));
+        }
+    };
+    if ids.is_empty() {
+        let listing = store.list()?;
+        for (dir, reason) in &listing.unreadable {
+            report(
+                &dir.display().to_string(),
+                None,
+                Err(anyhow::anyhow!("{reason}")),
+            );
+        }
+        for set in &listing.sets {
+            report(set.id(), Some(set), verify_set(set, deep));
+        }
+    } else {
+        for id in ids {
+            match store.get(id) {
+                Ok(set) => report(id, Some(&set), verify_set(&set, deep)),
+                Err(e) => report(id, None, Err(e)),
+            }
+        }
+    }
+    store.record_verifications(&recorded)?;
+    Ok(bad)
 }
 
 #[cfg(test)]

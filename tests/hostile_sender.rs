@@ -142,9 +142,9 @@ impl<'a> Forger<'a> {
     /// to be master-0; returns what the push said, and the receiver's exit code and log.
     fn push(&self, node: &Node) -> (Result<Vec<String>, String>, i32, String) {
         let store = etcd_backup::store::Store::open(&self.root()).unwrap();
-        let sets = etcd_backup::spray::open_sets(store.list().unwrap().sets);
+        let sets = etcd_backup::protocol::send::open_sets(store.list().unwrap().sets);
         let mut receiver = Receiver::start(node);
-        let pushed = etcd_backup::spray::push(receiver.conn(), "master-0", &sets)
+        let pushed = etcd_backup::protocol::send::push(receiver.conn(), "master-0", &sets)
             .map(|stats| stats.sent)
             .map_err(|e| format!("{e:#}"));
         let (code, log) = receiver.finish();

@@ -13,9 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let store = Store::open(&dir.path().join("store")).unwrap();
     let settings = Settings::from_sources("fuzz-receiver".into(), &[]).unwrap();
     let mut conn = Conn::new(Duplex::new(data, std::io::sink()), true);
-    let peer = etcd_backup::receive::PeerSender::default();
-    let sender = etcd_backup::receive::Sender::Peer(&peer);
-    if etcd_backup::receive::serve(&settings, &store, &mut conn, sender).is_ok() {
+    let peer = etcd_backup::protocol::serve::PeerSender::default();
+    let sender = etcd_backup::protocol::serve::Sender::Peer(&peer);
+    if etcd_backup::protocol::serve::serve(&settings, &store, &mut conn, sender).is_ok() {
         for set in store.list().unwrap().sets {
             assert!(
                 set.problem.is_none(),

@@ -12,6 +12,7 @@ pub use targets::{
     TargetConfig,
 };
 
+use crate::manifest::is_node_name;
 use crate::retention::Policy;
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 use serde::Deserialize;
@@ -909,18 +910,6 @@ impl SprayFragment {
 /// A string as a TOML value.
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
-}
-
-/// A Kubernetes node name: a DNS subdomain (RFC 1123), case-insensitive here.
-pub fn is_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.'])
-        && !name.contains("..")
 }
 
 /// `NODE_NAME` when set and not empty, else the hostname.

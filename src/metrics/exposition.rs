@@ -5,8 +5,8 @@
 //! after it was written, so an age computed at writing time would freeze. The one age given
 //! (`etcd_backup_newest_set_age_seconds`) is as of `etcd_backup_metrics_generated_timestamp_seconds`.
 
-use crate::runs::{KINDS, Runs};
 use crate::status::Summary;
+use crate::store::{KINDS, Runs};
 use chrono::{DateTime, Utc};
 use std::fmt::Write;
 

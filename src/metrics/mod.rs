@@ -29,7 +29,7 @@ pub fn gather(settings: &Settings) -> Result<String> {
 /// a temporary name the collector ignores, fsync, rename. 0644: the metrics hold no secret,
 /// and node_exporter often runs as another user.
 pub fn write_textfile(dir: &Path, text: &str) -> Result<()> {
-    crate::store::write_atomic_mode(dir, TEXTFILE_NAME, text.as_bytes(), 0o644)
+    crate::files::write_atomic_mode(dir, TEXTFILE_NAME, text.as_bytes(), 0o644)
         .context("metrics textfile")
 }
 

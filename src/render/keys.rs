@@ -8,7 +8,7 @@ use std::path::Path;
 pub fn generate_keypair() -> Result<(String, String)> {
     let dir = std::env::temp_dir().join(format!("etcd-backup-render-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    crate::store::ensure_private_dir(&dir)?;
+    crate::files::ensure_private_dir(&dir)?;
     let key = dir.join("spray_key");
     let result = (|| {
         let out = std::process::Command::new("ssh-keygen")

@@ -10,11 +10,13 @@ mod keys;
 mod machineconfig;
 pub mod payload;
 mod policy;
+mod request;
 
 pub use keys::{generate_keypair, public_key_of};
 pub use machineconfig::machineconfig;
 pub use payload::{Delivery, Inputs, S3_CREDENTIALS_PATH, check_s3_credentials};
 pub use policy::node_disruption_policy;
+pub use request::{Rendered, Request, machineconfig_from};
 
 use std::fmt::Write as _;
 use std::io::Write as _;

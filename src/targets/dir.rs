@@ -3,7 +3,7 @@
 
 use super::{Target, push_over};
 use crate::config::{DirTarget, Settings};
-use crate::spray::{OpenSet, PushStats};
+use crate::protocol::send::{OpenSet, PushStats};
 use anyhow::{Context, Result, bail};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,11 +35,11 @@ impl Target for DirStore {
             let mut receiving = crate::protocol::Conn::new(receiving, false);
             let (target_settings, store) = (&target_settings, &store);
             let server = scope.spawn(move || {
-                crate::receive::serve(
+                crate::protocol::serve::serve(
                     target_settings,
                     store,
                     &mut receiving,
-                    crate::receive::Sender::Own,
+                    crate::protocol::serve::Sender::Own,
                 )
             });
             // The sending end is dropped when push_over returns: the receiver sees EOF.

@@ -10,8 +10,8 @@ pub mod ssh;
 pub mod tls;
 
 use crate::config::{Settings, TargetConfig};
+use crate::protocol::send::{OpenSet, PushStats};
 use crate::protocol::{Conn, Stream};
-use crate::spray::{OpenSet, PushStats};
 use anyhow::Result;
 
 /// One place a run sprays to.
@@ -39,7 +39,7 @@ fn push_over<S: Stream>(
     sets: &[OpenSet],
 ) -> Result<(PushStats, S)> {
     let mut conn = Conn::new(stream, compress);
-    let stats = crate::spray::push(&mut conn, sender, sets)?;
+    let stats = crate::protocol::send::push(&mut conn, sender, sets)?;
     Ok((stats, conn.into_inner()))
 }
 

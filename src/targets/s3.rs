@@ -8,10 +8,10 @@ use super::Target;
 use crate::config::{Carried, S3Target, Settings};
 use crate::logging::message_id;
 use crate::manifest::{FileEntry, Manifest};
+use crate::protocol::send::{OpenSet, PushStats};
 use crate::protocol::{HeldSet, Offer};
 use crate::s3::layout::{self, MANIFEST, RemoteSet};
 use crate::s3::{Client, base64};
-use crate::spray::{OpenSet, PushStats};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -91,7 +91,7 @@ pub fn read_remote(client: &mut Client, t: &S3Target) -> Result<Remote> {
         let bytes = client.get_small(&layout::key(&t.prefix, id, MANIFEST), MAX_MANIFEST_BYTES)?;
         match Manifest::parse(&bytes) {
             Ok(m) if &m.id == id => {
-                let digest = crate::verify::hex(&crate::hash::Sha256::digest(&bytes));
+                let digest = crate::manifest::digest(&bytes);
                 manifests.insert(id.clone(), (m, digest));
             }
             Ok(m) => {
@@ -273,7 +273,7 @@ fn upload_set(
     }
     // Last: with the manifest there, the set exists on the target.
     let key = layout::key(&t.prefix, set.id(), MANIFEST);
-    let digest = crate::verify::hex(&crate::hash::Sha256::digest(set.manifest_json.as_bytes()));
+    let digest = crate::manifest::digest(set.manifest_json.as_bytes());
     let response = client.put(
         &key,
         set.manifest_json.as_bytes(),
@@ -311,7 +311,7 @@ fn upload_file(
     if parts.len() == 1 {
         read(buf, 0, entry.size)?;
         let digest = crate::hash::Sha256::digest(buf);
-        if crate::verify::hex(&digest) != entry.sha256 {
+        if crate::hash::hex(&digest) != entry.sha256 {
             return Err(mismatch());
         }
         let response = client.put(key, buf, &headers)?;
@@ -352,7 +352,7 @@ fn upload_file(
         whole,
         sent,
     } = upload_parts(client, key, &upload_id, &parts, &held, senders, read)?;
-    if crate::verify::hex(&whole) != entry.sha256 {
+    if crate::hash::hex(&whole) != entry.sha256 {
         client.abort(key, &upload_id)?;
         return Err(mismatch());
     }
@@ -495,7 +495,7 @@ fn part_matches(held: &crate::s3::xml::Part, sha256_b64: &str, bytes: &[u8]) -> 
     match held.checksum_sha256.as_deref() {
         Some(listed) => listed == sha256_b64,
         None => openssl::hash::hash(openssl::hash::MessageDigest::md5(), bytes)
-            .is_ok_and(|md5| held.etag.trim_matches('"') == crate::verify::hex(&md5)),
+            .is_ok_and(|md5| held.etag.trim_matches('"') == crate::hash::hex(&md5)),
     }
 }
 

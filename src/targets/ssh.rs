@@ -4,7 +4,7 @@
 
 use super::{Target, push_over};
 use crate::config::{PeerAddr, Settings};
-use crate::spray::{OpenSet, PushStats};
+use crate::protocol::send::{OpenSet, PushStats};
 use anyhow::{Context, Result, bail};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +28,7 @@ impl Target for SshPeer {
     }
 
     fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats> {
-        let stream = crate::ssh::connect(&self.addr, &settings.spray)?;
+        let stream = crate::transport::ssh::connect(&self.addr, &settings.spray)?;
         let (stats, mut stream) =
             push_over(stream, settings.spray.compress, &settings.node_name, sets)?;
         let status = stream.finish().context("closing the channel")?;

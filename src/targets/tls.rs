@@ -4,7 +4,7 @@
 
 use super::{Target, push_over};
 use crate::config::{PeerAddr, Settings};
-use crate::spray::{OpenSet, PushStats};
+use crate::protocol::send::{OpenSet, PushStats};
 use anyhow::Result;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +28,8 @@ impl Target for TlsPeer {
     }
 
     fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats> {
-        let stream = crate::tls::connect(&self.name, &self.addr, &settings.spray, &settings.tls)?;
+        let stream =
+            crate::transport::tls::connect(&self.name, &self.addr, &settings.spray, &settings.tls)?;
         let (stats, mut stream) =
             push_over(stream, settings.spray.compress, &settings.node_name, sets)?;
         // A clean close, so that the receiver's last read is an end and not a reset.

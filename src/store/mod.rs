@@ -6,15 +6,14 @@
 //! last) is renamed into `sets/`; a set is deleted by renaming it out of `sets/` first; files are
 //! 0600 and directories 0700; names in `sets/` that are not set ids are never touched.
 
+use crate::files::{DIR_MODE, FILE_MODE, ensure_private_dir, fsync_dir, write_atomic};
 use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest, parse_set_id};
 use crate::retention::SetInfo;
 use anyhow::{Context, Result, bail, ensure};
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{self, File};
-use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 pub const SETS_DIR: &str = "sets";
 pub const STAGING_DIR: &str = ".staging";
@@ -24,18 +23,13 @@ pub const RECEIVE_LOCK_FILE: &str = ".receive.lock";
 pub const SPRAY_LOCK_FILE: &str = ".spray.lock";
 /// Staging dirs of incoming sets: `recv-<set-id>`, kept across cut transfers to resume them.
 pub const RECEIVE_STAGING_PREFIX: &str = "recv-";
-pub const DIR_MODE: u32 = 0o700;
-pub const FILE_MODE: u32 = 0o600;
-const LOCK_POLL: Duration = Duration::from_millis(100);
+mod lock;
+mod state;
 
-/// Another run holds the store lock; the CLI maps this to its own exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("store '{root}' is busy: {holder} holds its lock (waited {waited_secs}s)")]
-pub struct BusyError {
-    pub root: PathBuf,
-    pub holder: String,
-    pub waited_secs: u64,
-}
+pub use lock::{BusyError, StoreLock};
+pub use state::{
+    KINDS, RUNS_FILE, Run, Runs, SPRAY_STATE_FILE, TargetState, VERIFY_STATE_FILE, Verification,
+};
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -59,19 +53,6 @@ pub struct StoredSet {
     /// The last `verify` of this manifest, if any.
     pub last_verification: Option<Verification>,
 }
-
-/// One `verify` of one set: kept in the store (not in the set's directory, which holds exactly
-/// the set's files), keyed by the sha256 of the manifest it checked.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Verification {
-    pub at: chrono::DateTime<chrono::Utc>,
-    /// `verify --deep`: the bbolt walk too.
-    pub deep: bool,
-    /// What was wrong; `None`: it verified.
-    pub problem: Option<String>,
-}
-
-pub const VERIFY_STATE_FILE: &str = "verify-state.json";
 
 impl StoredSet {
     pub fn id(&self) -> &str {
@@ -105,74 +86,6 @@ pub struct Listing {
     pub sets: Vec<StoredSet>,
     /// Entries named like sets whose manifest cannot be read: `(dir, reason)`. Never deleted.
     pub unreadable: Vec<(PathBuf, String)>,
-}
-
-/// Holds the store lock until dropped.
-#[derive(Debug)]
-pub struct StoreLock {
-    _lock: Flock<File>,
-}
-
-/// Creates `path` as a 0700 directory, or checks an existing one is a real directory and makes
-/// it 0700.
-pub fn ensure_private_dir(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            if meta.permissions().mode() & 0o777 != DIR_MODE {
-                fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
-                    .with_context(|| format!("cannot chmod 0700 '{}'", path.display()))?;
-            }
-            Ok(())
-        }
-        Ok(_) => bail!("'{}' exists and is not a directory", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            match fs::DirBuilder::new().mode(DIR_MODE).create(path) {
-                Ok(()) => Ok(()),
-                // Another run (two first runs at once) made it since: check what it made.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ensure_private_dir(path),
-                Err(e) => {
-                    Err(e).with_context(|| format!("cannot create directory '{}'", path.display()))
-                }
-            }
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot stat '{}'", path.display())),
-    }
-}
-
-pub fn fsync_dir(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|dir| dir.sync_all())
-        .with_context(|| format!("cannot fsync directory '{}'", path.display()))
-}
-
-/// Writes `bytes` to `dir/name` (0600) through a temporary file, fsync and rename.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    write_atomic_mode(dir, name, bytes, FILE_MODE)
-}
-
-/// `write_atomic` with another mode, set as given whatever the umask (the units run with
-/// `UMask=0077`).
-pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
-    let target = dir.join(name);
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&temp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, &target)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(e).with_context(|| format!("cannot write '{}'", target.display()));
-    }
-    fsync_dir(dir)
 }
 
 impl Store {
@@ -217,6 +130,18 @@ impl Store {
         })
     }
 
+    /// Opens the store at `root` for a read-only command, which does not create a store that
+    /// is not there.
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join(SETS_DIR).is_dir() {
+            bail!(
+                "no store at '{}' (no backup has been taken there yet)",
+                root.display()
+            );
+        }
+        Store::open(root)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -229,104 +154,8 @@ impl Store {
         self.root.join(STAGING_DIR)
     }
 
-    /// Takes the store lock, waiting up to `wait` for another run to release it.
-    pub fn lock(&self, wait: Duration) -> Result<StoreLock> {
-        self.lock_named(LOCK_FILE, wait)
-    }
-
-    /// Takes the lock file `name` in the store root (`.lock` for the store itself,
-    /// `.receive.lock` for one receiver at a time).
-    pub fn lock_named(&self, name: &str, wait: Duration) -> Result<StoreLock> {
-        let path = self.root.join(name);
-        let start = Instant::now();
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file '{}'", path.display()))?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(mut lock) => {
-                    // Who holds it, for the message another run prints while it waits.
-                    let me = format!(
-                        "etcd-backup pid {} ({})",
-                        std::process::id(),
-                        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-                    );
-                    let _ = lock
-                        .set_len(0)
-                        .and_then(|()| lock.rewind())
-                        .and_then(|()| lock.write_all(me.as_bytes()));
-                    return Ok(StoreLock { _lock: lock });
-                }
-                Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
-                    file = returned;
-                    if start.elapsed() >= wait {
-                        let mut read_holder = || {
-                            let mut holder = String::new();
-                            let _ = file
-                                .rewind()
-                                .and_then(|()| file.read_to_string(&mut holder));
-                            holder
-                        };
-                        let mut holder = read_holder();
-                        if holder.trim().is_empty() {
-                            // The holder writes its name right after it takes the lock: a run
-                            // that gives up at once may look in between.
-                            std::thread::sleep(LOCK_POLL);
-                            holder = read_holder();
-                        }
-                        return Err(BusyError {
-                            root: self.root.clone(),
-                            holder: if holder.trim().is_empty() {
-                                "another process".into()
-                            } else {
-                                holder.trim().to_string()
-                            },
-                            waited_secs: start.elapsed().as_secs(),
-                        }
-                        .into());
-                    }
-                    std::thread::sleep(LOCK_POLL);
-                }
-                Err((_, errno)) => {
-                    bail!("cannot lock '{}': {errno}", path.display());
-                }
-            }
-        }
-    }
-
     /// All sets, oldest first; entries that are not set ids are ignored and left alone.
-    /// The last verification of each manifest (by its sha256).
-    pub fn verifications(&self) -> std::collections::BTreeMap<String, Verification> {
-        crate::files::read_state(&self.root.join(VERIFY_STATE_FILE)).unwrap_or_default()
-    }
-
-    /// Records verification results (by manifest sha256); records of manifests no longer in
-    /// the store are dropped. The caller holds the store lock.
-    pub fn record_verifications(&self, results: &[(String, Verification)]) -> Result<()> {
-        let present: std::collections::BTreeSet<String> = self
-            .list()?
-            .sets
-            .into_iter()
-            .map(|s| s.manifest_sha256)
-            .collect();
-        let mut state = self.verifications();
-        state.retain(|sha, _| present.contains(sha));
-        for (sha, verification) in results {
-            state.insert(sha.clone(), verification.clone());
-        }
-        write_atomic(
-            &self.root,
-            VERIFY_STATE_FILE,
-            &serde_json::to_vec_pretty(&state)?,
-        )
-    }
-
+    /// All sets, oldest first; entries that are not set ids are ignored and left alone.
     pub fn list(&self) -> Result<Listing> {
         let sets_dir = self.sets_dir();
         let mut listing = Listing::default();
@@ -389,7 +218,7 @@ impl Store {
             manifest.id
         );
         let problem = Self::structural_problem(&dir, &manifest);
-        let manifest_sha256 = crate::verify::hex(&crate::hash::Sha256::digest(&bytes));
+        let manifest_sha256 = crate::manifest::digest(&bytes);
         // Valid JSON that serde_json parsed is UTF-8 (non-ASCII can only sit in strings).
         let manifest_json = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("manifest '{}' is not UTF-8", manifest_path.display()))?;

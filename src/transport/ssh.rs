@@ -121,7 +121,7 @@ fn session_error(session: &Session, what: &str, error: ssh2::Error) -> anyhow::E
 /// Connects to `peer`, checks its host key, authenticates and starts the remote command.
 pub fn connect(peer: &PeerAddr, settings: &SpraySettings) -> Result<SshStream> {
     check_key_permissions(&settings.identity)?;
-    let socket = crate::tcp::connect(peer, settings)?;
+    let socket = crate::transport::tcp::connect(peer, settings)?;
     let io_ms = settings.io_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
     let result = open_channel(peer, settings, &socket, io_ms);
     if result.is_err() {

@@ -124,8 +124,8 @@ pub fn connect(
     tls: &TlsSettings,
 ) -> Result<TlsStream> {
     let connector = connector(tls)?;
-    let tcp = crate::tcp::connect(addr, spray)?;
-    crate::tcp::bound(&tcp, spray.io_timeout)?;
+    let tcp = crate::transport::tcp::connect(addr, spray)?;
+    crate::transport::tcp::bound(&tcp, spray.io_timeout)?;
     let stream = connector.connect(name, tcp).map_err(|e| {
         anyhow::anyhow!(
             "TLS handshake with {addr} failed (its certificate must be signed by '{}' and name '{name}'): {e}",
@@ -133,6 +133,27 @@ pub fn connect(
         )
     })?;
     Ok(TlsStream(stream))
+}
+
+/// `tls-issue`: issues this node's certificate from the CA files and writes `tls.key` (0600),
+/// `tls.crt` and `ca.crt` into `out` (0700). Returns the certificate's path.
+pub fn issue_into(
+    ca_cert: &std::path::Path,
+    ca_key: &std::path::Path,
+    name: &str,
+    out: &std::path::Path,
+    days: u32,
+) -> Result<std::path::PathBuf> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))
+    };
+    let (ca_pem, key_pem) = (read(ca_cert)?, read(ca_key)?);
+    let (cert, key) = issue(&ca_pem, &key_pem, name, days)?;
+    crate::files::ensure_private_dir(out)?;
+    crate::files::write_atomic(out, "tls.key", &key)?;
+    crate::files::write_atomic(out, "tls.crt", &cert)?;
+    crate::files::write_atomic(out, "ca.crt", &ca_pem)?;
+    Ok(out.join("tls.crt"))
 }
 
 /// Issues a certificate for node `name` (DNS SAN, server and client use), signed by the CA,
@@ -154,7 +175,7 @@ pub fn issue(
         BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
     };
     use openssl::x509::{X509, X509NameBuilder};
-    if !crate::config::is_node_name(name) {
+    if !crate::manifest::is_node_name(name) {
         bail!("'{name}' is not a node name");
     }
     let ca = X509::from_pem(ca_cert_pem).context("the CA certificate is not PEM")?;

@@ -1,0 +1,281 @@
+//! Command line: parse, set up logging, dispatch, print the error chain, map it to an exit code.
+//! One file per group of commands; each parses and prints, and calls the flow that does the
+//! work (`crate::backup::run`, `crate::spray::run` …).
+
+mod backup;
+mod receive;
+mod render;
+mod sets;
+mod spray;
+mod status;
+
+use crate::config::{ConfigError, DEFAULT_CONFIG_PATH, Settings};
+use crate::logging;
+use crate::store::{BusyError, Store};
+use anyhow::Result;
+use backup::{cmd_backup, cmd_prune};
+use clap::{Parser, Subcommand};
+use receive::{cmd_receive, cmd_tls_issue};
+use render::{RenderCmd, cmd_render};
+use sets::{cmd_fetch, cmd_list, cmd_stage, cmd_verify};
+use spray::cmd_spray;
+use status::{cmd_metrics, cmd_status};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_CONFIG: u8 = 3;
+pub const EXIT_PARTIAL: u8 = 4;
+pub const EXIT_BUSY: u8 = 5;
+pub const EXIT_STALE: u8 = 6;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failed (backup failed, a set is bad, an I/O error)
+  2  usage error
+  3  configuration error (the message names file:line:column)
+  4  partially failed: some spray targets failed (spray), or status found a target behind
+  5  busy: another etcd-backup run holds the store lock
+  6  stale: status found no set, or the newest is older than status.max_age";
+
+#[derive(Debug, Parser)]
+#[command(name = "etcd-backup", version = crate::VERSION, about = "Scheduled, verified, rotated etcd backups for OpenShift masters", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Config file; drop-ins are read from config.d/*.toml beside it [default: /etc/etcd-backup/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More log detail (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the backup command, verify its files, commit a set, then prune
+    Backup,
+    /// Apply the retention policy to the store
+    Prune {
+        /// Print every set with the rule that keeps it or why it goes; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the sets in the store
+    List {
+        /// A JSON array of sets
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash sets from disk against their manifests (all sets when none is named)
+    Verify {
+        /// Also walk each snapshot's bbolt structure and compare etcd's figures with the manifest
+        #[arg(long)]
+        deep: bool,
+        #[arg(value_name = "SET-ID")]
+        ids: Vec<String>,
+    },
+    /// Copy a set from another store (a directory target, an NFS export) into this one, checked
+    Fetch {
+        /// Where from: a store directory, or a configured target (its id, or a bucket name)
+        /// [default: every configured target, each file from the first that holds it]
+        #[arg(long, value_name = "DIR|TARGET")]
+        from: Option<String>,
+        #[arg(value_name = "SET-ID")]
+        id: String,
+    },
+    /// Copy a set's two files, checked, into DIR for cluster-restore.sh; print the command to run
+    Stage {
+        #[arg(value_name = "SET-ID")]
+        id: String,
+        /// A new or empty directory (created 0700)
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The newest set and its age; non-zero when none or older than status.max_age
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push sets to every peer and directory target; exit 4 when some targets failed
+    Spray,
+    /// What status knows, and the last runs, in the Prometheus text format (stdout by default)
+    Metrics {
+        /// Write DIR/etcd-backup.prom atomically, for node_exporter's textfile collector
+        #[arg(long, value_name = "DIR", conflicts_with = "listen")]
+        textfile: Option<PathBuf>,
+        /// Serve GET /metrics over HTTP on ADDR (e.g. 0.0.0.0:9477), computed at each scrape
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Check the configuration and print the effective result
+    CheckConfig,
+    /// Print the objects that install etcd-backup on OpenShift
+    Render {
+        #[command(subcommand)]
+        what: RenderCmd,
+    },
+    /// Serve one sender on stdin/stdout (the SSH forced command on peers), or with --listen
+    /// every sender over mutual TLS (Pod Mode's receivers)
+    #[command(hide = true)]
+    Receive {
+        /// Accept mutual-TLS connections on ADDR (e.g. [::]:9443) with the [tls] certificates
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Issue this node's TLS certificate from the CA (what a Pod Mode pod runs at start)
+    #[command(hide = true)]
+    TlsIssue {
+        /// The CA certificate (PEM)
+        #[arg(long, value_name = "FILE")]
+        ca_cert: PathBuf,
+        /// The CA key (PEM)
+        #[arg(long, value_name = "FILE")]
+        ca_key: PathBuf,
+        /// The node name the certificate carries [default: NODE_NAME, else the hostname]
+        #[arg(long)]
+        name: Option<String>,
+        /// Where tls.crt, tls.key (0600) and ca.crt go
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+/// What `main` calls.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The receiver's stderr goes back over SSH and is dropped: its journal is the audit trail.
+    let journal = logging::init(
+        cli.verbose,
+        matches!(cli.command, Cmd::Receive { listen: None }),
+    );
+    match run(cli, journal) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => ExitCode::from(report(&error, journal, None)),
+    }
+}
+
+/// Reports an error once: as one journal entry (with `message_id` when given) under systemd or
+/// one JSON line with ETCD_BACKUP_LOG_FORMAT=json, as `error: …` then ` -> cause` lines on
+/// stderr otherwise. Returns the exit code for it.
+pub(crate) fn report(error: &anyhow::Error, journal: bool, message_id: Option<&str>) -> u8 {
+    let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
+    if journal || logging::json() {
+        match message_id {
+            Some(id) => tracing::error!(message_id = id, "{}", chain.join(": ")),
+            None => tracing::error!("{}", chain.join(": ")),
+        }
+    } else {
+        eprintln!("error: {}", chain[0]);
+        for cause in &chain[1..] {
+            eprintln!(" -> {cause}");
+        }
+    }
+    exit_code_for(error)
+}
+
+fn exit_code_for(error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<ConfigError>().is_some() {
+        EXIT_CONFIG
+    } else if error.downcast_ref::<BusyError>().is_some() {
+        EXIT_BUSY
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings> {
+    let (path, required) = match &cli.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    Ok(Settings::load(&path, required)?)
+}
+
+fn run(cli: Cli, journal: bool) -> Result<u8> {
+    // Rendering happens on an admin's machine: etcd-backup's own config is not needed there.
+    if let Cmd::Render { what } = &cli.command {
+        return cmd_render(what);
+    }
+    let settings = load_settings(&cli)?;
+    match cli.command {
+        Cmd::CheckConfig => {
+            print!("{}", settings.to_toml());
+            Ok(EXIT_OK)
+        }
+        Cmd::Backup => Ok(recorded(&settings, "backup", || {
+            Ok(cmd_backup(&settings, journal))
+        })?),
+        Cmd::Prune { dry_run } => cmd_prune(&settings, dry_run),
+        Cmd::List { json } => cmd_list(&settings, json),
+        Cmd::Verify { deep, ids } => {
+            recorded(&settings, "verify", || cmd_verify(&settings, &ids, deep))
+        }
+        Cmd::Status { json } => cmd_status(&settings, json),
+        Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),
+        Cmd::Fetch { from, id } => cmd_fetch(&settings, from.as_deref(), &id),
+        Cmd::Spray => recorded(&settings, "spray", || cmd_spray(&settings)),
+        Cmd::Metrics { textfile, listen } => {
+            cmd_metrics(&settings, textfile.as_deref(), listen.as_deref())
+        }
+        Cmd::Receive { listen } => cmd_receive(&settings, listen.as_deref()),
+        Cmd::TlsIssue {
+            ca_cert,
+            ca_key,
+            name,
+            out,
+            days,
+        } => cmd_tls_issue(&settings, &ca_cert, &ca_key, name.as_deref(), &out, days),
+        Cmd::Render { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Runs a backup, spray or verify, records its outcome and duration in the store (for
+/// `metrics`), then refreshes the metrics textfile. Recording never changes the outcome.
+fn recorded(settings: &Settings, kind: &str, run: impl FnOnce() -> Result<u8>) -> Result<u8> {
+    let start = chrono::Utc::now();
+    let clock = std::time::Instant::now();
+    let result = run();
+    let ok = matches!(result, Ok(EXIT_OK));
+    if let Some(store) = Store::existing(&settings.store.root)
+        && let Err(error) = store.record_run(kind, start, clock.elapsed(), ok)
+    {
+        tracing::warn!("the {kind} run was not recorded: {error:#}");
+    }
+    crate::metrics::refresh(settings);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_documented() {
+        let codes = [
+            EXIT_OK,
+            EXIT_FAILED,
+            EXIT_USAGE,
+            EXIT_CONFIG,
+            EXIT_PARTIAL,
+            EXIT_BUSY,
+            EXIT_STALE,
+        ];
+        let unique: std::collections::BTreeSet<_> = codes.iter().collect();
+        assert_eq!(unique.len(), codes.len());
+        for code in codes {
+            assert!(EXIT_CODES_HELP.contains(&format!("  {code}  ")), "{code}");
+        }
+    }
+}

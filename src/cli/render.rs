@@ -1,0 +1,77 @@
+//! `render`: the objects that install etcd-backup on OpenShift, printed to stdout.
+
+use super::EXIT_OK;
+use crate::render;
+use anyhow::Result;
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum RenderCmd {
+    /// A MachineConfig for the master pool: config, spray key, units, core's key, and the binary
+    /// (installed from a pinned image by default)
+    Machineconfig(Box<MachineconfigArgs>),
+    /// The OpenShift 4.17+ node disruption policy: timer restarts instead of reboots
+    NodeDisruptionPolicy,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("delivery").required(true).args(["image", "embed_binary"])))]
+pub struct MachineconfigArgs {
+    /// The config.toml every master gets (validated; must not set node.name)
+    #[arg(long, value_name = "FILE")]
+    node_config: PathBuf,
+    /// The image the masters install the binary from, pinned by digest (a tag alone is refused)
+    #[arg(long, value_name = "REF@sha256:DIGEST", value_parser = render::image::parse_pinned)]
+    image: Option<render::image::PinnedImage>,
+    /// The sha256 the installed binary must have [default: the sha256 of --binary]
+    #[arg(long, value_name = "HEX", conflicts_with_all = ["binary", "embed_binary"])]
+    binary_sha256: Option<String>,
+    /// The binary the image was built from (--image), or to embed [default: this one]
+    #[arg(long, value_name = "FILE")]
+    binary: Option<PathBuf>,
+    /// Carry the binary inside the MachineConfig instead of an image (over 1 MiB: see README)
+    #[arg(long)]
+    embed_binary: bool,
+    /// With --embed-binary: render even when the MachineConfig is over 1.2 MiB
+    #[arg(long, conflicts_with = "image")]
+    force: bool,
+    /// The spray private key (ECDSA P-256 recommended) [default: generate a fresh one]
+    #[arg(long, value_name = "FILE")]
+    spray_key: Option<PathBuf>,
+    /// The peers' host keys; without it the config pins them on first contact (accept-new)
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+    /// An AWS shared-credentials file (0600) for the S3 targets whose credentials are
+    /// /etc/etcd-backup/s3-credentials, a profile per target
+    #[arg(long, value_name = "FILE")]
+    s3_credentials: Option<PathBuf>,
+    #[arg(long, default_value = "99-master-etcd-backup")]
+    name: String,
+}
+
+pub fn cmd_render(what: &RenderCmd) -> Result<u8> {
+    let RenderCmd::Machineconfig(args) = what else {
+        print!("{}", render::node_disruption_policy());
+        return Ok(EXIT_OK);
+    };
+    let args = &**args;
+    let rendered = render::machineconfig_from(&render::Request {
+        node_config: args.node_config.clone(),
+        image: args.image.clone(),
+        binary_sha256: args.binary_sha256.clone(),
+        binary: args.binary.clone(),
+        embed_binary: args.embed_binary,
+        force: args.force,
+        spray_key: args.spray_key.clone(),
+        known_hosts: args.known_hosts.clone(),
+        s3_credentials: args.s3_credentials.clone(),
+        name: args.name.clone(),
+    })?;
+    eprintln!("{}", rendered.summary);
+    if let Some(warning) = &rendered.over_budget {
+        tracing::warn!(bytes = rendered.yaml.len(), "{warning}");
+    }
+    print!("{}", rendered.yaml);
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,115 @@
+//! The commands over sets: `list`, `verify`, `fetch` and `stage`.
+
+use super::{EXIT_FAILED, EXIT_OK};
+use crate::config::Settings;
+use crate::store::Store;
+use crate::units::human_size;
+use anyhow::Result;
+
+pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
+    let store = Store::open_existing(&settings.store.root)?;
+    let listing = store.list()?;
+    for (dir, reason) in &listing.unreadable {
+        eprintln!("warning: unreadable set '{}': {reason}", dir.display());
+    }
+    if json {
+        let sets: Vec<serde_json::Value> = listing
+            .sets
+            .iter()
+            .map(|set| {
+                let m = &set.manifest;
+                serde_json::json!({
+                    "id": m.id,
+                    "origin": m.origin,
+                    "created": m.created,
+                    "size": m.total_size(),
+                    "dirty": m.dirty,
+                    "etcd": m.checks.etcd,
+                    "verified": set.problem.is_none(),
+                    "problem": set.problem,
+                    "last_verification": set.last_verification,
+                    "path": set.dir,
+                    "files": m.files,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&sets)?);
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<40} {:<20} {:<20} {:>9} {:<5} VERIFIED",
+        "ID", "ORIGIN", "CREATED", "SIZE", "DIRTY"
+    );
+    for set in &listing.sets {
+        let m = &set.manifest;
+        println!(
+            "{:<40} {:<20} {:<20} {:>9} {:<5} {}",
+            m.id,
+            m.origin,
+            m.created.format("%Y-%m-%d %H:%M:%SZ"),
+            human_size(m.total_size()),
+            if m.dirty { "yes" } else { "no" },
+            match &set.problem {
+                None => "yes".to_string(),
+                Some(problem) => format!("NO: {problem}"),
+            }
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
+    let bad = crate::verify::run(settings, ids, deep, |id, result| match result {
+        Ok(()) => println!("ok   {id}"),
+        Err(error) => println!("BAD  {id}: {error:#}"),
+    })?;
+    if bad > 0 {
+        eprintln!(
+            "error: {bad} bad set(s) in '{}'",
+            settings.store.root.display()
+        );
+        return Ok(EXIT_FAILED);
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn cmd_fetch(settings: &Settings, from: Option<&str>, id: &str) -> Result<u8> {
+    let (set, how, origins) = crate::fetch::run(settings, from, id)?;
+    let what = match how {
+        crate::fetch::Fetched::Committed => "fetched",
+        crate::fetch::Fetched::Repaired => "fetched, replacing a damaged copy,",
+        crate::fetch::Fetched::AlreadyHeld => "already held, sound:",
+    };
+    println!("{what} set {id} into '{}'", set.dir.display());
+    for origin in origins {
+        println!("  {origin}");
+    }
+    Ok(EXIT_OK)
+}
+
+pub fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result<u8> {
+    let set = crate::stage::run(settings, id, dir)?;
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let dir = dir.as_path();
+    let m = &set.manifest;
+    let revision = m
+        .checks
+        .etcd
+        .as_ref()
+        .map_or(String::new(), |e| format!(", etcd revision {}", e.revision));
+    println!(
+        "staged set {} (from {}, created {}{revision}) in {}:",
+        m.id,
+        m.origin,
+        m.created.format("%Y-%m-%d %H:%M:%SZ"),
+        dir.display()
+    );
+    for file in &m.files {
+        println!("  {}", dir.join(&file.name).display());
+    }
+    println!(
+        "next, on the recovery master (OpenShift's restore procedure):\n  sudo -E /usr/local/bin/cluster-restore.sh {}",
+        dir.display()
+    );
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,162 @@
+//! The store's records beside its sets, one JSON file each, all read and written here:
+//! `verify-state.json` (the last verification of each manifest), `spray-state.json` (each
+//! target's last result) and `runs.json` (the last backup, spray and verify runs).
+
+use super::Store;
+use crate::files::write_atomic;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One `verify` of one set: kept in the store (not in the set's directory, which holds exactly
+/// the set's files), keyed by the sha256 of the manifest it checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Verification {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `verify --deep`: the bbolt walk too.
+    pub deep: bool,
+    /// What was wrong; `None`: it verified.
+    pub problem: Option<String>,
+}
+
+pub const VERIFY_STATE_FILE: &str = "verify-state.json";
+
+impl Store {
+    /// The last verification of each manifest (by its sha256).
+    pub fn verifications(&self) -> BTreeMap<String, Verification> {
+        crate::files::read_state(&self.root.join(VERIFY_STATE_FILE)).unwrap_or_default()
+    }
+
+    /// Records verification results (by manifest sha256); records of manifests no longer in
+    /// the store are dropped. The caller holds the store lock.
+    pub fn record_verifications(&self, results: &[(String, Verification)]) -> Result<()> {
+        let present: std::collections::BTreeSet<String> = self
+            .list()?
+            .sets
+            .into_iter()
+            .map(|s| s.manifest_sha256)
+            .collect();
+        let mut state = self.verifications();
+        state.retain(|sha, _| present.contains(sha));
+        for (sha, verification) in results {
+            state.insert(sha.clone(), verification.clone());
+        }
+        write_atomic(
+            &self.root,
+            VERIFY_STATE_FILE,
+            &serde_json::to_vec_pretty(&state)?,
+        )
+    }
+}
+
+/// Last results per target (keyed by its stable id), kept in the store for `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetState {
+    /// How the target was described at its last run.
+    #[serde(default)]
+    pub name: String,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub sets_sent: usize,
+    pub bytes_sent: u64,
+    /// Of this node's sets, how many the target holds after its last successful run.
+    pub sets_held: usize,
+    /// Which of a set's files it carries (state files of older versions: all).
+    #[serde(default)]
+    pub carries: crate::config::Carried,
+}
+
+pub const SPRAY_STATE_FILE: &str = "spray-state.json";
+
+impl Store {
+    /// Each target's last result, by target id.
+    pub fn spray_state(&self) -> BTreeMap<String, TargetState> {
+        crate::files::read_state(&self.root.join(SPRAY_STATE_FILE)).unwrap_or_default()
+    }
+
+    pub fn write_spray_state(&self, state: &BTreeMap<String, TargetState>) -> Result<()> {
+        write_atomic(
+            &self.root,
+            SPRAY_STATE_FILE,
+            &serde_json::to_vec_pretty(state)?,
+        )
+    }
+
+    /// The record of the last runs, by kind.
+    pub fn runs(&self) -> Runs {
+        crate::files::read_state(&self.root.join(RUNS_FILE)).unwrap_or_default()
+    }
+
+    /// Records one run. Backup, spray and verify hold different locks, so a short lock of its
+    /// own keeps two of them from losing each other's count.
+    pub fn record_run(
+        &self,
+        kind: &str,
+        start: DateTime<Utc>,
+        took: Duration,
+        ok: bool,
+    ) -> Result<()> {
+        let _lock = self.lock_named(RUNS_LOCK, Duration::from_secs(10))?;
+        let mut runs = self.runs();
+        add_run(&mut runs, kind, start, took, ok);
+        write_atomic(&self.root, RUNS_FILE, &serde_json::to_vec_pretty(&runs)?)
+    }
+}
+
+pub const RUNS_FILE: &str = "runs.json";
+const RUNS_LOCK: &str = "runs.lock";
+
+/// The kinds of run that are recorded.
+pub const KINDS: [&str; 3] = ["backup", "spray", "verify"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub last_start: Option<DateTime<Utc>>,
+    pub last_duration_seconds: f64,
+    pub last_ok: bool,
+    pub last_success: Option<DateTime<Utc>>,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+/// By kind ("backup", "spray", "verify").
+pub type Runs = BTreeMap<String, Run>;
+
+/// Adds one run's outcome to its kind's record (pure).
+pub fn add_run(runs: &mut Runs, kind: &str, start: DateTime<Utc>, took: Duration, ok: bool) {
+    let run = runs.entry(kind.to_string()).or_default();
+    run.last_start = Some(start);
+    run.last_duration_seconds = took.as_secs_f64();
+    run.last_ok = ok;
+    if ok {
+        run.last_success = Some(start);
+        run.successes += 1;
+    } else {
+        run.failures += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_keeps_the_last_success_and_counts_apart() {
+        let t0 = DateTime::from_timestamp(1_000, 0).unwrap();
+        let t1 = DateTime::from_timestamp(2_000, 0).unwrap();
+        let mut runs = Runs::new();
+        add_run(&mut runs, "backup", t0, Duration::from_millis(1500), true);
+        add_run(&mut runs, "backup", t1, Duration::from_secs(3), false);
+        add_run(&mut runs, "spray", t1, Duration::from_secs(1), true);
+        let backup = &runs["backup"];
+        assert_eq!(backup.last_start, Some(t1));
+        assert_eq!(backup.last_success, Some(t0));
+        assert!(!backup.last_ok);
+        assert_eq!((backup.successes, backup.failures), (1, 1));
+        assert_eq!(backup.last_duration_seconds, 3.0);
+        assert_eq!(runs["spray"].successes, 1);
+    }
+}
