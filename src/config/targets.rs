@@ -1,6 +1,7 @@
 //! `[[spray.target]]`: one table per target; its `kind` says which keys it takes.
 
-use super::{ConfigError, Source};
+use super::ConfigError;
+use super::fragments::Source;
 use crate::units::{format_duration, format_size};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -467,7 +468,7 @@ fn is_region(region: &str) -> bool {
 /// The `[[spray.target]]` tables of the effective configuration.
 pub(super) fn to_toml(targets: &[TargetConfig], out: &mut String) {
     use std::fmt::Write as _;
-    let quote = super::quote;
+    let quote = super::print::quote;
     for target in targets {
         match target {
             TargetConfig::Dir(d) => {

@@ -1,0 +1,250 @@
+//! Each file's fragment laid onto the settings so far, key by key, every value checked where it
+//! is read (an error names `file:line:column`).
+
+use super::fragments::{FileFragment, Source, SprayFragment};
+use super::{ConfigError, Settings, SpraySettings, parse_peer_addr};
+use crate::manifest::is_node_name;
+use crate::retention::Policy;
+
+impl FileFragment {
+    pub(super) fn apply(
+        self,
+        file: &Source<'_>,
+        settings: &mut Settings,
+        retention_from: &mut Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(skew) = self.node.as_ref().and_then(|n| n.max_clock_skew.as_ref()) {
+            settings.max_clock_skew = file.duration(skew, "node.max_clock_skew", true)?;
+        }
+        if let Some(node) = self.node
+            && let Some(name) = node.name
+        {
+            if !is_node_name(name.get_ref()) {
+                return Err(file.error(
+                    &name,
+                    format!(
+                        "node.name '{}' is not a valid node name (letters, digits, '-', '.'; \
+                             at most 253 characters)",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            settings.node_name = name.into_inner();
+        }
+        if let Some(store) = self.store {
+            if let Some(root) = &store.root {
+                settings.store.root = file.absolute_path(root, "store.root")?;
+            }
+            if let Some(grace) = &store.gc_grace {
+                settings.store.gc_grace = file.duration(grace, "store.gc_grace", true)?;
+            }
+            if let Some(wait) = &store.lock_wait {
+                settings.store.lock_wait = file.duration(wait, "store.lock_wait", true)?;
+            }
+        }
+        if let Some(backup) = self.backup {
+            if let Some(command) = &backup.command {
+                settings.backup.command = file.absolute_path(command, "backup.command")?;
+            }
+            if let Some(root) = &backup.chroot {
+                settings.backup.chroot = if root.get_ref().is_empty() {
+                    None
+                } else {
+                    Some(file.absolute_path(root, "backup.chroot")?)
+                };
+            }
+            if let Some(force) = backup.force {
+                settings.backup.force = force;
+            }
+            if let Some(timeout) = &backup.timeout {
+                settings.backup.timeout = file.duration(timeout, "backup.timeout", false)?;
+            }
+            if let Some(nodes) = &backup.snapshot_nodes {
+                let mut names = Vec::new();
+                for node in nodes {
+                    if !is_node_name(node.get_ref()) {
+                        return Err(file.error(
+                            node,
+                            format!(
+                                "backup.snapshot_nodes: '{}' is not a node name",
+                                node.get_ref()
+                            ),
+                        ));
+                    }
+                    if names
+                        .iter()
+                        .any(|n: &String| n.eq_ignore_ascii_case(node.get_ref()))
+                    {
+                        return Err(file.error(
+                            node,
+                            format!(
+                                "backup.snapshot_nodes: '{}' is listed twice",
+                                node.get_ref()
+                            ),
+                        ));
+                    }
+                    names.push(node.get_ref().clone());
+                }
+                settings.backup.snapshot_nodes = names;
+            }
+            if let Some(after) = &backup.takeover_after {
+                settings.backup.takeover_after =
+                    file.duration(after, "backup.takeover_after", false)?;
+            }
+        }
+        if let Some(retention) = self.retention {
+            let at = file.locate(&retention.span());
+            if retention_from.is_none() {
+                settings.retention = Policy::default();
+            }
+            *retention_from = Some(at);
+            let r = retention.into_inner();
+            let p = &mut settings.retention;
+            let counts = [
+                (r.keep_last, &mut p.keep_last),
+                (r.keep_hourly, &mut p.keep_hourly),
+                (r.keep_daily, &mut p.keep_daily),
+                (r.keep_weekly, &mut p.keep_weekly),
+                (r.keep_monthly, &mut p.keep_monthly),
+                (r.keep_yearly, &mut p.keep_yearly),
+            ];
+            for (value, slot) in counts {
+                if let Some(value) = value {
+                    *slot = value;
+                }
+            }
+            if let Some(within) = &r.keep_within {
+                p.keep_within = Some(file.duration(within, "retention.keep_within", true)?);
+            }
+            if let Some(max) = &r.max_total_size {
+                let bytes = file.size(max, "retention.max_total_size")?;
+                if bytes == 0 {
+                    return Err(
+                        file.error(max, "retention.max_total_size must be greater than zero")
+                    );
+                }
+                p.max_total_size = Some(bytes);
+            }
+            if let Some(min) = &r.min_free_space {
+                p.min_free_space = Some(file.size(min, "retention.min_free_space")?);
+            }
+        }
+        if let Some(spray) = self.spray {
+            spray.apply(file, &mut settings.spray)?;
+        }
+        if let Some(tls) = self.tls {
+            if let Some(cert) = &tls.cert {
+                settings.tls.cert = file.absolute_path(cert, "tls.cert")?;
+            }
+            if let Some(key) = &tls.key {
+                settings.tls.key = file.absolute_path(key, "tls.key")?;
+            }
+            if let Some(ca) = &tls.ca {
+                settings.tls.ca = file.absolute_path(ca, "tls.ca")?;
+            }
+        }
+        if let Some(metrics) = self.metrics
+            && let Some(dir) = &metrics.textfile_dir
+        {
+            settings.metrics.textfile_dir = if dir.get_ref().is_empty() {
+                None
+            } else {
+                Some(file.absolute_path(dir, "metrics.textfile_dir")?)
+            };
+        }
+        if let Some(status) = self.status
+            && let Some(max_age) = &status.max_age
+        {
+            settings.status.max_age = file.duration(max_age, "status.max_age", false)?;
+        }
+        Ok(())
+    }
+}
+
+impl SprayFragment {
+    pub(super) fn apply(
+        self,
+        file: &Source<'_>,
+        spray: &mut SpraySettings,
+    ) -> Result<(), ConfigError> {
+        if let Some(path) = &self.etcd_env {
+            spray.etcd_env = if path.get_ref().is_empty() {
+                None
+            } else {
+                Some(file.absolute_path(path, "spray.etcd_env")?)
+            };
+        }
+        if let Some(peers) = &self.peers {
+            spray.peers = peers
+                .iter()
+                .map(|p| {
+                    parse_peer_addr(p.get_ref())
+                        .map_err(|e| file.error(p, format!("spray.peers: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(user) = &self.user {
+            let valid = !user.get_ref().is_empty()
+                && user
+                    .get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid {
+                return Err(file.error(
+                    user,
+                    format!("spray.user '{}' is not a user name", user.get_ref()),
+                ));
+            }
+            spray.user = user.get_ref().clone();
+        }
+        if let Some(identity) = &self.identity {
+            spray.identity = file.absolute_path(identity, "spray.identity")?;
+        }
+        if let Some(known_hosts) = &self.known_hosts {
+            spray.known_hosts = file.absolute_path(known_hosts, "spray.known_hosts")?;
+        }
+        if let Some(policy) = self.host_key_policy {
+            spray.host_key_policy = policy;
+        }
+        if let Some(command) = &self.remote_command {
+            if command.get_ref().trim().is_empty() {
+                return Err(file.error(command, "spray.remote_command is empty"));
+            }
+            spray.remote_command = command.get_ref().clone();
+        }
+        if let Some(timeout) = &self.connect_timeout {
+            spray.connect_timeout = file.duration(timeout, "spray.connect_timeout", false)?;
+        }
+        if let Some(timeout) = &self.io_timeout {
+            spray.io_timeout = file.duration(timeout, "spray.io_timeout", false)?;
+        }
+        if let Some(timeout) = &self.session_timeout {
+            spray.session_timeout = file.duration(timeout, "spray.session_timeout", false)?;
+        }
+        if let Some(attempts) = &self.attempts {
+            if *attempts.get_ref() == 0 {
+                return Err(file.error(attempts, "spray.attempts must be at least 1"));
+            }
+            spray.attempts = *attempts.get_ref();
+        }
+        if let Some(compress) = self.compress {
+            spray.compress = compress;
+        }
+        if let Some(transport) = self.transport {
+            spray.transport = transport;
+        }
+        if let Some(port) = &self.tls_port {
+            if *port.get_ref() == 0 {
+                return Err(file.error(port, "spray.tls_port must not be 0"));
+            }
+            spray.tls_port = *port.get_ref();
+        }
+        if let Some(targets) = self.target {
+            spray.targets = targets
+                .into_iter()
+                .map(|t| t.check(file))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+}
