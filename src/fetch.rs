@@ -143,7 +143,7 @@ fn look(source: &Source, id: &str, timeouts: (Duration, Duration)) -> Result<Hel
             })
         }
         Source::Bucket(t) => {
-            use crate::s3::layout;
+            use crate::targets::s3::layout;
             let mut client = crate::s3::Client::open(t, timeouts.0, timeouts.1)?;
             let objects = client.list(&format!("{}{id}/", layout::sets_prefix(&t.prefix)))?;
             let listing = layout::group(&t.prefix, &objects);
@@ -198,7 +198,7 @@ fn copy_from(held: &mut Held, id: &str, entry: &FileEntry, to: &Path) -> Result<
                 .with_context(|| format!("cannot copy '{}'", from.display()))?;
         }
         Opened::Bucket(client, t) => {
-            let key = crate::s3::layout::key(&t.prefix, id, name);
+            let key = crate::targets::s3::layout::key(&t.prefix, id, name);
             let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut dest);
             client.get(&key, &mut out, entry.size)?;
             std::io::Write::flush(&mut out)?;

@@ -4,7 +4,7 @@
 
 pub mod credentials;
 pub mod http;
-pub mod layout;
+
 pub mod xml;
 
 use crate::config::S3Target;

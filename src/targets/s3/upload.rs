@@ -1,185 +1,17 @@
-//! `s3`: a bucket of an S3-compatible store. It does not speak the protocol: the sender lists
-//! the bucket, asks [`crate::protocol::wants`] what it lacks (the same decision a receiving store
-//! makes, with the same retention policy), uploads it with per-part SHA-256 checked by the
-//! server and the whole file's digest checked against the manifest, puts `manifest.json` last,
-//! then applies retention to the sets the bucket holds.
+//! Uploads of a set's files and then its manifest: one PUT up to a part, else a multipart
+//! upload that continues what a cut run left, with per-part SHA-256 checked by the server, the
+//! whole file's digest checked against the manifest, and the encryption asked for checked on
+//! every answer.
 
-use super::Target;
-use crate::config::{Carried, S3Target, Settings};
-use crate::logging::message_id;
-use crate::manifest::{FileEntry, Manifest};
-use crate::protocol::send::{OpenSet, PushStats};
-use crate::protocol::{HeldSet, Offer};
-use crate::s3::layout::{self, MANIFEST, RemoteSet};
+use super::layout::{self, MANIFEST, RemoteSet};
+use crate::config::S3Target;
+use crate::manifest::FileEntry;
+use crate::protocol::send::OpenSet;
 use crate::s3::{Client, base64};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-
-/// Manifests are small; anything larger under that name is not one of ours.
-const MAX_MANIFEST_BYTES: usize = 1 << 20;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bucket(pub S3Target);
-
-impl Bucket {
-    fn location(&self) -> String {
-        let t = &self.0;
-        let host = t
-            .endpoint
-            .split_once("://")
-            .map_or(t.endpoint.as_str(), |(_, h)| h)
-            .trim_end_matches('/');
-        if t.prefix.is_empty() {
-            format!("{host}/{}", t.bucket)
-        } else {
-            format!("{host}/{}/{}", t.bucket, t.prefix)
-        }
-    }
-}
-
-impl Target for Bucket {
-    fn carries(&self) -> Carried {
-        self.0.files
-    }
-
-    fn id(&self) -> String {
-        format!("s3:{}", self.location())
-    }
-
-    fn describe(&self) -> String {
-        let t = &self.0;
-        let files = match t.files {
-            Carried::All => String::new(),
-            other => format!(", {} only", other.as_str()),
-        };
-        format!(
-            "bucket '{}' at {} ({}{files})",
-            t.bucket,
-            t.endpoint,
-            self.id()
-        )
-    }
-
-    fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats> {
-        let t = &self.0;
-        let mut client = Client::open(t, settings.spray.connect_timeout, settings.spray.io_timeout)
-            .with_context(|| self.describe())?;
-        push(&mut client, t, settings, sets)
-            .with_context(|| format!("bucket '{}' at {}", t.bucket, t.endpoint))
-    }
-}
-
-/// What the bucket holds under the prefix: the sets with a readable manifest.
-pub struct Remote {
-    pub listing: layout::Listing,
-    /// Set id → (manifest, its raw bytes' SHA-256 hex).
-    pub manifests: BTreeMap<String, (Manifest, String)>,
-}
-
-/// Lists the bucket and reads every manifest.
-pub fn read_remote(client: &mut Client, t: &S3Target) -> Result<Remote> {
-    client.head_bucket()?;
-    let objects = client.list(&layout::sets_prefix(&t.prefix))?;
-    let listing = layout::group(&t.prefix, &objects);
-    let mut manifests = BTreeMap::new();
-    for (id, set) in &listing.sets {
-        if !set.has_manifest() {
-            continue;
-        }
-        let bytes = client.get_small(&layout::key(&t.prefix, id, MANIFEST), MAX_MANIFEST_BYTES)?;
-        match Manifest::parse(&bytes) {
-            Ok(m) if &m.id == id => {
-                let digest = crate::manifest::digest(&bytes);
-                manifests.insert(id.clone(), (m, digest));
-            }
-            Ok(m) => {
-                tracing::warn!(set_id = %id, "the manifest in '{id}' is of set '{}': left alone", m.id)
-            }
-            Err(e) => {
-                tracing::warn!(set_id = %id, "unreadable manifest in '{id}', left alone: {e}")
-            }
-        }
-    }
-    Ok(Remote { listing, manifests })
-}
-
-impl Remote {
-    /// The sets the bucket holds as [`crate::protocol::wants`] sees them: damaged when a file
-    /// this target carries is missing or of another size.
-    pub fn held(&self, carried: Carried) -> Vec<HeldSet> {
-        self.manifests
-            .iter()
-            .map(|(id, (manifest, digest))| HeldSet {
-                info: manifest.info(),
-                manifest_sha256: digest.clone(),
-                damaged: !layout::lacking(&self.listing.sets[id], manifest, carried).is_empty(),
-            })
-            .collect()
-    }
-}
-
-fn push(
-    client: &mut Client,
-    t: &S3Target,
-    settings: &Settings,
-    sets: &[OpenSet],
-) -> Result<PushStats> {
-    let remote = read_remote(client, t)?;
-    for key in &remote.listing.unknown {
-        tracing::debug!("unknown object left alone: {key}");
-    }
-    let offers: Vec<Offer> = sets
-        .iter()
-        .map(|s| Offer {
-            id: s.set.id().to_string(),
-            manifest_sha256: s.set.manifest_sha256.clone(),
-            size: s.set.manifest.total_size(),
-            dirty: s.set.manifest.dirty,
-        })
-        .collect();
-    // A bucket has no free space to keep: only the keep rules and max_total_size apply.
-    let mut policy = settings.retention.clone();
-    policy.min_free_space = None;
-    let held = remote.held(t.files);
-    let judge = crate::protocol::Judge {
-        policy: &policy,
-        free_bytes: u64::MAX,
-        not_after: settings.not_after(),
-        guard: None,
-    };
-    let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), &judge);
-    for id in &plan.conflicts {
-        tracing::warn!(set_id = %id, "the bucket holds another set '{id}' (another manifest): left alone, not sent");
-    }
-    let by_id: BTreeMap<&str, &OpenSet> = sets.iter().map(|s| (s.set.id(), s)).collect();
-    let mut stats = PushStats {
-        offered: offers.len(),
-        ..PushStats::default()
-    };
-    let mut buf = Vec::new();
-    let uploading: Vec<String> = plan.wants.iter().map(|w| w.id.clone()).collect();
-    for want in &plan.wants {
-        let open = by_id[want.id.as_str()];
-        let remote_set = remote
-            .listing
-            .sets
-            .get(&want.id)
-            .cloned()
-            .unwrap_or_default();
-        let sent = upload_set(client, t, open, &remote_set, &mut buf)
-            .with_context(|| format!("set '{}'", want.id))?;
-        stats.data_bytes += sent;
-        stats.wire_bytes += sent;
-        stats.sent.push(want.id.clone());
-    }
-    stats.held = plan.holds + stats.sent.len();
-
-    prune(client, t, &judge, &remote, &stats.sent, sets)?;
-    collect_garbage(client, t, &remote, &uploading)?;
-    Ok(stats)
-}
 
 /// The headers every object of a set is created with: its digest, encryption, lock.
 fn object_headers(t: &S3Target, sha256_hex: &str) -> Vec<(&'static str, String)> {
@@ -239,7 +71,7 @@ fn refuse_unencrypted(
 
 /// Uploads the files of `open` this target carries and lacks, then the manifest; returns the
 /// file bytes sent.
-fn upload_set(
+pub(super) fn upload_set(
     client: &mut Client,
     t: &S3Target,
     open: &OpenSet,
@@ -530,99 +362,6 @@ fn verify_object(
             reported.unwrap_or(""),
             composite.unwrap_or(whole_b64)
         );
-    }
-    Ok(())
-}
-
-/// The target's own retention over the sets it holds (and those just sent): deletes what the
-/// plan drops, manifest first, and never a set whose objects are locked.
-fn prune(
-    client: &mut Client,
-    t: &S3Target,
-    judge: &crate::protocol::Judge,
-    remote: &Remote,
-    sent: &[String],
-    sets: &[OpenSet],
-) -> Result<()> {
-    let mut infos: Vec<_> = remote
-        .held(t.files)
-        .into_iter()
-        .filter(|h| !h.damaged)
-        .map(|h| h.info)
-        .collect();
-    for id in sent {
-        if let Some(open) = sets.iter().find(|s| s.set.id() == id)
-            && !infos.iter().any(|i| &i.id == id)
-        {
-            infos.push(open.set.info());
-        }
-    }
-    let plan = crate::retention::plan(&infos, judge.policy, u64::MAX, judge.not_after);
-    let mut deleted = Vec::new();
-    for decision in plan.to_delete() {
-        let id = &decision.set.id;
-        let manifest_key = layout::key(&t.prefix, id, MANIFEST);
-        if let Some(until) = locked_until(client, &manifest_key)? {
-            tracing::info!(set_id = %id, "set {id} kept on the bucket: its objects are locked until {until}");
-            continue;
-        }
-        let Some((manifest, _)) = remote.manifests.get(id) else {
-            continue;
-        };
-        client.delete(&manifest_key)?;
-        for entry in &manifest.files {
-            if remote.listing.sets[id].objects.contains_key(&entry.name) {
-                client.delete(&layout::key(&t.prefix, id, &entry.name))?;
-            }
-        }
-        deleted.push(id.clone());
-    }
-    if !deleted.is_empty() {
-        tracing::info!(
-            message_id = message_id::SETS_PRUNED,
-            count = deleted.len(),
-            set_ids = %deleted.join(","),
-            store = %client.describe(),
-            "pruned {} set(s) on {}: {}",
-            deleted.len(),
-            client.describe(),
-            deleted.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// The retain-until date of a locked object, when it lies ahead.
-fn locked_until(client: &mut Client, key: &str) -> Result<Option<String>> {
-    let Some(head) = client.head(key)? else {
-        return Ok(None);
-    };
-    Ok(head
-        .header("x-amz-object-lock-retain-until-date")
-        .filter(|until| layout::parse_time(until).is_some_and(|t| t > chrono::Utc::now()))
-        .map(str::to_string))
-}
-
-/// Aborts multipart uploads no run continued within `gc_grace`, and deletes the files of set
-/// directories left without a manifest for as long.
-fn collect_garbage(
-    client: &mut Client,
-    t: &S3Target,
-    remote: &Remote,
-    uploading: &[String],
-) -> Result<()> {
-    let now = chrono::Utc::now();
-    let uploads = client.list_uploads(&layout::sets_prefix(&t.prefix))?;
-    let continued: Vec<String> = Vec::new();
-    for upload in layout::stale_uploads(&t.prefix, &uploads, &continued, now, t.gc_grace) {
-        tracing::info!(key = %upload.key, "aborting a stale multipart upload of '{}'", upload.key);
-        client.abort(&upload.key, &upload.upload_id)?;
-    }
-    for (id, names) in layout::orphans(&remote.listing, uploading, now, t.gc_grace) {
-        tracing::info!(set_id = %id, "deleting the files of '{id}', left without a manifest");
-        for name in names {
-            client.delete(&layout::key(&t.prefix, id, name))?;
-        }
     }
     Ok(())
 }

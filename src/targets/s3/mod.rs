@@ -1,0 +1,133 @@
+//! `s3`: a bucket of an S3-compatible store. It does not speak the protocol: the sender lists
+//! the bucket, asks [`crate::protocol::wants`] what it lacks (the same decision a receiving store
+//! makes, with the same retention policy), uploads it with per-part SHA-256 checked by the
+//! server and the whole file's digest checked against the manifest, puts `manifest.json` last,
+//! then applies retention to the sets the bucket holds.
+
+pub mod layout;
+mod prune;
+mod remote;
+mod upload;
+
+use super::Target;
+use crate::config::{Carried, S3Target, Settings};
+use crate::protocol::Offer;
+use crate::protocol::send::{OpenSet, PushStats};
+use crate::s3::Client;
+use anyhow::{Context, Result};
+use prune::{collect_garbage, prune};
+pub use remote::{Remote, read_remote};
+use std::collections::BTreeMap;
+use upload::upload_set;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket(pub S3Target);
+
+impl Bucket {
+    fn location(&self) -> String {
+        let t = &self.0;
+        let host = t
+            .endpoint
+            .split_once("://")
+            .map_or(t.endpoint.as_str(), |(_, h)| h)
+            .trim_end_matches('/');
+        if t.prefix.is_empty() {
+            format!("{host}/{}", t.bucket)
+        } else {
+            format!("{host}/{}/{}", t.bucket, t.prefix)
+        }
+    }
+}
+
+impl Target for Bucket {
+    fn carries(&self) -> Carried {
+        self.0.files
+    }
+
+    fn id(&self) -> String {
+        format!("s3:{}", self.location())
+    }
+
+    fn describe(&self) -> String {
+        let t = &self.0;
+        let files = match t.files {
+            Carried::All => String::new(),
+            other => format!(", {} only", other.as_str()),
+        };
+        format!(
+            "bucket '{}' at {} ({}{files})",
+            t.bucket,
+            t.endpoint,
+            self.id()
+        )
+    }
+
+    fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats> {
+        let t = &self.0;
+        let mut client = Client::open(t, settings.spray.connect_timeout, settings.spray.io_timeout)
+            .with_context(|| self.describe())?;
+        push(&mut client, t, settings, sets)
+            .with_context(|| format!("bucket '{}' at {}", t.bucket, t.endpoint))
+    }
+}
+
+fn push(
+    client: &mut Client,
+    t: &S3Target,
+    settings: &Settings,
+    sets: &[OpenSet],
+) -> Result<PushStats> {
+    let remote = read_remote(client, t)?;
+    for key in &remote.listing.unknown {
+        tracing::debug!("unknown object left alone: {key}");
+    }
+    let offers: Vec<Offer> = sets
+        .iter()
+        .map(|s| Offer {
+            id: s.set.id().to_string(),
+            manifest_sha256: s.set.manifest_sha256.clone(),
+            size: s.set.manifest.total_size(),
+            dirty: s.set.manifest.dirty,
+        })
+        .collect();
+    // A bucket has no free space to keep: only the keep rules and max_total_size apply.
+    let mut policy = settings.retention.clone();
+    policy.min_free_space = None;
+    let held = remote.held(t.files);
+    let judge = crate::protocol::Judge {
+        policy: &policy,
+        free_bytes: u64::MAX,
+        not_after: settings.not_after(),
+        guard: None,
+    };
+    let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), &judge);
+    for id in &plan.conflicts {
+        tracing::warn!(set_id = %id, "the bucket holds another set '{id}' (another manifest): left alone, not sent");
+    }
+    let by_id: BTreeMap<&str, &OpenSet> = sets.iter().map(|s| (s.set.id(), s)).collect();
+    let mut stats = PushStats {
+        offered: offers.len(),
+        ..PushStats::default()
+    };
+    let mut buf = Vec::new();
+    let uploading: Vec<String> = plan.wants.iter().map(|w| w.id.clone()).collect();
+    for want in &plan.wants {
+        let open = by_id[want.id.as_str()];
+        let remote_set = remote
+            .listing
+            .sets
+            .get(&want.id)
+            .cloned()
+            .unwrap_or_default();
+        let sent = upload_set(client, t, open, &remote_set, &mut buf)
+            .with_context(|| format!("set '{}'", want.id))?;
+        stats.data_bytes += sent;
+        stats.wire_bytes += sent;
+        stats.sent.push(want.id.clone());
+    }
+    stats.held = plan.holds + stats.sent.len();
+
+    prune(client, t, &judge, &remote, &stats.sent, sets)?;
+    collect_garbage(client, t, &remote, &uploading)?;
+    Ok(stats)
+}
