@@ -37,6 +37,12 @@ impl Sha256 {
     }
 }
 
+/// Base64 (RFC 4648, padded, no line breaks): how S3 takes checksums and Ignition data URLs
+/// take files.
+pub fn base64(bytes: &[u8]) -> String {
+    openssl::base64::encode_block(bytes)
+}
+
 /// Lowercase hexadecimal, as `sha256sum` prints a digest.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -62,5 +68,21 @@ mod tests {
         a.update(b"c");
         b.update(b"c");
         assert_eq!(a.finalize(), b.finalize());
+    }
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
     }
 }

@@ -47,31 +47,12 @@ pub const INSTALL_SCRIPT_PATH: &str = "/usr/local/bin/etcd-backup-install";
 pub const CONFIG_DIR: &str = "/etc/etcd-backup";
 pub const RECEIVE_COMMAND: &str = "sudo -n /usr/local/bin/etcd-backup receive";
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-pub fn base64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// An Ignition data URL of `bytes`, gzip-compressed (declared with `compression: gzip`).
 fn gzip_data_url(bytes: &[u8]) -> String {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder.write_all(bytes).expect("writing to memory");
     let gz = encoder.finish().expect("writing to memory");
-    format!("data:;base64,{}", base64(&gz))
+    format!("data:;base64,{}", crate::hash::base64(&gz))
 }
 
 /// A YAML double-quoted scalar (JSON string escapes are YAML escapes).
@@ -96,22 +77,6 @@ fn literal_block(text: &str, indent: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), encoded, "{plain}");
-        }
-        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
-    }
 
     #[test]
     fn this_binary_does_not_carry_the_operator_marker() {

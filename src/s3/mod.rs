@@ -126,11 +126,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A standard base64 of `bytes` (checksum headers).
-pub fn base64(bytes: &[u8]) -> String {
-    openssl::base64::encode_block(bytes)
-}
-
 impl Client {
     /// Another client of the same bucket and keys, with a connection of its own (parts
     /// uploaded side by side).
@@ -333,7 +328,7 @@ impl Client {
         headers: &[(&str, String)],
     ) -> Result<http::Response> {
         let mut action = self.bucket.put_object(Some(&self.credentials), key);
-        let checksum = base64(&crate::hash::Sha256::digest(body));
+        let checksum = crate::hash::base64(&crate::hash::Sha256::digest(body));
         action
             .headers_mut()
             .insert("x-amz-checksum-sha256", checksum);

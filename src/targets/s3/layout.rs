@@ -132,7 +132,7 @@ pub fn composite_checksum(part_digests: &[[u8; 32]]) -> String {
     }
     format!(
         "{}-{}",
-        crate::s3::base64(&hasher.finalize()),
+        crate::hash::base64(&hasher.finalize()),
         part_digests.len()
     )
 }
@@ -366,7 +366,7 @@ mod tests {
         both.extend_from_slice(&b);
         let want = format!(
             "{}-2",
-            crate::s3::base64(&crate::hash::Sha256::digest(&both))
+            crate::hash::base64(&crate::hash::Sha256::digest(&both))
         );
         assert_eq!(composite_checksum(&[a, b]), want);
         assert!(checksum_agrees(Some(&want), "x", Some(&want)));

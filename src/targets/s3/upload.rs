@@ -5,9 +5,10 @@
 
 use super::layout::{self, MANIFEST, RemoteSet};
 use crate::config::S3Target;
+use crate::hash::base64;
 use crate::manifest::FileEntry;
 use crate::protocol::send::OpenSet;
-use crate::s3::{Client, base64};
+use crate::s3::Client;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
