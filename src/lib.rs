@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod failpoint;
+pub mod failure;
 pub mod fetch;
 pub mod files;
 pub mod hash;

@@ -5,6 +5,7 @@
 use crate::protocol::send::{OpenSet, PushStats, open_sets};
 use anyhow::Result;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The whole `spray` run: under the spray lock, lists and opens the sets (holding the store
 /// lock only for that), pushes them to every target and records each target's result. No
@@ -29,7 +30,11 @@ pub fn run(settings: &crate::config::Settings) -> Result<Vec<TargetResult>> {
         let _lock = store.lock(settings.store.lock_wait)?;
         open_sets(store.list()?.sets)
     };
-    let results = spray_all(settings, &targets, &sets);
+    let retries = Retries {
+        attempts: settings.spray.attempts,
+        first_backoff: BACKOFF_FIRST,
+    };
+    let results = spray_all(&targets, &sets, retries);
     write_state(&store, &results)?;
     Ok(results)
 }
@@ -47,15 +52,24 @@ pub struct TargetResult {
     pub carries: crate::config::Carried,
 }
 
-const BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
-const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a target is tried within a run, and how long the first wait between attempts is
+/// (doubling up to [`BACKOFF_MAX`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+}
 
-/// Pushes `sets` to every target at once, one thread each, retrying with backoff; one target's
-/// failure never stops another.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Pushes `sets` to every target at once, one thread each, retrying with backoff what another
+/// attempt could mend (not what is [`crate::failure::Final`]); one target's failure never stops
+/// another. Results come in the order of `targets`.
 pub fn spray_all(
-    settings: &crate::config::Settings,
     targets: &[Box<dyn crate::targets::Target>],
     sets: &[OpenSet],
+    retries: Retries,
 ) -> Vec<TargetResult> {
     use crate::logging::message_id;
     std::thread::scope(|scope| {
@@ -65,11 +79,11 @@ pub fn spray_all(
                 scope.spawn(move || {
                     let (id, name, carries) = (target.id(), target.describe(), target.carries());
                     let started = std::time::Instant::now();
-                    let mut backoff = BACKOFF_FIRST;
+                    let mut backoff = retries.first_backoff;
                     let mut attempt = 0;
                     loop {
                         attempt += 1;
-                        match target.push(settings, sets) {
+                        match target.push(sets) {
                             Ok(stats) => {
                                 for id in &stats.sent {
                                     tracing::info!(message_id = message_id::SET_SENT, set_id = %id, target = %name, "set sent: {id} to {name}");
@@ -84,7 +98,7 @@ pub fn spray_all(
                                 );
                                 return TargetResult { id, name, result: Ok(stats), attempts: attempt, carries };
                             }
-                            Err(error) if attempt < settings.spray.attempts => {
+                            Err(error) if attempt < retries.attempts && !crate::failure::is_final(&error) => {
                                 tracing::warn!(target = %name, attempt, "spray attempt failed, retrying in {}s: {error:#}", backoff.as_secs());
                                 std::thread::sleep(backoff);
                                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -137,4 +151,108 @@ pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Res
         state.insert(result.id.clone(), entry);
     }
     store.write_spray_state(&state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targets::Target;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A target that fails its first `failures` pushes (finally when `final_error`), then
+    /// succeeds; or panics.
+    #[derive(Debug)]
+    struct Fake {
+        name: &'static str,
+        failures: u32,
+        final_error: bool,
+        panics: bool,
+        pushes: AtomicU32,
+    }
+
+    impl Fake {
+        fn new(name: &'static str, failures: u32, final_error: bool) -> Fake {
+            Fake {
+                name,
+                failures,
+                final_error,
+                panics: false,
+                pushes: AtomicU32::new(0),
+            }
+        }
+    }
+
+    impl Target for Fake {
+        fn id(&self) -> String {
+            format!("fake:{}", self.name)
+        }
+
+        fn describe(&self) -> String {
+            self.name.to_string()
+        }
+
+        fn push(&self, _sets: &[OpenSet]) -> Result<PushStats> {
+            let push = self.pushes.fetch_add(1, Ordering::SeqCst) + 1;
+            assert!(!self.panics, "a target's bug");
+            if push > self.failures {
+                return Ok(PushStats {
+                    sent: vec![format!("set-{push}")],
+                    ..PushStats::default()
+                });
+            }
+            let error = anyhow::anyhow!("failure {push}").context(self.name);
+            Err(if self.final_error {
+                crate::failure::mark_final(error)
+            } else {
+                error
+            })
+        }
+    }
+
+    const NOW: Retries = Retries {
+        attempts: 3,
+        first_backoff: Duration::ZERO,
+    };
+
+    #[test]
+    fn transient_failures_are_retried_and_final_ones_are_not() {
+        let mut panicking = Fake::new("broken", 0, false);
+        panicking.panics = true;
+        let targets: Vec<Box<dyn Target>> = vec![
+            Box::new(Fake::new("flaky", 2, false)),
+            Box::new(Fake::new("refusing", 9, true)),
+            Box::new(Fake::new("down", 9, false)),
+            Box::new(Fake::new("fine", 0, false)),
+            Box::new(panicking),
+        ];
+        let results = spray_all(&targets, &[], NOW);
+        type Outcome<'a> = (&'a str, u32, std::result::Result<Vec<String>, String>);
+        let outcome: Vec<Outcome> = results
+            .iter()
+            .map(|r| {
+                let result = r.result.clone().map(|stats| stats.sent);
+                (r.name.as_str(), r.attempts, result)
+            })
+            .collect();
+        assert_eq!(
+            outcome,
+            [
+                ("flaky", 3, Ok(vec!["set-3".to_string()])),
+                ("refusing", 1, Err("refusing: failure 1".to_string())),
+                ("down", 3, Err("down: failure 3".to_string())),
+                ("fine", 1, Ok(vec!["set-1".to_string()])),
+                ("broken", 0, Err("panicked".to_string())),
+            ]
+        );
+        assert_eq!(results[1].id, "fake:refusing");
+    }
+
+    #[test]
+    fn one_attempt_means_no_retry() {
+        let targets: Vec<Box<dyn Target>> = vec![Box::new(Fake::new("flaky", 1, false))];
+        let once = Retries { attempts: 1, ..NOW };
+        let results = spray_all(&targets, &[], once);
+        assert_eq!(results[0].attempts, 1);
+        assert!(results[0].result.is_err());
+    }
 }

@@ -93,7 +93,9 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
             ..
         } if version == PROTOCOL_VERSION => (wants, holds),
         Message::Welcome { version, .. } => {
-            bail!("receiver speaks protocol version {version}, not {PROTOCOL_VERSION}")
+            return Err(crate::failure::final_error(format!(
+                "receiver speaks protocol version {version}, not {PROTOCOL_VERSION}"
+            )));
         }
         other => bail!("unexpected answer to hello: {other:?}"),
     };

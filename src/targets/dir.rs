@@ -1,49 +1,74 @@
 //! `dir`: a directory store (an NFS mount, a PVC). The same receive code as a peer runs
-//! in-process against a store at that path, so there is one commit path for every kind.
+//! in-process against a store at that path, so there is one commit path for every kind; and
+//! `fetch` reads a set back from it as from any store.
 
-use super::{Target, push_over};
+use super::{HeldCopy, Target};
 use crate::config::{DirTarget, Settings};
-use crate::protocol::send::{OpenSet, PushStats};
+use crate::files::copy_exactly;
+use crate::protocol::Conn;
+use crate::protocol::send::{OpenSet, PushStats, push};
+use crate::store::Store;
 use anyhow::{Context, Result, bail};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct DirStore(pub DirTarget);
+pub struct DirStore {
+    pub target: DirTarget,
+    /// This node's settings with the store at the target's path: what its in-process
+    /// receiver judges and commits by.
+    receiver: Settings,
+    /// This node's name, which the sender says in its hello.
+    sender: String,
+}
+
+impl DirStore {
+    pub fn new(target: DirTarget, settings: &Settings) -> DirStore {
+        let mut receiver = settings.clone();
+        receiver.store.root = target.path.clone();
+        receiver.node_name = format!("dir:{}", target.path.display());
+        DirStore {
+            target,
+            receiver,
+            sender: settings.node_name.clone(),
+        }
+    }
+}
 
 impl Target for DirStore {
     fn id(&self) -> String {
-        format!("dir:{}", self.0.path.display())
+        format!("dir:{}", self.target.path.display())
     }
 
     fn describe(&self) -> String {
         self.id()
     }
 
-    fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats> {
-        let dir = &self.0;
+    fn describe_source(&self) -> String {
+        format!("'{}'", self.target.path.display())
+    }
+
+    fn push(&self, sets: &[OpenSet]) -> Result<PushStats> {
+        let dir = &self.target;
         if dir.require_mount && !is_mount_point(&dir.path)? {
-            bail!(
+            return Err(crate::failure::final_error(format!(
                 "'{}' is not a mount point and require_mount is set: refusing to fill the local disk (is the NFS share mounted?)",
                 dir.path.display()
-            );
+            )));
         }
-        let mut target_settings = settings.clone();
-        target_settings.store.root = dir.path.clone();
-        target_settings.node_name = self.describe();
-        let store = crate::store::Store::open(&dir.path)?;
+        let store = Store::open(&dir.path)?;
         let (sending, receiving) = crate::protocol::pipe_pair()?;
         std::thread::scope(|scope| {
-            let mut receiving = crate::protocol::Conn::new(receiving, false);
-            let (target_settings, store) = (&target_settings, &store);
+            let mut receiving = Conn::new(receiving, false);
+            let (receiver, store) = (&self.receiver, &store);
             let server = scope.spawn(move || {
                 crate::protocol::serve::serve(
-                    target_settings,
+                    receiver,
                     store,
                     &mut receiving,
                     crate::protocol::serve::Sender::Own,
                 )
             });
-            // The sending end is dropped when push_over returns: the receiver sees EOF.
-            let pushed = push_over(sending, false, &settings.node_name, sets).map(|(s, _)| s);
+            // The sending end is dropped when push returns: the receiver sees EOF.
+            let pushed = push(&mut Conn::new(sending, false), &self.sender, sets);
             let served = server
                 .join()
                 .map_err(|_| anyhow::anyhow!("the directory receiver panicked"))?;
@@ -51,6 +76,30 @@ impl Target for DirStore {
                 (Ok(stats), Ok(_)) => Ok(stats),
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             }
+        })
+    }
+
+    /// The set in the store at the target's path, which is only read.
+    fn open_set(&self, id: &str) -> Result<HeldCopy> {
+        let from = &self.target.path;
+        let Some(store) = Store::existing(from) else {
+            bail!("no store at '{}'", from.display());
+        };
+        let set = store.get(id)?;
+        if let Some(problem) = &set.problem {
+            bail!("set '{id}' there is not sound: {problem}");
+        }
+        let dir = set.dir.clone();
+        Ok(HeldCopy {
+            files: set.manifest.files.iter().map(|f| f.name.clone()).collect(),
+            manifest_sha256: set.manifest_sha256,
+            manifest: set.manifest,
+            copy: Box::new(move |entry, dest| {
+                let from = dir.join(&entry.name);
+                let mut source = crate::files::open_regular(&from)?;
+                copy_exactly(&mut source, dest, entry.size)
+                    .with_context(|| format!("cannot copy '{}'", from.display()))
+            }),
         })
     }
 }

@@ -1,18 +1,20 @@
-//! Where sets go. One trait, one file per kind: `ssh` (a peer master's restricted `receive`),
-//! `tls` (a peer's `receive --listen`, Pod Mode) and `dir` (a directory store such as an NFS
-//! mount, served in-process). Every kind speaks the
-//! same protocol through [`crate::spray::push`], so each is idempotent, resumable and verified
-//! against the manifest by the receiving store, which prunes itself by its own policy.
+//! Where sets go, and where `fetch` gets them back. One trait, one file per kind: `peer` (a
+//! peer master's `receive`, over SSH or mutual TLS), `dir` (a directory store such as an NFS
+//! mount, served in-process) and `s3` (a bucket). Peers and directories speak the protocol
+//! through [`crate::protocol::send::push`], so each is idempotent, resumable and verified against
+//! the manifest by the receiving store, which prunes itself by its own policy; a bucket is
+//! judged by the same [`crate::protocol::wants`]. Each target is built with what it needs from
+//! the settings, once per run.
 
 pub mod dir;
+pub mod peer;
 pub mod s3;
-pub mod ssh;
-pub mod tls;
 
-use crate::config::{Settings, TargetConfig};
+use crate::config::{Carried, Settings, TargetConfig};
+use crate::manifest::{FileEntry, Manifest};
 use crate::protocol::send::{OpenSet, PushStats};
-use crate::protocol::{Conn, Stream};
 use anyhow::Result;
+use std::fs::File;
 
 /// One place a run sprays to.
 pub trait Target: Send + Sync + std::fmt::Debug {
@@ -20,55 +22,63 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn id(&self) -> String;
     /// What an operator reads: `master-1 (10.0.0.5:22)`, `dir:/mnt/nfs`.
     fn describe(&self) -> String;
-    /// Offers `sets` and sends what the target lacks.
-    fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats>;
+    /// Offers `sets` and sends what the target lacks. An error marked
+    /// [`crate::failure::Final`] is not retried.
+    fn push(&self, sets: &[OpenSet]) -> Result<PushStats>;
     /// Which of a set's files the target carries (a bucket can carry one of the two).
-    fn carries(&self) -> crate::config::Carried {
-        crate::config::Carried::All
+    fn carries(&self) -> Carried {
+        Carried::All
+    }
+    /// How `fetch` names it among its sources.
+    fn describe_source(&self) -> String {
+        self.describe()
+    }
+    /// What the target holds of set `id`, opened for `fetch` to copy from.
+    fn open_set(&self, id: &str) -> Result<HeldCopy> {
+        anyhow::bail!("set '{id}' cannot be fetched from {}", self.describe())
     }
 }
+
+/// A copy of one set on a target, opened for `fetch`.
+pub struct HeldCopy {
+    pub manifest: Manifest,
+    /// [`crate::manifest::digest`] of the manifest as the target holds it.
+    pub manifest_sha256: String,
+    /// The files it can give (a bucket may carry one of the two, or have lost one).
+    pub files: Vec<String>,
+    pub copy: CopyFile,
+}
+
+/// Writes one file of a held copy into `dest`: no more than the entry's size, whatever the
+/// target sends.
+pub type CopyFile = Box<dyn FnMut(&FileEntry, &mut File) -> Result<()>>;
 
 /// The targets of one run.
 pub type Targets = Vec<Box<dyn Target>>;
 
-/// Runs the protocol's sending side over `stream`.
-fn push_over<S: Stream>(
-    stream: S,
-    compress: bool,
-    sender: &str,
-    sets: &[OpenSet],
-) -> Result<(PushStats, S)> {
-    let mut conn = Conn::new(stream, compress);
-    let stats = crate::protocol::send::push(&mut conn, sender, sets)?;
-    Ok((stats, conn.into_inner()))
+/// The configured `[[spray.target]]`s.
+pub fn configured(settings: &Settings) -> Targets {
+    settings
+        .spray
+        .targets
+        .iter()
+        .map(|target| -> Box<dyn Target> {
+            match target {
+                TargetConfig::Dir(d) => Box::new(dir::DirStore::new(d.clone(), settings)),
+                TargetConfig::S3(s) => Box::new(s3::Bucket::new(s.clone(), settings)),
+            }
+        })
+        .collect()
 }
 
 /// The targets of a run: etcd.env's masters and explicit peers (never this node), then the
-/// directory targets. Problems that do not stop the run come back as warnings.
+/// directory targets and buckets. Problems that do not stop the run come back as warnings.
 pub fn from_settings(settings: &Settings) -> Result<(Targets, Vec<String>)> {
-    let (peers, warnings) = ssh::peers(settings)?;
+    let (peers, warnings) = peer::peers(settings)?;
     let mut targets: Targets = Vec::new();
     for peer in peers {
-        targets.push(match settings.spray.transport {
-            crate::config::Transport::Ssh => Box::new(peer),
-            crate::config::Transport::Tls => {
-                // An etcd.env peer or a peer given without a port: the receivers' port.
-                let mut addr = peer.addr;
-                if addr.port == crate::config::SSH_PORT {
-                    addr.port = settings.spray.tls_port;
-                }
-                Box::new(tls::TlsPeer {
-                    name: peer.name,
-                    addr,
-                })
-            }
-        });
+        targets.push(Box::new(peer));
     }
-    for target in &settings.spray.targets {
-        targets.push(match target {
-            TargetConfig::Dir(d) => Box::new(dir::DirStore(d.clone())),
-            TargetConfig::S3(s) => Box::new(s3::Bucket(s.clone())),
-        });
-    }
+    targets.extend(configured(settings));
     Ok((targets, warnings))
 }

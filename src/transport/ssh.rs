@@ -7,6 +7,7 @@
 //! libssh2's fastest cipher here, but the list stays negotiable.
 
 use crate::config::{HostKeyPolicy, PeerAddr, SpraySettings};
+use crate::failure::final_error;
 use crate::protocol::Stream;
 use anyhow::{Context, Result, bail};
 use ssh2::{CheckResult, KnownHostFileKind, MethodType, Session};
@@ -104,10 +105,10 @@ pub fn check_key_permissions(identity: &Path) -> Result<()> {
         .with_context(|| format!("cannot read private key '{}'", identity.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        bail!(
+        return Err(final_error(format!(
             "private key '{}' is accessible by group or others (mode {mode:04o}); refusing to use it (chmod 600)",
             identity.display()
-        );
+        )));
     }
     Ok(())
 }
@@ -202,10 +203,10 @@ fn check_host_key(session: &Session, peer: &PeerAddr, settings: &SpraySettings) 
     }
     match known.check_port(&peer.host, peer.port, key) {
         CheckResult::Match => Ok(()),
-        CheckResult::Mismatch => bail!(
+        CheckResult::Mismatch => Err(final_error(format!(
             "host key of {peer} does not match the one in '{}': the peer was reinstalled or someone is in between; refusing (remove its line to accept the new key)",
             path.display()
-        ),
+        ))),
         CheckResult::NotFound if settings.host_key_policy == HostKeyPolicy::AcceptNew => {
             known.add(
                 &known_hosts_name(peer),
@@ -223,10 +224,10 @@ fn check_host_key(session: &Session, peer: &PeerAddr, settings: &SpraySettings) 
             tracing::warn!(peer = %peer, known_hosts = %path.display(), "pinned the host key of new peer {peer} in {} (accept-new)", path.display());
             Ok(())
         }
-        CheckResult::NotFound => bail!(
+        CheckResult::NotFound => Err(final_error(format!(
             "host key of {peer} is not in '{}' and spray.host_key_policy is strict; refusing",
             path.display()
-        ),
+        ))),
         CheckResult::Failure => bail!(
             "cannot check the host key of {peer} against '{}'",
             path.display()

@@ -19,11 +19,11 @@ fn check_key_private(settings: &TlsSettings) -> Result<()> {
     let meta = std::fs::metadata(&settings.key)
         .with_context(|| format!("cannot read the TLS key '{}'", settings.key.display()))?;
     if meta.mode() & 0o077 != 0 {
-        bail!(
+        return Err(crate::failure::final_error(format!(
             "the TLS key '{}' is readable by group or others (mode {:o}): refusing it",
             settings.key.display(),
             meta.mode() & 0o777
-        );
+        )));
     }
     Ok(())
 }

@@ -9,23 +9,50 @@ mod prune;
 mod remote;
 mod upload;
 
-use super::Target;
+use super::{HeldCopy, Target};
 use crate::config::{Carried, S3Target, Settings};
-use crate::protocol::Offer;
 use crate::protocol::send::{OpenSet, PushStats};
+use crate::protocol::{Judge, Offer};
+use crate::retention::Policy;
 use crate::s3::Client;
 use anyhow::{Context, Result};
 use prune::{collect_garbage, prune};
 pub use remote::{Remote, read_remote};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use upload::upload_set;
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Bucket(pub S3Target);
+pub struct Bucket {
+    pub target: S3Target,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    /// The node's retention without `min_free_space`: a bucket has no free space to keep, only
+    /// the keep rules and `max_total_size` apply.
+    policy: Policy,
+    /// Sets dated after now plus this are not believed (`node.max_clock_skew`).
+    max_clock_skew: Duration,
+}
 
 impl Bucket {
+    pub fn new(target: S3Target, settings: &Settings) -> Bucket {
+        let mut policy = settings.retention.clone();
+        policy.min_free_space = None;
+        Bucket {
+            target,
+            connect_timeout: settings.spray.connect_timeout,
+            io_timeout: settings.spray.io_timeout,
+            policy,
+            max_clock_skew: settings.max_clock_skew,
+        }
+    }
+
+    fn client(&self) -> Result<Client> {
+        Client::open(&self.target, self.connect_timeout, self.io_timeout)
+    }
+
     fn location(&self) -> String {
-        let t = &self.0;
+        let t = &self.target;
         let host = t
             .endpoint
             .split_once("://")
@@ -41,7 +68,7 @@ impl Bucket {
 
 impl Target for Bucket {
     fn carries(&self) -> Carried {
-        self.0.files
+        self.target.files
     }
 
     fn id(&self) -> String {
@@ -49,7 +76,7 @@ impl Target for Bucket {
     }
 
     fn describe(&self) -> String {
-        let t = &self.0;
+        let t = &self.target;
         let files = match t.files {
             Carried::All => String::new(),
             other => format!(", {} only", other.as_str()),
@@ -62,21 +89,57 @@ impl Target for Bucket {
         )
     }
 
-    fn push(&self, settings: &Settings, sets: &[OpenSet]) -> Result<PushStats> {
-        let t = &self.0;
-        let mut client = Client::open(t, settings.spray.connect_timeout, settings.spray.io_timeout)
-            .with_context(|| self.describe())?;
-        push(&mut client, t, settings, sets)
-            .with_context(|| format!("bucket '{}' at {}", t.bucket, t.endpoint))
+    fn describe_source(&self) -> String {
+        let t = &self.target;
+        format!(
+            "bucket '{}' at {}{}",
+            t.bucket,
+            t.endpoint,
+            if t.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" (prefix '{}')", t.prefix)
+            }
+        )
+    }
+
+    fn push(&self, sets: &[OpenSet]) -> Result<PushStats> {
+        let t = &self.target;
+        let judge = Judge {
+            policy: &self.policy,
+            free_bytes: u64::MAX,
+            not_after: crate::units::after(chrono::Utc::now(), self.max_clock_skew),
+            guard: None,
+        };
+        self.client()
+            .with_context(|| self.describe())
+            .and_then(|mut client| {
+                push(&mut client, t, &judge, sets)
+                    .with_context(|| format!("bucket '{}' at {}", t.bucket, t.endpoint))
+            })
+            .map_err(refused_is_final)
+    }
+
+    fn open_set(&self, id: &str) -> Result<HeldCopy> {
+        remote::open_set(self.client()?, &self.target, id)
     }
 }
 
-fn push(
-    client: &mut Client,
-    t: &S3Target,
-    settings: &Settings,
-    sets: &[OpenSet],
-) -> Result<PushStats> {
+/// An answer of 4xx (but a timeout or throttling) would come again: the bucket is missing, the
+/// keys are refused, a request is not allowed. Retrying in this run would not help.
+fn refused_is_final(error: anyhow::Error) -> anyhow::Error {
+    let refused = error.chain().any(|e| {
+        e.downcast_ref::<crate::s3::S3Error>()
+            .is_some_and(|e| (400..500).contains(&e.status) && ![408, 429].contains(&e.status))
+    });
+    if refused {
+        crate::failure::mark_final(error)
+    } else {
+        error
+    }
+}
+
+fn push(client: &mut Client, t: &S3Target, judge: &Judge, sets: &[OpenSet]) -> Result<PushStats> {
     let remote = read_remote(client, t)?;
     for key in &remote.listing.unknown {
         tracing::debug!("unknown object left alone: {key}");
@@ -90,17 +153,8 @@ fn push(
             dirty: s.set.manifest.dirty,
         })
         .collect();
-    // A bucket has no free space to keep: only the keep rules and max_total_size apply.
-    let mut policy = settings.retention.clone();
-    policy.min_free_space = None;
     let held = remote.held(t.files);
-    let judge = crate::protocol::Judge {
-        policy: &policy,
-        free_bytes: u64::MAX,
-        not_after: settings.not_after(),
-        guard: None,
-    };
-    let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), &judge);
+    let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), judge);
     for id in &plan.conflicts {
         tracing::warn!(set_id = %id, "the bucket holds another set '{id}' (another manifest): left alone, not sent");
     }
@@ -127,7 +181,7 @@ fn push(
     }
     stats.held = plan.holds + stats.sent.len();
 
-    prune(client, t, &judge, &remote, &stats.sent, sets)?;
+    prune(client, t, judge, &remote, &stats.sent, sets)?;
     collect_garbage(client, t, &remote, &uploading)?;
     Ok(stats)
 }

@@ -5,7 +5,8 @@ use crate::config::{Carried, S3Target};
 use crate::manifest::Manifest;
 use crate::protocol::HeldSet;
 use crate::s3::Client;
-use anyhow::Result;
+use crate::targets::HeldCopy;
+use anyhow::{Result, bail, ensure};
 use std::collections::BTreeMap;
 
 /// Manifests are small; anything larger under that name is not one of ours.
@@ -58,4 +59,46 @@ impl Remote {
             })
             .collect()
     }
+}
+
+/// Set `id` as the bucket holds it, for `fetch`: its manifest and the files present at their
+/// manifest size, each downloaded within that size.
+pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> {
+    let objects = client.list(&format!("{}{id}/", layout::sets_prefix(&t.prefix)))?;
+    let listing = layout::group(&t.prefix, &objects);
+    let Some(remote) = listing.sets.get(id).filter(|s| s.has_manifest()) else {
+        bail!("no set '{id}' there");
+    };
+    let bytes = client.get_small(&layout::key(&t.prefix, id, MANIFEST), MAX_MANIFEST_BYTES)?;
+    let manifest = Manifest::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("the manifest of '{id}' there is unreadable: {e}"))?;
+    ensure!(
+        manifest.id == id,
+        "the manifest there is of set '{}'",
+        manifest.id
+    );
+    let files = manifest
+        .files
+        .iter()
+        .filter(|f| {
+            remote
+                .objects
+                .get(&f.name)
+                .is_some_and(|o| o.size == f.size)
+        })
+        .map(|f| f.name.clone())
+        .collect();
+    let (prefix, id) = (t.prefix.clone(), id.to_string());
+    Ok(HeldCopy {
+        manifest_sha256: crate::manifest::digest(&bytes),
+        manifest,
+        files,
+        copy: Box::new(move |entry, dest| {
+            let key = layout::key(&prefix, &id, &entry.name);
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
+            client.get(&key, &mut out, entry.size)?;
+            std::io::Write::flush(&mut out)?;
+            Ok(())
+        }),
+    })
 }
