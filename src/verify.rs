@@ -2,6 +2,7 @@
 //! computes the file's sha256: the etcd snapshot (bbolt meta page + sha256 trailer) and the
 //! static-pod-resources tar.gz (decompresses, CRC valid, lists the expected directories).
 
+use crate::bbolt::page;
 use crate::files::open_regular;
 use crate::hash::{Sha256, hex};
 use crate::store::{Store, StoredSet, Verification};
@@ -14,11 +15,6 @@ use std::path::Path;
 const READ_BUF_BYTES: usize = 1 << 16;
 /// etcd appends the sha256 of the bbolt file after it.
 pub const TRAILER_BYTES: u64 = 32;
-const BBOLT_MAGIC: u32 = 0xED0C_DAED;
-const BBOLT_VERSION: u32 = 2;
-const BBOLT_META_PAGE_FLAG: u16 = 0x04;
-/// Page header (16 bytes) + meta fields up to the checksum (56 bytes).
-const BBOLT_META_END: usize = 72;
 /// The newest dir of each of these must be in the resources tar.gz (`cluster-backup.sh`).
 pub const REQUIRED_STATIC_PODS: [&str; 3] = [
     "kube-apiserver-pod",
@@ -68,45 +64,6 @@ fn expect_eof(reader: &mut impl Read) -> io::Result<()> {
     }
 }
 
-/// The page size from a bbolt file's first meta page, after checking flags, magic, version and
-/// the FNV-1a checksum. `page0` holds at least the first 72 bytes.
-pub fn bbolt_page_size(page0: &[u8]) -> Result<u32, String> {
-    if page0.len() < BBOLT_META_END + 8 {
-        return Err("too short for a bbolt meta page".into());
-    }
-    let u16_at = |at: usize| u16::from_le_bytes([page0[at], page0[at + 1]]);
-    let u32_at = |at: usize| u32::from_le_bytes(page0[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(page0[at..at + 8].try_into().expect("8 bytes"));
-    let magic = u32_at(16);
-    if magic != BBOLT_MAGIC {
-        return Err(format!(
-            "not a bbolt file (magic {magic:#010x}, want {BBOLT_MAGIC:#010x})"
-        ));
-    }
-    if u16_at(8) & BBOLT_META_PAGE_FLAG == 0 {
-        return Err("page 0 is not a meta page".into());
-    }
-    let version = u32_at(20);
-    if version != BBOLT_VERSION {
-        return Err(format!("unsupported bbolt version {version}"));
-    }
-    let checksum = fnv1a64(&page0[16..BBOLT_META_END]);
-    if checksum != u64_at(BBOLT_META_END) {
-        return Err("bbolt meta page checksum mismatch".into());
-    }
-    let page_size = u32_at(24);
-    if !page_size.is_power_of_two() || !(512..=65_536).contains(&page_size) {
-        return Err(format!("implausible bbolt page size {page_size}"));
-    }
-    Ok(page_size)
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Hashes a stream of known length that must be an etcd snapshot, checking it on the way:
 /// bbolt meta page, `(len - 32)` a multiple of the page size, and the trailer equal to the
 /// sha256 of everything before it. The whole-stream sha256 reuses the prefix hash state
@@ -122,8 +79,8 @@ pub struct SnapshotHasher {
 }
 
 /// The smallest plausible snapshot: two meta pages of the smallest page size and the trailer.
-const MIN_SNAPSHOT_BYTES: u64 = TRAILER_BYTES + 2 * 512;
-const HEAD_BYTES: usize = BBOLT_META_END + 8;
+const MIN_SNAPSHOT_BYTES: u64 = TRAILER_BYTES + 2 * page::MIN_PAGE_SIZE as u64;
+const HEAD_BYTES: usize = page::META_PAGE_BYTES;
 
 impl SnapshotHasher {
     pub fn new(size: u64) -> Result<SnapshotHasher, String> {
@@ -178,7 +135,9 @@ impl SnapshotHasher {
         if self.pos != self.size {
             return Err(format!("{} bytes, expected {}", self.pos, self.size));
         }
-        let page_size = bbolt_page_size(&self.head)?;
+        let page_size = page::meta(&self.head)
+            .map_err(|e| format!("bbolt meta page 0: {e}"))?
+            .page_size;
         if !(self.size - TRAILER_BYTES).is_multiple_of(u64::from(page_size)) {
             return Err(format!(
                 "size {} is not {TRAILER_BYTES} bytes plus whole {page_size}-byte pages (truncated or not an etcd snapshot)",
@@ -483,16 +442,17 @@ pub(crate) mod tests {
         for (id, txid) in [(0u64, 2u64), (1, 1)] {
             let m = &mut data[id as usize * size..];
             m[0..8].copy_from_slice(&id.to_le_bytes());
-            m[8..10].copy_from_slice(&BBOLT_META_PAGE_FLAG.to_le_bytes());
-            m[16..20].copy_from_slice(&BBOLT_MAGIC.to_le_bytes());
-            m[20..24].copy_from_slice(&BBOLT_VERSION.to_le_bytes());
+            m[8..10].copy_from_slice(&page::META.to_le_bytes());
+            m[16..20].copy_from_slice(&page::MAGIC.to_le_bytes());
+            m[20..24].copy_from_slice(&page::VERSION.to_le_bytes());
             m[24..28].copy_from_slice(&page_size.to_le_bytes());
             m[32..40].copy_from_slice(&2u64.to_le_bytes()); // root bucket: page 2
             m[48..56].copy_from_slice(&u64::MAX.to_le_bytes()); // no freelist
             m[56..64].copy_from_slice(&(pages as u64).to_le_bytes()); // high-water mark
             m[64..72].copy_from_slice(&txid.to_le_bytes());
-            let checksum = fnv1a64(&m[16..BBOLT_META_END]);
-            m[BBOLT_META_END..BBOLT_META_END + 8].copy_from_slice(&checksum.to_le_bytes());
+            let summed_end = page::META_PAGE_BYTES - 8;
+            let checksum = page::fnv1a64(&m[16..summed_end]);
+            m[summed_end..page::META_PAGE_BYTES].copy_from_slice(&checksum.to_le_bytes());
         }
         // The root leaf: two bucket elements, each value a bucket header with root 0 and an
         // empty inline leaf page.

@@ -15,8 +15,14 @@ pub const MAGIC: u32 = 0xED0C_DAED;
 pub const VERSION: u32 = 2;
 /// The meta's freelist when the freelist is not written (`NoFreelistSync`).
 pub const NO_FREELIST: u64 = u64::MAX;
+/// bbolt takes the OS page size (etcd sets no other): 4 KiB, or 64 KiB on ppc64le and arm64
+/// kernels with 64 KiB pages. Anything outside these bounds is not a file etcd wrote.
+pub const MIN_PAGE_SIZE: u32 = 512;
+pub const MAX_PAGE_SIZE: u32 = 64 << 10;
 /// The meta fields the checksum covers: magic … txid.
 const META_SUMMED_BYTES: usize = 56;
+/// The bytes of page 0 that [`meta`] reads: the page header, the summed fields, the checksum.
+pub const META_PAGE_BYTES: usize = PAGE_HEADER_BYTES + META_SUMMED_BYTES + 8;
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -74,11 +80,13 @@ pub fn meta(page: &[u8]) -> Result<Meta, String> {
         return Err(format!("flags {:#x}, not a meta page", h.flags));
     }
     let m = page
-        .get(PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + META_SUMMED_BYTES + 8)
+        .get(PAGE_HEADER_BYTES..META_PAGE_BYTES)
         .ok_or("shorter than a meta page")?;
     let magic = u32_at(m, 0).unwrap_or(0);
     if magic != MAGIC {
-        return Err(format!("magic {magic:#x}, not bbolt's {MAGIC:#x}"));
+        return Err(format!(
+            "not a bbolt file (magic {magic:#010x}, bbolt's is {MAGIC:#010x})"
+        ));
     }
     let version = u32_at(m, 4).unwrap_or(0);
     if version != VERSION {
@@ -88,7 +96,7 @@ pub fn meta(page: &[u8]) -> Result<Meta, String> {
     let computed = fnv1a64(&m[..META_SUMMED_BYTES]);
     if stored != computed {
         return Err(format!(
-            "checksum {stored:#018x}, but the fields sum to {computed:#018x}"
+            "checksum mismatch: {stored:#018x} stored, the fields sum to {computed:#018x}"
         ));
     }
     let meta = Meta {
@@ -99,8 +107,10 @@ pub fn meta(page: &[u8]) -> Result<Meta, String> {
         hwm: u64_at(m, 40).unwrap_or(0),
         txid: u64_at(m, 48).unwrap_or(0),
     };
-    if !(512..=1 << 24).contains(&meta.page_size) || !meta.page_size.is_power_of_two() {
-        return Err(format!("page size {}", meta.page_size));
+    if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&meta.page_size)
+        || !meta.page_size.is_power_of_two()
+    {
+        return Err(format!("implausible page size {}", meta.page_size));
     }
     if meta.hwm < 2 || meta.root < 2 || meta.root >= meta.hwm {
         return Err(format!(
