@@ -4,14 +4,12 @@
 //! deep-checked) after it is written.
 
 use crate::config::{DirTarget, Settings, TargetConfig};
-use crate::files::FILE_MODE;
 use crate::manifest::FileEntry;
 use crate::store::{Store, StoredSet};
 use crate::targets::dir::DirStore;
 use crate::targets::{HeldCopy, Target, Targets};
 use anyhow::{Context, Result, bail, ensure};
 use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The `fetch` command: resolves `--from` (a directory, a target id or a bucket name; every
@@ -79,13 +77,7 @@ pub enum Fetched {
 /// Writes the file `entry` from `held` to `to` (created 0600, fsynced): no more than its
 /// manifest's size, whatever the source sends.
 fn copy_from(held: &mut HeldCopy, entry: &FileEntry, to: &Path) -> Result<()> {
-    let mut dest = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(to)
-        .with_context(|| format!("cannot create '{}'", to.display()))?;
+    let mut dest = crate::files::create_private(to)?;
     (held.copy)(entry, &mut dest)?;
     dest.sync_all()
         .with_context(|| format!("cannot write '{}'", to.display()))

@@ -137,6 +137,32 @@ pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Res
     fsync_dir(dir)
 }
 
+/// Creates `path`, which must not exist, for writing: owner-only whatever the umask, never
+/// through a symlink.
+pub fn create_private(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot create '{}'", path.display()))
+}
+
+/// Opens `path` to read and write, creating it owner-only when it is not there (a lock file, a
+/// partial transfer to resume), never through a symlink; what is in it is kept.
+pub fn open_private(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot open '{}'", path.display()))
+}
+
 /// Copies at most `size` bytes of `source` into `dest`; a source that holds more (it grew, or
 /// lies about its size) is an error.
 pub fn copy_exactly(source: &mut File, dest: &mut File, size: u64) -> std::io::Result<()> {

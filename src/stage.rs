@@ -2,11 +2,11 @@
 //! OpenShift's `cluster-restore.sh`, each copy checked against the manifest (the snapshot
 //! deep-checked) after it is written.
 
-use crate::files::{FILE_MODE, copy_exactly};
+use crate::files::copy_exactly;
 use crate::store::{Store, StoredSet};
 use anyhow::{Context, Result, bail, ensure};
-use std::fs::{self};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 /// The `stage` command: under the store lock (prune must not remove the set while it is
@@ -140,13 +140,7 @@ pub(crate) fn copy_checked(set: &StoredSet, dir: &Path) -> Result<()> {
         let from = set.dir.join(&file.name);
         let to = dir.join(&file.name);
         let mut source = crate::files::open_regular(&from)?;
-        let mut dest = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&to)
-            .with_context(|| format!("cannot create '{}'", to.display()))?;
+        let mut dest = crate::files::create_private(&to)?;
         copy_exactly(&mut source, &mut dest, file.size)
             .and_then(|()| dest.sync_all())
             .with_context(|| format!("cannot copy '{}' to '{}'", from.display(), to.display()))?;

@@ -2,12 +2,10 @@
 //! holder to whoever waits.
 
 use super::Store;
-use crate::files::FILE_MODE;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -39,15 +37,7 @@ impl Store {
     pub fn lock_named(&self, name: &str, wait: Duration) -> Result<StoreLock> {
         let path = self.root.join(name);
         let start = Instant::now();
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file '{}'", path.display()))?;
+        let mut file = crate::files::open_private(&path)?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(mut lock) => {

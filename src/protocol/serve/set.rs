@@ -14,7 +14,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The offered manifest, kept beside a partial transfer so a resume can be matched to it.
@@ -279,15 +278,7 @@ fn receive_file<S: Stream>(
     offset: u64,
 ) -> Result<(File, std::path::PathBuf)> {
     let path = staging.join(&entry.name);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(crate::files::FILE_MODE)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("cannot open '{}'", path.display()))?;
+    let mut file = crate::files::open_private(&path)?;
     let on_disk = file.metadata()?.len();
     if offset > on_disk || offset > entry.size {
         return Err(violation(format!(
