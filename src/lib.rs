@@ -15,6 +15,7 @@ pub mod hash;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod paths;
 pub mod peers;
 pub mod protocol;
 pub mod prune;

@@ -9,9 +9,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-pub const DEFAULT_ETCD_ENV: &str =
-    "/etc/kubernetes/static-pod-resources/etcd-certs/configmaps/etcd-scripts/etcd.env";
-
 /// One master named in etcd.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvPeer {

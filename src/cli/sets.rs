@@ -108,7 +108,8 @@ pub fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result
         println!("  {}", dir.join(&file.name).display());
     }
     println!(
-        "next, on the recovery master (OpenShift's restore procedure):\n  sudo -E /usr/local/bin/cluster-restore.sh {}",
+        "next, on the recovery master (OpenShift's restore procedure):\n  sudo -E {} {}",
+        crate::paths::CLUSTER_RESTORE,
         dir.display()
     );
     Ok(EXIT_OK)

@@ -15,14 +15,14 @@ pub use targets::{
     TargetConfig,
 };
 
+use crate::paths;
 use crate::retention::Policy;
 use fragments::{FileFragment, Source};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/etcd-backup/config.toml";
-pub const DROPIN_DIR_NAME: &str = "config.d";
+pub use crate::paths::{CONFIG_FILE as DEFAULT_CONFIG_PATH, DROPIN_DIR_NAME};
 
 /// A configuration problem; the CLI maps it to its own exit code.
 #[derive(Debug, thiserror::Error)]
@@ -246,12 +246,12 @@ impl Settings {
             node_name,
             max_clock_skew: Duration::from_secs(5 * 60),
             store: StoreSettings {
-                root: PathBuf::from("/var/lib/etcd-backup"),
+                root: PathBuf::from(paths::STORE_ROOT),
                 gc_grace: Duration::from_secs(3600),
                 lock_wait: Duration::from_secs(10 * 60),
             },
             backup: BackupSettings {
-                command: PathBuf::from("/usr/local/bin/cluster-backup.sh"),
+                command: PathBuf::from(paths::CLUSTER_BACKUP),
                 chroot: None,
                 force: ForcePolicy::Fallback,
                 timeout: Duration::from_secs(15 * 60),
@@ -270,13 +270,13 @@ impl Settings {
                 max_age: Duration::from_secs(3 * 3600),
             },
             spray: SpraySettings {
-                etcd_env: Some(PathBuf::from(crate::peers::DEFAULT_ETCD_ENV)),
+                etcd_env: Some(PathBuf::from(paths::ETCD_ENV)),
                 peers: Vec::new(),
                 user: "core".to_string(),
-                identity: PathBuf::from("/etc/etcd-backup/spray_key"),
-                known_hosts: PathBuf::from("/etc/etcd-backup/known_hosts"),
+                identity: PathBuf::from(paths::SPRAY_KEY),
+                known_hosts: PathBuf::from(paths::KNOWN_HOSTS),
                 host_key_policy: HostKeyPolicy::Strict,
-                remote_command: "sudo -n /usr/local/bin/etcd-backup receive".to_string(),
+                remote_command: paths::RECEIVE_COMMAND.to_string(),
                 connect_timeout: Duration::from_secs(10),
                 io_timeout: Duration::from_secs(60),
                 session_timeout: Duration::from_secs(3600),
@@ -288,9 +288,9 @@ impl Settings {
             },
             metrics: MetricsSettings::default(),
             tls: TlsSettings {
-                cert: PathBuf::from("/etc/etcd-backup/tls/tls.crt"),
-                key: PathBuf::from("/etc/etcd-backup/tls/tls.key"),
-                ca: PathBuf::from("/etc/etcd-backup/tls/ca.crt"),
+                cert: PathBuf::from(paths::TLS_CERT),
+                key: PathBuf::from(paths::TLS_KEY),
+                ca: PathBuf::from(paths::TLS_CA),
             },
             sources: Vec::new(),
         }

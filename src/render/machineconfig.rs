@@ -1,7 +1,8 @@
 //! The MachineConfig for the master pool, written from the payload.
 
 use super::payload::{Delivery, Inputs, payload};
-use super::{BINARY_PATH, CONFIG_DIR, RECEIVE_COMMAND, gzip_data_url, literal_block, quoted};
+use super::{gzip_data_url, literal_block, quoted};
+use crate::paths::{BINARY as BINARY_PATH, CONFIG_DIR, RECEIVE_COMMAND};
 use anyhow::Result;
 use std::fmt::Write as _;
 

@@ -14,7 +14,7 @@ mod request;
 
 pub use keys::{generate_keypair, public_key_of};
 pub use machineconfig::machineconfig;
-pub use payload::{Delivery, Inputs, S3_CREDENTIALS_PATH, check_s3_credentials};
+pub use payload::{Delivery, Inputs, check_s3_credentials};
 pub use policy::node_disruption_policy;
 pub use request::{Rendered, Request, machineconfig_from};
 
@@ -41,11 +41,6 @@ pub const EMBEDDED_REFUSE_BYTES: usize = 1229 << 10;
 /// etcd refuses any request over 1.5 MiB: an object this big could never be applied, forced
 /// or not.
 pub const ETCD_REQUEST_LIMIT_BYTES: usize = 1536 << 10;
-pub const BINARY_PATH: &str = "/usr/local/bin/etcd-backup";
-/// No `.sh` and no operator marker: the etcd pod deletes such files in /usr/local/bin.
-pub const INSTALL_SCRIPT_PATH: &str = "/usr/local/bin/etcd-backup-install";
-pub const CONFIG_DIR: &str = "/etc/etcd-backup";
-pub const RECEIVE_COMMAND: &str = "sudo -n /usr/local/bin/etcd-backup receive";
 
 /// An Ignition data URL of `bytes`, gzip-compressed (declared with `compression: gzip`).
 fn gzip_data_url(bytes: &[u8]) -> String {

@@ -3,7 +3,10 @@
 //! that the two cannot disagree.
 
 use super::image::PinnedImage;
-use super::{BINARY_PATH, CONFIG_DIR, INSTALL_SCRIPT_PATH, RECEIVE_COMMAND};
+use crate::paths::{
+    BINARY as BINARY_PATH, CONFIG_DIR, IMAGE_ENV as IMAGE_ENV_PATH,
+    INSTALL_SCRIPT as INSTALL_SCRIPT_PATH, RECEIVE_COMMAND, S3_CREDENTIALS as S3_CREDENTIALS_PATH,
+};
 use anyhow::{Result, anyhow, bail};
 use std::path::Path;
 
@@ -70,10 +73,6 @@ pub struct Payload {
 }
 
 pub const INSTALL_UNIT: &str = "etcd-backup-install.service";
-pub const IMAGE_ENV_PATH: &str = "/etc/etcd-backup/image.env";
-/// Where `render machineconfig --s3-credentials` puts the file: one path (each target picks its
-/// `profile`), so that the node disruption policy can name it.
-pub const S3_CREDENTIALS_PATH: &str = "/etc/etcd-backup/s3-credentials";
 
 /// Checks a credentials file given to `render machineconfig --s3-credentials` against the
 /// config's S3 targets: at least one target must read it from [`S3_CREDENTIALS_PATH`], and

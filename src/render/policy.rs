@@ -24,7 +24,10 @@ pub fn node_disruption_policy() -> String {
          spec:\n  nodeDisruptionPolicy:\n    files:\n",
     );
     // Drop-ins an admin adds beside ours need nothing either.
-    let config_d = (format!("{}/config.d", super::CONFIG_DIR), OnChange::Nothing);
+    let config_d = (
+        format!("{}/config.d", crate::paths::CONFIG_DIR),
+        OnChange::Nothing,
+    );
     for (path, on_change) in paths.iter().chain([&config_d]) {
         let _ = writeln!(y, "    - path: {}\n      actions:", quoted(path));
         match on_change {
