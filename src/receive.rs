@@ -14,10 +14,10 @@ use crate::deadline::{BoundedTcp, Deadline};
 use crate::protocol::Conn;
 use crate::protocol::serve::{HELLO_TIMEOUT, PeerSender, ReceiveStats, Sender, serve};
 use crate::store::Store;
+use crate::transport::slots::{Slot, Slots};
 use crate::transport::tls::{TlsStream, acceptor, peer_name};
 use anyhow::{Context, Result};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// More senders than masters at once is a fault or an attack: the rest are turned away.
@@ -26,26 +26,6 @@ pub const MAX_SESSIONS: usize = 16;
 pub const MAX_HANDSHAKES: usize = 256;
 /// The whole handshake, however slowly its bytes arrive.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A slot of a capped count, given back when dropped.
-struct Slot<'a>(&'a AtomicUsize);
-
-impl<'a> Slot<'a> {
-    fn take(count: &'a AtomicUsize, cap: usize) -> Option<Slot<'a>> {
-        count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(count))
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Serves the one sender on stdin and stdout (the SSH forced command on a peer).
 pub fn on_stdio(settings: &Settings) -> Result<ReceiveStats> {
@@ -71,7 +51,7 @@ pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
         store = %settings.store.root.display(),
         "receiving sets over mutual TLS on {addr}"
     );
-    let (handshakes, sessions) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (handshakes, sessions) = (Slots::new(MAX_HANDSHAKES), Slots::new(MAX_SESSIONS));
     std::thread::scope(|scope| {
         for tcp in listener.incoming() {
             let tcp = match tcp {
@@ -81,7 +61,7 @@ pub fn listen(settings: &Settings, addr: &str) -> Result<()> {
                     continue;
                 }
             };
-            let Some(handshake) = Slot::take(&handshakes, MAX_HANDSHAKES) else {
+            let Some(handshake) = handshakes.take() else {
                 tracing::warn!("{MAX_HANDSHAKES} handshakes in progress: a connection turned away");
                 continue;
             };
@@ -105,7 +85,7 @@ fn session(
     tcp: TcpStream,
     from: &str,
     handshake: Slot,
-    sessions: &AtomicUsize,
+    sessions: &Slots,
 ) -> Result<()> {
     tcp.set_nodelay(true)?;
     crate::transport::tcp::user_timeout(&tcp, settings.spray.io_timeout)?;
@@ -120,7 +100,7 @@ fn session(
         .map_err(|e| anyhow::anyhow!("TLS handshake refused: {e}"))?;
     drop(handshake);
     let sender = peer_name(&stream)?;
-    let Some(_session) = Slot::take(sessions, MAX_SESSIONS) else {
+    let Some(_session) = sessions.take() else {
         anyhow::bail!("{MAX_SESSIONS} sessions already: {sender} turned away");
     };
     let peer = PeerSender {

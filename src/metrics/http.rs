@@ -8,12 +8,12 @@
 
 use crate::config::Settings;
 use crate::deadline::{BoundedTcp, Deadline};
+use crate::transport::slots::Slots;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A request head larger than this is refused.
@@ -72,33 +72,36 @@ pub fn serve(settings: &Settings, addr: &str) -> Result<()> {
         "serving metrics on http://{}/metrics",
         listener.local_addr()?
     );
-    let active = AtomicUsize::new(0);
+    let active = Slots::new(MAX_CONNECTIONS);
     // Connections still reading their head, by arrival: the oldest is closed to make room.
     let reading: Mutex<BTreeMap<u64, TcpStream>> = Mutex::new(BTreeMap::new());
     std::thread::scope(|scope| {
         for (arrival, conn) in (0u64..).zip(listener.incoming()) {
             let Ok(stream) = conn else { continue };
-            if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                let oldest = reading
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pop_first();
-                match oldest {
-                    // Its thread's read fails at once and gives its slot back.
-                    Some((_, slow)) => {
-                        let _ = slow.shutdown(std::net::Shutdown::Both);
+            let slot = match active.take() {
+                Some(slot) => slot,
+                None => {
+                    let oldest = reading
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop_first();
+                    match oldest {
+                        // Its thread's read fails at once and gives its slot back.
+                        Some((_, slow)) => {
+                            let _ = slow.shutdown(std::net::Shutdown::Both);
+                            active.take_anyway()
+                        }
+                        None => continue, // every slot is answering: this one is dropped
                     }
-                    None => continue, // every slot is answering: this one is dropped
                 }
-            }
+            };
             if let Ok(clone) = stream.try_clone() {
                 reading
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(arrival, clone);
             }
-            active.fetch_add(1, Ordering::SeqCst);
-            let (active, reading) = (&active, &reading);
+            let reading = &reading;
             scope.spawn(move || {
                 let head_read = || {
                     reading
@@ -110,7 +113,7 @@ pub fn serve(settings: &Settings, addr: &str) -> Result<()> {
                     tracing::debug!("metrics request: {error:#}");
                 }
                 head_read();
-                active.fetch_sub(1, Ordering::SeqCst);
+                drop(slot);
             });
         }
     });

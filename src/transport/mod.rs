@@ -2,6 +2,7 @@
 //! (libssh2) to a peer's forced command, mutual TLS, and the forced command's own stdin and
 //! stdout.
 
+pub mod slots;
 pub mod ssh;
 pub mod stdio;
 pub mod tcp;
