@@ -140,11 +140,9 @@ pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Res
 /// Creates `path`, which must not exist, for writing: owner-only whatever the umask, never
 /// through a symlink.
 pub fn create_private(path: &Path) -> Result<File> {
-    fs::OpenOptions::new()
+    private()
         .write(true)
         .create_new(true)
-        .mode(FILE_MODE)
-        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot create '{}'", path.display()))
 }
@@ -152,15 +150,20 @@ pub fn create_private(path: &Path) -> Result<File> {
 /// Opens `path` to read and write, creating it owner-only when it is not there (a lock file, a
 /// partial transfer to resume), never through a symlink; what is in it is kept.
 pub fn open_private(path: &Path) -> Result<File> {
-    fs::OpenOptions::new()
+    private()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(FILE_MODE)
-        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot open '{}'", path.display()))
+}
+
+/// Owner-only when created, whatever the umask; never through a symlink.
+fn private() -> fs::OpenOptions {
+    let mut options = fs::OpenOptions::new();
+    options.mode(FILE_MODE).custom_flags(nix::libc::O_NOFOLLOW);
+    options
 }
 
 /// Copies at most `size` bytes of `source` into `dest`; a source that holds more (it grew, or
