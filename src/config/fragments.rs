@@ -2,7 +2,6 @@
 //! span, so that a later check can name `file:line:column`. The defaults are in
 //! `Settings::defaults`; [`super::apply`] lays each file onto them.
 
-use super::targets::TargetFragment;
 use super::{ConfigError, ForcePolicy, HostKeyPolicy, Transport};
 use crate::units::{parse_duration, parse_size};
 use serde::Deserialize;
@@ -200,4 +199,42 @@ pub(super) struct RetentionFragment {
 pub(super) struct StatusFragment {
     /// Default `3h`.
     pub(super) max_age: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TargetFragment {
+    /// `dir` or `s3`.
+    pub(super) kind: Spanned<String>,
+    // dir
+    pub(super) path: Option<Spanned<String>>,
+    /// Default true.
+    pub(super) require_mount: Option<bool>,
+    // s3
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) bucket: Option<Spanned<String>>,
+    /// Default "".
+    pub(super) prefix: Option<Spanned<String>>,
+    /// Default `us-east-1`.
+    pub(super) region: Option<Spanned<String>>,
+    /// Default true (what ODF, Ceph RGW and MinIO endpoints need; AWS takes it too).
+    pub(super) path_style: Option<bool>,
+    pub(super) credentials: Option<Spanned<String>>,
+    /// Default `default`.
+    pub(super) profile: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    /// `AES256` or `aws:kms`; default none.
+    pub(super) sse: Option<Spanned<String>>,
+    pub(super) sse_kms_key_id: Option<Spanned<String>>,
+    /// `all` (default), `snapshot` or `resources`.
+    pub(super) files: Option<Spanned<String>>,
+    /// Default 16MiB.
+    pub(super) part_size: Option<Spanned<String>>,
+    /// `GOVERNANCE` or `COMPLIANCE`, with object_lock_days.
+    pub(super) object_lock_mode: Option<Spanned<String>>,
+    pub(super) object_lock_days: Option<Spanned<u32>>,
+    /// Default 24h.
+    pub(super) gc_grace: Option<Spanned<String>>,
+    /// Default false: an `http://` endpoint is refused.
+    pub(super) insecure_http: Option<bool>,
 }

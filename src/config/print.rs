@@ -1,7 +1,7 @@
 //! The effective configuration as TOML, as `check-config` prints it: every key, defaults
 //! included, in the order of the reference; reading it back gives the same settings.
 
-use super::{Settings, targets};
+use super::{Settings, Sse, TargetConfig};
 use crate::units::{format_duration, format_size};
 use std::fmt::Write as _;
 
@@ -104,7 +104,7 @@ impl Settings {
             quote(sp.transport.as_str()),
             sp.tls_port,
         );
-        targets::to_toml(&sp.targets, &mut out);
+        targets_to_toml(&sp.targets, &mut out);
         let _ = writeln!(
             out,
             "\n[tls]\ncert = {}\nkey = {}\nca = {}",
@@ -130,4 +130,62 @@ impl Settings {
 /// A string as a TOML value.
 pub(super) fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
+}
+
+/// The `[[spray.target]]` tables of the effective configuration.
+fn targets_to_toml(targets: &[TargetConfig], out: &mut String) {
+    use std::fmt::Write as _;
+    for target in targets {
+        match target {
+            TargetConfig::Dir(d) => {
+                let _ = writeln!(
+                    out,
+                    "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}",
+                    quote(&d.path.to_string_lossy()),
+                    d.require_mount
+                );
+            }
+            TargetConfig::S3(s) => {
+                let _ = writeln!(
+                    out,
+                    "\n[[spray.target]]\nkind = \"s3\"\nendpoint = {}\nbucket = {}\nprefix = {}\n\
+                     region = {}\npath_style = {}\ncredentials = {}\nprofile = {}\nfiles = {}\n\
+                     part_size = {}\ngc_grace = {}",
+                    quote(&s.endpoint),
+                    quote(&s.bucket),
+                    quote(&s.prefix),
+                    quote(&s.region),
+                    s.path_style,
+                    quote(&s.credentials.to_string_lossy()),
+                    quote(&s.profile),
+                    quote(s.files.as_str()),
+                    quote(&format_size(s.part_size)),
+                    quote(&format_duration(s.gc_grace)),
+                );
+                if let Some(ca) = &s.ca_file {
+                    let _ = writeln!(out, "ca_file = {}", quote(&ca.to_string_lossy()));
+                }
+                if s.insecure_http {
+                    let _ = writeln!(out, "insecure_http = true");
+                }
+                match &s.sse {
+                    None => {}
+                    Some(sse) => {
+                        let _ = writeln!(out, "sse = {}", quote(sse.algorithm()));
+                        if let Sse::Kms { key_id: Some(k) } = sse {
+                            let _ = writeln!(out, "sse_kms_key_id = {}", quote(k));
+                        }
+                    }
+                }
+                if let Some(lock) = &s.object_lock {
+                    let _ = writeln!(
+                        out,
+                        "object_lock_mode = {}\nobject_lock_days = {}",
+                        quote(lock.mode.as_str()),
+                        lock.days
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,9 +1,7 @@
 //! `[[spray.target]]`: one table per target; its `kind` says which keys it takes.
 
 use super::ConfigError;
-use super::fragments::Source;
-use crate::units::{format_duration, format_size};
-use serde::Deserialize;
+use super::fragments::{Source, TargetFragment};
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
@@ -120,44 +118,6 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TargetFragment {
-    /// `dir` or `s3`.
-    kind: Spanned<String>,
-    // dir
-    path: Option<Spanned<String>>,
-    /// Default true.
-    require_mount: Option<bool>,
-    // s3
-    endpoint: Option<Spanned<String>>,
-    bucket: Option<Spanned<String>>,
-    /// Default "".
-    prefix: Option<Spanned<String>>,
-    /// Default `us-east-1`.
-    region: Option<Spanned<String>>,
-    /// Default true (what ODF, Ceph RGW and MinIO endpoints need; AWS takes it too).
-    path_style: Option<bool>,
-    credentials: Option<Spanned<String>>,
-    /// Default `default`.
-    profile: Option<Spanned<String>>,
-    ca_file: Option<Spanned<String>>,
-    /// `AES256` or `aws:kms`; default none.
-    sse: Option<Spanned<String>>,
-    sse_kms_key_id: Option<Spanned<String>>,
-    /// `all` (default), `snapshot` or `resources`.
-    files: Option<Spanned<String>>,
-    /// Default 16MiB.
-    part_size: Option<Spanned<String>>,
-    /// `GOVERNANCE` or `COMPLIANCE`, with object_lock_days.
-    object_lock_mode: Option<Spanned<String>>,
-    object_lock_days: Option<Spanned<u32>>,
-    /// Default 24h.
-    gc_grace: Option<Spanned<String>>,
-    /// Default false: an `http://` endpoint is refused.
-    insecure_http: Option<bool>,
-}
 
 impl TargetFragment {
     pub(super) fn check(self, file: &Source<'_>) -> Result<TargetConfig, ConfigError> {
@@ -463,63 +423,4 @@ fn is_region(region: &str) -> bool {
         && region
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// The `[[spray.target]]` tables of the effective configuration.
-pub(super) fn to_toml(targets: &[TargetConfig], out: &mut String) {
-    use std::fmt::Write as _;
-    let quote = super::print::quote;
-    for target in targets {
-        match target {
-            TargetConfig::Dir(d) => {
-                let _ = writeln!(
-                    out,
-                    "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}",
-                    quote(&d.path.to_string_lossy()),
-                    d.require_mount
-                );
-            }
-            TargetConfig::S3(s) => {
-                let _ = writeln!(
-                    out,
-                    "\n[[spray.target]]\nkind = \"s3\"\nendpoint = {}\nbucket = {}\nprefix = {}\n\
-                     region = {}\npath_style = {}\ncredentials = {}\nprofile = {}\nfiles = {}\n\
-                     part_size = {}\ngc_grace = {}",
-                    quote(&s.endpoint),
-                    quote(&s.bucket),
-                    quote(&s.prefix),
-                    quote(&s.region),
-                    s.path_style,
-                    quote(&s.credentials.to_string_lossy()),
-                    quote(&s.profile),
-                    quote(s.files.as_str()),
-                    quote(&format_size(s.part_size)),
-                    quote(&format_duration(s.gc_grace)),
-                );
-                if let Some(ca) = &s.ca_file {
-                    let _ = writeln!(out, "ca_file = {}", quote(&ca.to_string_lossy()));
-                }
-                if s.insecure_http {
-                    let _ = writeln!(out, "insecure_http = true");
-                }
-                match &s.sse {
-                    None => {}
-                    Some(sse) => {
-                        let _ = writeln!(out, "sse = {}", quote(sse.algorithm()));
-                        if let Sse::Kms { key_id: Some(k) } = sse {
-                            let _ = writeln!(out, "sse_kms_key_id = {}", quote(k));
-                        }
-                    }
-                }
-                if let Some(lock) = &s.object_lock {
-                    let _ = writeln!(
-                        out,
-                        "object_lock_mode = {}\nobject_lock_days = {}",
-                        quote(lock.mode.as_str()),
-                        lock.days
-                    );
-                }
-            }
-        }
-    }
 }
