@@ -53,7 +53,7 @@ pub struct TargetResult {
 }
 
 /// How often a target is tried within a run, and how long the first wait between attempts is
-/// (doubling up to [`BACKOFF_MAX`]).
+/// (doubling up to 30 s).
 #[derive(Debug, Clone, Copy)]
 pub struct Retries {
     pub attempts: u32,

@@ -3,7 +3,7 @@
 //! mount, served in-process) and `s3` (a bucket). Peers and directories speak the protocol
 //! through [`crate::protocol::send::push`], so each is idempotent, resumable and verified against
 //! the manifest by the receiving store, which prunes itself by its own policy; a bucket is
-//! judged by the same [`crate::protocol::wants`]. Each target is built with what it needs from
+//! judged by the same [`crate::protocol::wants()`]. Each target is built with what it needs from
 //! the settings, once per run.
 
 pub mod dir;

@@ -6,7 +6,7 @@
 //!
 //! A peer's sender holds the spray key or a node certificate, which more people than root on a
 //! master may hold: it may deliver sets and nothing else. What it offers is judged by
-//! [`crate::protocol::wants`] (no set of this node's origin, none dated in the future, none
+//! [`crate::protocol::wants()`] (no set of this node's origin, none dated in the future, none
 //! that would push a held set out but through the ordinary turn of retention, none that does
 //! not fit above the free-space floor, a bound per origin); it must say hello within
 //! [`HELLO_TIMEOUT`] before it gets the receive lock, and its session ends at

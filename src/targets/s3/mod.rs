@@ -1,5 +1,5 @@
 //! `s3`: a bucket of an S3-compatible store. It does not speak the protocol: the sender lists
-//! the bucket, asks [`crate::protocol::wants`] what it lacks (the same decision a receiving store
+//! the bucket, asks [`crate::protocol::wants()`] what it lacks (the same decision a receiving store
 //! makes, with the same retention policy), uploads it with per-part SHA-256 checked by the
 //! server and the whole file's digest checked against the manifest, puts `manifest.json` last,
 //! then applies retention to the sets the bucket holds.

@@ -47,7 +47,7 @@ pub fn read_remote(client: &mut Client, t: &S3Target) -> Result<Remote> {
 }
 
 impl Remote {
-    /// The sets the bucket holds as [`crate::protocol::wants`] sees them: damaged when a file
+    /// The sets the bucket holds as [`crate::protocol::wants()`] sees them: damaged when a file
     /// this target carries is missing or of another size.
     pub fn held(&self, carried: Carried) -> Vec<HeldSet> {
         self.manifests
