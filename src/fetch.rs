@@ -3,14 +3,13 @@
 //! that holds a sound copy. Each copy is checked against the manifest (the snapshot
 //! deep-checked) after it is written.
 
-use crate::config::{DirTarget, Settings, TargetConfig};
+use crate::config::Settings;
 use crate::manifest::FileEntry;
 use crate::store::{Store, StoredSet};
-use crate::targets::dir::DirStore;
-use crate::targets::{HeldCopy, Target, Targets};
+use crate::targets::{HeldCopy, Target};
 use anyhow::{Context, Result, bail, ensure};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The `fetch` command: resolves `--from` (a directory, a target id or a bucket name; every
 /// configured target when `None`), then under the store lock [`fetch`]es set `id`. Returns the
@@ -20,39 +19,8 @@ pub fn run(
     from: Option<&str>,
     id: &str,
 ) -> Result<(StoredSet, Fetched, Vec<String>)> {
-    let sources: Targets = match from {
-        Some(path) if path.starts_with('/') => {
-            let dir = DirTarget {
-                path: PathBuf::from(path),
-                require_mount: false,
-            };
-            vec![Box::new(DirStore::new(dir, settings))]
-        }
-        Some(name) => {
-            let configured = crate::targets::configured(settings);
-            let ids: Vec<String> = configured.iter().map(|t| t.id()).collect();
-            let matching: Targets = configured
-                .into_iter()
-                .zip(&settings.spray.targets)
-                .filter(|(target, config)| {
-                    target.id() == name || matches!(config, TargetConfig::S3(s) if s.bucket == name)
-                })
-                .map(|(target, _)| target)
-                .collect();
-            if matching.is_empty() {
-                bail!(
-                    "--from '{name}' is neither a directory (an absolute path) nor a configured target (ids: {}; or a bucket name)",
-                    if ids.is_empty() {
-                        "none".to_string()
-                    } else {
-                        ids.join(", ")
-                    }
-                );
-            }
-            matching
-        }
-        None => crate::targets::configured(settings),
-    };
+    let sources =
+        crate::targets::named(settings, from).map_err(|e| anyhow::anyhow!("--from {e:#}"))?;
     if sources.is_empty() {
         bail!(
             "no store to fetch set '{id}' from: give --from DIR (no [[spray.target]] is configured)"

@@ -15,6 +15,10 @@ pub mod message_id {
     pub const SET_SENT: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b73";
     pub const TARGET_FAILED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b74";
     pub const SET_RECEIVED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b75";
+    /// A target's copy of a set does not match its manifest (`verify --target`).
+    pub const COPY_DAMAGED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b76";
+    /// A damaged copy on a target was sent again from a sound local set.
+    pub const COPY_HEALED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b77";
 }
 
 /// Sets up logging for this process; `verbosity` counts `-v` flags (INFO, DEBUG, TRACE).

@@ -4,7 +4,7 @@
 
 use crate::protocol::send::{OpenSet, PushStats, open_sets};
 use anyhow::Result;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// The whole `spray` run: under the spray lock, lists and opens the sets (holding the store
@@ -34,9 +34,89 @@ pub fn run(settings: &crate::config::Settings) -> Result<Vec<TargetResult>> {
         attempts: settings.spray.attempts,
         first_backoff: BACKOFF_FIRST,
     };
-    let results = spray_all(&targets, &sets, retries);
+    let damaged = damaged_copies(&store.copy_checks());
+    let results = spray_all(&targets, &sets, retries, &damaged);
     write_state(&store, &results)?;
+    record_healed(&store, &results, &sets, &damaged)?;
     Ok(results)
+}
+
+/// By target id, the manifest digests of the copies its last verification found damaged.
+fn damaged_copies(checks: &crate::store::CopyChecks) -> BTreeMap<String, BTreeSet<String>> {
+    checks
+        .iter()
+        .map(|(target, copies)| {
+            let bad = copies
+                .iter()
+                .filter(|(_, check)| check.problem.is_some())
+                .map(|(digest, _)| digest.clone())
+                .collect();
+            (target.clone(), bad)
+        })
+        .collect()
+}
+
+/// The damaged copies a run sent again, by target id: (set id, manifest digest).
+/// `digest_of` gives the manifest digest of each set offered.
+fn healed(
+    results: &[TargetResult],
+    digest_of: &BTreeMap<&str, &str>,
+    damaged: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeMap<String, Vec<(String, String)>> {
+    results
+        .iter()
+        .filter_map(|r| {
+            let bad = damaged.get(&r.id)?;
+            let stats = r.result.as_ref().ok()?;
+            let sent: Vec<(String, String)> = stats
+                .sent
+                .iter()
+                .filter_map(|id| {
+                    let digest = digest_of.get(id.as_str())?;
+                    bad.contains(*digest)
+                        .then(|| (id.clone(), digest.to_string()))
+                })
+                .collect();
+            (!sent.is_empty()).then(|| (r.id.clone(), sent))
+        })
+        .collect()
+}
+
+/// Forgets the damage of the copies a run sent again, and says so.
+fn record_healed(
+    store: &crate::store::Store,
+    results: &[TargetResult],
+    sets: &[OpenSet],
+    damaged: &BTreeMap<String, BTreeSet<String>>,
+) -> Result<()> {
+    let digest_of: BTreeMap<&str, &str> = sets
+        .iter()
+        .map(|s| (s.set.id(), s.set.manifest_sha256.as_str()))
+        .collect();
+    let healed = healed(results, &digest_of, damaged);
+    if healed.is_empty() {
+        return Ok(());
+    }
+    for result in results {
+        for (id, _) in healed.get(&result.id).into_iter().flatten() {
+            tracing::info!(
+                message_id = crate::logging::message_id::COPY_HEALED,
+                set_id = %id,
+                target = %result.name,
+                "damaged copy of {id} on {} replaced from the sound local set",
+                result.name
+            );
+        }
+    }
+    store.update_copy_checks(|checks| {
+        for (target, copies) in &healed {
+            if let Some(known) = checks.get_mut(target) {
+                for (_, digest) in copies {
+                    known.remove(digest);
+                }
+            }
+        }
+    })
 }
 
 /// What one target's part of a run came to.
@@ -70,7 +150,9 @@ pub fn spray_all(
     targets: &[Box<dyn crate::targets::Target>],
     sets: &[OpenSet],
     retries: Retries,
+    damaged: &BTreeMap<String, BTreeSet<String>>,
 ) -> Vec<TargetResult> {
+    let none = &BTreeSet::new();
     use crate::logging::message_id;
     std::thread::scope(|scope| {
         let handles: Vec<_> = targets
@@ -78,12 +160,13 @@ pub fn spray_all(
             .map(|target| {
                 scope.spawn(move || {
                     let (id, name, carries) = (target.id(), target.describe(), target.carries());
+                    let damaged = damaged.get(&id).unwrap_or(none);
                     let started = std::time::Instant::now();
                     let mut backoff = retries.first_backoff;
                     let mut attempt = 0;
                     loop {
                         attempt += 1;
-                        match target.push(sets) {
+                        match target.push(sets, damaged) {
                             Ok(stats) => {
                                 for id in &stats.sent {
                                     tracing::info!(message_id = message_id::SET_SENT, set_id = %id, target = %name, "set sent: {id} to {name}");
@@ -191,7 +274,7 @@ mod tests {
             self.name.to_string()
         }
 
-        fn push(&self, _sets: &[OpenSet]) -> Result<PushStats> {
+        fn push(&self, _sets: &[OpenSet], _damaged: &BTreeSet<String>) -> Result<PushStats> {
             let push = self.pushes.fetch_add(1, Ordering::SeqCst) + 1;
             assert!(!self.panics, "a target's bug");
             if push > self.failures {
@@ -225,7 +308,7 @@ mod tests {
             Box::new(Fake::new("fine", 0, false)),
             Box::new(panicking),
         ];
-        let results = spray_all(&targets, &[], NOW);
+        let results = spray_all(&targets, &[], NOW, &BTreeMap::new());
         type Outcome<'a> = (&'a str, u32, std::result::Result<Vec<String>, String>);
         let outcome: Vec<Outcome> = results
             .iter()
@@ -248,10 +331,54 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_copy_is_healed_only_by_a_successful_send_of_the_same_manifest() {
+        let result = |id: &str, sent: Option<&[&str]>| TargetResult {
+            id: id.to_string(),
+            name: id.to_string(),
+            result: sent
+                .map(|ids| PushStats {
+                    sent: ids.iter().map(|s| s.to_string()).collect(),
+                    ..PushStats::default()
+                })
+                .ok_or_else(|| "cut".to_string()),
+            attempts: 1,
+            carries: crate::config::Carried::All,
+        };
+        let digest_of: BTreeMap<&str, &str> = [("A", "a"), ("B", "b"), ("C", "c")].into();
+        let damaged: BTreeMap<String, BTreeSet<String>> = [
+            (
+                "s3:x".to_string(),
+                ["a".to_string(), "b".to_string()].into(),
+            ),
+            ("s3:cut".to_string(), ["a".to_string()].into()),
+            ("dir:/d".to_string(), ["z".to_string()].into()),
+        ]
+        .into();
+        let results = [
+            // Sent A (damaged there) and C (new there): A is healed, C was never damaged.
+            result("s3:x", Some(&["A", "C"])),
+            // Failed: nothing is healed, whatever it sent before failing.
+            result("s3:cut", None),
+            // Sent B, but its damaged copy there was of another manifest.
+            result("dir:/d", Some(&["B"])),
+            // No damage known there.
+            result("ssh:m1", Some(&["A"])),
+        ];
+        let got = healed(&results, &digest_of, &damaged);
+        let want: BTreeMap<String, Vec<(String, String)>> =
+            [("s3:x".to_string(), vec![("A".to_string(), "a".to_string())])].into();
+        assert_eq!(got, want);
+        assert_eq!(
+            damaged_copies(&Default::default()),
+            BTreeMap::<String, BTreeSet<String>>::new()
+        );
+    }
+
+    #[test]
     fn one_attempt_means_no_retry() {
         let targets: Vec<Box<dyn Target>> = vec![Box::new(Fake::new("flaky", 1, false))];
         let once = Retries { attempts: 1, ..NOW };
-        let results = spray_all(&targets, &[], once);
+        let results = spray_all(&targets, &[], once, &BTreeMap::new());
         assert_eq!(results[0].attempts, 1);
         assert!(results[0].result.is_err());
     }

@@ -2,8 +2,8 @@
 //! newest set of each origin, the sets that failed, the targets that are behind. One summary
 //! that `status` prints and `metrics` exposes; computing it does no I/O.
 
-use crate::store::StoredSet;
 use crate::store::TargetState;
+use crate::store::{CopyCheck, CopyChecks, StoredSet};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,6 +38,8 @@ pub struct Summary<'a> {
     pub targets: &'a BTreeMap<String, TargetState>,
     /// Targets whose last run failed.
     pub behind: Vec<&'a str>,
+    /// Copies on targets that their last verification found damaged: (target id, check).
+    pub damaged: Vec<(&'a str, &'a CopyCheck)>,
     /// Where a set's files are off this node (`None` without targets).
     pub coverage: Option<Coverage>,
 }
@@ -51,13 +53,18 @@ pub struct Coverage {
     pub resources: bool,
 }
 
-/// What the targets of the last spray run carry between them; `None` when there are none.
+/// What the targets carry between them; `None` when there are none. A target that has never
+/// taken a spray holds nothing yet and counts for nothing.
 pub fn coverage(targets: &BTreeMap<String, TargetState>) -> Option<Coverage> {
     use crate::config::Carried;
     if targets.is_empty() {
         return None;
     }
-    let any = |f: fn(Carried) -> bool| targets.values().any(|t| f(t.carries));
+    let any = |f: fn(Carried) -> bool| {
+        targets
+            .values()
+            .any(|t| t.last_success.is_some() && f(t.carries))
+    };
     Some(Coverage {
         whole_on_one: any(|c| c == Carried::All),
         snapshot: any(|c| c != Carried::Resources),
@@ -90,6 +97,8 @@ pub struct StoreView {
     pub listing: crate::store::Listing,
     pub targets: BTreeMap<String, TargetState>,
     pub runs: crate::store::Runs,
+    /// The last verification of each target's copies.
+    pub copies: CopyChecks,
 }
 
 impl StoreView {
@@ -99,6 +108,7 @@ impl StoreView {
                 listing: store.list()?,
                 targets: store.spray_state(),
                 runs: store.runs(),
+                copies: store.copy_checks(),
             },
             None => StoreView::default(),
         })
@@ -106,14 +116,29 @@ impl StoreView {
 
     /// The summary as of now, with the bound `max_age` and the clocks' `max_clock_skew`.
     pub fn summary(&self, max_age: Duration, max_clock_skew: Duration) -> Summary<'_> {
-        summarize(
+        let mut summary = summarize(
             &self.listing.sets,
             &self.targets,
             Utc::now(),
             max_age,
             max_clock_skew,
-        )
+        );
+        summary.damaged = damaged(&self.copies);
+        summary
     }
+}
+
+/// The damaged copies among `copies`, by target id.
+pub fn damaged(copies: &CopyChecks) -> Vec<(&str, &CopyCheck)> {
+    copies
+        .iter()
+        .flat_map(|(target, checks)| {
+            checks
+                .values()
+                .filter(|c| c.problem.is_some())
+                .map(move |c| (target.as_str(), c))
+        })
+        .collect()
 }
 
 pub fn summarize<'a>(
@@ -174,6 +199,7 @@ pub fn summarize<'a>(
         future,
         targets,
         behind,
+        damaged: Vec::new(),
         coverage: coverage(targets),
     }
 }
@@ -185,7 +211,7 @@ pub enum Health {
     Failed,
     /// No verified set, or the newest is older than `status.max_age`.
     Stale,
-    /// Fresh, but a target's last run failed.
+    /// Fresh, but a target's last run failed or a copy on it is damaged.
     Behind,
     Ok,
 }
@@ -197,7 +223,7 @@ impl Summary<'_> {
             Health::Failed
         } else if !self.fresh {
             Health::Stale
-        } else if !self.behind.is_empty() {
+        } else if !self.behind.is_empty() || !self.damaged.is_empty() {
             Health::Behind
         } else {
             Health::Ok
@@ -264,6 +290,7 @@ mod tests {
                 .map(|(i, &carries)| {
                     let state = TargetState {
                         carries,
+                        last_success: Some(at(0)),
                         ..Default::default()
                     };
                     (format!("s3:t{i}"), state)
@@ -315,6 +342,14 @@ mod tests {
             }
         }
         assert_eq!(coverage(&BTreeMap::new()), None);
+        // A target that never took a spray holds nothing yet.
+        let mut never = targets(&[All, Snapshot]);
+        never.get_mut("s3:t0").unwrap().last_success = None;
+        let got = coverage(&never).unwrap();
+        assert_eq!(
+            (got.whole_on_one, got.snapshot, got.resources),
+            (false, true, false)
+        );
         // A state file written before `carries` existed reads as whole.
         let old: TargetState = serde_json::from_str(r#"{"last_attempt":null,"last_success":null,"last_error":null,"sets_sent":0,"bytes_sent":0,"sets_held":1}"#).unwrap();
         assert_eq!(old.carries, All);

@@ -366,37 +366,32 @@ fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
     Ok(())
 }
 
-/// The `verify` command: under the store lock (prune must not remove a set under our feet),
-/// verifies the sets named by `ids` (every set and unreadable entry when empty), tells
-/// `checked` each id (or unreadable directory) and its outcome as it goes, and records the
-/// outcomes, which last: list, status, retention and spray see them until the next verify.
-/// Returns how many were bad.
-pub fn run(
-    settings: &crate::config::Settings,
+/// One set's outcome in a verification: its id (or the directory of an unreadable entry), the
+/// digest of the manifest it was checked against, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub id: String,
+    pub manifest_sha256: Option<String>,
+    pub problem: Option<String>,
+}
+
+/// Verifies the sets of `store` named by `ids` (every set and unreadable entry when empty),
+/// telling `checked` each outcome as it comes. The caller holds the store's lock.
+pub fn check_store(
+    store: &Store,
     ids: &[String],
     deep: bool,
-    mut checked: impl FnMut(&str, &Result<()>),
-) -> Result<usize> {
-    let store = Store::open_existing(&settings.store.root)?;
-    let _lock = store.lock(settings.store.lock_wait)?;
-    let mut bad = 0usize;
-    let mut recorded = Vec::new();
+    checked: &mut dyn FnMut(&Checked),
+) -> Result<Vec<Checked>> {
+    let mut outcomes = Vec::new();
     let mut report = |id: &str, set: Option<&StoredSet>, result: Result<()>| {
-        checked(id, &result);
-        let problem = result.err().map(|error| {
-            bad += 1;
-            format!("{error:#}")
-        });
-        if let Some(set) = set {
-            recorded.push((
-                set.manifest_sha256.clone(),
-                Verification {
-                    at: chrono::Utc::now(),
-                    deep,
-                    problem,
-                },
-            ));
-        }
+        let outcome = Checked {
+            id: id.to_string(),
+            manifest_sha256: set.map(|s| s.manifest_sha256.clone()),
+            problem: result.err().map(|error| format!("{error:#}")),
+        };
+        checked(&outcome);
+        outcomes.push(outcome);
     };
     if ids.is_empty() {
         let listing = store.list()?;
@@ -418,8 +413,40 @@ pub fn run(
             }
         }
     }
-    store.record_verifications(&recorded)?;
-    Ok(bad)
+    Ok(outcomes)
+}
+
+/// Records `outcomes` in `store`, where they last: list, status, retention and spray see them
+/// until the next verify. The caller holds the store's lock.
+pub fn record(store: &Store, outcomes: &[Checked], deep: bool) -> Result<()> {
+    let at = chrono::Utc::now();
+    let recorded: Vec<(String, Verification)> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let verification = Verification {
+                at,
+                deep,
+                problem: o.problem.clone(),
+            };
+            o.manifest_sha256.clone().map(|sha| (sha, verification))
+        })
+        .collect();
+    store.record_verifications(&recorded)
+}
+
+/// The `verify` command: under the store lock (prune must not remove a set under our feet),
+/// [`check_store`] and [`record`]. Returns how many were bad.
+pub fn run(
+    settings: &crate::config::Settings,
+    ids: &[String],
+    deep: bool,
+    checked: &mut dyn FnMut(&Checked),
+) -> Result<usize> {
+    let store = Store::open_existing(&settings.store.root)?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let outcomes = check_store(&store, ids, deep, checked)?;
+    record(&store, &outcomes, deep)?;
+    Ok(outcomes.iter().filter(|o| o.problem.is_some()).count())
 }
 
 #[cfg(test)]

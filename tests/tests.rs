@@ -24,3 +24,4 @@ mod spray_ssh;
 mod spray_tls;
 mod units;
 mod util;
+mod verify_target;

@@ -17,7 +17,7 @@ use backup::{cmd_backup, cmd_prune};
 use clap::{Parser, Subcommand};
 use receive::{cmd_receive, cmd_tls_issue};
 use render::{RenderCmd, cmd_render};
-use sets::{cmd_fetch, cmd_list, cmd_stage, cmd_verify};
+use sets::{cmd_fetch, cmd_list, cmd_stage, cmd_verify, cmd_verify_target};
 use spray::cmd_spray;
 use status::{cmd_metrics, cmd_status};
 use std::path::PathBuf;
@@ -75,6 +75,9 @@ enum Cmd {
         /// Also walk each snapshot's bbolt structure and compare etcd's figures with the manifest
         #[arg(long)]
         deep: bool,
+        /// Verify the copies a target holds instead: its id, a bucket name, or a directory
+        #[arg(long, value_name = "TARGET")]
+        target: Option<String>,
         #[arg(value_name = "SET-ID")]
         ids: Vec<String>,
     },
@@ -213,9 +216,18 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         })?),
         Cmd::Prune { dry_run } => cmd_prune(&settings, dry_run),
         Cmd::List { json } => cmd_list(&settings, json),
-        Cmd::Verify { deep, ids } => {
-            recorded(&settings, "verify", || cmd_verify(&settings, &ids, deep))
-        }
+        Cmd::Verify {
+            deep,
+            target: None,
+            ids,
+        } => recorded(&settings, "verify", || cmd_verify(&settings, &ids, deep)),
+        Cmd::Verify {
+            deep,
+            target: Some(target),
+            ids,
+        } => recorded(&settings, "verify", || {
+            cmd_verify_target(&settings, &target, &ids, deep)
+        }),
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),
         Cmd::Fetch { from, id } => cmd_fetch(&settings, from.as_deref(), &id),

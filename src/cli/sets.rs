@@ -58,11 +58,48 @@ pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// One line per set as it is verified.
+fn print_checked(outcome: &crate::verify::Checked) {
+    match &outcome.problem {
+        None => println!("ok   {}", outcome.id),
+        Some(problem) => println!("BAD  {}: {problem}", outcome.id),
+    }
+}
+
+/// `verify --target`: one line per copy, then one per target that could not be checked.
+pub fn cmd_verify_target(
+    settings: &Settings,
+    target: &str,
+    ids: &[String],
+    deep: bool,
+) -> Result<u8> {
+    let (bad, failed) =
+        crate::targets::check::run(settings, Some(target), ids, deep, &mut |on, outcome| {
+            match &outcome.problem {
+                None => println!("ok   {}  on {on}", outcome.id),
+                Some(problem) => println!("BAD  {}  on {on}: {problem}", outcome.id),
+            }
+        })?;
+    for (on, error) in &failed {
+        println!("FAILED  {on}: {error}");
+    }
+    if bad > 0 || !failed.is_empty() {
+        eprintln!(
+            "error: {bad} bad cop{} on '{target}'{}",
+            if bad == 1 { "y" } else { "ies" },
+            if failed.is_empty() {
+                ""
+            } else {
+                ", and it could not be checked"
+            }
+        );
+        return Ok(EXIT_FAILED);
+    }
+    Ok(EXIT_OK)
+}
+
 pub fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
-    let bad = crate::verify::run(settings, ids, deep, |id, result| match result {
-        Ok(()) => println!("ok   {id}"),
-        Err(error) => println!("BAD  {id}: {error:#}"),
-    })?;
+    let bad = crate::verify::run(settings, ids, deep, &mut print_checked)?;
     if bad > 0 {
         eprintln!(
             "error: {bad} bad set(s) in '{}'",

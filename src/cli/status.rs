@@ -61,6 +61,12 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             })).collect::<Vec<_>>(),
             "future_dated": summary.future.iter().map(|s| &s.manifest.id).collect::<Vec<_>>(),
             "targets": targets,
+            "damaged_copies": summary.damaged.iter().map(|(target, check)| serde_json::json!({
+                "target": target,
+                "id": check.set_id,
+                "verified_at": check.at,
+                "problem": check.problem,
+            })).collect::<Vec<_>>(),
             "coverage": summary.coverage,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -110,6 +116,19 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                     fmt_time(target.last_success)
                 ),
             }
+        }
+        for (target, check) in &summary.damaged {
+            let name = targets
+                .get(*target)
+                .map(|t| t.name.as_str())
+                .filter(|n| !n.is_empty())
+                .unwrap_or(target);
+            println!(
+                "target {name}: copy of {} DAMAGED (verified {}): {} — the next spray sends it again",
+                check.set_id,
+                fmt_time(Some(check.at)),
+                check.problem.as_deref().unwrap_or_default()
+            );
         }
         if let Some(note) = summary.coverage.and_then(|c| c.note()) {
             println!("{note}");

@@ -268,6 +268,21 @@ pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> 
         sent_sets.add(target(), t.sets_sent as f64);
         sent_bytes.add(target(), t.bytes_sent as f64);
     }
+    let mut damaged = Family::new(
+        "etcd_backup_target_damaged_copies",
+        Gauge,
+        "Copies on this target that its last verification found damaged (the next spray sends them again).",
+    );
+    let verified_or_sprayed: std::collections::BTreeSet<&str> = summary
+        .targets
+        .keys()
+        .map(String::as_str)
+        .chain(summary.damaged.iter().map(|(t, _)| *t))
+        .collect();
+    for id in verified_or_sprayed {
+        let count = summary.damaged.iter().filter(|(t, _)| *t == id).count();
+        damaged.add(vec![("target", id.to_string())], count as f64);
+    }
     families.extend([
         up,
         target_info,
@@ -276,6 +291,7 @@ pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> 
         target_sets,
         sent_sets,
         sent_bytes,
+        damaged,
     ]);
 
     // The runs of this node.

@@ -1,5 +1,6 @@
 //! The store's records beside its sets, one JSON file each, all read and written here:
-//! `verify-state.json` (the last verification of each manifest), `spray-state.json` (each
+//! `verify-state.json` (the last verification of each manifest), `target-verify-state.json`
+//! (the last verification of each target's copy of each set), `spray-state.json` (each
 //! target's last result) and `runs.json` (the last backup, spray and verify runs).
 
 use super::Store;
@@ -47,6 +48,43 @@ impl Store {
             &self.root,
             VERIFY_STATE_FILE,
             &serde_json::to_vec_pretty(&state)?,
+        )
+    }
+}
+
+/// One verification of a target's copy of a set (`verify --target`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyCheck {
+    pub set_id: String,
+    pub at: DateTime<Utc>,
+    pub deep: bool,
+    /// What was wrong with the copy; `None`: it matched its manifest.
+    pub problem: Option<String>,
+}
+
+/// By target id, then by the digest of the manifest the copy was checked against.
+pub type CopyChecks = BTreeMap<String, BTreeMap<String, CopyCheck>>;
+
+pub const TARGET_VERIFY_STATE_FILE: &str = "target-verify-state.json";
+const TARGET_VERIFY_LOCK: &str = "target-verify.lock";
+
+impl Store {
+    /// The last verification of each target's copies.
+    pub fn copy_checks(&self) -> CopyChecks {
+        crate::files::read_state(&self.root.join(TARGET_VERIFY_STATE_FILE)).unwrap_or_default()
+    }
+
+    /// Changes the copy checks under a short lock of their own (a verify and a spray may both
+    /// write them).
+    pub fn update_copy_checks(&self, change: impl FnOnce(&mut CopyChecks)) -> Result<()> {
+        let _lock = self.lock_named(TARGET_VERIFY_LOCK, Duration::from_secs(10))?;
+        let mut checks = self.copy_checks();
+        change(&mut checks);
+        checks.retain(|_, copies| !copies.is_empty());
+        write_atomic(
+            &self.root,
+            TARGET_VERIFY_STATE_FILE,
+            &serde_json::to_vec_pretty(&checks)?,
         )
     }
 }

@@ -8,7 +8,9 @@ use crate::files::copy_exactly;
 use crate::protocol::Conn;
 use crate::protocol::send::{OpenSet, PushStats, push};
 use crate::store::Store;
+use crate::verify::Checked;
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirStore {
@@ -46,7 +48,9 @@ impl Target for DirStore {
         format!("'{}'", self.target.path.display())
     }
 
-    fn push(&self, sets: &[OpenSet]) -> Result<PushStats> {
+    /// The store there knows its damaged copies (a verification recorded them) and asks for
+    /// them again: `damaged` is not needed.
+    fn push(&self, sets: &[OpenSet], _damaged: &BTreeSet<String>) -> Result<PushStats> {
         let dir = &self.target;
         if dir.require_mount && !is_mount_point(&dir.path)? {
             return Err(crate::failure::final_error(format!(
@@ -77,6 +81,30 @@ impl Target for DirStore {
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             }
         })
+    }
+
+    /// The sets of the store at the target's path, checked as `verify` checks a local store;
+    /// the outcomes are recorded there too (where that store's receiver, and so the next
+    /// spray, repairs a damaged copy), unless it cannot be written (a read-only export).
+    fn verify_copies(
+        &self,
+        ids: &[String],
+        deep: bool,
+        checked: &mut dyn FnMut(&Checked),
+    ) -> Result<Vec<Checked>> {
+        let path = &self.target.path;
+        let Some(store) = Store::existing(path) else {
+            bail!("no store at '{}'", path.display());
+        };
+        let _lock = store.lock(self.receiver.store.lock_wait)?;
+        let outcomes = crate::verify::check_store(&store, ids, deep, checked)?;
+        if let Err(error) = crate::verify::record(&store, &outcomes, deep) {
+            tracing::warn!(
+                "the outcomes could not be recorded in '{}' (the next spray cannot repair what is damaged there): {error:#}",
+                path.display()
+            );
+        }
+        Ok(outcomes)
     }
 
     /// The set in the store at the target's path, which is only read.

@@ -6,6 +6,7 @@
 //! judged by the same [`crate::protocol::wants()`]. Each target is built with what it needs from
 //! the settings, once per run.
 
+pub mod check;
 pub mod dir;
 pub mod peer;
 pub mod s3;
@@ -13,7 +14,9 @@ pub mod s3;
 use crate::config::{Carried, Settings, TargetConfig};
 use crate::manifest::{FileEntry, Manifest};
 use crate::protocol::send::{OpenSet, PushStats};
+use crate::verify::Checked;
 use anyhow::Result;
+use std::collections::BTreeSet;
 use std::fs::File;
 
 /// One place a run sprays to.
@@ -22,9 +25,10 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn id(&self) -> String;
     /// What an operator reads: `master-1 (10.0.0.5:22)`, `dir:/mnt/nfs`.
     fn describe(&self) -> String;
-    /// Offers `sets` and sends what the target lacks. An error marked
+    /// Offers `sets` and sends what the target lacks, and again what a verification of its
+    /// copies found `damaged` (digests of their manifests). An error marked
     /// [`crate::failure::Final`] is not retried.
-    fn push(&self, sets: &[OpenSet]) -> Result<PushStats>;
+    fn push(&self, sets: &[OpenSet], damaged: &BTreeSet<String>) -> Result<PushStats>;
     /// Which of a set's files the target carries (a bucket can carry one of the two).
     fn carries(&self) -> Carried {
         Carried::All
@@ -36,6 +40,20 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     /// What the target holds of set `id`, opened for `fetch` to copy from.
     fn open_set(&self, id: &str) -> Result<HeldCopy> {
         anyhow::bail!("set '{id}' cannot be fetched from {}", self.describe())
+    }
+    /// Checks the target's copies of the sets named by `ids` (every set it holds when empty)
+    /// against their manifests, telling `checked` each outcome as it comes.
+    fn verify_copies(
+        &self,
+        ids: &[String],
+        deep: bool,
+        checked: &mut dyn FnMut(&Checked),
+    ) -> Result<Vec<Checked>> {
+        let _ = (ids, deep, checked);
+        anyhow::bail!(
+            "the copies on {} cannot be verified from here",
+            self.describe()
+        )
     }
 }
 
@@ -69,6 +87,42 @@ pub fn configured(settings: &Settings) -> Targets {
             }
         })
         .collect()
+}
+
+/// The configured targets `name` picks: its id, or a bucket's name. `None`: every configured
+/// target. An absolute path is a directory store, configured or not.
+pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
+    let Some(name) = name else {
+        return Ok(configured(settings));
+    };
+    if name.starts_with('/') {
+        let dir = crate::config::DirTarget {
+            path: std::path::PathBuf::from(name),
+            require_mount: false,
+        };
+        return Ok(vec![Box::new(dir::DirStore::new(dir, settings))]);
+    }
+    let configured = configured(settings);
+    let ids: Vec<String> = configured.iter().map(|t| t.id()).collect();
+    let matching: Targets = configured
+        .into_iter()
+        .zip(&settings.spray.targets)
+        .filter(|(target, config)| {
+            target.id() == name || matches!(config, TargetConfig::S3(s) if s.bucket == name)
+        })
+        .map(|(target, _)| target)
+        .collect();
+    if matching.is_empty() {
+        anyhow::bail!(
+            "'{name}' is neither a directory (an absolute path) nor a configured target (ids: {}; or a bucket name)",
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.join(", ")
+            }
+        );
+    }
+    Ok(matching)
 }
 
 /// The targets of a run: etcd.env's masters and explicit peers (never this node), then the

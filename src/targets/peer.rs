@@ -9,6 +9,7 @@ use crate::config::{PeerAddr, Settings, SpraySettings, TlsSettings, Transport};
 use crate::protocol::send::{OpenSet, PushStats, push};
 use crate::protocol::{Conn, Stream};
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
 
 /// How a peer is reached.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,7 +78,9 @@ impl Target for Peer {
         }
     }
 
-    fn push(&self, sets: &[OpenSet]) -> Result<PushStats> {
+    /// A peer verifies what it receives and repairs its own damaged copies when a sender offers
+    /// them again: `damaged` is not needed.
+    fn push(&self, sets: &[OpenSet], _damaged: &BTreeSet<String>) -> Result<PushStats> {
         match &self.link {
             Link::Ssh(spray) => {
                 let stream = crate::transport::ssh::connect(&self.addr, spray)?;

@@ -8,6 +8,7 @@ pub mod layout;
 mod prune;
 mod remote;
 mod upload;
+mod verify;
 
 use super::{HeldCopy, Target};
 use crate::config::{Carried, S3Target, Settings};
@@ -15,10 +16,12 @@ use crate::protocol::send::{OpenSet, PushStats};
 use crate::protocol::{Judge, Offer};
 use crate::retention::Policy;
 use crate::s3::Client;
+use crate::verify::Checked;
 use anyhow::{Context, Result};
+use layout::RemoteSet;
 use prune::{collect_garbage, prune};
 pub use remote::{Remote, read_remote};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use upload::upload_set;
 
@@ -103,7 +106,7 @@ impl Target for Bucket {
         )
     }
 
-    fn push(&self, sets: &[OpenSet]) -> Result<PushStats> {
+    fn push(&self, sets: &[OpenSet], damaged: &BTreeSet<String>) -> Result<PushStats> {
         let t = &self.target;
         let judge = Judge {
             policy: &self.policy,
@@ -114,7 +117,7 @@ impl Target for Bucket {
         self.client()
             .with_context(|| self.describe())
             .and_then(|mut client| {
-                push(&mut client, t, &judge, sets)
+                push(&mut client, t, &judge, sets, damaged)
                     .with_context(|| format!("bucket '{}' at {}", t.bucket, t.endpoint))
             })
             .map_err(refused_is_final)
@@ -122,6 +125,24 @@ impl Target for Bucket {
 
     fn open_set(&self, id: &str) -> Result<HeldCopy> {
         remote::open_set(self.client()?, &self.target, id)
+    }
+
+    fn verify_copies(
+        &self,
+        ids: &[String],
+        deep: bool,
+        checked: &mut dyn FnMut(&Checked),
+    ) -> Result<Vec<Checked>> {
+        let mut client = self.client().with_context(|| self.describe())?;
+        let remote = read_remote(&mut client, &self.target).with_context(|| self.describe())?;
+        Ok(verify::verify_copies(
+            &mut client,
+            &self.target,
+            &remote,
+            ids,
+            deep,
+            checked,
+        ))
     }
 }
 
@@ -139,7 +160,13 @@ fn refused_is_final(error: anyhow::Error) -> anyhow::Error {
     }
 }
 
-fn push(client: &mut Client, t: &S3Target, judge: &Judge, sets: &[OpenSet]) -> Result<PushStats> {
+fn push(
+    client: &mut Client,
+    t: &S3Target,
+    judge: &Judge,
+    sets: &[OpenSet],
+    damaged: &BTreeSet<String>,
+) -> Result<PushStats> {
     let remote = read_remote(client, t)?;
     for key in &remote.listing.unknown {
         tracing::debug!("unknown object left alone: {key}");
@@ -153,7 +180,11 @@ fn push(client: &mut Client, t: &S3Target, judge: &Judge, sets: &[OpenSet]) -> R
             dirty: s.set.manifest.dirty,
         })
         .collect();
-    let held = remote.held(t.files);
+    // A copy a verification found damaged is sent again, every object of it.
+    let mut held = remote.held(t.files);
+    for copy in &mut held {
+        copy.damaged |= damaged.contains(&copy.manifest_sha256);
+    }
     let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), judge);
     for id in &plan.conflicts {
         tracing::warn!(set_id = %id, "the bucket holds another set '{id}' (another manifest): left alone, not sent");
@@ -167,12 +198,18 @@ fn push(client: &mut Client, t: &S3Target, judge: &Judge, sets: &[OpenSet]) -> R
     let uploading: Vec<String> = plan.wants.iter().map(|w| w.id.clone()).collect();
     for want in &plan.wants {
         let open = by_id[want.id.as_str()];
-        let remote_set = remote
-            .listing
-            .sets
-            .get(&want.id)
-            .cloned()
-            .unwrap_or_default();
+        // A copy found damaged by a verification may hold objects of the right size and
+        // metadata: none of them is trusted, all are put again.
+        let remote_set = if damaged.contains(&open.set.manifest_sha256) {
+            RemoteSet::default()
+        } else {
+            remote
+                .listing
+                .sets
+                .get(&want.id)
+                .cloned()
+                .unwrap_or_default()
+        };
         let sent = upload_set(client, t, open, &remote_set, &mut buf)
             .with_context(|| format!("set '{}'", want.id))?;
         stats.data_bytes += sent;

@@ -1,0 +1,221 @@
+//! A bucket's copies checked against their manifests (`verify --target`): what the listing
+//! already shows first (an object missing, or of another size: named with its key, before any
+//! download), then each object's content: by the SHA-256 checksum the server stored with it
+//! when it keeps one for the whole object, otherwise (and always with `--deep`) by a streamed
+//! download hashed as it arrives, in bounded memory, the snapshot's trailer checked on the way.
+
+use super::Remote;
+use super::layout::{self, RemoteSet};
+use crate::config::S3Target;
+use crate::hash::{Sha256, base64, hex};
+use crate::manifest::{FileEntry, Manifest};
+use crate::s3::Client;
+use crate::verify::{Checked, SnapshotHasher};
+use anyhow::{Result, bail};
+
+/// Checks the copies of the sets named by `ids` (every set with a manifest when empty).
+pub fn verify_copies(
+    client: &mut Client,
+    t: &S3Target,
+    remote: &Remote,
+    ids: &[String],
+    deep: bool,
+    checked: &mut dyn FnMut(&Checked),
+) -> Vec<Checked> {
+    let with_manifest: Vec<&String> = remote
+        .listing
+        .sets
+        .iter()
+        .filter(|(_, set)| set.has_manifest())
+        .map(|(id, _)| id)
+        .collect();
+    let ids: Vec<&String> = if ids.is_empty() {
+        with_manifest
+    } else {
+        ids.iter().collect()
+    };
+    let mut outcomes = Vec::new();
+    for id in ids {
+        let outcome = match (remote.manifests.get(id), remote.listing.sets.get(id)) {
+            (Some((manifest, digest)), Some(set)) => Checked {
+                id: id.clone(),
+                manifest_sha256: Some(digest.clone()),
+                problem: check_copy(client, t, id, manifest, set, deep)
+                    .err()
+                    .map(|e| format!("{e:#}")),
+            },
+            (None, Some(set)) if set.has_manifest() => Checked {
+                id: id.clone(),
+                manifest_sha256: None,
+                problem: Some(format!(
+                    "the manifest '{}' is unreadable or of another set",
+                    layout::key(&t.prefix, id, layout::MANIFEST)
+                )),
+            },
+            _ => Checked {
+                id: id.clone(),
+                manifest_sha256: None,
+                problem: Some(format!(
+                    "no set '{id}' in bucket '{}' (no '{}')",
+                    t.bucket,
+                    layout::key(&t.prefix, id, layout::MANIFEST)
+                )),
+            },
+        };
+        checked(&outcome);
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// One copy: the listing first, then every object this target carries.
+fn check_copy(
+    client: &mut Client,
+    t: &S3Target,
+    id: &str,
+    manifest: &Manifest,
+    set: &RemoteSet,
+    deep: bool,
+) -> Result<()> {
+    let carried: Vec<&FileEntry> = manifest
+        .files
+        .iter()
+        .filter(|f| t.files.carries(f))
+        .collect();
+    for entry in &carried {
+        let key = layout::key(&t.prefix, id, &entry.name);
+        match set.objects.get(&entry.name) {
+            None => bail!("object '{key}' is missing from bucket '{}'", t.bucket),
+            Some(object) if object.size != entry.size => bail!(
+                "object '{key}' holds {} bytes, its manifest says {}",
+                object.size,
+                entry.size
+            ),
+            Some(_) => {}
+        }
+    }
+    for entry in carried {
+        let key = layout::key(&t.prefix, id, &entry.name);
+        if !deep && stored_checksum_matches(client, &key, entry)? {
+            continue;
+        }
+        download_and_check(client, &key, entry)?;
+    }
+    Ok(())
+}
+
+/// Whether the server keeps a SHA-256 checksum of the whole object and it is the manifest's.
+/// A multipart object's is a checksum of its parts' checksums, which the manifest cannot be
+/// held against: it is downloaded instead. Stored with another checksum: an error.
+fn stored_checksum_matches(client: &mut Client, key: &str, entry: &FileEntry) -> Result<bool> {
+    let Some(head) = client.head(key)? else {
+        bail!("object '{key}' is gone");
+    };
+    let Some(stored) = head.header("x-amz-checksum-sha256") else {
+        return Ok(false);
+    };
+    if stored.contains('-') {
+        return Ok(false);
+    }
+    let expected = manifest_checksum(entry)?;
+    if stored != expected {
+        bail!(
+            "object '{key}' was stored with SHA-256 {stored} (base64), its manifest says {expected}"
+        );
+    }
+    Ok(true)
+}
+
+/// The manifest's hex SHA-256 as S3 writes checksums (base64).
+fn manifest_checksum(entry: &FileEntry) -> Result<String> {
+    let bytes: Option<Vec<u8>> = (0..entry.sha256.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(entry.sha256.get(i..i + 2)?, 16).ok())
+        .collect();
+    match bytes {
+        Some(bytes) if bytes.len() == 32 => Ok(base64(&bytes)),
+        _ => bail!("the manifest's sha256 of '{}' is not hex", entry.name),
+    }
+}
+
+/// Downloads the object through a hasher (and, for the snapshot, the snapshot check), never
+/// holding more than a buffer of it, and at most its manifest's size.
+fn download_and_check(client: &mut Client, key: &str, entry: &FileEntry) -> Result<()> {
+    let mut sink = Hashing {
+        hasher: Sha256::new(),
+        snapshot: if entry.is_snapshot() {
+            Some(SnapshotHasher::new(entry.size).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        },
+        bytes: 0,
+        problem: None,
+    };
+    client.get(key, &mut sink, entry.size)?;
+    if let Some(problem) = sink.problem {
+        bail!("object '{key}': {problem}");
+    }
+    if let Some(snapshot) = sink.snapshot {
+        snapshot
+            .finish()
+            .map_err(|e| anyhow::anyhow!("object '{key}': {e}"))?;
+    }
+    let digest = hex(&sink.hasher.finalize());
+    if sink.bytes != entry.size || digest != entry.sha256 {
+        bail!(
+            "object '{key}' does not match the manifest (sha256 {digest} size {}, manifest {} size {})",
+            sink.bytes,
+            entry.sha256,
+            entry.size
+        );
+    }
+    Ok(())
+}
+
+struct Hashing {
+    hasher: Sha256,
+    snapshot: Option<SnapshotHasher>,
+    bytes: u64,
+    /// The snapshot check's first complaint; the download goes on to its end.
+    problem: Option<String>,
+}
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.bytes += buf.len() as u64;
+        if let (Some(snapshot), None) = (&mut self.snapshot, &self.problem)
+            && let Err(problem) = snapshot.update(buf)
+        {
+            self.problem = Some(problem);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_digest_is_written_as_s3_writes_checksums() {
+        let entry = |sha256: &str| FileEntry {
+            name: "x".into(),
+            size: 0,
+            sha256: sha256.into(),
+        };
+        // SHA-256 of the empty string.
+        let empty = entry("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            manifest_checksum(&empty).unwrap(),
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
+        assert!(manifest_checksum(&entry("zz")).is_err());
+        assert!(manifest_checksum(&entry("e3b0")).is_err());
+        assert!(manifest_checksum(&entry("é3b0")).is_err());
+    }
+}
