@@ -99,6 +99,29 @@ pub fn fetch(
             return Ok((local.clone(), Fetched::AlreadyHeld, Vec::new()));
         }
     }
+    // A file no source holds is found from the listings, before a byte is downloaded.
+    let nowhere: Vec<&str> = manifest
+        .files
+        .iter()
+        .filter(|f| !held.iter().any(|(_, h)| h.files.contains(&f.name)))
+        .map(|f| f.name.as_str())
+        .collect();
+    if !nowhere.is_empty() {
+        let why: Vec<String> = held
+            .iter()
+            .flat_map(|(source, h)| {
+                h.lacking
+                    .iter()
+                    .map(move |l| format!("{}: {l}", source.describe_source()))
+            })
+            .chain(failures.iter().cloned())
+            .collect();
+        bail!(
+            "no source holds '{}' of set '{id}': {}",
+            nowhere.join("', '"),
+            why.join("; ")
+        );
+    }
     // What the manifest promises must fit above the floor before a byte is copied.
     store.ensure_room(&format!("set '{id}'"), manifest.total_size(), floor)?;
     let staging = store.new_staging("fetch")?;

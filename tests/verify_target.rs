@@ -137,3 +137,78 @@ fn a_directory_copy_damaged_at_rest_is_found_and_healed() {
     node.run(&["verify", "--target", &target]).expect_code(0);
     node.run(&["status"]).expect_code(0);
 }
+
+#[test]
+fn list_from_a_bucket_on_a_node_without_a_store_shows_every_set_and_what_is_whole() {
+    let (node, endpoint, bucket) = bucket_node();
+    let ids: Vec<String> = (0..2).map(|_| node.backup()).collect();
+    node.run(&["spray"]).expect_code(0);
+    node.run(&["verify", "--target", &bucket]).expect_code(0);
+    // What the sender knows: the copies verified.
+    node.run(&["list", "--from", &bucket])
+        .expect_code(0)
+        .expect_stdout(&ids[0])
+        .expect_stdout("yes (");
+
+    // A new node with only the bucket configured and no store at all.
+    let fresh = Node::new("");
+    let credentials = credentials_file(fresh.dir.path(), SECRET_KEY);
+    fresh.write_config(&format!(
+        "[spray]\netcd_env = \"\"\n{}",
+        s3_target(&endpoint, &bucket, &credentials, "")
+    ));
+    assert!(!fresh.store().exists());
+    let resources = set_file(&node.set_dir(&ids[0]), ".tar.gz");
+    let name = resources.file_name().unwrap().to_str().unwrap();
+    tool_json(
+        &endpoint,
+        &[
+            "delete",
+            &bucket,
+            &format!("cluster/sets/{}/{name}", ids[0]),
+        ],
+    );
+    let text = fresh.run(&["list", "--from", &bucket]);
+    text.expect_code(0)
+        .expect_stdout("2 set(s)")
+        .expect_stdout("not yet");
+    let line = |id: &str| {
+        text.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line(&ids[0]).contains(" NO "), "{}", text.stdout);
+    assert!(line(&ids[1]).contains(" yes "), "{}", text.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(&fresh.run(&["list", "--from", &bucket, "--json"]).stdout).unwrap();
+    let sets = json.as_array().unwrap();
+    assert_eq!(sets.len(), 2);
+    assert_eq!(sets[0]["id"], ids[0].as_str());
+    assert_eq!(sets[0]["whole"], false);
+    assert_eq!(sets[1]["whole"], true);
+    assert_eq!(sets[1]["origin"], "master-0");
+    assert!(sets[1]["etcd"]["revision"].as_u64().is_some(), "{json:#}");
+    assert!(!fresh.store().exists(), "listing made no store");
+    fresh
+        .run(&["list", "--from", "nosuch"])
+        .expect_code(1)
+        .expect_stderr("'nosuch' is neither a directory");
+}
+
+#[test]
+fn fetch_names_an_object_missing_from_the_bucket_before_downloading_anything() {
+    let (node, endpoint, bucket) = bucket_node();
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0);
+    let resources = set_file(&node.set_dir(&id), ".tar.gz");
+    let name = resources.file_name().unwrap().to_str().unwrap().to_string();
+    let key = format!("cluster/sets/{id}/{name}");
+    tool_json(&endpoint, &["delete", &bucket, &key]);
+    std::fs::remove_dir_all(node.store()).unwrap();
+    let run = node.run(&["fetch", &id]);
+    run.expect_code(1)
+        .expect_stderr(&format!("no source holds '{name}' of set '{id}'"))
+        .expect_stderr(&format!("object '{key}' is missing from bucket '{bucket}'"));
+}

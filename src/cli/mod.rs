@@ -17,7 +17,7 @@ use backup::{cmd_backup, cmd_prune};
 use clap::{Parser, Subcommand};
 use receive::{cmd_receive, cmd_tls_issue};
 use render::{RenderCmd, cmd_render};
-use sets::{cmd_fetch, cmd_list, cmd_stage, cmd_verify, cmd_verify_target};
+use sets::{cmd_fetch, cmd_list, cmd_list_from, cmd_stage, cmd_verify, cmd_verify_target};
 use spray::cmd_spray;
 use status::{cmd_metrics, cmd_status};
 use std::path::PathBuf;
@@ -64,11 +64,14 @@ enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List the sets in the store
+    /// List the sets in the store, or on a target (no local store needed)
     List {
         /// A JSON array of sets
         #[arg(long)]
         json: bool,
+        /// List what a target holds instead: its id, a bucket name, or a directory
+        #[arg(long, value_name = "TARGET")]
+        from: Option<String>,
     },
     /// Re-hash sets from disk against their manifests (all sets when none is named)
     Verify {
@@ -215,7 +218,11 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
             Ok(cmd_backup(&settings, journal))
         })?),
         Cmd::Prune { dry_run } => cmd_prune(&settings, dry_run),
-        Cmd::List { json } => cmd_list(&settings, json),
+        Cmd::List { json, from: None } => cmd_list(&settings, json),
+        Cmd::List {
+            json,
+            from: Some(from),
+        } => cmd_list_from(&settings, &from, json),
         Cmd::Verify {
             deep,
             target: None,

@@ -58,6 +58,79 @@ pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// `list --from`: what each target `from` picks holds, with the last verification of each
+/// copy this node knows of.
+pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> {
+    let checks = Store::existing(&settings.store.root)
+        .map(|s| s.copy_checks())
+        .unwrap_or_default();
+    let mut listed = Vec::new();
+    for target in crate::targets::named(settings, Some(from))? {
+        let sets = target.list_sets()?;
+        listed.push((target.id(), target.describe(), sets));
+    }
+    if json {
+        let sets: Vec<serde_json::Value> = listed
+            .iter()
+            .flat_map(|(id, name, sets)| {
+                let known = checks.get(id);
+                sets.iter().map(move |set| {
+                    let m = &set.manifest;
+                    serde_json::json!({
+                        "target": id,
+                        "target_name": name,
+                        "id": m.id,
+                        "origin": m.origin,
+                        "created": m.created,
+                        "size": m.total_size(),
+                        "dirty": m.dirty,
+                        "etcd": m.checks.etcd,
+                        "whole": set.whole,
+                        "problem": set.problem,
+                        "last_verification": known.and_then(|k| k.get(&set.manifest_sha256)),
+                        "files": m.files,
+                    })
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&sets)?);
+        return Ok(EXIT_OK);
+    }
+    for (id, name, sets) in &listed {
+        println!("{name}: {} set(s)", sets.len());
+        println!(
+            "{:<40} {:<20} {:<20} {:>9} {:>10} {:<5} VERIFIED",
+            "ID", "ORIGIN", "CREATED", "SIZE", "REVISION", "WHOLE"
+        );
+        let known = checks.get(id);
+        for set in sets {
+            let m = &set.manifest;
+            let check = known.and_then(|k| k.get(&set.manifest_sha256));
+            let verified = match (&set.problem, check) {
+                (Some(problem), _) => format!("NO: {problem}"),
+                (None, Some(c)) => match &c.problem {
+                    None => format!("yes ({})", c.at.format("%Y-%m-%d %H:%M:%SZ")),
+                    Some(problem) => format!("NO: {problem}"),
+                },
+                (None, None) => "not yet".to_string(),
+            };
+            println!(
+                "{:<40} {:<20} {:<20} {:>9} {:>10} {:<5} {verified}",
+                m.id,
+                m.origin,
+                m.created.format("%Y-%m-%d %H:%M:%SZ"),
+                human_size(m.total_size()),
+                m.checks
+                    .etcd
+                    .as_ref()
+                    .map_or("-".to_string(), |e| e.revision.to_string()),
+                if set.whole { "yes" } else { "NO" },
+            );
+        }
+    }
+    Ok(EXIT_OK)
+}
+
 /// One line per set as it is verified.
 fn print_checked(outcome: &crate::verify::Checked) {
     match &outcome.problem {

@@ -2,7 +2,7 @@
 //! in-process against a store at that path, so there is one commit path for every kind; and
 //! `fetch` reads a set back from it as from any store.
 
-use super::{HeldCopy, Target};
+use super::{HeldCopy, Listed, Target};
 use crate::config::{DirTarget, Settings};
 use crate::files::copy_exactly;
 use crate::protocol::Conn;
@@ -107,6 +107,27 @@ impl Target for DirStore {
         Ok(outcomes)
     }
 
+    fn list_sets(&self) -> Result<Vec<Listed>> {
+        let path = &self.target.path;
+        let Some(store) = Store::existing(path) else {
+            bail!("no store at '{}'", path.display());
+        };
+        let listing = store.list()?;
+        for (dir, reason) in &listing.unreadable {
+            tracing::warn!("unreadable set '{}': {reason}", dir.display());
+        }
+        Ok(listing
+            .sets
+            .into_iter()
+            .map(|set| Listed {
+                whole: set.on_disk_problem.is_none(),
+                problem: set.problem,
+                manifest_sha256: set.manifest_sha256,
+                manifest: set.manifest,
+            })
+            .collect())
+    }
+
     /// The set in the store at the target's path, which is only read.
     fn open_set(&self, id: &str) -> Result<HeldCopy> {
         let from = &self.target.path;
@@ -120,6 +141,7 @@ impl Target for DirStore {
         let dir = set.dir.clone();
         Ok(HeldCopy {
             files: set.manifest.files.iter().map(|f| f.name.clone()).collect(),
+            lacking: Vec::new(),
             manifest_sha256: set.manifest_sha256,
             manifest: set.manifest,
             copy: Box::new(move |entry, dest| {

@@ -41,6 +41,11 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn open_set(&self, id: &str) -> Result<HeldCopy> {
         anyhow::bail!("set '{id}' cannot be fetched from {}", self.describe())
     }
+    /// Every set the target holds, from its listing and manifests alone (nothing downloaded
+    /// but the manifests): what `list --from` shows without a local store.
+    fn list_sets(&self) -> Result<Vec<Listed>> {
+        anyhow::bail!("the sets on {} cannot be listed from here", self.describe())
+    }
     /// Checks the target's copies of the sets named by `ids` (every set it holds when empty)
     /// against their manifests, telling `checked` each outcome as it comes.
     fn verify_copies(
@@ -57,6 +62,17 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A set as a target's listing shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub manifest: Manifest,
+    pub manifest_sha256: String,
+    /// Every file the target carries is there, of its manifest's size.
+    pub whole: bool,
+    /// What the target itself knows to be wrong with it (a directory store's verification).
+    pub problem: Option<String>,
+}
+
 /// A copy of one set on a target, opened for `fetch`.
 pub struct HeldCopy {
     pub manifest: Manifest,
@@ -64,6 +80,8 @@ pub struct HeldCopy {
     pub manifest_sha256: String,
     /// The files it can give (a bucket may carry one of the two, or have lost one).
     pub files: Vec<String>,
+    /// Why it cannot give the others, one line each (naming the object or file).
+    pub lacking: Vec<String>,
     pub copy: CopyFile,
 }
 

@@ -10,7 +10,7 @@ mod remote;
 mod upload;
 mod verify;
 
-use super::{HeldCopy, Target};
+use super::{HeldCopy, Listed, Target};
 use crate::config::{Carried, S3Target, Settings};
 use crate::protocol::send::{OpenSet, PushStats};
 use crate::protocol::{Judge, Offer};
@@ -125,6 +125,22 @@ impl Target for Bucket {
 
     fn open_set(&self, id: &str) -> Result<HeldCopy> {
         remote::open_set(self.client()?, &self.target, id)
+    }
+
+    fn list_sets(&self) -> Result<Vec<Listed>> {
+        let mut client = self.client().with_context(|| self.describe())?;
+        let remote = read_remote(&mut client, &self.target).with_context(|| self.describe())?;
+        Ok(remote
+            .manifests
+            .iter()
+            .map(|(id, (manifest, digest))| Listed {
+                whole: layout::lacking(&remote.listing.sets[id], manifest, self.target.files)
+                    .is_empty(),
+                problem: None,
+                manifest_sha256: digest.clone(),
+                manifest: manifest.clone(),
+            })
+            .collect())
     }
 
     fn verify_copies(

@@ -77,22 +77,33 @@ pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> 
         "the manifest there is of set '{}'",
         manifest.id
     );
-    let files = manifest
-        .files
-        .iter()
-        .filter(|f| {
-            remote
-                .objects
-                .get(&f.name)
-                .is_some_and(|o| o.size == f.size)
-        })
-        .map(|f| f.name.clone())
-        .collect();
+    let (mut files, mut lacking) = (Vec::new(), Vec::new());
+    for f in &manifest.files {
+        let key = layout::key(&t.prefix, id, &f.name);
+        match remote.objects.get(&f.name) {
+            Some(o) if o.size == f.size => files.push(f.name.clone()),
+            Some(o) => lacking.push(format!(
+                "object '{key}' in bucket '{}' holds {} bytes, its manifest says {}",
+                t.bucket, o.size, f.size
+            )),
+            None if t.files.carries(f) => lacking.push(format!(
+                "object '{key}' is missing from bucket '{}'",
+                t.bucket
+            )),
+            None => lacking.push(format!(
+                "'{}' is not carried by bucket '{}' (files = \"{}\")",
+                f.name,
+                t.bucket,
+                t.files.as_str()
+            )),
+        }
+    }
     let (prefix, id) = (t.prefix.clone(), id.to_string());
     Ok(HeldCopy {
         manifest_sha256: crate::manifest::digest(&bytes),
         manifest,
         files,
+        lacking,
         copy: Box::new(move |entry, dest| {
             let key = layout::key(&prefix, &id, &entry.name);
             let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
