@@ -332,7 +332,7 @@ fn locked_sets_stay_and_split_files_come_back_whole_from_two_buckets() {
     // The listing shows the resources archive is not there: nothing is downloaded to learn it.
     node.run(&["fetch", "--from", &locked, &ids[1]])
         .expect_code(1)
-        .expect_stderr(&format!("no source holds 'static_kuberesources_"))
+        .expect_stderr("no source holds 'static_kuberesources_")
         .expect_stderr(&format!(
             "is not carried by bucket '{locked}' (files = \"snapshot\")"
         ));
