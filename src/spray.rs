@@ -163,6 +163,9 @@ pub fn spray_all(
                     let damaged = damaged.get(&id).unwrap_or(none);
                     let started = std::time::Instant::now();
                     let mut backoff = retries.first_backoff;
+                    // The first failure is often the cause (a link cut mid-set); later
+                    // attempts may only meet its consequences (a server down since).
+                    let mut first: Option<String> = None;
                     let mut attempt = 0;
                     loop {
                         attempt += 1;
@@ -183,12 +186,18 @@ pub fn spray_all(
                             }
                             Err(error) if attempt < retries.attempts && !crate::failure::is_final(&error) => {
                                 tracing::warn!(target = %name, attempt, "spray attempt failed, retrying in {}s: {error:#}", backoff.as_secs());
+                                first.get_or_insert_with(|| format!("{error:#}"));
                                 std::thread::sleep(backoff);
                                 backoff = (backoff * 2).min(BACKOFF_MAX);
                             }
                             Err(error) => {
-                                tracing::error!(message_id = message_id::TARGET_FAILED, target = %name, attempts = attempt, "target failed: {name}: {error:#}");
-                                return TargetResult { id, name, result: Err(format!("{error:#}")), attempts: attempt, carries };
+                                let last = format!("{error:#}");
+                                let error = match first {
+                                    Some(first) if first != last => format!("{last} (the first attempt failed with: {first})"),
+                                    _ => last,
+                                };
+                                tracing::error!(message_id = message_id::TARGET_FAILED, target = %name, attempts = attempt, "target failed: {name}: {error}");
+                                return TargetResult { id, name, result: Err(error), attempts: attempt, carries };
                             }
                         }
                     }
@@ -322,7 +331,14 @@ mod tests {
             [
                 ("flaky", 3, Ok(vec!["set-3".to_string()])),
                 ("refusing", 1, Err("refusing: failure 1".to_string())),
-                ("down", 3, Err("down: failure 3".to_string())),
+                (
+                    "down",
+                    3,
+                    Err(
+                        "down: failure 3 (the first attempt failed with: down: failure 1)"
+                            .to_string()
+                    ),
+                ),
                 ("fine", 1, Ok(vec!["set-1".to_string()])),
                 ("broken", 0, Err("panicked".to_string())),
             ]

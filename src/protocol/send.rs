@@ -142,10 +142,11 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
         // why. Half-close first so a receiver still waiting for data sees EOF, not silence.
         if let Err(error) = result {
             let _ = conn.close_write();
-            return Err(match reply(conn) {
+            let error = match reply(conn) {
                 Err(receiver_error) => receiver_error.context(format!("{error:#}")),
                 Ok(_) => error,
-            });
+            };
+            return Err(error.context(format!("sending set '{}'", want.id)));
         }
         let committed = reply(conn).with_context(|| {
             format!(
