@@ -92,6 +92,8 @@ fn watcher(endpoint: &str, bucket: &str, credentials: &std::path::Path) -> etcd_
         object_lock: None,
         gc_grace: std::time::Duration::from_secs(86_400),
         insecure_http: true,
+        verify_every: std::time::Duration::from_secs(86_400),
+        verify_bandwidth: 0,
     };
     let timeout = std::time::Duration::from_secs(5);
     etcd_backup::s3::Client::open(&target, timeout, timeout).unwrap()

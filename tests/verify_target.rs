@@ -212,3 +212,40 @@ fn fetch_names_an_object_missing_from_the_bucket_before_downloading_anything() {
         .expect_stderr(&format!("no source holds '{name}' of set '{id}'"))
         .expect_stderr(&format!("object '{key}' is missing from bucket '{bucket}'"));
 }
+
+#[test]
+fn the_verify_timer_checks_each_target_when_it_is_due_and_then_waits() {
+    let endpoint = shared_endpoint();
+    let (due, never) = (new_bucket(&endpoint, false), new_bucket(&endpoint, false));
+    let node = Node::new("");
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    node.write_config(&format!(
+        "[spray]\netcd_env = \"\"\nattempts = 1\n{}{}",
+        s3_target(&endpoint, &due, &credentials, "verify_every = \"1h\"\n"),
+        s3_target(&endpoint, &never, &credentials, "verify_every = \"0s\"\n"),
+    ));
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0);
+    let first = node.run(&["verify", "--targets"]);
+    first
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"))
+        .expect_stdout(&format!("ok   {id}  on bucket '{due}'"))
+        .expect_stdout(&format!("not yet due: bucket '{never}'"));
+    assert!(!first.stdout.contains(&format!("on bucket '{never}'")));
+    // Checked a moment ago: not due for another hour.
+    let second = node.run(&["verify", "--targets"]);
+    second
+        .expect_code(0)
+        .expect_stdout(&format!("not yet due: bucket '{due}'"));
+    // By hand, a target is checked whatever its schedule, and damage fails the run.
+    let snapshot = set_file(&node.set_dir(&id), ".db");
+    let name = snapshot.file_name().unwrap().to_str().unwrap();
+    tool_json(
+        &endpoint,
+        &["flip", &due, &format!("cluster/sets/{id}/{name}"), "100"],
+    );
+    node.run(&["verify", "--target", &due])
+        .expect_code(1)
+        .expect_stdout("BAD");
+}

@@ -79,8 +79,12 @@ enum Cmd {
         #[arg(long)]
         deep: bool,
         /// Verify the copies a target holds instead: its id, a bucket name, or a directory
-        #[arg(long, value_name = "TARGET")]
+        #[arg(long, value_name = "TARGET", conflicts_with = "targets")]
         target: Option<String>,
+        /// Then verify every configured target whose copies are due by its verify_every (what
+        /// the verify timer runs)
+        #[arg(long)]
+        targets: bool,
         #[arg(value_name = "SET-ID")]
         ids: Vec<String>,
     },
@@ -226,12 +230,16 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         Cmd::Verify {
             deep,
             target: None,
+            targets,
             ids,
-        } => recorded(&settings, "verify", || cmd_verify(&settings, &ids, deep)),
+        } => recorded(&settings, "verify", || {
+            cmd_verify(&settings, &ids, deep, targets)
+        }),
         Cmd::Verify {
             deep,
             target: Some(target),
             ids,
+            ..
         } => recorded(&settings, "verify", || {
             cmd_verify_target(&settings, &target, &ids, deep)
         }),

@@ -146,41 +146,60 @@ pub fn cmd_verify_target(
     ids: &[String],
     deep: bool,
 ) -> Result<u8> {
-    let (bad, failed) =
-        crate::targets::check::run(settings, Some(target), ids, deep, &mut |on, outcome| {
-            match &outcome.problem {
-                None => println!("ok   {}  on {on}", outcome.id),
-                Some(problem) => println!("BAD  {}  on {on}: {problem}", outcome.id),
-            }
-        })?;
-    for (on, error) in &failed {
-        println!("FAILED  {on}: {error}");
-    }
-    if bad > 0 || !failed.is_empty() {
-        eprintln!(
-            "error: {bad} bad cop{} on '{target}'{}",
-            if bad == 1 { "y" } else { "ies" },
-            if failed.is_empty() {
-                ""
-            } else {
-                ", and it could not be checked"
-            }
-        );
-        return Ok(EXIT_FAILED);
-    }
-    Ok(EXIT_OK)
+    let verified = crate::targets::check::run(settings, Some(target), ids, deep, &mut print_copy)?;
+    Ok(copies_outcome(&verified, &format!("'{target}'")))
 }
 
-pub fn cmd_verify(settings: &Settings, ids: &[String], deep: bool) -> Result<u8> {
+/// One line per copy as it is verified.
+fn print_copy(on: &str, outcome: &crate::verify::Checked) {
+    match &outcome.problem {
+        None => println!("ok   {}  on {on}", outcome.id),
+        Some(problem) => println!("BAD  {}  on {on}: {problem}", outcome.id),
+    }
+}
+
+/// The targets that could not be checked, the error line, and the exit code.
+fn copies_outcome(verified: &crate::targets::check::Verified, on: &str) -> u8 {
+    let (bad, failed) = (verified.bad, &verified.failed);
+    for (target, error) in failed {
+        println!("FAILED  {target}: {error}");
+    }
+    if bad == 0 && failed.is_empty() {
+        return EXIT_OK;
+    }
+    eprintln!(
+        "error: {bad} bad cop{} on {on}{}",
+        if bad == 1 { "y" } else { "ies" },
+        if failed.is_empty() {
+            ""
+        } else {
+            ", and a target could not be checked"
+        }
+    );
+    EXIT_FAILED
+}
+
+/// `verify`: this node's store, then (with `targets`) every target that is due.
+pub fn cmd_verify(settings: &Settings, ids: &[String], deep: bool, targets: bool) -> Result<u8> {
     let bad = crate::verify::run(settings, ids, deep, &mut print_checked)?;
+    let mut code = EXIT_OK;
     if bad > 0 {
         eprintln!(
             "error: {bad} bad set(s) in '{}'",
             settings.store.root.display()
         );
-        return Ok(EXIT_FAILED);
+        code = EXIT_FAILED;
     }
-    Ok(EXIT_OK)
+    if targets {
+        let verified = crate::targets::check::run_due(settings, &mut print_copy)?;
+        for target in &verified.not_due {
+            println!("not yet due: {target}");
+        }
+        if copies_outcome(&verified, "the targets") != EXIT_OK {
+            code = EXIT_FAILED;
+        }
+    }
+    Ok(code)
 }
 
 pub fn cmd_fetch(settings: &Settings, from: Option<&str>, id: &str) -> Result<u8> {

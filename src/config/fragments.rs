@@ -237,4 +237,8 @@ pub(super) struct TargetFragment {
     pub(super) gc_grace: Option<Spanned<String>>,
     /// Default false: an `http://` endpoint is refused.
     pub(super) insecure_http: Option<bool>,
+    /// Default 1d; zero: never by the verify timer.
+    pub(super) verify_every: Option<Spanned<String>>,
+    /// Default 64MiB (per second); s3 only.
+    pub(super) verify_bandwidth: Option<Spanned<String>>,
 }

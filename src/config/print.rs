@@ -140,9 +140,10 @@ fn targets_to_toml(targets: &[TargetConfig], out: &mut String) {
             TargetConfig::Dir(d) => {
                 let _ = writeln!(
                     out,
-                    "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}",
+                    "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}\nverify_every = {}",
                     quote(&d.path.to_string_lossy()),
-                    d.require_mount
+                    d.require_mount,
+                    quote(&format_duration(d.verify_every)),
                 );
             }
             TargetConfig::S3(s) => {
@@ -150,7 +151,7 @@ fn targets_to_toml(targets: &[TargetConfig], out: &mut String) {
                     out,
                     "\n[[spray.target]]\nkind = \"s3\"\nendpoint = {}\nbucket = {}\nprefix = {}\n\
                      region = {}\npath_style = {}\ncredentials = {}\nprofile = {}\nfiles = {}\n\
-                     part_size = {}\ngc_grace = {}",
+                     part_size = {}\ngc_grace = {}\nverify_every = {}\nverify_bandwidth = {}",
                     quote(&s.endpoint),
                     quote(&s.bucket),
                     quote(&s.prefix),
@@ -161,6 +162,8 @@ fn targets_to_toml(targets: &[TargetConfig], out: &mut String) {
                     quote(s.files.as_str()),
                     quote(&format_size(s.part_size)),
                     quote(&format_duration(s.gc_grace)),
+                    quote(&format_duration(s.verify_every)),
+                    quote(&format_size(s.verify_bandwidth)),
                 );
                 if let Some(ca) = &s.ca_file {
                     let _ = writeln!(out, "ca_file = {}", quote(&ca.to_string_lossy()));

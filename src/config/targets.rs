@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
+// Read once per run and held by reference: the size of the S3 variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TargetConfig {
     Dir(DirTarget),
@@ -18,6 +20,8 @@ pub struct DirTarget {
     /// Refuse to write unless `path` is a mount point (an unmounted NFS share must not fill
     /// the root disk).
     pub require_mount: bool,
+    /// How often `verify --targets` (the verify timer) checks the copies here; zero: never.
+    pub verify_every: Duration,
 }
 
 /// An S3-compatible bucket: sets under `<prefix>/sets/<set-id>/`.
@@ -45,6 +49,10 @@ pub struct S3Target {
     pub gc_grace: Duration,
     /// A plain `http://` endpoint is allowed (a server on loopback or in a lab).
     pub insecure_http: bool,
+    /// How often `verify --targets` (the verify timer) checks the copies here; zero: never.
+    pub verify_every: Duration,
+    /// The most a verification downloads per second (bytes); zero: unbounded.
+    pub verify_bandwidth: u64,
 }
 
 /// Server-side encryption asked of the store (the answer is checked).
@@ -118,6 +126,8 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_VERIFY_BANDWIDTH: u64 = 64 << 20;
 
 impl TargetFragment {
     pub(super) fn check(self, file: &Source<'_>) -> Result<TargetConfig, ConfigError> {
@@ -173,6 +183,12 @@ impl TargetFragment {
                 ),
             ],
         )?;
+        if let Some(bandwidth) = &self.verify_bandwidth {
+            return Err(file.error(
+                bandwidth,
+                "spray.target.verify_bandwidth is not a key of kind 'dir' (a directory is read at the disk's pace, with idle I/O)",
+            ));
+        }
         for (key, set) in [
             ("path_style", self.path_style.is_some()),
             ("insecure_http", self.insecure_http.is_some()),
@@ -191,6 +207,7 @@ impl TargetFragment {
         Ok(TargetConfig::Dir(DirTarget {
             path: file.absolute_path(path, "spray.target.path")?,
             require_mount: self.require_mount.unwrap_or(true),
+            verify_every: verify_every(file, &self.verify_every)?,
         }))
     }
 
@@ -334,6 +351,10 @@ impl TargetFragment {
             None => DEFAULT_GC_GRACE,
             Some(g) => file.duration(g, "spray.target.gc_grace", false)?,
         };
+        let verify_bandwidth = match &self.verify_bandwidth {
+            None => DEFAULT_VERIFY_BANDWIDTH,
+            Some(b) => file.size(b, "spray.target.verify_bandwidth")?,
+        };
         Ok(TargetConfig::S3(S3Target {
             endpoint: endpoint.into_inner(),
             bucket: bucket.into_inner(),
@@ -349,7 +370,19 @@ impl TargetFragment {
             object_lock,
             gc_grace,
             insecure_http,
+            verify_every: verify_every(file, &self.verify_every)?,
+            verify_bandwidth,
         }))
+    }
+}
+
+fn verify_every(
+    file: &Source<'_>,
+    value: &Option<Spanned<String>>,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(DEFAULT_VERIFY_EVERY),
+        Some(v) => file.duration(v, "spray.target.verify_every", true),
     }
 }
 

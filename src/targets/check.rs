@@ -9,34 +9,44 @@ use crate::store::{CopyCheck, Store};
 use crate::verify::Checked;
 use anyhow::Result;
 
+/// What a verification of targets came to.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// Copies found damaged.
+    pub bad: usize,
+    /// Targets that could not be checked at all: (target, why).
+    pub failed: Vec<(String, String)>,
+    /// Targets not due yet (`verify --targets`).
+    pub not_due: Vec<String>,
+}
+
 /// Verifies the copies on the targets `name` picks (every configured target when `None`) of
-/// the sets named by `ids`, telling `checked` each target and each outcome. Returns how many
-/// copies are bad, and the targets that could not be checked at all.
+/// the sets named by `ids`, telling `checked` each target and each outcome.
 pub fn run(
     settings: &Settings,
     name: Option<&str>,
     ids: &[String],
     deep: bool,
     checked: &mut dyn FnMut(&str, &Checked),
-) -> Result<(usize, Vec<(String, String)>)> {
+) -> Result<Verified> {
     let targets: Targets = super::named(settings, name)?;
     if targets.is_empty() {
         anyhow::bail!("no target to verify: no [[spray.target]] is configured");
     }
     let store = Store::existing(&settings.store.root);
-    let (mut bad, mut failed) = (0, Vec::new());
+    let mut verified = Verified::default();
     for target in &targets {
         let described = target.describe();
         let outcomes =
             match target.verify_copies(ids, deep, &mut |outcome| checked(&described, outcome)) {
                 Ok(outcomes) => outcomes,
                 Err(error) => {
-                    failed.push((described, format!("{error:#}")));
+                    verified.failed.push((described, format!("{error:#}")));
                     continue;
                 }
             };
         for outcome in outcomes.iter().filter(|o| o.problem.is_some()) {
-            bad += 1;
+            verified.bad += 1;
             tracing::warn!(
                 message_id = message_id::COPY_DAMAGED,
                 target = %described,
@@ -52,7 +62,49 @@ pub fn run(
             tracing::warn!("the outcomes on {described} were not recorded: {error:#}");
         }
     }
-    Ok((bad, failed))
+    Ok(verified)
+}
+
+/// `verify --targets` (what the verify timer runs): every configured target whose copies are
+/// due a check by its `verify_every`, each whole.
+pub fn run_due(settings: &Settings, checked: &mut dyn FnMut(&str, &Checked)) -> Result<Verified> {
+    let checks = Store::existing(&settings.store.root)
+        .map(|s| s.copy_checks())
+        .unwrap_or_default();
+    let now = chrono::Utc::now();
+    let mut verified = Verified::default();
+    for (target, config) in super::configured(settings)
+        .iter()
+        .zip(&settings.spray.targets)
+    {
+        let every = match config {
+            crate::config::TargetConfig::Dir(d) => d.verify_every,
+            crate::config::TargetConfig::S3(s) => s.verify_every,
+        };
+        let last = checks
+            .get(&target.id())
+            .and_then(|copies| copies.values().map(|c| c.at).max());
+        if !due(last, every, now) {
+            verified.not_due.push(target.describe());
+            continue;
+        }
+        let one = run(settings, Some(&target.id()), &[], false, checked)?;
+        verified.bad += one.bad;
+        verified.failed.extend(one.failed);
+    }
+    Ok(verified)
+}
+
+/// Whether a target last checked at `last` is due by `every` (zero: never by schedule).
+pub fn due(
+    last: Option<chrono::DateTime<chrono::Utc>>,
+    every: std::time::Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    if every.is_zero() {
+        return false;
+    }
+    last.is_none_or(|last| crate::units::after(last, every) <= now)
 }
 
 /// Keeps the outcomes of one target: after a check of every copy, they replace what was known
@@ -84,4 +136,30 @@ fn record(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_target_is_due_when_never_checked_or_its_interval_has_passed() {
+        let at = |h: i64| chrono::DateTime::from_timestamp(h * 3600, 0).unwrap();
+        let day = Duration::from_secs(86_400);
+        // (last check, every, now, due)
+        let cases = [
+            (None, day, at(0), true),
+            (Some(at(0)), day, at(23), false),
+            (Some(at(0)), day, at(24), true),
+            (Some(at(0)), day, at(100), true),
+            (None, Duration::ZERO, at(100), false),
+            (Some(at(0)), Duration::ZERO, at(100), false),
+            // A check dated in the future (a clock set back) waits for its interval again.
+            (Some(at(50)), day, at(10), false),
+        ];
+        for (i, (last, every, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(due(last, every, now), want, "case {i}");
+        }
+    }
 }

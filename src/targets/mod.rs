@@ -117,6 +117,7 @@ pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
         let dir = crate::config::DirTarget {
             path: std::path::PathBuf::from(name),
             require_mount: false,
+            verify_every: std::time::Duration::ZERO,
         };
         return Ok(vec![Box::new(dir::DirStore::new(dir, settings))]);
     }

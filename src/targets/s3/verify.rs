@@ -99,7 +99,7 @@ fn check_copy(
         if !deep && stored_checksum_matches(client, &key, entry)? {
             continue;
         }
-        download_and_check(client, &key, entry)?;
+        download_and_check(client, &key, entry, t.verify_bandwidth)?;
     }
     Ok(())
 }
@@ -139,9 +139,16 @@ fn manifest_checksum(entry: &FileEntry) -> Result<String> {
 }
 
 /// Downloads the object through a hasher (and, for the snapshot, the snapshot check), never
-/// holding more than a buffer of it, and at most its manifest's size.
-fn download_and_check(client: &mut Client, key: &str, entry: &FileEntry) -> Result<()> {
+/// holding more than a buffer of it, and at most its manifest's size; no faster than
+/// `bandwidth` bytes a second on average (zero: unbounded).
+fn download_and_check(
+    client: &mut Client,
+    key: &str,
+    entry: &FileEntry,
+    bandwidth: u64,
+) -> Result<()> {
     let mut sink = Hashing {
+        pace: (bandwidth > 0).then(|| (bandwidth, std::time::Instant::now())),
         hasher: Sha256::new(),
         snapshot: if entry.is_snapshot() {
             Some(SnapshotHasher::new(entry.size).map_err(anyhow::Error::msg)?)
@@ -173,6 +180,8 @@ fn download_and_check(client: &mut Client, key: &str, entry: &FileEntry) -> Resu
 }
 
 struct Hashing {
+    /// (bytes a second, when the download started).
+    pace: Option<(u64, std::time::Instant)>,
     hasher: Sha256,
     snapshot: Option<SnapshotHasher>,
     bytes: u64,
@@ -188,6 +197,12 @@ impl std::io::Write for Hashing {
             && let Err(problem) = snapshot.update(buf)
         {
             self.problem = Some(problem);
+        }
+        if let Some((rate, started)) = self.pace {
+            let due = std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
         }
         Ok(buf.len())
     }
