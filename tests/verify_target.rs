@@ -249,3 +249,50 @@ fn the_verify_timer_checks_each_target_when_it_is_due_and_then_waits() {
         .expect_code(1)
         .expect_stdout("BAD");
 }
+
+#[test]
+fn a_peer_checks_its_copy_of_our_set_itself_and_the_next_spray_heals_it() {
+    let lab = crate::util::lab::Lab::new();
+    let id = lab.backup(0);
+    let sender = &lab.hosts[0];
+    sender.run(&["spray"]).expect_code(0);
+    let peer = &lab.hosts[1];
+    // As etcd.env names it, and as spray reports it.
+    let target = "ssh:lab-master-1";
+    sender
+        .run(&["verify", "--target", target])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}  on lab-master-1"));
+
+    // The peer's copy damaged at rest (one byte, same size).
+    let copy = set_file(&peer.store().join("sets").join(&id), ".db");
+    let sound = std::fs::read(&copy).unwrap();
+    flip_byte(&copy, None, 0x01);
+    sender
+        .run(&["verify", "--target", target])
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {id}  on lab-master-1"))
+        .expect_stdout("sha256 trailer mismatch");
+    // The peer keeps its own finding, and says so in its list.
+    peer.run(&["list"]).expect_stdout("NO: failed verification");
+    sender
+        .run(&["status"])
+        .expect_code(4)
+        .expect_stdout(&format!("copy of {id} DAMAGED"));
+
+    // A set of another origin is not the sender's to have checked.
+    sender
+        .run(&[
+            "verify",
+            "--target",
+            target,
+            "20200101T000000.000Z-someone-else",
+        ])
+        .expect_code(1)
+        .expect_stdout("not a set of");
+
+    sender.run(&["spray"]).expect_code(0);
+    assert_eq!(std::fs::read(&copy).unwrap(), sound, "healed byte for byte");
+    sender.run(&["verify", "--target", target]).expect_code(0);
+    sender.run(&["status"]).expect_code(0);
+}

@@ -239,6 +239,9 @@ impl SprayFragment {
             }
             spray.tls_port = *port.get_ref();
         }
+        if let Some(every) = &self.verify_every {
+            spray.verify_every = file.duration(every, "spray.verify_every", true)?;
+        }
         if let Some(targets) = self.target {
             spray.targets = targets
                 .into_iter()

@@ -139,6 +139,8 @@ pub(super) struct SprayFragment {
     pub(super) transport: Option<Transport>,
     /// Default 9443.
     pub(super) tls_port: Option<Spanned<u16>>,
+    /// Default 1d.
+    pub(super) verify_every: Option<Spanned<String>>,
     /// `[[spray.target]]` tables; a file that has them replaces the list.
     pub(super) target: Option<Vec<TargetFragment>>,
 }

@@ -231,6 +231,9 @@ pub struct SpraySettings {
     pub transport: Transport,
     /// The peers' `receive --listen` port, with `transport = "tls"`.
     pub tls_port: u16,
+    /// How often the verify timer has each peer check its copies of this node's sets; zero:
+    /// only by hand.
+    pub verify_every: Duration,
     pub targets: Vec<TargetConfig>,
 }
 
@@ -284,6 +287,7 @@ impl Settings {
                 compress: true,
                 transport: Transport::Ssh,
                 tls_port: DEFAULT_TLS_PORT,
+                verify_every: targets::DEFAULT_VERIFY_EVERY,
                 targets: Vec::new(),
             },
             metrics: MetricsSettings::default(),

@@ -84,7 +84,8 @@ impl Settings {
             out,
             "\n[spray]\netcd_env = {}\npeers = [{}]\nuser = {}\nidentity = {}\nknown_hosts = {}\n\
              host_key_policy = {}\nremote_command = {}\nconnect_timeout = {}\nio_timeout = {}\n\
-             session_timeout = {}\nattempts = {}\ncompress = {}\ntransport = {}\ntls_port = {}",
+             session_timeout = {}\nattempts = {}\ncompress = {}\ntransport = {}\ntls_port = {}\n\
+             verify_every = {}",
             quote(
                 &sp.etcd_env
                     .as_ref()
@@ -103,6 +104,7 @@ impl Settings {
             sp.compress,
             quote(sp.transport.as_str()),
             sp.tls_port,
+            quote(&format_duration(sp.verify_every)),
         );
         targets_to_toml(&sp.targets, &mut out);
         let _ = writeln!(

@@ -107,6 +107,29 @@ pub enum Message {
     Waiting {
         reason: String,
     },
+    /// Sender to receiver instead of Hello: check your copies of these sets of mine (every set
+    /// of mine you hold when `ids` is empty) against their manifests and say what you find.
+    Check {
+        version: u32,
+        sender: String,
+        ids: Vec<String>,
+        deep: bool,
+    },
+    /// Receiver to sender: one outcome per copy it checked (while it checks, Waiting).
+    Checked {
+        outcomes: Vec<CopyOutcome>,
+    },
+}
+
+/// What a receiver found of one copy it checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyOutcome {
+    pub id: String,
+    /// The digest of the manifest the copy was checked against; `None` when it has none.
+    pub manifest_sha256: Option<String>,
+    /// What is wrong; `None`: the copy matches its manifest.
+    pub problem: Option<String>,
 }
 
 /// How often a waiting receiver says so.

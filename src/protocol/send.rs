@@ -167,6 +167,28 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
     Ok(stats)
 }
 
+/// Asks the receiver at the other end of `conn` to check its copies of `ids` (every set of
+/// `sender`'s it holds when empty) and returns what it found, one outcome per copy.
+pub fn check<S: Stream>(
+    conn: &mut Conn<S>,
+    sender: &str,
+    ids: &[String],
+    deep: bool,
+) -> Result<Vec<super::CopyOutcome>> {
+    conn.send(&Message::Check {
+        version: PROTOCOL_VERSION,
+        sender: sender.to_string(),
+        ids: ids.to_vec(),
+        deep,
+    })?;
+    let outcomes = match reply(conn)? {
+        Message::Checked { outcomes } => outcomes,
+        other => bail!("unexpected answer to check: {other:?}"),
+    };
+    conn.send(&Message::Bye)?;
+    Ok(outcomes)
+}
+
 /// Bytes the sender reads and encodes at a time: small enough that a chunk stays in the CPU's
 /// cache from the read through LZ4 to the cipher, large enough that framing costs nothing.
 const SEND_CHUNK_BYTES: usize = 256 << 10;

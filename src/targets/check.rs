@@ -2,7 +2,7 @@
 //! in this node's store (per target and manifest), where `status`, `metrics` and the next spray
 //! find them: a copy found damaged is sent again from a sound local set.
 
-use super::Targets;
+use super::{Target, Targets};
 use crate::config::Settings;
 use crate::logging::message_id;
 use crate::store::{CopyCheck, Store};
@@ -36,63 +36,75 @@ pub fn run(
     let store = Store::existing(&settings.store.root);
     let mut verified = Verified::default();
     for target in &targets {
-        let described = target.describe();
-        let outcomes =
-            match target.verify_copies(ids, deep, &mut |outcome| checked(&described, outcome)) {
-                Ok(outcomes) => outcomes,
-                Err(error) => {
-                    verified.failed.push((described, format!("{error:#}")));
-                    continue;
-                }
-            };
-        for outcome in outcomes.iter().filter(|o| o.problem.is_some()) {
-            verified.bad += 1;
-            tracing::warn!(
-                message_id = message_id::COPY_DAMAGED,
-                target = %described,
-                set_id = %outcome.id,
-                "damaged copy of {} on {described}: {}",
-                outcome.id,
-                outcome.problem.as_deref().unwrap_or_default()
-            );
-        }
-        if let Some(store) = &store
-            && let Err(error) = record(store, &target.id(), &outcomes, ids.is_empty(), deep)
-        {
-            tracing::warn!("the outcomes on {described} were not recorded: {error:#}");
-        }
+        check_target(&**target, store.as_ref(), ids, deep, checked, &mut verified);
     }
     Ok(verified)
 }
 
-/// `verify --targets` (what the verify timer runs): every configured target whose copies are
-/// due a check by its `verify_every`, each whole.
+/// `verify --targets` (what the verify timer runs): every target of a spray run (the peers
+/// and the configured targets) whose copies are due a check by its `verify_every`, each whole.
 pub fn run_due(settings: &Settings, checked: &mut dyn FnMut(&str, &Checked)) -> Result<Verified> {
-    let checks = Store::existing(&settings.store.root)
-        .map(|s| s.copy_checks())
-        .unwrap_or_default();
+    let store = Store::existing(&settings.store.root);
+    let checks = store.as_ref().map(|s| s.copy_checks()).unwrap_or_default();
+    let (targets, warnings) = super::from_settings(settings)?;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     let now = chrono::Utc::now();
     let mut verified = Verified::default();
-    for (target, config) in super::configured(settings)
-        .iter()
-        .zip(&settings.spray.targets)
-    {
-        let every = match config {
-            crate::config::TargetConfig::Dir(d) => d.verify_every,
-            crate::config::TargetConfig::S3(s) => s.verify_every,
-        };
+    for target in &targets {
         let last = checks
             .get(&target.id())
             .and_then(|copies| copies.values().map(|c| c.at).max());
-        if !due(last, every, now) {
+        if !due(last, target.verify_every(), now) {
             verified.not_due.push(target.describe());
             continue;
         }
-        let one = run(settings, Some(&target.id()), &[], false, checked)?;
-        verified.bad += one.bad;
-        verified.failed.extend(one.failed);
+        check_target(
+            &**target,
+            store.as_ref(),
+            &[],
+            false,
+            checked,
+            &mut verified,
+        );
     }
     Ok(verified)
+}
+
+/// Checks one target's copies, says what is damaged, and keeps the outcomes.
+fn check_target(
+    target: &dyn Target,
+    store: Option<&Store>,
+    ids: &[String],
+    deep: bool,
+    checked: &mut dyn FnMut(&str, &Checked),
+    verified: &mut Verified,
+) {
+    let described = target.describe();
+    let outcomes = match target.verify_copies(ids, deep, &mut |o| checked(&described, o)) {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            verified.failed.push((described, format!("{error:#}")));
+            return;
+        }
+    };
+    for outcome in outcomes.iter().filter(|o| o.problem.is_some()) {
+        verified.bad += 1;
+        tracing::warn!(
+            message_id = message_id::COPY_DAMAGED,
+            target = %described,
+            set_id = %outcome.id,
+            "damaged copy of {} on {described}: {}",
+            outcome.id,
+            outcome.problem.as_deref().unwrap_or_default()
+        );
+    }
+    if let Some(store) = store
+        && let Err(error) = record(store, &target.id(), &outcomes, ids.is_empty(), deep)
+    {
+        tracing::warn!("the outcomes on {described} were not recorded: {error:#}");
+    }
 }
 
 /// Whether a target last checked at `last` is due by `every` (zero: never by schedule).

@@ -44,6 +44,10 @@ impl Target for DirStore {
         self.id()
     }
 
+    fn verify_every(&self) -> std::time::Duration {
+        self.target.verify_every
+    }
+
     fn describe_source(&self) -> String {
         format!("'{}'", self.target.path.display())
     }

@@ -33,6 +33,10 @@ pub trait Target: Send + Sync + std::fmt::Debug {
     fn carries(&self) -> Carried {
         Carried::All
     }
+    /// How often the verify timer checks its copies; zero: only by hand.
+    fn verify_every(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// How `fetch` names it among its sources.
     fn describe_source(&self) -> String {
         self.describe()
@@ -113,6 +117,20 @@ pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
     let Some(name) = name else {
         return Ok(configured(settings));
     };
+    // A peer, by its id (`ssh:master-1`) or its name; found as spray finds it.
+    if let Some((_, peer_name)) = name
+        .split_once(':')
+        .filter(|(kind, _)| ["ssh", "tls"].contains(kind))
+    {
+        let (peers, _) = peer::peers(settings)?;
+        if let Some(peer) = peers
+            .into_iter()
+            .find(|p| p.id() == name || p.name == peer_name)
+        {
+            return Ok(vec![Box::new(peer)]);
+        }
+        anyhow::bail!("'{name}' is not a peer of this node (etcd.env's masters and spray.peers)");
+    }
     if name.starts_with('/') {
         let dir = crate::config::DirTarget {
             path: std::path::PathBuf::from(name),

@@ -6,8 +6,9 @@
 
 use super::Target;
 use crate::config::{PeerAddr, Settings, SpraySettings, TlsSettings, Transport};
-use crate::protocol::send::{OpenSet, PushStats, push};
-use crate::protocol::{Conn, Stream};
+use crate::protocol::send::{OpenSet, PushStats, check, push};
+use crate::protocol::{Conn, CopyOutcome, Stream};
+use crate::verify::Checked;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 
@@ -27,6 +28,8 @@ pub struct Peer {
     pub link: Link,
     /// This node's name, which the sender says in its hello.
     pub sender: String,
+    /// `spray.verify_every`.
+    pub verify_every: std::time::Duration,
 }
 
 impl Peer {
@@ -47,18 +50,66 @@ impl Peer {
             addr,
             link,
             sender: settings.node_name.clone(),
+            verify_every: settings.spray.verify_every,
         }
     }
 
-    fn over<S: Stream>(
-        &self,
-        stream: S,
-        compress: bool,
-        sets: &[OpenSet],
-    ) -> Result<(PushStats, S)> {
-        let mut conn = Conn::new(stream, compress);
-        let stats = push(&mut conn, &self.sender, sets)?;
-        Ok((stats, conn.into_inner()))
+    /// Runs `exchange` over a connection to the peer's receiver, and closes it as the link
+    /// wants (an SSH channel's exit status checked, a TLS stream half-closed).
+    fn session<E: Exchange>(&self, exchange: E) -> Result<E::Out> {
+        match &self.link {
+            Link::Ssh(spray) => {
+                let stream = crate::transport::ssh::connect(&self.addr, spray)?;
+                let mut conn = Conn::new(stream, spray.compress);
+                let result = exchange.over(&mut conn)?;
+                let status = conn.into_inner().finish().context("closing the channel")?;
+                if status != 0 {
+                    bail!("the remote command exited with status {status}");
+                }
+                Ok(result)
+            }
+            Link::Tls(spray, tls) => {
+                let stream = crate::transport::tls::connect(&self.name, &self.addr, spray, tls)?;
+                let mut conn = Conn::new(stream, spray.compress);
+                let result = exchange.over(&mut conn)?;
+                // A clean close, so that the receiver's last read is an end and not a reset.
+                let _ = conn.into_inner().close_write();
+                Ok(result)
+            }
+        }
+    }
+}
+
+/// One exchange with a peer's receiver, whichever the link.
+trait Exchange {
+    type Out;
+    fn over<S: Stream>(self, conn: &mut Conn<S>) -> Result<Self::Out>;
+}
+
+/// Offer the sets, send what the peer lacks.
+struct Pushing<'a> {
+    sender: &'a str,
+    sets: &'a [OpenSet],
+}
+
+impl Exchange for Pushing<'_> {
+    type Out = PushStats;
+    fn over<S: Stream>(self, conn: &mut Conn<S>) -> Result<PushStats> {
+        push(conn, self.sender, self.sets)
+    }
+}
+
+/// Ask the peer what its copies of our sets are worth.
+struct Checking<'a> {
+    sender: &'a str,
+    ids: &'a [String],
+    deep: bool,
+}
+
+impl Exchange for Checking<'_> {
+    type Out = Vec<CopyOutcome>;
+    fn over<S: Stream>(self, conn: &mut Conn<S>) -> Result<Vec<CopyOutcome>> {
+        check(conn, self.sender, self.ids, self.deep)
     }
 }
 
@@ -80,25 +131,40 @@ impl Target for Peer {
 
     /// A peer verifies what it receives and repairs its own damaged copies when a sender offers
     /// them again: `damaged` is not needed.
+    fn verify_every(&self) -> std::time::Duration {
+        self.verify_every
+    }
+
     fn push(&self, sets: &[OpenSet], _damaged: &BTreeSet<String>) -> Result<PushStats> {
-        match &self.link {
-            Link::Ssh(spray) => {
-                let stream = crate::transport::ssh::connect(&self.addr, spray)?;
-                let (stats, mut stream) = self.over(stream, spray.compress, sets)?;
-                let status = stream.finish().context("closing the channel")?;
-                if status != 0 {
-                    bail!("the remote command exited with status {status}");
-                }
-                Ok(stats)
-            }
-            Link::Tls(spray, tls) => {
-                let stream = crate::transport::tls::connect(&self.name, &self.addr, spray, tls)?;
-                let (stats, mut stream) = self.over(stream, spray.compress, sets)?;
-                // A clean close, so that the receiver's last read is an end and not a reset.
-                let _ = stream.close_write();
-                Ok(stats)
-            }
-        }
+        self.session(Pushing {
+            sender: &self.sender,
+            sets,
+        })
+    }
+
+    /// The peer checks its own copies and answers; it also keeps the outcome, so that it asks
+    /// for a damaged copy again when the set is next offered.
+    fn verify_copies(
+        &self,
+        ids: &[String],
+        deep: bool,
+        checked: &mut dyn FnMut(&Checked),
+    ) -> Result<Vec<Checked>> {
+        let outcomes = self.session(Checking {
+            sender: &self.sender,
+            ids,
+            deep,
+        })?;
+        let outcomes: Vec<Checked> = outcomes
+            .into_iter()
+            .map(|o| Checked {
+                id: o.id,
+                manifest_sha256: o.manifest_sha256,
+                problem: o.problem,
+            })
+            .collect();
+        outcomes.iter().for_each(&mut *checked);
+        Ok(outcomes)
     }
 }
 

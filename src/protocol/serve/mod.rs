@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::fs::{self};
 use std::time::{Duration, Instant};
 
+mod check;
 mod set;
 
 use set::{partials, receive_set, remove_partial, violation};
@@ -90,24 +91,51 @@ pub fn serve<S: Stream>(
     result.map(|()| stats)
 }
 
-/// The sender's hello: who it says it is and what it offers, checked.
-fn hello<S: Stream>(conn: &mut Conn<S>) -> Result<(String, Vec<Offer>)> {
-    let (sender, offers) = match conn.next_message()? {
+/// What a sender opens its session with.
+enum Opening {
+    /// It offers sets.
+    Hello { sender: String, offers: Vec<Offer> },
+    /// It asks what its sets' copies here are worth.
+    Check {
+        sender: String,
+        ids: Vec<String>,
+        deep: bool,
+    },
+}
+
+/// The sender's first message: who it says it is and what it offers or asks, checked.
+fn opening<S: Stream>(conn: &mut Conn<S>) -> Result<Opening> {
+    let (version, opening) = match conn.next_message()? {
         Message::Hello {
             version,
             sender,
             offers,
-        } if version == PROTOCOL_VERSION => (sender, offers),
-        Message::Hello { version, .. } => {
-            bail!(
-                "sender speaks protocol version {version}; this receiver speaks {PROTOCOL_VERSION}"
-            )
-        }
+        } => (version, Opening::Hello { sender, offers }),
+        Message::Check {
+            version,
+            sender,
+            ids,
+            deep,
+        } => (version, Opening::Check { sender, ids, deep }),
         other => {
             return Err(
                 ProtocolError::violation(format!("expected hello, got {}", name(&other))).into(),
             );
         }
+    };
+    if version != PROTOCOL_VERSION {
+        bail!("sender speaks protocol version {version}; this receiver speaks {PROTOCOL_VERSION}")
+    }
+    let (sender, offers) = match opening {
+        Opening::Hello { sender, offers } => (sender, offers),
+        Opening::Check { ref ids, .. } if ids.len() > check::MAX_CHECKED => {
+            return Err(violation(format!(
+                "{} sets to check (at most {})",
+                ids.len(),
+                check::MAX_CHECKED
+            )));
+        }
+        check => return Ok(check),
     };
     if offers.len() > MAX_OFFERS {
         return Err(violation(format!(
@@ -119,7 +147,7 @@ fn hello<S: Stream>(conn: &mut Conn<S>) -> Result<(String, Vec<Offer>)> {
     if let Some(twice) = offers.iter().find(|o| !ids.insert(o.id.as_str())) {
         return Err(violation(format!("set '{}' offered twice", twice.id)));
     }
-    Ok((sender, offers))
+    Ok(Opening::Hello { sender, offers })
 }
 
 fn session<S: Stream>(
@@ -137,7 +165,10 @@ fn session<S: Stream>(
     if let Some(peer) = peer {
         peer.deadline.set(HELLO_TIMEOUT);
     }
-    let (claimed, offers) = hello(conn)?;
+    let opening = opening(conn)?;
+    let claimed = match &opening {
+        Opening::Hello { sender, .. } | Opening::Check { sender, .. } => sender.clone(),
+    };
     let authenticated = peer.and_then(|p| p.authenticated.as_deref());
     if let Some(proven) = authenticated
         && !claimed.eq_ignore_ascii_case(proven)
@@ -149,6 +180,17 @@ fn session<S: Stream>(
     if let Some(peer) = peer {
         peer.deadline.set(settings.spray.session_timeout);
     }
+    let offers = match opening {
+        Opening::Hello { offers, .. } => offers,
+        Opening::Check { ids, deep, .. } => {
+            let who = Who {
+                name: &claimed,
+                authenticated,
+                from: peer.map_or("this node", |p| p.from.as_str()),
+            };
+            return check::copies(settings, store, conn, &who, &ids, deep);
+        }
+    };
     let _receiving = lock_telling_sender(
         conn,
         store,
@@ -341,6 +383,8 @@ fn name(message: &Message) -> &'static str {
         Message::Bye => "bye",
         Message::Error { .. } => "error",
         Message::Waiting { .. } => "waiting",
+        Message::Check { .. } => "check",
+        Message::Checked { .. } => "checked",
     }
 }
 

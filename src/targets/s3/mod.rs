@@ -92,6 +92,10 @@ impl Target for Bucket {
         )
     }
 
+    fn verify_every(&self) -> Duration {
+        self.target.verify_every
+    }
+
     fn describe_source(&self) -> String {
         let t = &self.target;
         format!(
