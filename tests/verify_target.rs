@@ -55,6 +55,14 @@ fn a_bucket_copy_damaged_at_the_same_size_is_found_shown_and_healed_byte_for_byt
         .expect_code(0)
         .expect_stdout(&format!("ok   {}", ids[0]))
         .expect_stdout(&format!("ok   {}", ids[1]));
+    // --deep downloads each snapshot to walk it, and leaves nothing behind.
+    node.run(&["verify", "--target", &bucket, "--deep"])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {}", ids[1]));
+    let staging: Vec<_> = std::fs::read_dir(node.store().join(".staging"))
+        .unwrap()
+        .collect();
+    assert!(staging.is_empty(), "{staging:?}");
 
     // One byte of the newest snapshot flipped, its size and metadata kept: the listing and
     // the spray see nothing.

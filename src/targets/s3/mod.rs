@@ -35,6 +35,10 @@ pub struct Bucket {
     policy: Policy,
     /// Sets dated after now plus this are not believed (`node.max_clock_skew`).
     max_clock_skew: Duration,
+    /// This node's store, where `verify --deep` walks a downloaded snapshot, and the space it
+    /// must leave free there (`retention.min_free_space`).
+    store_root: std::path::PathBuf,
+    policy_floor: u64,
 }
 
 impl Bucket {
@@ -47,6 +51,8 @@ impl Bucket {
             io_timeout: settings.spray.io_timeout,
             policy,
             max_clock_skew: settings.max_clock_skew,
+            store_root: settings.store.root.clone(),
+            policy_floor: settings.retention.min_free_space.unwrap_or(0),
         }
     }
 
@@ -155,12 +161,16 @@ impl Target for Bucket {
     ) -> Result<Vec<Checked>> {
         let mut client = self.client().with_context(|| self.describe())?;
         let remote = read_remote(&mut client, &self.target).with_context(|| self.describe())?;
+        let scratch = verify::Scratch {
+            store: &self.store_root,
+            floor: self.policy_floor,
+        };
         Ok(verify::verify_copies(
             &mut client,
             &self.target,
             &remote,
             ids,
-            deep,
+            deep.then_some(&scratch),
             checked,
         ))
     }

@@ -3,6 +3,9 @@
 //! download), then each object's content: by the SHA-256 checksum the server stored with it
 //! when it keeps one for the whole object, otherwise (and always with `--deep`) by a streamed
 //! download hashed as it arrives, in bounded memory, the snapshot's trailer checked on the way.
+//! `--deep` also walks the snapshot's bbolt structure, which needs the whole file: it is
+//! downloaded into this node's store's staging (room checked first, above the free-space
+//! floor) and removed after the walk.
 
 use super::Remote;
 use super::layout::{self, RemoteSet};
@@ -13,13 +16,19 @@ use crate::s3::Client;
 use crate::verify::{Checked, SnapshotHasher};
 use anyhow::{Result, bail};
 
+/// Where `--deep` puts a snapshot to walk it: this node's store, and the space to leave free.
+pub struct Scratch<'a> {
+    pub store: &'a std::path::Path,
+    pub floor: u64,
+}
+
 /// Checks the copies of the sets named by `ids` (every set with a manifest when empty).
 pub fn verify_copies(
     client: &mut Client,
     t: &S3Target,
     remote: &Remote,
     ids: &[String],
-    deep: bool,
+    deep: Option<&Scratch>,
     checked: &mut dyn FnMut(&Checked),
 ) -> Vec<Checked> {
     let with_manifest: Vec<&String> = remote
@@ -75,7 +84,7 @@ fn check_copy(
     id: &str,
     manifest: &Manifest,
     set: &RemoteSet,
-    deep: bool,
+    deep: Option<&Scratch>,
 ) -> Result<()> {
     let carried: Vec<&FileEntry> = manifest
         .files
@@ -96,10 +105,14 @@ fn check_copy(
     }
     for entry in carried {
         let key = layout::key(&t.prefix, id, &entry.name);
-        if !deep && stored_checksum_matches(client, &key, entry)? {
-            continue;
+        match deep {
+            Some(scratch) if entry.is_snapshot() => {
+                walk_a_copy(client, &key, entry, manifest, t.verify_bandwidth, scratch)?;
+            }
+            Some(_) => download_and_check(client, &key, entry, t.verify_bandwidth, None)?,
+            None if stored_checksum_matches(client, &key, entry)? => {}
+            None => download_and_check(client, &key, entry, t.verify_bandwidth, None)?,
         }
-        download_and_check(client, &key, entry, t.verify_bandwidth)?;
     }
     Ok(())
 }
@@ -146,8 +159,10 @@ fn download_and_check(
     key: &str,
     entry: &FileEntry,
     bandwidth: u64,
+    copy: Option<std::fs::File>,
 ) -> Result<()> {
     let mut sink = Hashing {
+        copy: copy.map(|f| std::io::BufWriter::with_capacity(1 << 20, f)),
         pace: (bandwidth > 0).then(|| (bandwidth, std::time::Instant::now())),
         hasher: Sha256::new(),
         snapshot: if entry.is_snapshot() {
@@ -159,6 +174,12 @@ fn download_and_check(
         problem: None,
     };
     client.get(key, &mut sink, entry.size)?;
+    if let Some(copy) = sink.copy.take() {
+        copy.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map_err(|e| anyhow::anyhow!("cannot write the copy of '{key}': {e}"))?;
+    }
     if let Some(problem) = sink.problem {
         bail!("object '{key}': {problem}");
     }
@@ -179,7 +200,37 @@ fn download_and_check(
     Ok(())
 }
 
+/// Downloads the snapshot into the store's staging, checks it as [`download_and_check`] does,
+/// walks its bbolt structure against the manifest's figures, and removes it.
+fn walk_a_copy(
+    client: &mut Client,
+    key: &str,
+    entry: &FileEntry,
+    manifest: &Manifest,
+    bandwidth: u64,
+    scratch: &Scratch,
+) -> Result<()> {
+    let store = crate::store::Store::open(scratch.store)?;
+    store.ensure_room(
+        &format!("the deep check of '{key}'"),
+        entry.size,
+        scratch.floor,
+    )?;
+    let staging = store.new_staging("verify")?;
+    let path = staging.join(&entry.name);
+    let result = crate::files::create_private(&path)
+        .and_then(|file| download_and_check(client, key, entry, bandwidth, Some(file)))
+        .and_then(|()| {
+            crate::verify::deep_check_against(&path, manifest.checks.etcd.as_ref())
+                .map_err(|e| anyhow::anyhow!("object '{key}': {e:#}"))
+        });
+    let _ = std::fs::remove_dir_all(&staging);
+    result.map(drop)
+}
+
 struct Hashing {
+    /// Where the bytes are written too (`--deep` of the snapshot).
+    copy: Option<std::io::BufWriter<std::fs::File>>,
     /// (bytes a second, when the download started).
     pace: Option<(u64, std::time::Instant)>,
     hasher: Sha256,
@@ -191,6 +242,9 @@ struct Hashing {
 
 impl std::io::Write for Hashing {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(copy) = &mut self.copy {
+            copy.write_all(buf)?;
+        }
         self.hasher.update(buf);
         self.bytes += buf.len() as u64;
         if let (Some(snapshot), None) = (&mut self.snapshot, &self.problem)
