@@ -76,9 +76,11 @@ fn main() {
 
     let (mut ours, mut theirs, mut noop) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rss, mut cpu) = (0u64, Vec::new());
+    let mut last_bucket = String::new();
     for round in 0..ROUNDS {
         // aws first in odd rounds, ours first in even ones.
         let bucket = new_bucket(&endpoint, false);
+        last_bucket = bucket.clone();
         let aws = || {
             let (secs, _, _, _) = timed(
                 "aws",
@@ -128,6 +130,62 @@ fn main() {
         assert!(text.contains("(0 sent, 0 bytes"), "{text}");
         noop.push(n);
     }
+
+    // Verification of the last round's copy (no bandwidth bound): by the checksum the server
+    // stored where it keeps one for the whole object, else downloaded and hashed; against aws
+    // downloading the same objects to /dev/null.
+    let bucket = last_bucket;
+    lab.write_config(
+        0,
+        &format!(
+            "etcd_env = \"\"\nio_timeout = \"60s\"\n{}",
+            s3_target(
+                &endpoint,
+                &bucket,
+                &credentials,
+                &format!("part_size = \"{PART}\"\nverify_bandwidth = \"0\"")
+            )
+            .replace("part_size = \"5MiB\"\n", "")
+        ),
+    );
+    let keys: Vec<String> = std::fs::read_dir(&set_dir)
+        .unwrap()
+        .map(|e| {
+            format!(
+                "s3://{bucket}/cluster/sets/{id}/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    let script = keys
+        .iter()
+        .map(|k| format!("aws s3 cp --only-show-errors --endpoint-url {endpoint} {k} - >/dev/null"))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    let (mut verify, mut download, mut verify_rss) = (Vec::new(), Vec::new(), 0u64);
+    for round in 0..ROUNDS {
+        let ebk = || {
+            timed(
+                util::BIN,
+                &["--config", config, "verify", "--target", &bucket],
+                &[],
+            )
+        };
+        let aws = || timed("sh", &["-c", &script], &aws_env).0;
+        let ((secs, text, kib, _), a) = if round % 2 == 1 {
+            let a = aws();
+            (ebk(), a)
+        } else {
+            let e = ebk();
+            (e, aws())
+        };
+        assert!(text.contains(&format!("ok   {id}")), "{text}");
+        verify.push(secs);
+        download.push(a);
+        verify_rss = verify_rss.max(kib);
+    }
+    let (verify, download) = (median(verify), median(download));
+
     let (ours, theirs) = (median(ours), median(theirs));
     let rate = |secs: f64| mib_of(bytes) / secs;
     println!(
@@ -151,5 +209,15 @@ fn main() {
     println!(
         "peak RSS of the spray:   {:.1} MiB (target <= 64 MiB)",
         rss as f64 / 1024.0
+    );
+    println!(
+        "aws s3 cp of the set's objects to /dev/null: {download:6.2} s  {:6.0} MiB/s",
+        rate(download)
+    );
+    println!(
+        "verify --target (s3):    {verify:6.2} s  {:6.0} MiB/s  = {:.2}x aws's download (checksums where kept, else downloaded: target >= 0.9x); peak RSS {:.1} MiB (target <= 64 MiB)",
+        rate(verify),
+        download / verify,
+        verify_rss as f64 / 1024.0
     );
 }

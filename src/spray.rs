@@ -36,8 +36,13 @@ pub fn run(settings: &crate::config::Settings) -> Result<Vec<TargetResult>> {
     };
     let damaged = damaged_copies(&store.copy_checks());
     let results = spray_all(&targets, &sets, retries, &damaged);
-    write_state(&store, &results)?;
-    record_healed(&store, &results, &sets, &damaged)?;
+    let digest_of: BTreeMap<&str, &str> = sets
+        .iter()
+        .map(|s| (s.set.id(), s.set.manifest_sha256.as_str()))
+        .collect();
+    let healed = healed(&results, &digest_of, &damaged);
+    write_state(&store, &results, &healed)?;
+    record_healed(&store, &results, &healed)?;
     Ok(results)
 }
 
@@ -86,14 +91,8 @@ fn healed(
 fn record_healed(
     store: &crate::store::Store,
     results: &[TargetResult],
-    sets: &[OpenSet],
-    damaged: &BTreeMap<String, BTreeSet<String>>,
+    healed: &BTreeMap<String, Vec<(String, String)>>,
 ) -> Result<()> {
-    let digest_of: BTreeMap<&str, &str> = sets
-        .iter()
-        .map(|s| (s.set.id(), s.set.manifest_sha256.as_str()))
-        .collect();
-    let healed = healed(results, &digest_of, damaged);
     if healed.is_empty() {
         return Ok(());
     }
@@ -109,7 +108,7 @@ fn record_healed(
         }
     }
     store.update_copy_checks(|checks| {
-        for (target, copies) in &healed {
+        for (target, copies) in healed {
             if let Some(known) = checks.get_mut(target) {
                 for (_, digest) in copies {
                     known.remove(digest);
@@ -220,8 +219,13 @@ pub fn spray_all(
     })
 }
 
-/// Records a run's results (targets no longer configured are dropped).
-pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Result<()> {
+/// Records a run's results (targets no longer configured are dropped) and the damaged copies
+/// it sent again.
+pub fn write_state(
+    store: &crate::store::Store,
+    results: &[TargetResult],
+    healed: &BTreeMap<String, Vec<(String, String)>>,
+) -> Result<()> {
     let old = store.spray_state();
     let now = chrono::Utc::now();
     let mut state = BTreeMap::new();
@@ -230,6 +234,7 @@ pub fn write_state(store: &crate::store::Store, results: &[TargetResult]) -> Res
         entry.name = result.name.clone();
         entry.carries = result.carries;
         entry.last_attempt = Some(now);
+        entry.copies_healed += healed.get(&result.id).map_or(0, |h| h.len() as u64);
         match &result.result {
             Ok(stats) => {
                 entry.last_success = Some(now);

@@ -95,6 +95,7 @@ fn a_bucket_copy_damaged_at_the_same_size_is_found_shown_and_healed_byte_for_byt
     assert_eq!(digests(&endpoint, &bucket), good, "byte-identical again");
     node.run(&["status"]).expect_code(0);
     assert_eq!(metric(&node, "etcd_backup_target_damaged_copies{"), 0.0);
+    assert_eq!(metric(&node, "etcd_backup_target_healed_copies_total{"), 1.0);
     node.run(&["verify", "--target", &bucket]).expect_code(0);
 }
 

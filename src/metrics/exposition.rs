@@ -268,6 +268,14 @@ pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> 
         sent_sets.add(target(), t.sets_sent as f64);
         sent_bytes.add(target(), t.bytes_sent as f64);
     }
+    let mut healed = Family::new(
+        "etcd_backup_target_healed_copies_total",
+        Counter,
+        "Damaged copies on this target that sprays sent again.",
+    );
+    for (id, t) in summary.targets {
+        healed.add(vec![("target", id.clone())], t.copies_healed as f64);
+    }
     let mut damaged = Family::new(
         "etcd_backup_target_damaged_copies",
         Gauge,
@@ -292,6 +300,7 @@ pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> 
         sent_sets,
         sent_bytes,
         damaged,
+        healed,
     ]);
 
     // The runs of this node.

@@ -105,6 +105,9 @@ pub struct TargetState {
     /// Which of a set's files it carries (state files of older versions: all).
     #[serde(default)]
     pub carries: crate::config::Carried,
+    /// Damaged copies there that sprays have sent again, in all.
+    #[serde(default)]
+    pub copies_healed: u64,
 }
 
 pub const SPRAY_STATE_FILE: &str = "spray-state.json";
