@@ -143,7 +143,7 @@ fn main() {
                 &endpoint,
                 &bucket,
                 &credentials,
-                &format!("part_size = \"{PART}\"\nverify_bandwidth = \"0\"")
+                &format!("part_size = \"{PART}\"\nverify_bandwidth = \"0B\"")
             )
             .replace("part_size = \"5MiB\"\n", "")
         ),
@@ -162,9 +162,22 @@ fn main() {
         .map(|k| format!("aws s3 cp --only-show-errors --endpoint-url {endpoint} {k} - >/dev/null"))
         .collect::<Vec<_>>()
         .join(" && ");
-    let (mut verify, mut download, mut verify_rss) = (Vec::new(), Vec::new(), 0u64);
+    let kept = lab.hosts[0].store().join("object-checksums.json");
+    let (mut by_checksum, mut verify, mut download, mut verify_rss) =
+        (Vec::new(), Vec::new(), Vec::new(), 0u64);
     for round in 0..ROUNDS {
+        // By the checksums the bucket stored when the spray put the objects: no download.
+        let (secs, text, kib, _) = timed(
+            util::BIN,
+            &["--config", config, "verify", "--target", &bucket],
+            &[],
+        );
+        assert!(text.contains(&format!("ok   {id}")), "{text}");
+        by_checksum.push(secs);
+        verify_rss = verify_rss.max(kib);
+        // Without them (objects put by another version, or found replaced): downloaded.
         let ebk = || {
+            let _ = std::fs::remove_file(&kept);
             timed(
                 util::BIN,
                 &["--config", config, "verify", "--target", &bucket],
@@ -184,7 +197,7 @@ fn main() {
         download.push(a);
         verify_rss = verify_rss.max(kib);
     }
-    let (verify, download) = (median(verify), median(download));
+    let (by_checksum, verify, download) = (median(by_checksum), median(verify), median(download));
 
     let (ours, theirs) = (median(ours), median(theirs));
     let rate = |secs: f64| mib_of(bytes) / secs;
@@ -215,7 +228,10 @@ fn main() {
         rate(download)
     );
     println!(
-        "verify --target (s3):    {verify:6.2} s  {:6.0} MiB/s  = {:.2}x aws's download (checksums where kept, else downloaded: target >= 0.9x); peak RSS {:.1} MiB (target <= 64 MiB)",
+        "verify --target (s3), by the stored checksums:  {by_checksum:6.2} s  (target <= 1 s, no download)"
+    );
+    println!(
+        "verify --target (s3), downloaded:  {verify:6.2} s  {:6.0} MiB/s  = {:.2}x aws's download (target >= 0.9x); peak RSS {:.1} MiB (target <= 64 MiB)",
         rate(verify),
         download / verify,
         verify_rss as f64 / 1024.0

@@ -28,8 +28,8 @@ mod state;
 
 pub use lock::{BusyError, StoreLock};
 pub use state::{
-    CopyCheck, CopyChecks, KINDS, RUNS_FILE, Run, Runs, SPRAY_STATE_FILE, TARGET_VERIFY_STATE_FILE,
-    TargetState, VERIFY_STATE_FILE, Verification,
+    CopyCheck, CopyChecks, KINDS, OBJECT_CHECKSUMS_FILE, ObjectChecksums, RUNS_FILE, Run, Runs,
+    SPRAY_STATE_FILE, TARGET_VERIFY_STATE_FILE, TargetState, VERIFY_STATE_FILE, Verification,
 };
 
 #[derive(Debug, Clone)]

@@ -89,6 +89,43 @@ impl Store {
     }
 }
 
+/// By target id, then object key: the SHA-256 checksum (base64; a multipart object's is that of
+/// its parts' checksums) the bucket stored with each object this node put there or verified by
+/// downloading it. A later verification that finds the same stored checksum knows the object
+/// is the one that was checked, without a download.
+pub type ObjectChecksums = BTreeMap<String, BTreeMap<String, String>>;
+
+pub const OBJECT_CHECKSUMS_FILE: &str = "object-checksums.json";
+
+impl Store {
+    pub fn object_checksums(&self) -> ObjectChecksums {
+        crate::files::read_state(&self.root.join(OBJECT_CHECKSUMS_FILE)).unwrap_or_default()
+    }
+
+    /// Adds what `target_id`'s bucket is now known to store, under the same short lock as the
+    /// copy checks (every bucket target of a spray writes here from its own thread).
+    pub fn remember_object_checksums(
+        &self,
+        target_id: &str,
+        stored: &[(String, String)],
+    ) -> Result<()> {
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock_named(TARGET_VERIFY_LOCK, Duration::from_secs(10))?;
+        let mut all = self.object_checksums();
+        let known = all.entry(target_id.to_string()).or_default();
+        for (key, checksum) in stored {
+            known.insert(key.clone(), checksum.clone());
+        }
+        write_atomic(
+            &self.root,
+            OBJECT_CHECKSUMS_FILE,
+            &serde_json::to_vec_pretty(&all)?,
+        )
+    }
+}
+
 /// Last results per target (keyed by its stable id), kept in the store for `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TargetState {

@@ -56,6 +56,20 @@ impl Bucket {
         }
     }
 
+    /// Keeps the checksums the bucket stored for objects this node put there or verified, in
+    /// this node's store (when it has one): a later verification that finds the same needs no
+    /// download.
+    fn remember(&self, stored: &[(String, String)]) {
+        if let Some(store) = crate::store::Store::existing(&self.store_root)
+            && let Err(error) = store.remember_object_checksums(&self.id(), stored)
+        {
+            tracing::warn!(
+                "the checksums stored by {} were not kept: {error:#}",
+                self.describe()
+            );
+        }
+    }
+
     fn client(&self) -> Result<Client> {
         Client::open(&self.target, self.connect_timeout, self.io_timeout)
     }
@@ -124,13 +138,18 @@ impl Target for Bucket {
             not_after: crate::units::after(chrono::Utc::now(), self.max_clock_skew),
             guard: None,
         };
-        self.client()
+        let mut stored = Vec::new();
+        let pushed = self
+            .client()
             .with_context(|| self.describe())
             .and_then(|mut client| {
-                push(&mut client, t, &judge, sets, damaged)
+                push(&mut client, t, &judge, sets, damaged, &mut stored)
                     .with_context(|| format!("bucket '{}' at {}", t.bucket, t.endpoint))
             })
-            .map_err(refused_is_final)
+            .map_err(refused_is_final);
+        // What was put is worth remembering even when a later object failed.
+        self.remember(&stored);
+        pushed
     }
 
     fn open_set(&self, id: &str) -> Result<HeldCopy> {
@@ -165,14 +184,24 @@ impl Target for Bucket {
             store: &self.store_root,
             floor: self.policy_floor,
         };
-        Ok(verify::verify_copies(
+        let stored = crate::store::Store::existing(&self.store_root)
+            .map(|s| s.object_checksums().remove(&self.id()).unwrap_or_default())
+            .unwrap_or_default();
+        let mut known = verify::Known {
+            stored: &stored,
+            learned: Vec::new(),
+        };
+        let outcomes = verify::verify_copies(
             &mut client,
             &self.target,
             &remote,
             ids,
             deep.then_some(&scratch),
+            &mut known,
             checked,
-        ))
+        );
+        self.remember(&known.learned);
+        Ok(outcomes)
     }
 }
 
@@ -196,6 +225,7 @@ fn push(
     judge: &Judge,
     sets: &[OpenSet],
     damaged: &BTreeSet<String>,
+    stored: &mut Vec<(String, String)>,
 ) -> Result<PushStats> {
     let remote = read_remote(client, t)?;
     for key in &remote.listing.unknown {
@@ -240,7 +270,7 @@ fn push(
                 .cloned()
                 .unwrap_or_default()
         };
-        let sent = upload_set(client, t, open, &remote_set, &mut buf)
+        let sent = upload_set(client, t, open, &remote_set, &mut buf, stored)
             .with_context(|| format!("set '{}'", want.id))?;
         stats.data_bytes += sent;
         stats.wire_bytes += sent;

@@ -78,6 +78,7 @@ pub(super) fn upload_set(
     open: &OpenSet,
     remote: &RemoteSet,
     buf: &mut Vec<u8>,
+    stored: &mut Vec<(String, String)>,
 ) -> Result<u64> {
     let set = &open.set;
     let mut sent = 0;
@@ -94,7 +95,7 @@ pub(super) fn upload_set(
         {
             continue;
         }
-        sent += upload_file(
+        let (bytes, checksum) = upload_file(
             client,
             t,
             &key,
@@ -103,6 +104,10 @@ pub(super) fn upload_set(
             &set.dir.join(&entry.name),
             buf,
         )?;
+        sent += bytes;
+        if let Some(checksum) = checksum {
+            stored.push((key, checksum));
+        }
     }
     // Last: with the manifest there, the set exists on the target.
     let key = layout::key(&t.prefix, set.id(), MANIFEST);
@@ -118,7 +123,8 @@ pub(super) fn upload_set(
 
 /// Uploads one file (one PUT up to a part, else a multipart upload that continues one a cut
 /// run left); checks the whole file's SHA-256 against the manifest and the server's checksum
-/// against the parts sent. Returns the bytes sent in this run.
+/// against the parts sent. Returns the bytes sent in this run, and the checksum the server
+/// stored, when it keeps one.
 fn upload_file(
     client: &mut Client,
     t: &S3Target,
@@ -127,7 +133,7 @@ fn upload_file(
     entry: &FileEntry,
     path: &std::path::Path,
     buf: &mut Vec<u8>,
-) -> Result<u64> {
+) -> Result<(u64, Option<String>)> {
     let headers = object_headers(t, &entry.sha256);
     let parts = layout::parts(entry.size, t.part_size);
     let mismatch = || {
@@ -149,8 +155,8 @@ fn upload_file(
         }
         let response = client.put(key, buf, &headers)?;
         refuse_unencrypted(client, t, key, &response)?;
-        verify_object(client, t, key, entry, &base64(&digest), None)?;
-        return Ok(entry.size);
+        let checksum = verify_object(client, t, key, entry, &base64(&digest), None)?;
+        return Ok((entry.size, checksum));
     }
     // Continue the newest upload of this key, if a cut run left one.
     let existing = client
@@ -192,8 +198,8 @@ fn upload_file(
     let response = client.complete(key, &upload_id, &completed)?;
     check_encryption(t, key, &response, true)?;
     let composite = layout::composite_checksum(&digests);
-    verify_object(client, t, key, entry, &base64(&whole), Some(&composite))?;
-    Ok(sent)
+    let checksum = verify_object(client, t, key, entry, &base64(&whole), Some(&composite))?;
+    Ok((sent, checksum))
 }
 
 /// What `upload_parts` did: the parts to complete the upload with, each part's SHA-256 and
@@ -333,7 +339,7 @@ fn part_matches(held: &crate::s3::xml::Part, sha256_b64: &str, bytes: &[u8]) -> 
 }
 
 /// The object as the server now has it: the manifest's size, a checksum that agrees with what
-/// was sent, the encryption asked for.
+/// was sent, the encryption asked for. Returns the checksum it stored, when it keeps one.
 fn verify_object(
     client: &mut Client,
     t: &S3Target,
@@ -341,7 +347,7 @@ fn verify_object(
     entry: &FileEntry,
     whole_b64: &str,
     composite: Option<&str>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let head = client
         .head(key)?
         .with_context(|| format!("'{key}' is missing right after its upload"))?;
@@ -364,5 +370,5 @@ fn verify_object(
             composite.unwrap_or(whole_b64)
         );
     }
-    Ok(())
+    Ok(reported.map(str::to_string))
 }

@@ -1,8 +1,10 @@
 //! A bucket's copies checked against their manifests (`verify --target`): what the listing
 //! already shows first (an object missing, or of another size: named with its key, before any
-//! download), then each object's content: by the SHA-256 checksum the server stored with it
-//! when it keeps one for the whole object, otherwise (and always with `--deep`) by a streamed
-//! download hashed as it arrives, in bounded memory, the snapshot's trailer checked on the way.
+//! download), then each object's content: by the SHA-256 checksum the server stored with it —
+//! the manifest's for a whole object, or for a multipart one the very checksum it stored when
+//! this node put the object or last downloaded and checked it — otherwise (and always with
+//! `--deep`) by a streamed download hashed as it arrives, in bounded memory, the snapshot's
+//! trailer checked on the way.
 //! `--deep` also walks the snapshot's bbolt structure, which needs the whole file: it is
 //! downloaded into this node's store's staging (room checked first, above the free-space
 //! floor) and removed after the walk.
@@ -15,6 +17,13 @@ use crate::manifest::{FileEntry, Manifest};
 use crate::s3::Client;
 use crate::verify::{Checked, SnapshotHasher};
 use anyhow::{Result, bail};
+
+/// The checksums the bucket is known to have stored (put or verified by this node), by key,
+/// and those learned in this verification.
+pub struct Known<'a> {
+    pub stored: &'a std::collections::BTreeMap<String, String>,
+    pub learned: Vec<(String, String)>,
+}
 
 /// Where `--deep` puts a snapshot to walk it: this node's store, and the space to leave free.
 pub struct Scratch<'a> {
@@ -29,6 +38,7 @@ pub fn verify_copies(
     remote: &Remote,
     ids: &[String],
     deep: Option<&Scratch>,
+    known: &mut Known,
     checked: &mut dyn FnMut(&Checked),
 ) -> Vec<Checked> {
     let with_manifest: Vec<&String> = remote
@@ -49,7 +59,7 @@ pub fn verify_copies(
             (Some((manifest, digest)), Some(set)) => Checked {
                 id: id.clone(),
                 manifest_sha256: Some(digest.clone()),
-                problem: check_copy(client, t, id, manifest, set, deep)
+                problem: check_copy(client, t, id, manifest, set, deep, known)
                     .err()
                     .map(|e| format!("{e:#}")),
             },
@@ -85,6 +95,7 @@ fn check_copy(
     manifest: &Manifest,
     set: &RemoteSet,
     deep: Option<&Scratch>,
+    known: &mut Known,
 ) -> Result<()> {
     let carried: Vec<&FileEntry> = manifest
         .files
@@ -105,38 +116,39 @@ fn check_copy(
     }
     for entry in carried {
         let key = layout::key(&t.prefix, id, &entry.name);
-        match deep {
-            Some(scratch) if entry.is_snapshot() => {
+        let stored = stored_checksum(client, &key)?;
+        match (&stored, deep) {
+            (_, Some(scratch)) if entry.is_snapshot() => {
                 walk_a_copy(client, &key, entry, manifest, t.verify_bandwidth, scratch)?;
             }
-            Some(_) => download_and_check(client, &key, entry, t.verify_bandwidth, None)?,
-            None if stored_checksum_matches(client, &key, entry)? => {}
-            None => download_and_check(client, &key, entry, t.verify_bandwidth, None)?,
+            // The very object this node put, or downloaded and checked, before.
+            (Some(s), None) if known.stored.get(&key) == Some(s) => continue,
+            (Some(s), None) if !s.contains('-') => {
+                let expected = manifest_checksum(entry)?;
+                if *s != expected {
+                    bail!(
+                        "object '{key}' was stored with SHA-256 {s} (base64), its manifest says {expected}"
+                    );
+                }
+            }
+            _ => download_and_check(client, &key, entry, t.verify_bandwidth, None)?,
+        }
+        // Checked: a later verification that finds the same stored checksum needs no download.
+        if let Some(s) = stored {
+            known.learned.push((key, s));
         }
     }
     Ok(())
 }
 
-/// Whether the server keeps a SHA-256 checksum of the whole object and it is the manifest's.
-/// A multipart object's is a checksum of its parts' checksums, which the manifest cannot be
-/// held against: it is downloaded instead. Stored with another checksum: an error.
-fn stored_checksum_matches(client: &mut Client, key: &str, entry: &FileEntry) -> Result<bool> {
+/// The SHA-256 checksum the server keeps for the object, when it keeps one: of the whole
+/// object, or (`…-N`) of a multipart object's parts' checksums, which the manifest cannot be
+/// held against (only a checksum this node saw stored before can).
+fn stored_checksum(client: &mut Client, key: &str) -> Result<Option<String>> {
     let Some(head) = client.head(key)? else {
         bail!("object '{key}' is gone");
     };
-    let Some(stored) = head.header("x-amz-checksum-sha256") else {
-        return Ok(false);
-    };
-    if stored.contains('-') {
-        return Ok(false);
-    }
-    let expected = manifest_checksum(entry)?;
-    if stored != expected {
-        bail!(
-            "object '{key}' was stored with SHA-256 {stored} (base64), its manifest says {expected}"
-        );
-    }
-    Ok(true)
+    Ok(head.header("x-amz-checksum-sha256").map(str::to_string))
 }
 
 /// The manifest's hex SHA-256 as S3 writes checksums (base64).
