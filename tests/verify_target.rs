@@ -133,6 +133,20 @@ fn a_deleted_object_is_named_from_the_listing_and_a_missing_set_is_reported() {
         .expect_stdout("no set '20200101T000000.000Z-gone' in bucket");
     node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
     node.run(&["verify", "--target", &bucket]).expect_code(0);
+    // A truncated object: its size in the listing says so.
+    let snapshot = set_file(&node.set_dir(&id), ".db");
+    let snapshot = format!(
+        "cluster/sets/{id}/{}",
+        snapshot.file_name().unwrap().to_str().unwrap()
+    );
+    tool_json(&endpoint, &["put", &bucket, &snapshot, "truncated"]);
+    node.run(&["verify", "--target", &bucket])
+        .expect_code(1)
+        .expect_stdout(&format!(
+            "object '{snapshot}' holds 9 bytes, its manifest says"
+        ));
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    node.run(&["verify", "--target", &bucket]).expect_code(0);
 }
 
 #[test]
@@ -321,4 +335,41 @@ fn a_peer_checks_its_copy_of_our_set_itself_and_the_next_spray_heals_it() {
     assert_eq!(std::fs::read(&copy).unwrap(), sound, "healed byte for byte");
     sender.run(&["verify", "--target", target]).expect_code(0);
     sender.run(&["status"]).expect_code(0);
+}
+
+#[test]
+fn damaged_resources_and_manifests_on_a_bucket_are_found_and_put_again() {
+    let (node, endpoint, bucket) = bucket_node();
+    let ids: Vec<String> = (0..2).map(|_| node.backup()).collect();
+    node.run(&["spray"]).expect_code(0);
+    let good = digests(&endpoint, &bucket);
+    let key = |id: &str, name: &str| format!("cluster/sets/{id}/{name}");
+    // The first set: a byte of its resources archive flipped; the second: its manifest put
+    // again with one character changed (still a manifest of that set, but not its manifest).
+    let resources = set_file(&node.set_dir(&ids[0]), ".tar.gz");
+    let resources = key(&ids[0], resources.file_name().unwrap().to_str().unwrap());
+    tool_json(&endpoint, &["flip", &bucket, &resources, "100"]);
+    let manifest = std::fs::read_to_string(node.set_dir(&ids[1]).join("manifest.json")).unwrap();
+    let at = manifest.find("\"tool_version\"").unwrap() + "\"tool_version\": \"".len();
+    let mut forged = manifest.clone().into_bytes();
+    forged[at] = if forged[at] == b'9' { b'8' } else { b'9' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_ne!(forged, manifest);
+    tool_json(
+        &endpoint,
+        &["put", &bucket, &key(&ids[1], "manifest.json"), &forged],
+    );
+
+    let verify = node.run(&["verify", "--target", &bucket]);
+    verify
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {}", ids[0]))
+        .expect_stdout(&format!("object '{resources}' does not match the manifest"))
+        .expect_stdout(&format!("BAD  {}", ids[1]))
+        .expect_stdout("is not the one of set");
+    node.run(&["status"]).expect_code(4);
+    node.run(&["spray"]).expect_code(0).expect_stdout("(2 sent");
+    assert_eq!(digests(&endpoint, &bucket), good, "byte-identical again");
+    node.run(&["verify", "--target", &bucket]).expect_code(0);
+    node.run(&["status"]).expect_code(0);
 }

@@ -184,11 +184,25 @@ impl Target for Bucket {
             store: &self.store_root,
             floor: self.policy_floor,
         };
-        let stored = crate::store::Store::existing(&self.store_root)
+        let store = crate::store::Store::existing(&self.store_root);
+        let stored = store
+            .as_ref()
             .map(|s| s.object_checksums().remove(&self.id()).unwrap_or_default())
             .unwrap_or_default();
+        // The sets this node holds sound, by id: their manifests are the ones a copy must have.
+        let held_here: BTreeMap<String, String> = match &store {
+            Some(store) => store
+                .list()?
+                .sets
+                .into_iter()
+                .filter(|s| s.problem.is_none())
+                .map(|s| (s.id().to_string(), s.manifest_sha256))
+                .collect(),
+            None => BTreeMap::new(),
+        };
         let mut known = verify::Known {
             stored: &stored,
+            held_here: &held_here,
             learned: Vec::new(),
         };
         let outcomes = verify::verify_copies(
@@ -240,9 +254,20 @@ fn push(
             dirty: s.set.manifest.dirty,
         })
         .collect();
-    // A copy a verification found damaged is sent again, every object of it.
+    // A copy a verification found damaged is sent again, every object of it; one found with
+    // a manifest that is not this node's manifest of the set too (recorded under ours).
+    let ours: BTreeMap<&str, &str> = offers
+        .iter()
+        .map(|o| (o.id.as_str(), o.manifest_sha256.as_str()))
+        .collect();
     let mut held = remote.held(t.files);
     for copy in &mut held {
+        if let Some(&mine) = ours.get(copy.info.id.as_str())
+            && mine != copy.manifest_sha256
+            && damaged.contains(mine)
+        {
+            copy.manifest_sha256 = mine.to_string();
+        }
         copy.damaged |= damaged.contains(&copy.manifest_sha256);
     }
     let plan = crate::protocol::wants(&offers, &held, &BTreeMap::new(), judge);

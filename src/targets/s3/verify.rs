@@ -18,10 +18,12 @@ use crate::s3::Client;
 use crate::verify::{Checked, SnapshotHasher};
 use anyhow::{Result, bail};
 
-/// The checksums the bucket is known to have stored (put or verified by this node), by key,
-/// and those learned in this verification.
+/// What this node knows that a copy must agree with: the checksums the bucket is known to have
+/// stored (for objects this node put or verified), by key; the manifests of the sets it holds
+/// sound, by set id; and the checksums learned in this verification.
 pub struct Known<'a> {
     pub stored: &'a std::collections::BTreeMap<String, String>,
+    pub held_here: &'a std::collections::BTreeMap<String, String>,
     pub learned: Vec<(String, String)>,
 }
 
@@ -55,7 +57,21 @@ pub fn verify_copies(
     };
     let mut outcomes = Vec::new();
     for id in ids {
+        let here = known.held_here.get(id.as_str()).cloned();
+        let here = here.as_ref();
         let outcome = match (remote.manifests.get(id), remote.listing.sets.get(id)) {
+            // This node holds the set, verified: a manifest there that is not its manifest is
+            // damaged (a set id is one origin's at one instant: it has one manifest). Recorded
+            // under the manifest here, which the next spray puts again with every object.
+            (Some((_, digest)), Some(_)) if here.is_some_and(|h| h != digest) => Checked {
+                id: id.clone(),
+                manifest_sha256: here.cloned(),
+                problem: Some(format!(
+                    "the manifest '{}' is not the one of set '{id}' held here (sha256 {digest}, here {})",
+                    layout::key(&t.prefix, id, layout::MANIFEST),
+                    here.map_or("", |h| h.as_str())
+                )),
+            },
             (Some((manifest, digest)), Some(set)) => Checked {
                 id: id.clone(),
                 manifest_sha256: Some(digest.clone()),
@@ -65,7 +81,7 @@ pub fn verify_copies(
             },
             (None, Some(set)) if set.has_manifest() => Checked {
                 id: id.clone(),
-                manifest_sha256: None,
+                manifest_sha256: here.cloned(),
                 problem: Some(format!(
                     "the manifest '{}' is unreadable or of another set",
                     layout::key(&t.prefix, id, layout::MANIFEST)
