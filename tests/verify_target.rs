@@ -373,3 +373,45 @@ fn damaged_resources_and_manifests_on_a_bucket_are_found_and_put_again() {
     node.run(&["verify", "--target", &bucket]).expect_code(0);
     node.run(&["status"]).expect_code(0);
 }
+
+#[test]
+fn a_damaged_copy_on_a_read_only_export_is_reported_and_kept() {
+    let node = Node::new("");
+    let nfs = node.dir.path().join("nfs");
+    let _export = SmallFs::mount(&nfs, 256);
+    node.write_config(&format!(
+        "[spray]\netcd_env = \"\"\nattempts = 1\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\n",
+        nfs.display()
+    ));
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0);
+    let snapshot = set_file(&nfs.join("sets").join(&id), ".db");
+    flip_byte(&snapshot, None, 0x01);
+    let damaged = std::fs::read(&snapshot).unwrap();
+    let remount = |mode: &str| {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&nfs)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {mode}");
+    };
+    remount("ro");
+    let target = format!("dir:{}", nfs.display());
+    node.run(&["verify", "--target", &target])
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {id}"))
+        .expect_stderr("could not be recorded");
+    node.run(&["status"])
+        .expect_code(4)
+        .expect_stdout(&format!("copy of {id} DAMAGED"));
+    // The spray cannot write there: it fails, and the damaged copy is neither replaced nor lost.
+    node.run(&["spray"]).expect_code(1);
+    assert_eq!(std::fs::read(&snapshot).unwrap(), damaged);
+    node.run(&["status"])
+        .expect_code(4)
+        .expect_stdout("DAMAGED");
+    remount("rw");
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    node.run(&["verify", "--target", &target]).expect_code(0);
+}

@@ -52,9 +52,10 @@ impl Target for DirStore {
         format!("'{}'", self.target.path.display())
     }
 
-    /// The store there knows its damaged copies (a verification recorded them) and asks for
-    /// them again: `damaged` is not needed.
-    fn push(&self, sets: &[OpenSet], _damaged: &BTreeSet<String>) -> Result<PushStats> {
+    /// The store there knows its damaged copies when a verification could record them there;
+    /// those this node found damaged while the export was read-only are recorded first. Its
+    /// receiver then asks for them again.
+    fn push(&self, sets: &[OpenSet], damaged: &BTreeSet<String>) -> Result<PushStats> {
         let dir = &self.target;
         if dir.require_mount && !is_mount_point(&dir.path)? {
             return Err(crate::failure::final_error(format!(
@@ -63,6 +64,9 @@ impl Target for DirStore {
             )));
         }
         let store = Store::open(&dir.path)?;
+        if !damaged.is_empty() {
+            self.record_damage(&store, damaged)?;
+        }
         let (sending, receiving) = crate::protocol::pipe_pair()?;
         std::thread::scope(|scope| {
             let mut receiving = Conn::new(receiving, false);
@@ -100,7 +104,17 @@ impl Target for DirStore {
         let Some(store) = Store::existing(path) else {
             bail!("no store at '{}'", path.display());
         };
-        let _lock = store.lock(self.receiver.store.lock_wait)?;
+        // A read-only export cannot hold our lock file, but nothing prunes it through us either.
+        let _lock = match store.lock(self.receiver.store.lock_wait) {
+            Err(error) if read_only(&error) => {
+                tracing::warn!(
+                    "'{}' is read-only: its copies are checked without its lock",
+                    path.display()
+                );
+                None
+            }
+            lock => Some(lock?),
+        };
         let outcomes = crate::verify::check_store(&store, ids, deep, checked)?;
         if let Err(error) = crate::verify::record(&store, &outcomes, deep) {
             tracing::warn!(
@@ -156,6 +170,44 @@ impl Target for DirStore {
             }),
         })
     }
+}
+
+impl DirStore {
+    /// Records in the store there the copies this node's verification found damaged and that
+    /// the store does not know as such.
+    fn record_damage(&self, store: &Store, damaged: &BTreeSet<String>) -> Result<()> {
+        let _lock = store.lock(self.receiver.store.lock_wait)?;
+        let unknown: Vec<(String, crate::store::Verification)> = store
+            .list()?
+            .sets
+            .into_iter()
+            .filter(|s| damaged.contains(&s.manifest_sha256) && s.problem.is_none())
+            .map(|s| {
+                let verification = crate::store::Verification {
+                    at: chrono::Utc::now(),
+                    deep: false,
+                    problem: Some(format!(
+                        "found damaged by {}'s verification of this store",
+                        self.sender
+                    )),
+                };
+                (s.manifest_sha256, verification)
+            })
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        store.record_verifications(&unknown)
+    }
+}
+
+/// The error is a filesystem's refusal to be written (`EROFS`).
+fn read_only(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(nix::libc::EROFS)
+    })
 }
 
 /// `path` is the mount point of a filesystem (/proc/self/mountinfo field 5, octal escapes).
