@@ -14,6 +14,8 @@ use std::time::Duration;
 const BACKUP_SUCCEEDED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b70";
 const BACKUP_FAILED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b71";
 const SET_RECEIVED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b75";
+const COPY_DAMAGED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b76";
+const COPY_HEALED: &str = "5b1a0c7e3a6d4a2f9a1d2c3e4f5a6b77";
 /// The lab's staleness bound: short, so that failover shows within the test.
 const TAKEOVER_SECS: u64 = 15;
 const INSTALL_UNIT: &str = "etcd-backup-install.service";
@@ -398,6 +400,50 @@ fn backup_spray_failover_and_failure(lab: &Masters) {
         "{}",
         messages(&journal)
     );
+
+    // master-2's copy damaged at rest (one byte, same size): master-0's verify timer run has
+    // each peer check its copies, fails naming the set, and the next spray heals it.
+    lab.exec(
+        2,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "f=$(ls /var/lib/etcd-backup/sets/{first}/*.db) && \
+                 printf '\\125' | dd of=\"$f\" bs=1 seek=5000 conv=notrunc status=none"
+            ),
+        ],
+    )
+    .expect_ok("damage master-2's copy");
+    assert!(
+        !lab.exec(2, &["etcd-backup", "verify", &first])
+            .0
+            .status
+            .success(),
+        "the copy on master-2 is damaged"
+    );
+    let (started, journal) = lab.start(0, "etcd-backup-verify.service");
+    assert!(
+        !started.0.status.success(),
+        "the verify unit fails: {}",
+        messages(&journal)
+    );
+    let found = with_id(&journal, COPY_DAMAGED);
+    assert_eq!(found.len(), 1, "{}", messages(&journal));
+    assert_eq!(found[0]["SET_ID"], first.as_str());
+    let (started, journal) = lab.start(0, "etcd-backup-spray.service");
+    started.expect_ok(&format!("spray heals: {}", messages(&journal)));
+    assert_eq!(
+        with_id(&journal, COPY_HEALED).len(),
+        1,
+        "{}",
+        messages(&journal)
+    );
+    lab.exec(2, &["etcd-backup", "verify", &first])
+        .expect_ok("the copy on master-2 is whole again");
+    lab.start(0, "etcd-backup-verify.service")
+        .0
+        .expect_ok("verify on master-0 once healed");
 
     // Failover: master-1 stays idle while master-0's sets are fresh…
     let (started, journal) = lab.start(1, "etcd-backup.service");

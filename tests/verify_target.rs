@@ -198,6 +198,11 @@ fn list_from_a_bucket_on_a_node_without_a_store_shows_every_set_and_what_is_whol
         s3_target(&endpoint, &bucket, &credentials, "")
     ));
     assert!(!fresh.store().exists());
+    fresh
+        .run(&["list"])
+        .expect_code(1)
+        .expect_stderr("no store at")
+        .expect_stderr("etcd-backup list --from TARGET");
     let resources = set_file(&node.set_dir(&ids[0]), ".tar.gz");
     let name = resources.file_name().unwrap().to_str().unwrap();
     tool_json(

@@ -7,7 +7,20 @@ use crate::units::human_size;
 use anyhow::Result;
 
 pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
-    let store = Store::open_existing(&settings.store.root)?;
+    let store = Store::open_existing(&settings.store.root).map_err(|error| {
+        let ids: Vec<String> = crate::targets::configured(settings)
+            .iter()
+            .map(|t| t.id())
+            .collect();
+        if ids.is_empty() {
+            error
+        } else {
+            error.context(format!(
+                "this node has no sets; to see what a target holds: etcd-backup list --from TARGET (configured: {})",
+                ids.join(", ")
+            ))
+        }
+    })?;
     let listing = store.list()?;
     for (dir, reason) in &listing.unreadable {
         eprintln!("warning: unreadable set '{}': {reason}", dir.display());
