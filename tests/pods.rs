@@ -209,6 +209,18 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
     for name in &receivers.0 {
         assert!(logs(name).contains("from master-0"), "{}", logs(name));
     }
+    // The verify job beside it: the store's sets, then each peer checks its copies of
+    // master-0's sets itself, over the same mutual TLS.
+    let verify = lab.script(&["run-pod", sync_path, "eb-etcd-backup-verify-0", "0"]);
+    verify.expect_ok("the verify job on master-0");
+    // What the pod prints reaches the runner's stderr.
+    let verified = String::from_utf8_lossy(&verify.0.stderr).into_owned();
+    for id in &held {
+        assert!(
+            verified.matches(&format!("ok   {id}  on")).count() >= 2,
+            "both peers checked {id}: {verified}"
+        );
+    }
 
     // A spray whose certificate another CA issued (another install of the chart): refused by
     // both receivers, nothing committed or staged.
