@@ -509,14 +509,26 @@ fn series(name: &str, labels: &BTreeMap<String, String>) -> String {
 fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
     let node = Node::new("");
     let missing = node.dir.path().join("not-mounted");
+    let nfs = node.dir.path().join("nfs");
     node.write_config(&format!(
         "[status]\nmax_age = \"2h\"\n[spray]\netcd_env = \"\"\n\
-         [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = true\n",
-        missing.display()
+         [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = true\n\
+         [[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+        missing.display(),
+        nfs.display()
     ));
-    let _verified = node.backup();
+    let verified = node.backup();
     let newest = node.backup();
-    node.run(&["spray"]).expect_code(1);
+    node.run(&["spray"]).expect_code(4);
+    // The working target's copy of the older set damaged at rest, found by its verification.
+    flip_byte(
+        &set_file(&nfs.join("sets").join(&verified), ".tar.gz"),
+        None,
+        0x01,
+    );
+    let nfs_target = format!("dir:{}", nfs.display());
+    node.run(&["verify", "--target", &nfs_target])
+        .expect_code(1);
     flip_a_byte_of_the_archive(&node, &newest);
     node.run(&["verify"]).expect_code(1);
     let run = node.run(&["metrics"]);
@@ -642,6 +654,15 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
                     "exp_annotations": {
                         "summary": "An etcd-backup run failed.",
                         "description": "The last verify run on master-0 failed: its pod logs (or journalctl -u etcd-backup) name the cause.",
+                    },
+                }])),
+                // A damaged copy on a target, for 10 minutes.
+                alert("EtcdBackupTargetCopyDamaged", "5m", serde_json::json!([])),
+                alert("EtcdBackupTargetCopyDamaged", "15m", serde_json::json!([{
+                    "exp_labels": labels(&[("target", &nfs_target), ("severity", "warning")]),
+                    "exp_annotations": {
+                        "summary": "A copy of an etcd backup set on a target is damaged.",
+                        "description": format!("The last verification of the copies on {nfs_target} from master-0 found 1 damaged: etcd-backup status there names them; the next spray sends them again."),
                     },
                 }])),
                 alert("EtcdBackupExporterDown", "60m", serde_json::json!([])),
