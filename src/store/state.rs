@@ -7,9 +7,40 @@ use super::Store;
 use crate::files::write_atomic;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// How long a writer of a state file waits for the short lock that serialises its
+/// read-change-write with another run's.
+const STATE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// The state file `file`; absent, or unreadable (said in a warning), it reads as empty.
+    fn read_state<T: DeserializeOwned + Default>(&self, file: &str) -> T {
+        crate::files::read_state(&self.root.join(file)).unwrap_or_default()
+    }
+
+    /// Replaces the state file `file` atomically.
+    fn write_state<T: Serialize + ?Sized>(&self, file: &str, state: &T) -> Result<()> {
+        write_atomic(&self.root, file, &serde_json::to_vec_pretty(state)?)
+    }
+
+    /// Reads, changes and writes `file` under the lock file `lock`, so that two runs that
+    /// change it at once lose neither change.
+    fn update_state<T: Serialize + DeserializeOwned + Default>(
+        &self,
+        lock: &str,
+        file: &str,
+        change: impl FnOnce(&mut T),
+    ) -> Result<()> {
+        let _lock = self.lock_named(lock, STATE_LOCK_WAIT)?;
+        let mut state: T = self.read_state(file);
+        change(&mut state);
+        self.write_state(file, &state)
+    }
+}
 
 /// One `verify` of one set: kept in the store (not in the set's directory, which holds exactly
 /// the set's files), keyed by the sha256 of the manifest it checked.
@@ -27,7 +58,7 @@ pub const VERIFY_STATE_FILE: &str = "verify-state.json";
 impl Store {
     /// The last verification of each manifest (by its sha256).
     pub fn verifications(&self) -> BTreeMap<String, Verification> {
-        crate::files::read_state(&self.root.join(VERIFY_STATE_FILE)).unwrap_or_default()
+        self.read_state(VERIFY_STATE_FILE)
     }
 
     /// Records verification results (by manifest sha256); records of manifests no longer in
@@ -44,11 +75,7 @@ impl Store {
         for (sha, verification) in results {
             state.insert(sha.clone(), verification.clone());
         }
-        write_atomic(
-            &self.root,
-            VERIFY_STATE_FILE,
-            &serde_json::to_vec_pretty(&state)?,
-        )
+        self.write_state(VERIFY_STATE_FILE, &state)
     }
 }
 
@@ -71,20 +98,19 @@ const TARGET_VERIFY_LOCK: &str = "target-verify.lock";
 impl Store {
     /// The last verification of each target's copies.
     pub fn copy_checks(&self) -> CopyChecks {
-        crate::files::read_state(&self.root.join(TARGET_VERIFY_STATE_FILE)).unwrap_or_default()
+        self.read_state(TARGET_VERIFY_STATE_FILE)
     }
 
     /// Changes the copy checks under a short lock of their own (a verify and a spray may both
     /// write them).
     pub fn update_copy_checks(&self, change: impl FnOnce(&mut CopyChecks)) -> Result<()> {
-        let _lock = self.lock_named(TARGET_VERIFY_LOCK, Duration::from_secs(10))?;
-        let mut checks = self.copy_checks();
-        change(&mut checks);
-        checks.retain(|_, copies| !copies.is_empty());
-        write_atomic(
-            &self.root,
+        self.update_state(
+            TARGET_VERIFY_LOCK,
             TARGET_VERIFY_STATE_FILE,
-            &serde_json::to_vec_pretty(&checks)?,
+            |checks: &mut CopyChecks| {
+                change(checks);
+                checks.retain(|_, copies| !copies.is_empty());
+            },
         )
     }
 }
@@ -99,7 +125,7 @@ pub const OBJECT_CHECKSUMS_FILE: &str = "object-checksums.json";
 
 impl Store {
     pub fn object_checksums(&self) -> ObjectChecksums {
-        crate::files::read_state(&self.root.join(OBJECT_CHECKSUMS_FILE)).unwrap_or_default()
+        self.read_state(OBJECT_CHECKSUMS_FILE)
     }
 
     /// Adds what `target_id`'s bucket is now known to store, under the same short lock as the
@@ -112,16 +138,15 @@ impl Store {
         if stored.is_empty() {
             return Ok(());
         }
-        let _lock = self.lock_named(TARGET_VERIFY_LOCK, Duration::from_secs(10))?;
-        let mut all = self.object_checksums();
-        let known = all.entry(target_id.to_string()).or_default();
-        for (key, checksum) in stored {
-            known.insert(key.clone(), checksum.clone());
-        }
-        write_atomic(
-            &self.root,
+        self.update_state(
+            TARGET_VERIFY_LOCK,
             OBJECT_CHECKSUMS_FILE,
-            &serde_json::to_vec_pretty(&all)?,
+            |all: &mut ObjectChecksums| {
+                let known = all.entry(target_id.to_string()).or_default();
+                for (key, checksum) in stored {
+                    known.insert(key.clone(), checksum.clone());
+                }
+            },
         )
     }
 }
@@ -152,20 +177,16 @@ pub const SPRAY_STATE_FILE: &str = "spray-state.json";
 impl Store {
     /// Each target's last result, by target id.
     pub fn spray_state(&self) -> BTreeMap<String, TargetState> {
-        crate::files::read_state(&self.root.join(SPRAY_STATE_FILE)).unwrap_or_default()
+        self.read_state(SPRAY_STATE_FILE)
     }
 
     pub fn write_spray_state(&self, state: &BTreeMap<String, TargetState>) -> Result<()> {
-        write_atomic(
-            &self.root,
-            SPRAY_STATE_FILE,
-            &serde_json::to_vec_pretty(state)?,
-        )
+        self.write_state(SPRAY_STATE_FILE, state)
     }
 
     /// The record of the last runs, by kind.
     pub fn runs(&self) -> Runs {
-        crate::files::read_state(&self.root.join(RUNS_FILE)).unwrap_or_default()
+        self.read_state(RUNS_FILE)
     }
 
     /// Records one run. Backup, spray and verify hold different locks, so a short lock of its
@@ -177,10 +198,9 @@ impl Store {
         took: Duration,
         ok: bool,
     ) -> Result<()> {
-        let _lock = self.lock_named(RUNS_LOCK, Duration::from_secs(10))?;
-        let mut runs = self.runs();
-        add_run(&mut runs, kind, start, took, ok);
-        write_atomic(&self.root, RUNS_FILE, &serde_json::to_vec_pretty(&runs)?)
+        self.update_state(RUNS_LOCK, RUNS_FILE, |runs: &mut Runs| {
+            add_run(runs, kind, start, took, ok)
+        })
     }
 }
 
