@@ -30,20 +30,15 @@ pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
             .sets
             .iter()
             .map(|set| {
-                let m = &set.manifest;
-                serde_json::json!({
-                    "id": m.id,
-                    "origin": m.origin,
-                    "created": m.created,
-                    "size": m.total_size(),
-                    "dirty": m.dirty,
-                    "etcd": m.checks.etcd,
-                    "verified": set.problem.is_none(),
-                    "problem": set.problem,
-                    "last_verification": set.last_verification,
-                    "path": set.dir,
-                    "files": m.files,
-                })
+                manifest_json(
+                    &set.manifest,
+                    serde_json::json!({
+                        "verified": set.problem.is_none(),
+                        "problem": set.problem,
+                        "last_verification": set.last_verification,
+                        "path": set.dir,
+                    }),
+                )
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&sets)?);
@@ -88,21 +83,16 @@ pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> 
             .flat_map(|(id, name, sets)| {
                 let known = checks.get(id);
                 sets.iter().map(move |set| {
-                    let m = &set.manifest;
-                    serde_json::json!({
-                        "target": id,
-                        "target_name": name,
-                        "id": m.id,
-                        "origin": m.origin,
-                        "created": m.created,
-                        "size": m.total_size(),
-                        "dirty": m.dirty,
-                        "etcd": m.checks.etcd,
-                        "whole": set.whole,
-                        "problem": set.problem,
-                        "last_verification": known.and_then(|k| k.get(&set.manifest_sha256)),
-                        "files": m.files,
-                    })
+                    manifest_json(
+                        &set.manifest,
+                        serde_json::json!({
+                            "target": id,
+                            "target_name": name,
+                            "whole": set.whole,
+                            "problem": set.problem,
+                            "last_verification": known.and_then(|k| k.get(&set.manifest_sha256)),
+                        }),
+                    )
                 })
             })
             .collect();
@@ -255,4 +245,22 @@ pub fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result
         dir.display()
     );
     Ok(EXIT_OK)
+}
+
+/// A set as `list --json` shows it: its manifest's facts, and the fields of `about` (where the
+/// copy is and what is known of it).
+fn manifest_json(m: &crate::manifest::Manifest, about: serde_json::Value) -> serde_json::Value {
+    let mut set = serde_json::json!({
+        "id": m.id,
+        "origin": m.origin,
+        "created": m.created,
+        "size": m.total_size(),
+        "dirty": m.dirty,
+        "etcd": m.checks.etcd,
+        "files": m.files,
+    });
+    if let (Some(set), serde_json::Value::Object(about)) = (set.as_object_mut(), about) {
+        set.extend(about);
+    }
+    set
 }
