@@ -73,6 +73,22 @@ fn main() {
     ];
     let config = lab.hosts[0].config();
     let config = config.to_str().unwrap();
+    // master-0 sprays to `bucket` only, with our part size and `extra` keys of the target.
+    let configure = |bucket: &str, extra: &str| {
+        lab.write_config(
+            0,
+            &format!(
+                "etcd_env = \"\"\nio_timeout = \"60s\"\n{}",
+                s3_target(
+                    &endpoint,
+                    bucket,
+                    &credentials,
+                    &format!("part_size = \"{PART}\"\n{extra}")
+                )
+                .replace("part_size = \"5MiB\"\n", "")
+            ),
+        );
+    };
 
     let (mut ours, mut theirs, mut noop) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rss, mut cpu) = (0u64, Vec::new());
@@ -99,19 +115,7 @@ fn main() {
             secs
         };
         let ebk = || {
-            lab.write_config(
-                0,
-                &format!(
-                    "etcd_env = \"\"\nio_timeout = \"60s\"\n{}",
-                    s3_target(
-                        &endpoint,
-                        &bucket,
-                        &credentials,
-                        &format!("part_size = \"{PART}\"")
-                    )
-                    .replace("part_size = \"5MiB\"\n", "")
-                ),
-            );
+            configure(&bucket, "");
             timed(util::BIN, &["--config", config, "spray"], &[])
         };
         let (a, (secs, text, kib, cpu_s)) = if round % 2 == 1 {
@@ -135,19 +139,7 @@ fn main() {
     // stored where it keeps one for the whole object, else downloaded and hashed; against aws
     // downloading the same objects to /dev/null.
     let bucket = last_bucket;
-    lab.write_config(
-        0,
-        &format!(
-            "etcd_env = \"\"\nio_timeout = \"60s\"\n{}",
-            s3_target(
-                &endpoint,
-                &bucket,
-                &credentials,
-                &format!("part_size = \"{PART}\"\nverify_bandwidth = \"0B\"")
-            )
-            .replace("part_size = \"5MiB\"\n", "")
-        ),
-    );
+    configure(&bucket, "verify_bandwidth = \"0B\"\n");
     let keys: Vec<String> = std::fs::read_dir(&set_dir)
         .unwrap()
         .map(|e| {
