@@ -57,8 +57,9 @@ pub fn verify_copies(
     };
     let mut outcomes = Vec::new();
     for id in ids {
-        let here = known.held_here.get(id.as_str()).cloned();
-        let here = here.as_ref();
+        // A reference of its own: `known` is lent to the check below.
+        let held_here = known.held_here;
+        let here = held_here.get(id.as_str());
         let outcome = match (remote.manifests.get(id), remote.listing.sets.get(id)) {
             // This node holds the set, verified: a manifest there that is not its manifest is
             // damaged (a set id is one origin's at one instant: it has one manifest). Recorded
