@@ -137,6 +137,32 @@ pub fn write_atomic_mode(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Res
     fsync_dir(dir)
 }
 
+/// Reads a file shared between threads from `offset` on with `pread`, leaving the file's own
+/// offset alone.
+pub struct ReadAt<'a> {
+    pub file: &'a File,
+    pub offset: u64,
+}
+
+impl std::io::Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Removes the file `path` (not following a link) if it is there.
+pub fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove '{}'", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Creates `path`, which must not exist, for writing: owner-only whatever the umask, never
 /// through a symlink.
 pub fn create_private(path: &Path) -> Result<File> {

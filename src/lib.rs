@@ -23,6 +23,7 @@ pub mod receive;
 pub mod render;
 pub mod retention;
 pub mod s3;
+pub mod seal;
 pub mod spray;
 pub mod stage;
 pub mod status;

@@ -1,0 +1,69 @@
+//! Sealed sets. What leaves the masters for a bucket is encrypted to age recipients whose
+//! identities the masters never hold (`age -d -i identity.txt` opens each object), and sets are
+//! signed with the cluster signing key as SSH signatures (`ssh-keygen -Y verify` checks them).
+//! A sealed copy holds, beside the plaintext manifest, a signed record of its ciphertexts
+//! (`seal.json`), so that it is verified and healed without any identity; the plaintext digests
+//! stay in the manifest, so every check after decryption keeps its meaning.
+
+pub mod keys;
+pub mod record;
+pub mod sign;
+pub mod stream;
+
+use anyhow::Result;
+use std::path::Path;
+
+/// The keys a run seals and signs with, read once from the settings.
+pub struct Sealing {
+    pub snapshot: Vec<age::x25519::Recipient>,
+    pub resources: Vec<age::x25519::Recipient>,
+    pub signing_key: Option<ssh_key::PrivateKey>,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealing")
+            .field("snapshot", &self.snapshot.len())
+            .field("resources", &self.resources.len())
+            .field("signing_key", &self.signing_key.is_some())
+            .finish()
+    }
+}
+
+impl Sealing {
+    /// The recipients (`age1…`, checked when the config was read) of each half of a set, and
+    /// the signing key, loaded from its file when one is configured.
+    pub fn new(
+        snapshot: &[String],
+        resources: &[String],
+        signing_key: Option<&Path>,
+    ) -> Result<Sealing> {
+        let parse = |list: &[String]| -> Vec<age::x25519::Recipient> {
+            list.iter()
+                .filter_map(|r| keys::parse_recipient(r).ok())
+                .collect()
+        };
+        Ok(Sealing {
+            snapshot: parse(snapshot),
+            resources: parse(resources),
+            signing_key: signing_key.map(keys::load_signing_key).transpose()?,
+        })
+    }
+
+    /// The recipients of a file of the set.
+    pub fn recipients_of(&self, entry: &crate::manifest::FileEntry) -> &[age::x25519::Recipient] {
+        if entry.is_snapshot() {
+            &self.snapshot
+        } else {
+            &self.resources
+        }
+    }
+}
+
+/// Trusted signers from their public lines (checked when the config was read).
+pub fn signers(lines: &[String]) -> Vec<ssh_key::PublicKey> {
+    lines
+        .iter()
+        .filter_map(|s| keys::parse_signer(s).ok())
+        .collect()
+}
