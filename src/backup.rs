@@ -249,7 +249,7 @@ fn attempt(
     store: &Store,
     settings: &BackupSettings,
     forced: bool,
-    origin: &str,
+    (origin, signing_key): (&str, Option<&ssh_key::PrivateKey>),
 ) -> Result<Option<StoredSet>> {
     let created = chrono::Utc::now();
     let id = make_set_id(created, origin);
@@ -297,6 +297,10 @@ fn attempt(
         peak_rss_kib = self_status_kib("VmHWM:"),
         "set checked"
     );
+    if let Some(key) = signing_key {
+        let signature = crate::seal::sign::sign(key, &manifest.to_json())?;
+        Store::write_signature(&staging, signature.as_bytes())?;
+    }
     store.commit(&staging, &manifest).map(Some)
 }
 
@@ -422,11 +426,19 @@ pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Re
         check_chroot(root, store.root())?;
     }
     ensure_room(store, sets)?;
+    // A key that cannot sign stops the backup before etcd is asked for a snapshot.
+    let signing_key = settings
+        .seal
+        .signing_key
+        .as_deref()
+        .map(crate::seal::keys::load_signing_key)
+        .transpose()?;
+    let origin = (settings.node_name.as_str(), signing_key.as_ref());
     let first_forced = backup.force == ForcePolicy::Always;
-    let mut set = attempt(store, backup, first_forced, &settings.node_name)?;
+    let mut set = attempt(store, backup, first_forced, origin)?;
     if set.is_none() && backup.force == ForcePolicy::Fallback {
         tracing::warn!("retrying the backup command with --force; the set will be marked dirty");
-        set = attempt(store, backup, true, &settings.node_name)?;
+        set = attempt(store, backup, true, origin)?;
     }
     let Some(set) = set else {
         bail!(

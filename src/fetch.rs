@@ -17,8 +17,14 @@ use std::path::Path;
 pub fn run(
     settings: &Settings,
     from: Option<&str>,
+    identities: &[std::path::PathBuf],
     id: &str,
 ) -> Result<(StoredSet, Fetched, Vec<String>)> {
+    let opening = Opening {
+        identities: crate::seal::keys::load_identities(identities)?,
+        signers: crate::seal::signers(&settings.seal.signers),
+        require_signature: settings.seal.require_signature,
+    };
     let sources =
         crate::targets::named(settings, from).map_err(|e| anyhow::anyhow!("--from {e:#}"))?;
     if sources.is_empty() {
@@ -29,7 +35,16 @@ pub fn run(
     let store = Store::open(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
     let floor = settings.retention.min_free_space.unwrap_or(0);
-    fetch(&store, &sources, id, floor).with_context(|| format!("set '{id}' could not be fetched"))
+    fetch(&store, &sources, id, floor, &opening)
+        .with_context(|| format!("set '{id}' could not be fetched"))
+}
+
+/// What `fetch` opens sealed copies with, and judges their signatures by.
+#[derive(Default)]
+pub struct Opening {
+    pub identities: Vec<age::x25519::Identity>,
+    pub signers: Vec<ssh_key::PublicKey>,
+    pub require_signature: bool,
 }
 
 /// What `fetch` did.
@@ -44,9 +59,14 @@ pub enum Fetched {
 
 /// Writes the file `entry` from `held` to `to` (created 0600, fsynced): no more than its
 /// manifest's size, whatever the source sends.
-fn copy_from(held: &mut HeldCopy, entry: &FileEntry, to: &Path) -> Result<()> {
+fn copy_from(
+    held: &mut HeldCopy,
+    entry: &FileEntry,
+    to: &Path,
+    identities: &[age::x25519::Identity],
+) -> Result<()> {
     let mut dest = crate::files::create_private(to)?;
-    (held.copy)(entry, &mut dest)?;
+    (held.copy)(entry, &mut dest, identities)?;
     dest.sync_all()
         .with_context(|| format!("cannot write '{}'", to.display()))
 }
@@ -63,6 +83,7 @@ pub fn fetch(
     sources: &[Box<dyn Target>],
     id: &str,
     floor: u64,
+    opening: &Opening,
 ) -> Result<(StoredSet, Fetched, Vec<String>)> {
     let mut failures = Vec::new();
     let mut held = Vec::new();
@@ -89,6 +110,7 @@ pub fn fetch(
         }
         same
     });
+    let signature = judge_signatures(&held, &manifest, opening, id)?;
     let local = store.get(id).ok();
     if let Some(local) = &local {
         ensure!(
@@ -134,7 +156,7 @@ pub fn fetch(
                 .iter_mut()
                 .filter(|(_, h)| h.files.contains(&file.name))
             {
-                let copied = copy_from(h, file, &to).and_then(|()| {
+                let copied = copy_from(h, file, &to, &opening.identities).and_then(|()| {
                     crate::verify::check_file_against(
                         &to,
                         file,
@@ -166,6 +188,9 @@ pub fn fetch(
                 );
             }
         }
+        if let Some(signature) = &signature {
+            Store::write_signature(&staging, signature)?;
+        }
         let (set, how) = match &local {
             Some(_) => (
                 store.replace_damaged(&staging, &manifest, &manifest_sha256)?,
@@ -179,4 +204,33 @@ pub fn fetch(
         let _ = fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// The signature to keep with the set: the first held copy's that a trusted signer made.
+/// Without one, the set is refused when signatures are required (naming the set and the key);
+/// a signature that does not verify is refused always.
+fn judge_signatures<T: std::ops::Deref<Target = dyn Target>>(
+    held: &[(&T, HeldCopy)],
+    manifest: &crate::manifest::Manifest,
+    opening: &Opening,
+    id: &str,
+) -> Result<Option<Vec<u8>>> {
+    use crate::seal::sign::{Verdict, check};
+    let text = manifest.to_json();
+    let mut refusals = Vec::new();
+    let mut unverified = None;
+    for (source, h) in held {
+        let verdict = check(&opening.signers, &text, h.signature.as_deref());
+        if let Verdict::Signed(_) = verdict {
+            return Ok(h.signature.clone());
+        }
+        match verdict.problem(opening.require_signature, &format!("set '{id}'")) {
+            Some(problem) => refusals.push(format!("{}: {problem}", source.describe_source())),
+            None => unverified = unverified.or(h.signature.clone()),
+        }
+    }
+    if !refusals.is_empty() {
+        bail!("{}", refusals.join("; "));
+    }
+    Ok(unverified)
 }

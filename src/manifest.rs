@@ -4,6 +4,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_NAME: &str = "manifest.json";
+/// The SSH signature of `manifest.json` beside it (`ssh-keygen -Y verify -n etcd-backup`).
+pub const SIGNATURE_NAME: &str = "manifest.json.sig";
 /// A manifest is small (two files); anything larger is not one of ours.
 pub const MANIFEST_MAX_BYTES: u64 = 1 << 20;
 

@@ -14,6 +14,13 @@ use std::path::Path;
 pub fn run(settings: &crate::config::Settings, id: &str, dir: &Path) -> Result<StoredSet> {
     let store = Store::open_existing(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
+    let set = store.get(id)?;
+    let signers = crate::seal::signers(&settings.seal.signers);
+    if let Some(problem) =
+        crate::verify::signature_problem(&set, &signers, settings.seal.require_signature)
+    {
+        bail!("{problem}: not staged");
+    }
     stage(&store, id, dir)
 }
 

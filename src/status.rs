@@ -267,6 +267,7 @@ mod tests {
             problem: problem.map(String::from),
             on_disk_problem: None,
             last_verification: None,
+            signature: None,
         }
     }
 

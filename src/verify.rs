@@ -446,7 +446,38 @@ pub fn run(
     let _lock = store.lock(settings.store.lock_wait)?;
     let outcomes = check_store(&store, ids, deep, checked)?;
     record(&store, &outcomes, deep)?;
-    Ok(outcomes.iter().filter(|o| o.problem.is_some()).count())
+    // A set that is sound but not signed as required is told, not recorded as damaged: its
+    // bytes are what was taken, and retention must still be able to remove it.
+    let signers = crate::seal::signers(&settings.seal.signers);
+    let mut unsigned = 0;
+    for outcome in outcomes.iter().filter(|o| o.problem.is_none()) {
+        let Ok(set) = store.get(&outcome.id) else {
+            continue;
+        };
+        if let Some(problem) = signature_problem(&set, &signers, settings.seal.require_signature) {
+            unsigned += 1;
+            checked(&Checked {
+                problem: Some(problem),
+                ..outcome.clone()
+            });
+        }
+    }
+    Ok(outcomes.iter().filter(|o| o.problem.is_some()).count() + unsigned)
+}
+
+/// What is wrong with a held set's signature for a node with these `signers` (and that
+/// `requires` one): see [`crate::seal::sign::Verdict::problem`].
+pub fn signature_problem(
+    set: &StoredSet,
+    signers: &[ssh_key::PublicKey],
+    requires: bool,
+) -> Option<String> {
+    crate::seal::sign::check(
+        signers,
+        set.manifest_json.as_bytes(),
+        set.signature.as_deref(),
+    )
+    .problem(requires, &format!("set '{}'", set.id()))
 }
 
 #[cfg(test)]

@@ -251,6 +251,7 @@ fn begin(conn: &mut Wire, offer: Offer, manifest: &str) -> Message {
     conn.send(&Message::SetBegin {
         id: offer.id.clone(),
         manifest: manifest.to_string(),
+        signature: None,
     })
     .unwrap();
     welcome

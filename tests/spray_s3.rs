@@ -94,6 +94,7 @@ fn watcher(endpoint: &str, bucket: &str, credentials: &std::path::Path) -> etcd_
         insecure_http: true,
         verify_every: std::time::Duration::from_secs(86_400),
         verify_bandwidth: 0,
+        seal: None,
     };
     let timeout = std::time::Duration::from_secs(5);
     etcd_backup::s3::Client::open(&target, timeout, timeout).unwrap()

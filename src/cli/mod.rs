@@ -94,6 +94,10 @@ enum Cmd {
         /// [default: every configured target, each file from the first that holds it]
         #[arg(long, value_name = "DIR|TARGET")]
         from: Option<String>,
+        /// An age identity file that opens sealed copies (repeat for the snapshot's and the
+        /// resources archive's, when they are kept apart)
+        #[arg(long, value_name = "FILE")]
+        identity: Vec<PathBuf>,
         #[arg(value_name = "SET-ID")]
         id: String,
     },
@@ -123,6 +127,17 @@ enum Cmd {
     },
     /// Check the configuration and print the effective result
     CheckConfig,
+    /// Make a key for sealed sets: an age identity (the default: sets are sealed to its public
+    /// recipient, printed on stdout) or, with --signing, the cluster signing key (its public
+    /// line, a trusted signer, printed on stdout). FILE is created 0600 and never overwritten.
+    Keygen {
+        /// Where the private key goes (a new file)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Make the cluster signing key (OpenSSH Ed25519) instead of an age identity
+        #[arg(long)]
+        signing: bool,
+    },
     /// Print the objects that install etcd-backup on OpenShift
     Render {
         #[command(subcommand)]
@@ -212,6 +227,17 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
     if let Cmd::Render { what } = &cli.command {
         return cmd_render(what);
     }
+    // Keys are made where they are kept (an administrator's machine, a vault), not on a node.
+    if let Cmd::Keygen { out, signing } = &cli.command {
+        let kind = if *signing {
+            crate::seal::keys::KeyKind::Signing
+        } else {
+            crate::seal::keys::KeyKind::Recipient
+        };
+        let public = crate::seal::keys::generate(kind, out)?;
+        println!("{public}");
+        return Ok(EXIT_OK);
+    }
     let settings = load_settings(&cli)?;
     match cli.command {
         Cmd::CheckConfig => {
@@ -245,7 +271,7 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         }),
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),
-        Cmd::Fetch { from, id } => cmd_fetch(&settings, from.as_deref(), &id),
+        Cmd::Fetch { from, identity, id } => cmd_fetch(&settings, from.as_deref(), &identity, &id),
         Cmd::Spray => recorded(&settings, "spray", || cmd_spray(&settings)),
         Cmd::Metrics { textfile, listen } => {
             cmd_metrics(&settings, textfile.as_deref(), listen.as_deref())
@@ -258,7 +284,7 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
             out,
             days,
         } => cmd_tls_issue(&settings, &ca_cert, &ca_key, name.as_deref(), &out, days),
-        Cmd::Render { .. } => unreachable!("handled above"),
+        Cmd::Render { .. } | Cmd::Keygen { .. } => unreachable!("handled above"),
     }
 }
 

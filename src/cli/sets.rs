@@ -205,8 +205,13 @@ pub fn cmd_verify(settings: &Settings, ids: &[String], deep: bool, targets: bool
     Ok(code)
 }
 
-pub fn cmd_fetch(settings: &Settings, from: Option<&str>, id: &str) -> Result<u8> {
-    let (set, how, origins) = crate::fetch::run(settings, from, id)?;
+pub fn cmd_fetch(
+    settings: &Settings,
+    from: Option<&str>,
+    identities: &[std::path::PathBuf],
+    id: &str,
+) -> Result<u8> {
+    let (set, how, origins) = crate::fetch::run(settings, from, identities, id)?;
     let what = match how {
         crate::fetch::Fetched::Committed => "fetched",
         crate::fetch::Fetched::Repaired => "fetched, replacing a damaged copy,",

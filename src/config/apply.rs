@@ -1,8 +1,8 @@
 //! Each file's fragment laid onto the settings so far, key by key, every value checked where it
 //! is read (an error names `file:line:column`).
 
-use super::fragments::{FileFragment, Source, SprayFragment};
-use super::{ConfigError, Settings, SpraySettings, parse_peer_addr};
+use super::fragments::{FileFragment, SealFragment, Source, SprayFragment};
+use super::{ConfigError, SealSettings, Settings, SpraySettings, parse_peer_addr};
 use crate::manifest::is_node_name;
 use crate::retention::Policy;
 
@@ -30,6 +30,9 @@ impl FileFragment {
                 ));
             }
             settings.node_name = name.into_inner();
+        }
+        if let Some(seal) = self.seal {
+            seal.apply(file, &mut settings.seal)?;
         }
         if let Some(store) = self.store {
             if let Some(root) = &store.root {
@@ -247,6 +250,47 @@ impl SprayFragment {
                 .into_iter()
                 .map(|t| t.check(file))
                 .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+}
+
+impl SealFragment {
+    fn apply(self, file: &Source<'_>, seal: &mut SealSettings) -> Result<(), ConfigError> {
+        let recipients = |list: Vec<toml::Spanned<String>>, key: &str| {
+            list.into_iter()
+                .map(|r| {
+                    crate::seal::keys::parse_recipient(r.get_ref())
+                        .map(|parsed| parsed.to_string())
+                        .map_err(|e| file.error(&r, format!("seal.{key}: {e}")))
+                })
+                .collect::<Result<Vec<String>, ConfigError>>()
+        };
+        if let Some(list) = self.recipients {
+            seal.recipients = recipients(list, "recipients")?;
+        }
+        if let Some(list) = self.resources_recipients {
+            seal.resources_recipients = Some(recipients(list, "resources_recipients")?);
+        }
+        if let Some(key) = &self.signing_key {
+            seal.signing_key = if key.get_ref().is_empty() {
+                None
+            } else {
+                Some(file.absolute_path(key, "seal.signing_key")?)
+            };
+        }
+        if let Some(signers) = self.signers {
+            seal.signers = signers
+                .into_iter()
+                .map(|s| {
+                    crate::seal::keys::parse_signer(s.get_ref())
+                        .map(|_| s.get_ref().trim().to_string())
+                        .map_err(|e| file.error(&s, format!("seal.signers: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(require) = self.require_signature {
+            seal.require_signature = require.into_inner();
         }
         Ok(())
     }

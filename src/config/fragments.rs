@@ -88,6 +88,22 @@ pub(super) struct FileFragment {
     pub(super) spray: Option<SprayFragment>,
     pub(super) tls: Option<TlsFragment>,
     pub(super) metrics: Option<MetricsFragment>,
+    pub(super) seal: Option<SealFragment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SealFragment {
+    /// age X25519 recipients (`age1…`) of sealed copies; default none (nothing sealed).
+    pub(super) recipients: Option<Vec<Spanned<String>>>,
+    /// Recipients of the resources archive; default: `recipients`.
+    pub(super) resources_recipients: Option<Vec<Spanned<String>>>,
+    /// The cluster signing key (OpenSSH Ed25519, 0600); default none ("" too): sets unsigned.
+    pub(super) signing_key: Option<Spanned<String>>,
+    /// Trusted signers (`ssh-ed25519 AAAA…` lines); default none.
+    pub(super) signers: Option<Vec<Spanned<String>>>,
+    /// Default false.
+    pub(super) require_signature: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,4 +259,6 @@ pub(super) struct TargetFragment {
     pub(super) verify_every: Option<Spanned<String>>,
     /// Default 64MiB (per second); s3 only.
     pub(super) verify_bandwidth: Option<Spanned<String>>,
+    /// Default: sealed when `[seal] recipients` are configured.
+    pub(super) seal: Option<Spanned<bool>>,
 }

@@ -64,6 +64,7 @@ pub struct Settings {
     pub spray: SpraySettings,
     pub tls: TlsSettings,
     pub metrics: MetricsSettings,
+    pub seal: SealSettings,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -143,6 +144,36 @@ impl Transport {
 
 /// This node's certificate and key (DNS SAN: its node name; server and client use) and the CA
 /// that signs every node's: for `spray.transport = "tls"` and `receive --listen`.
+/// `[seal]`: what copies leaving the masters are sealed to, and how sets are signed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SealSettings {
+    /// age X25519 recipients (`age1…`) of the snapshot (and of the resources archive unless
+    /// `resources_recipients` names others); empty: nothing is sealed.
+    pub recipients: Vec<String>,
+    pub resources_recipients: Option<Vec<String>>,
+    /// The cluster signing key on this node; `None`: sets are not signed here.
+    pub signing_key: Option<PathBuf>,
+    /// Trusted signers, as OpenSSH public key lines.
+    pub signers: Vec<String>,
+    /// Sets without a signature of a trusted signer are refused by receive, fetch, stage and
+    /// verify.
+    pub require_signature: bool,
+}
+
+impl SealSettings {
+    pub fn resources_recipients(&self) -> &[String] {
+        self.resources_recipients
+            .as_deref()
+            .unwrap_or(&self.recipients)
+    }
+
+    /// Whether a target with `seal` as configured seals: as configured, else when recipients
+    /// are.
+    pub fn seals(&self, configured: Option<bool>) -> bool {
+        configured.unwrap_or(!self.recipients.is_empty())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsSettings {
     pub cert: PathBuf,
@@ -296,6 +327,7 @@ impl Settings {
                 key: PathBuf::from(paths::TLS_KEY),
                 ca: PathBuf::from(paths::TLS_CA),
             },
+            seal: SealSettings::default(),
             sources: Vec::new(),
         }
     }
@@ -364,7 +396,45 @@ impl Settings {
                  keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within"
             )));
         }
+        settings.check_sealing()?;
         Ok(settings)
+    }
+}
+
+impl Settings {
+    /// What the files said together: a sealed target has recipients to seal to, and the two
+    /// halves of a set either both have recipients or neither has.
+    fn check_sealing(&self) -> Result<(), ConfigError> {
+        let seal = &self.seal;
+        if seal.recipients.is_empty() != seal.resources_recipients().is_empty() {
+            return Err(ConfigError(
+                "[seal] recipients and resources_recipients: both or neither (a set is sealed whole)"
+                    .to_string(),
+            ));
+        }
+        if seal.require_signature && seal.signers.is_empty() {
+            return Err(ConfigError(
+                "[seal] require_signature needs signers (the public lines of the signing keys to trust)"
+                    .to_string(),
+            ));
+        }
+        for target in &self.spray.targets {
+            let (configured, id) = match target {
+                TargetConfig::Dir(d) => (d.seal, format!("dir:{}", d.path.display())),
+                TargetConfig::S3(s) => (s.seal, format!("s3 bucket '{}'", s.bucket)),
+            };
+            if configured == Some(true) && seal.recipients.is_empty() {
+                return Err(ConfigError(format!(
+                    "spray.target {id}: seal = true needs [seal] recipients"
+                )));
+            }
+            if matches!(target, TargetConfig::Dir(_)) && seal.seals(configured) {
+                return Err(ConfigError(format!(
+                    "spray.target {id}: sealed directory targets are not built yet; set seal = false on it to copy in the clear (only buckets seal)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

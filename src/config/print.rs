@@ -106,7 +106,7 @@ impl Settings {
             sp.tls_port,
             quote(&format_duration(sp.verify_every)),
         );
-        targets_to_toml(&sp.targets, &mut out);
+        targets_to_toml(&sp.targets, &self.seal, &mut out);
         let _ = writeln!(
             out,
             "\n[tls]\ncert = {}\nkey = {}\nca = {}",
@@ -125,7 +125,41 @@ impl Settings {
                     .map_or(String::new(), |p| p.to_string_lossy().into_owned())
             ),
         );
+        let seal = &self.seal;
+        let list = |items: &[String]| {
+            let quoted: Vec<String> = items.iter().map(|i| quote(i)).collect();
+            format!("[{}]", quoted.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "\n[seal]\nrecipients = {}\n{}\nsigning_key = {}\nsigners = {}\nrequire_signature = {}",
+            list(&seal.recipients),
+            match &seal.resources_recipients {
+                Some(r) => format!("resources_recipients = {}", list(r)),
+                None => "# resources_recipients: the recipients above".to_string(),
+            },
+            quote(
+                &seal
+                    .signing_key
+                    .as_ref()
+                    .map_or(String::new(), |p| p.to_string_lossy().into_owned())
+            ),
+            list(&seal.signers),
+            seal.require_signature,
+        );
         out
+    }
+}
+
+/// A target's `seal` as configured, or what it comes to when unset (a comment: reading the
+/// effective config back must give the same settings).
+fn seal_line(configured: Option<bool>, seal: &super::SealSettings) -> String {
+    match configured {
+        Some(value) => format!("seal = {value}"),
+        None => format!(
+            "# seal = {} (unset: sealed when [seal] recipients are)",
+            seal.seals(None)
+        ),
     }
 }
 
@@ -135,17 +169,18 @@ pub(super) fn quote(s: &str) -> String {
 }
 
 /// The `[[spray.target]]` tables of the effective configuration.
-fn targets_to_toml(targets: &[TargetConfig], out: &mut String) {
+fn targets_to_toml(targets: &[TargetConfig], seal: &super::SealSettings, out: &mut String) {
     use std::fmt::Write as _;
     for target in targets {
         match target {
             TargetConfig::Dir(d) => {
                 let _ = writeln!(
                     out,
-                    "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}\nverify_every = {}",
+                    "\n[[spray.target]]\nkind = \"dir\"\npath = {}\nrequire_mount = {}\nverify_every = {}\n{}",
                     quote(&d.path.to_string_lossy()),
                     d.require_mount,
                     quote(&format_duration(d.verify_every)),
+                    seal_line(d.seal, seal),
                 );
             }
             TargetConfig::S3(s) => {
@@ -153,7 +188,7 @@ fn targets_to_toml(targets: &[TargetConfig], out: &mut String) {
                     out,
                     "\n[[spray.target]]\nkind = \"s3\"\nendpoint = {}\nbucket = {}\nprefix = {}\n\
                      region = {}\npath_style = {}\ncredentials = {}\nprofile = {}\nfiles = {}\n\
-                     part_size = {}\ngc_grace = {}\nverify_every = {}\nverify_bandwidth = {}",
+                     part_size = {}\ngc_grace = {}\nverify_every = {}\nverify_bandwidth = {}\n{}",
                     quote(&s.endpoint),
                     quote(&s.bucket),
                     quote(&s.prefix),
@@ -166,6 +201,7 @@ fn targets_to_toml(targets: &[TargetConfig], out: &mut String) {
                     quote(&format_duration(s.gc_grace)),
                     quote(&format_duration(s.verify_every)),
                     quote(&format_size(s.verify_bandwidth)),
+                    seal_line(s.seal, seal),
                 );
                 if let Some(ca) = &s.ca_file {
                     let _ = writeln!(out, "ca_file = {}", quote(&ca.to_string_lossy()));

@@ -22,6 +22,8 @@ pub struct DirTarget {
     pub require_mount: bool,
     /// How often `verify --targets` (the verify timer) checks the copies here; zero: never.
     pub verify_every: Duration,
+    /// `seal` as configured; unset: sealed when `[seal] recipients` are.
+    pub seal: Option<bool>,
 }
 
 /// An S3-compatible bucket: sets under `<prefix>/sets/<set-id>/`.
@@ -53,6 +55,8 @@ pub struct S3Target {
     pub verify_every: Duration,
     /// The most a verification downloads per second (bytes); zero: unbounded.
     pub verify_bandwidth: u64,
+    /// `seal` as configured; unset: sealed when `[seal] recipients` are.
+    pub seal: Option<bool>,
 }
 
 /// Server-side encryption asked of the store (the answer is checked).
@@ -208,6 +212,7 @@ impl TargetFragment {
             path: file.absolute_path(path, "spray.target.path")?,
             require_mount: self.require_mount.unwrap_or(true),
             verify_every: verify_every(file, &self.verify_every)?,
+            seal: self.seal.map(Spanned::into_inner),
         }))
     }
 
@@ -372,6 +377,7 @@ impl TargetFragment {
             insecure_http,
             verify_every: verify_every(file, &self.verify_every)?,
             verify_bandwidth,
+            seal: self.seal.map(Spanned::into_inner),
         }))
     }
 }

@@ -11,7 +11,7 @@
 //! Hello {version, sender, offers}   →
 //!                                   ←     Welcome {version, receiver, wants}   (or Error)
 //! per wanted set, newest first:
-//!   SetBegin {id, manifest}         →
+//!   SetBegin {id, manifest[, signature]} →
 //!   per file: FileBegin {name, offset} D… FileEnd {name}
 //!   SetEnd {id}                     →
 //!                                   ←     Committed {id}                       (or Error)
@@ -82,6 +82,10 @@ pub enum Message {
     SetBegin {
         id: String,
         manifest: String,
+        /// `manifest.json.sig` of the set, when it has one (absent on the wire otherwise, so an
+        /// unsigned set goes as it always did).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
     },
     FileBegin {
         name: String,

@@ -114,6 +114,10 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
             conn.send(&Message::SetBegin {
                 id: want.id.clone(),
                 manifest: set.manifest_json.clone(),
+                signature: set
+                    .signature
+                    .as_ref()
+                    .and_then(|s| String::from_utf8(s.clone()).ok()),
             })?;
             for (file, source) in set.manifest.files.iter().zip(files) {
                 let offset = want.held.get(&file.name).copied().unwrap_or(0);

@@ -7,8 +7,9 @@
 //! 0600 and directories 0700; names in `sets/` that are not set ids are never touched.
 
 use crate::files::{DIR_MODE, FILE_MODE, ensure_private_dir, fsync_dir, write_atomic};
-use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest, parse_set_id};
+use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest, SIGNATURE_NAME, parse_set_id};
 use crate::retention::SetInfo;
+use crate::seal::sign::SIGNATURE_MAX_BYTES;
 use anyhow::{Context, Result, bail, ensure};
 use std::fs::{self};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -53,6 +54,8 @@ pub struct StoredSet {
     pub on_disk_problem: Option<String>,
     /// The last `verify` of this manifest, if any.
     pub last_verification: Option<Verification>,
+    /// `manifest.json.sig` as held (an SSH signature of the manifest), if the set has one.
+    pub signature: Option<Vec<u8>>,
 }
 
 impl StoredSet {
@@ -218,7 +221,18 @@ impl Store {
             manifest_path.display(),
             manifest.id
         );
-        let problem = Self::structural_problem(&dir, &manifest);
+        let mut problem = Self::structural_problem(&dir, &manifest);
+        let signature_path = dir.join(SIGNATURE_NAME);
+        let signature = match fs::symlink_metadata(&signature_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            _ => match crate::files::read_regular(&signature_path, SIGNATURE_MAX_BYTES) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    problem.get_or_insert(format!("{e:#}"));
+                    None
+                }
+            },
+        };
         let manifest_sha256 = crate::manifest::digest(&bytes);
         // Valid JSON that serde_json parsed is UTF-8 (non-ASCII can only sit in strings).
         let manifest_json = String::from_utf8(bytes)
@@ -231,6 +245,7 @@ impl Store {
             on_disk_problem: problem.clone(),
             problem,
             last_verification: None,
+            signature,
         })
     }
 
@@ -256,9 +271,21 @@ impl Store {
         }
         let extra = fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).find(|e| {
             let name = e.file_name();
-            name != MANIFEST_NAME && !manifest.files.iter().any(|f| *f.name == *name)
+            name != MANIFEST_NAME
+                && name != SIGNATURE_NAME
+                && !manifest.files.iter().any(|f| *f.name == *name)
         });
         extra.map(|e| format!("unexpected entry '{}'", e.path().display()))
+    }
+
+    /// Puts the signature of a staged set's manifest beside it (committed with it).
+    pub fn write_signature(staging: &Path, signature: &[u8]) -> Result<()> {
+        ensure!(
+            signature.len() as u64 <= SIGNATURE_MAX_BYTES,
+            "a signature of {} bytes is not one",
+            signature.len()
+        );
+        write_atomic(staging, SIGNATURE_NAME, signature)
     }
 
     /// Makes a fresh private directory under `.staging/` for one piece of work.
@@ -320,6 +347,14 @@ impl Store {
         }
         fs::set_permissions(staging, fs::Permissions::from_mode(DIR_MODE))
             .with_context(|| format!("cannot chmod 0700 '{}'", staging.display()))?;
+        // A signature is written by whoever staged the set (`write_signature`), or not at all.
+        if let Ok(meta) = fs::symlink_metadata(staging.join(SIGNATURE_NAME)) {
+            ensure!(
+                meta.is_file(),
+                "'{}' is not a regular file",
+                staging.join(SIGNATURE_NAME).display()
+            );
+        }
         write_atomic(staging, MANIFEST_NAME, &manifest.to_json())?;
         crate::failpoint::hit("store:manifest-written");
         Ok(())

@@ -162,7 +162,8 @@ impl Target for DirStore {
             lacking: Vec::new(),
             manifest_sha256: set.manifest_sha256,
             manifest: set.manifest,
-            copy: Box::new(move |entry, dest| {
+            signature: set.signature,
+            copy: Box::new(move |entry, dest, _identities| {
                 let from = dir.join(&entry.name);
                 let mut source = crate::files::open_regular(&from)?;
                 copy_exactly(&mut source, dest, entry.size)

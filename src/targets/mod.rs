@@ -86,12 +86,14 @@ pub struct HeldCopy {
     pub files: Vec<String>,
     /// Why it cannot give the others, one line each (naming the object or file).
     pub lacking: Vec<String>,
+    /// The manifest's signature as held there, if any.
+    pub signature: Option<Vec<u8>>,
     pub copy: CopyFile,
 }
 
 /// Writes one file of a held copy into `dest`: no more than the entry's size, whatever the
-/// target sends.
-pub type CopyFile = Box<dyn FnMut(&FileEntry, &mut File) -> Result<()>>;
+/// target sends; a sealed file opened with one of the identities.
+pub type CopyFile = Box<dyn FnMut(&FileEntry, &mut File, &[age::x25519::Identity]) -> Result<()>>;
 
 /// The targets of one run.
 pub type Targets = Vec<Box<dyn Target>>;
@@ -136,6 +138,7 @@ pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
             path: std::path::PathBuf::from(name),
             require_mount: false,
             verify_every: std::time::Duration::ZERO,
+            seal: Some(false),
         };
         return Ok(vec![Box::new(dir::DirStore::new(dir, settings))]);
     }

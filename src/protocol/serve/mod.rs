@@ -283,7 +283,11 @@ fn session<S: Stream>(
     })?;
     loop {
         match conn.next_message()? {
-            Message::SetBegin { id, manifest } => {
+            Message::SetBegin {
+                id,
+                manifest,
+                signature,
+            } => {
                 let want = pending.remove(&id).ok_or_else(|| {
                     ProtocolError::violation(format!("set '{id}' was not asked for"))
                 })?;
@@ -303,7 +307,7 @@ fn session<S: Stream>(
                     store,
                     conn,
                     (&want, offer, refused),
-                    &manifest,
+                    (&manifest, signature.as_deref()),
                     &staging,
                     sender,
                 );
@@ -698,6 +702,7 @@ mod tests {
             let _ = conn.send(&Message::SetBegin {
                 id: manifest.id.clone(),
                 manifest: text.clone(),
+                signature: None,
             });
             after_begin(conn);
         });
@@ -799,6 +804,7 @@ mod tests {
             let _ = conn.send(&Message::SetBegin {
                 id: good.id.clone(),
                 manifest: "{}".into(),
+                signature: None,
             });
         });
         assert!(format!("{:#}", received.unwrap_err()).contains("was not asked for"));

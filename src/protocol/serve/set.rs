@@ -109,11 +109,12 @@ pub(super) fn receive_set<S: Stream>(
     store: &Store,
     conn: &mut Conn<S>,
     asked: (&Want, &Offer, Option<&str>),
-    manifest_text: &str,
+    sent: (&str, Option<&str>),
     staging: &Path,
     sender: Sender,
 ) -> Result<String> {
     let (want, offer, refused) = asked;
+    let (manifest_text, signature) = sent;
     let digest = crate::manifest::digest(manifest_text.as_bytes());
     if digest != offer.manifest_sha256 {
         return Err(violation(format!(
@@ -139,6 +140,20 @@ pub(super) fn receive_set<S: Stream>(
             offer.size,
             offer.dirty
         )));
+    }
+    // A signature is judged before a byte of the set is taken: one that does not verify is
+    // refused always; an unsigned set or a stranger's when signatures are required.
+    let signers = crate::seal::signers(&settings.seal.signers);
+    let verdict = crate::seal::sign::check(
+        &signers,
+        manifest_text.as_bytes(),
+        signature.map(str::as_bytes),
+    );
+    if let Some(problem) = verdict.problem(
+        settings.seal.require_signature,
+        &format!("set '{}'", manifest.id),
+    ) {
+        bail!("{problem}: refused by {}", settings.node_name);
     }
     if let Some(why) = refused {
         bail!(
@@ -168,6 +183,11 @@ pub(super) fn receive_set<S: Stream>(
         settings.retention.min_free_space.unwrap_or(0),
     )?;
     receive_files(conn, staging, &manifest)?;
+    match signature {
+        Some(signature) => Store::write_signature(staging, signature.as_bytes())?,
+        // Nothing of an earlier attempt's is committed with this one.
+        None => crate::files::remove_if_present(&staging.join(crate::manifest::SIGNATURE_NAME))?,
+    }
     crate::failpoint::hit("receive:before-commit");
     let _lock = lock_telling_sender(
         conn,

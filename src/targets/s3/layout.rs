@@ -3,13 +3,16 @@
 //! is not exactly of that shape is unknown and never touched.
 
 use crate::config::Carried;
-use crate::manifest::{Manifest, parse_backup_name, parse_set_id};
+use crate::manifest::{FileEntry, Manifest, SIGNATURE_NAME, parse_backup_name, parse_set_id};
 use crate::s3::Object;
+use crate::seal::record::{AGE_SUFFIX, SEAL_NAME, Seal, sealed_name};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const MANIFEST: &str = "manifest.json";
+/// A sealed copy's record and its signature.
+pub const SEAL_SIGNATURE: &str = "seal.json.sig";
 /// S3's most parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
 
@@ -54,10 +57,7 @@ pub fn group(prefix: &str, objects: &[Object]) -> Listing {
             .key
             .strip_prefix(&base)
             .and_then(|rest| rest.split_once('/'))
-            .filter(|(id, name)| {
-                parse_set_id(id).is_some()
-                    && (*name == MANIFEST || parse_backup_name(name).is_some())
-            });
+            .filter(|(id, name)| parse_set_id(id).is_some() && is_set_object(name));
         match recognised {
             Some((id, name)) => {
                 listing
@@ -73,12 +73,43 @@ pub fn group(prefix: &str, objects: &[Object]) -> Listing {
     listing
 }
 
-/// The files of `manifest` this target carries that are missing from `set` or of another size.
-pub fn lacking(set: &RemoteSet, manifest: &Manifest, carried: Carried) -> Vec<String> {
+/// A name a set directory of ours holds: the manifest and its signature, a sealed copy's
+/// record and its signature, the backup files in the clear or sealed.
+fn is_set_object(name: &str) -> bool {
+    [MANIFEST, SIGNATURE_NAME, SEAL_NAME, SEAL_SIGNATURE].contains(&name)
+        || parse_backup_name(name.strip_suffix(AGE_SUFFIX).unwrap_or(name)).is_some()
+}
+
+/// The objects a copy of `manifest` holds for the files this target carries: the files
+/// themselves, or in a sealed copy their age files as its record describes them (size and
+/// SHA-256 of the sealed bytes). An error when the record lacks one.
+pub fn carried_objects(
+    manifest: &Manifest,
+    carried: Carried,
+    seal: Option<&Seal>,
+) -> Result<Vec<FileEntry>, String> {
     manifest
         .files
         .iter()
         .filter(|f| carried.carries(f))
+        .map(|f| match seal {
+            None => Ok(f.clone()),
+            Some(seal) => seal
+                .file(&f.name)
+                .map(|s| FileEntry {
+                    name: sealed_name(&f.name),
+                    size: s.size,
+                    sha256: s.sha256.clone(),
+                })
+                .ok_or_else(|| format!("the seal record does not name '{}'", f.name)),
+        })
+        .collect()
+}
+
+/// The `objects` missing from `set` or of another size.
+pub fn lacking(set: &RemoteSet, objects: &[FileEntry]) -> Vec<String> {
+    objects
+        .iter()
         .filter(|f| set.objects.get(&f.name).is_none_or(|o| o.size != f.size))
         .map(|f| f.name.clone())
         .collect()
@@ -297,22 +328,69 @@ mod tests {
             set.objects
                 .insert(name.to_string(), obj(name, size, "2026-12-02T18:00:00Z"));
         };
-        assert_eq!(lacking(&set, &manifest, Carried::All).len(), 2);
+        let lacking_of = |set: &RemoteSet, carried| {
+            lacking(set, &carried_objects(&manifest, carried, None).unwrap())
+        };
+        assert_eq!(lacking_of(&set, Carried::All).len(), 2);
         put(&mut set, &snapshot.name, snapshot.size);
         assert_eq!(
-            lacking(&set, &manifest, Carried::All),
+            lacking_of(&set, Carried::All),
             std::slice::from_ref(&resources.name)
         );
-        assert!(lacking(&set, &manifest, Carried::Snapshot).is_empty());
+        assert!(lacking_of(&set, Carried::Snapshot).is_empty());
         assert_eq!(
-            lacking(&set, &manifest, Carried::Resources),
+            lacking_of(&set, Carried::Resources),
             std::slice::from_ref(&resources.name)
         );
         put(&mut set, &resources.name, resources.size + 1);
         assert_eq!(
-            lacking(&set, &manifest, Carried::Resources),
+            lacking_of(&set, Carried::Resources),
             std::slice::from_ref(&resources.name)
         );
+    }
+
+    #[test]
+    fn a_sealed_copy_is_judged_by_its_record() {
+        let manifest = crate::manifest::tests::sample();
+        let snapshot = manifest.files.iter().find(|f| f.is_snapshot()).unwrap();
+        let sealed = |f: &FileEntry| crate::seal::record::SealedFile {
+            name: f.name.clone(),
+            size: f.size + 300,
+            sha256: "ab".repeat(32),
+            recipients: vec!["age1x".into()],
+        };
+        let mut seal = Seal {
+            format: 1,
+            id: manifest.id.clone(),
+            manifest_sha256: "00".repeat(32),
+            sealed: chrono::Utc::now(),
+            sealed_by: "master-0".into(),
+            files: vec![sealed(snapshot)],
+        };
+        // The record must name every carried file.
+        assert!(carried_objects(&manifest, Carried::All, Some(&seal)).is_err());
+        let only = carried_objects(&manifest, Carried::Snapshot, Some(&seal)).unwrap();
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].name, format!("{}.age", snapshot.name));
+        assert_eq!(only[0].size, snapshot.size + 300);
+        seal.files = manifest.files.iter().map(sealed).collect();
+        let all = carried_objects(&manifest, Carried::All, Some(&seal)).unwrap();
+        let mut set = RemoteSet::default();
+        // The files in the clear do not stand for their sealed objects.
+        for f in &manifest.files {
+            set.objects
+                .insert(f.name.clone(), obj(&f.name, f.size, "2026-12-02T18:00:00Z"));
+        }
+        assert_eq!(lacking(&set, &all).len(), 2);
+        for f in &all {
+            set.objects
+                .insert(f.name.clone(), obj(&f.name, f.size, "2026-12-02T18:00:00Z"));
+        }
+        assert!(lacking(&set, &all).is_empty());
+        assert!(is_set_object("seal.json") && is_set_object("seal.json.sig"));
+        assert!(is_set_object("manifest.json.sig"));
+        assert!(is_set_object(&format!("{}.age", snapshot.name)));
+        assert!(!is_set_object("notes.txt.age") && !is_set_object("x.sig"));
     }
 
     #[test]

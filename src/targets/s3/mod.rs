@@ -39,6 +39,13 @@ pub struct Bucket {
     /// must leave free there (`retention.min_free_space`).
     store_root: std::path::PathBuf,
     policy_floor: u64,
+    /// What copies are sealed to and signed with, when this target seals; this node's name,
+    /// which a seal record says.
+    seal: Option<crate::config::SealSettings>,
+    node_name: String,
+    /// The trusted signers and whether copies must be signed (`[seal]`), sealed or not.
+    signers: Vec<String>,
+    require_signature: bool,
 }
 
 impl Bucket {
@@ -46,13 +53,20 @@ impl Bucket {
         let mut policy = settings.retention.clone();
         policy.min_free_space = None;
         Bucket {
-            target,
             connect_timeout: settings.spray.connect_timeout,
             io_timeout: settings.spray.io_timeout,
             policy,
             max_clock_skew: settings.max_clock_skew,
             store_root: settings.store.root.clone(),
             policy_floor: settings.retention.min_free_space.unwrap_or(0),
+            seal: settings
+                .seal
+                .seals(target.seal)
+                .then(|| settings.seal.clone()),
+            node_name: settings.node_name.clone(),
+            signers: settings.seal.signers.clone(),
+            require_signature: settings.seal.require_signature,
+            target,
         }
     }
 
@@ -139,11 +153,23 @@ impl Target for Bucket {
             guard: None,
         };
         let mut stored = Vec::new();
+        let sealing = self
+            .seal
+            .as_ref()
+            .map(|seal| {
+                crate::seal::Sealing::new(
+                    &seal.recipients,
+                    seal.resources_recipients(),
+                    seal.signing_key.as_deref(),
+                )
+            })
+            .transpose()?;
+        let sealing = sealing.as_ref().map(|s| (s, self.node_name.as_str()));
         let pushed = self
             .client()
             .with_context(|| self.describe())
             .and_then(|mut client| {
-                push(&mut client, t, &judge, sets, damaged, &mut stored)
+                push(&mut client, t, &judge, sets, damaged, sealing, &mut stored)
                     .with_context(|| format!("bucket '{}' at {}", t.bucket, t.endpoint))
             })
             .map_err(refused_is_final);
@@ -163,8 +189,7 @@ impl Target for Bucket {
             .manifests
             .iter()
             .map(|(id, (manifest, digest))| Listed {
-                whole: layout::lacking(&remote.listing.sets[id], manifest, self.target.files)
-                    .is_empty(),
+                whole: remote.whole(id, manifest, self.target.files),
                 problem: None,
                 manifest_sha256: digest.clone(),
                 manifest: manifest.clone(),
@@ -200,10 +225,13 @@ impl Target for Bucket {
                 .collect(),
             None => BTreeMap::new(),
         };
+        let signers = crate::seal::signers(&self.signers);
         let mut known = verify::Known {
             stored: &stored,
             held_here: &held_here,
             learned: Vec::new(),
+            signers: &signers,
+            require_signature: self.require_signature,
         };
         let outcomes = verify::verify_copies(
             &mut client,
@@ -239,6 +267,7 @@ fn push(
     judge: &Judge,
     sets: &[OpenSet],
     damaged: &BTreeSet<String>,
+    sealing: Option<(&crate::seal::Sealing, &str)>,
     stored: &mut Vec<(String, String)>,
 ) -> Result<PushStats> {
     let remote = read_remote(client, t)?;
@@ -295,7 +324,7 @@ fn push(
                 .cloned()
                 .unwrap_or_default()
         };
-        let sent = upload_set(client, t, open, &remote_set, &mut buf, stored)
+        let sent = upload_set(client, t, open, &remote_set, sealing, &mut buf, stored)
             .with_context(|| format!("set '{}'", want.id))?;
         stats.data_bytes += sent;
         stats.wire_bytes += sent;

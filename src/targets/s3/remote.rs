@@ -2,11 +2,13 @@
 
 use super::layout::{self, MANIFEST};
 use crate::config::{Carried, S3Target};
-use crate::manifest::Manifest;
+use crate::manifest::{FileEntry, Manifest, SIGNATURE_NAME};
 use crate::protocol::HeldSet;
 use crate::s3::Client;
+use crate::seal::record::{SEAL_MAX_BYTES, SEAL_NAME, Seal};
+use crate::seal::sign::SIGNATURE_MAX_BYTES;
 use crate::targets::HeldCopy;
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use std::collections::BTreeMap;
 
 /// Manifests are small; anything larger under that name is not one of ours.
@@ -17,6 +19,75 @@ pub struct Remote {
     pub listing: layout::Listing,
     /// Set id → (manifest, its raw bytes' SHA-256 hex).
     pub manifests: BTreeMap<String, (Manifest, String)>,
+    /// Set id → its signatures and seal record, for the sets with a manifest.
+    pub extras: BTreeMap<String, Extras>,
+}
+
+/// What a set directory holds beside its manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// `manifest.json.sig`.
+    pub signature: Option<Vec<u8>>,
+    /// `seal.json` of a sealed copy, checked against the manifest (or why it is not one).
+    pub seal: Option<Result<Seal, String>>,
+    /// `seal.json.sig`, and the record's bytes it signs.
+    pub seal_signature: Option<Vec<u8>>,
+    pub seal_bytes: Vec<u8>,
+}
+
+impl Extras {
+    /// The objects of the files `carried`, as this copy holds them (sealed or not); an error
+    /// names what makes the copy unusable.
+    pub fn objects(&self, manifest: &Manifest, carried: Carried) -> Result<Vec<FileEntry>, String> {
+        let seal = match &self.seal {
+            None => None,
+            Some(Ok(seal)) => Some(seal),
+            Some(Err(e)) => return Err(format!("its seal record is unusable: {e}")),
+        };
+        layout::carried_objects(manifest, carried, seal)
+    }
+
+    /// The recipients each sealed file was sealed to, for listings.
+    pub fn sealed_to(&self) -> BTreeMap<String, Vec<String>> {
+        match &self.seal {
+            Some(Ok(seal)) => seal
+                .files
+                .iter()
+                .map(|f| (f.name.clone(), f.recipients.clone()))
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+/// Reads the signatures and seal record set `id` has beside its manifest.
+fn read_extras(
+    client: &mut Client,
+    t: &S3Target,
+    id: &str,
+    set: &layout::RemoteSet,
+    manifest: &Manifest,
+    digest: &str,
+) -> Result<Extras> {
+    let mut get = |name: &str, max: u64| -> Result<Option<Vec<u8>>> {
+        if !set.objects.contains_key(name) {
+            return Ok(None);
+        }
+        client
+            .get_small(&layout::key(&t.prefix, id, name), max as usize)
+            .map(Some)
+    };
+    let signature = get(SIGNATURE_NAME, SIGNATURE_MAX_BYTES)?;
+    let seal_bytes = get(SEAL_NAME, SEAL_MAX_BYTES)?;
+    let seal_signature = get(layout::SEAL_SIGNATURE, SIGNATURE_MAX_BYTES)?;
+    Ok(Extras {
+        signature,
+        seal: seal_bytes
+            .as_ref()
+            .map(|bytes| Seal::parse(bytes, manifest, digest)),
+        seal_signature,
+        seal_bytes: seal_bytes.unwrap_or_default(),
+    })
 }
 
 /// Lists the bucket and reads every manifest.
@@ -25,6 +96,7 @@ pub fn read_remote(client: &mut Client, t: &S3Target) -> Result<Remote> {
     let objects = client.list(&layout::sets_prefix(&t.prefix))?;
     let listing = layout::group(&t.prefix, &objects);
     let mut manifests = BTreeMap::new();
+    let mut extras = BTreeMap::new();
     for (id, set) in &listing.sets {
         if !set.has_manifest() {
             continue;
@@ -33,6 +105,7 @@ pub fn read_remote(client: &mut Client, t: &S3Target) -> Result<Remote> {
         match Manifest::parse(&bytes) {
             Ok(m) if &m.id == id => {
                 let digest = crate::manifest::digest(&bytes);
+                extras.insert(id.clone(), read_extras(client, t, id, set, &m, &digest)?);
                 manifests.insert(id.clone(), (m, digest));
             }
             Ok(m) => {
@@ -43,26 +116,42 @@ pub fn read_remote(client: &mut Client, t: &S3Target) -> Result<Remote> {
             }
         }
     }
-    Ok(Remote { listing, manifests })
+    Ok(Remote {
+        listing,
+        manifests,
+        extras,
+    })
 }
 
 impl Remote {
     /// The sets the bucket holds as [`crate::protocol::wants()`] sees them: damaged when a file
-    /// this target carries is missing or of another size.
+    /// this target carries is missing or of another size (for a sealed copy: its age file, as
+    /// its record says), or its seal record is unusable.
     pub fn held(&self, carried: Carried) -> Vec<HeldSet> {
         self.manifests
             .iter()
             .map(|(id, (manifest, digest))| HeldSet {
                 info: manifest.info(),
                 manifest_sha256: digest.clone(),
-                damaged: !layout::lacking(&self.listing.sets[id], manifest, carried).is_empty(),
+                damaged: !self.whole(id, manifest, carried),
             })
             .collect()
+    }
+
+    /// Every object set `id` should hold is there, of its size.
+    pub fn whole(&self, id: &str, manifest: &Manifest, carried: Carried) -> bool {
+        self.extras
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+            .objects(manifest, carried)
+            .is_ok_and(|objects| layout::lacking(&self.listing.sets[id], &objects).is_empty())
     }
 }
 
 /// Set `id` as the bucket holds it, for `fetch`: its manifest and the files present at their
-/// manifest size, each downloaded within that size.
+/// size (sealed ones as their record says), each downloaded within that size; a sealed file is
+/// opened with the identities `fetch` was given, its sealed bytes held to the record's SHA-256.
 pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> {
     let objects = client.list(&format!("{}{id}/", layout::sets_prefix(&t.prefix)))?;
     let listing = layout::group(&t.prefix, &objects);
@@ -77,20 +166,47 @@ pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> 
         "the manifest there is of set '{}'",
         manifest.id
     );
+    let digest = crate::manifest::digest(&bytes);
+    let extras = read_extras(&mut client, t, id, remote, &manifest, &digest)?;
+    let seal = match &extras.seal {
+        Some(Err(e)) => bail!("the seal record of '{id}' there is unusable: {e}"),
+        Some(Ok(seal)) => Some(seal.clone()),
+        None => None,
+    };
     let (mut files, mut lacking) = (Vec::new(), Vec::new());
     for f in &manifest.files {
-        let key = layout::key(&t.prefix, id, &f.name);
-        match remote.objects.get(&f.name) {
-            Some(o) if o.size == f.size => files.push(f.name.clone()),
-            Some(o) => lacking.push(format!(
-                "object '{key}' in bucket '{}' holds {} bytes, its manifest says {}",
-                t.bucket, o.size, f.size
+        let object = match &seal {
+            None => Some(f.clone()),
+            Some(seal) => seal.file(&f.name).map(|s| FileEntry {
+                name: crate::seal::record::sealed_name(&f.name),
+                size: s.size,
+                sha256: s.sha256.clone(),
+            }),
+        };
+        let key = layout::key(&t.prefix, id, object.as_ref().map_or(&f.name, |o| &o.name));
+        match (
+            object,
+            remote
+                .objects
+                .get(key.rsplit('/').next().unwrap_or_default()),
+        ) {
+            (Some(o), Some(held)) if held.size == o.size => files.push(f.name.clone()),
+            (Some(o), Some(held)) => lacking.push(format!(
+                "object '{key}' in bucket '{}' holds {} bytes, {} says {}",
+                t.bucket,
+                held.size,
+                if seal.is_some() {
+                    "its seal record"
+                } else {
+                    "its manifest"
+                },
+                o.size
             )),
-            None if t.files.carries(f) => lacking.push(format!(
+            (Some(_), None) if t.files.carries(f) => lacking.push(format!(
                 "object '{key}' is missing from bucket '{}'",
                 t.bucket
             )),
-            None => lacking.push(format!(
+            _ => lacking.push(format!(
                 "'{}' is not carried by bucket '{}' (files = \"{}\")",
                 f.name,
                 t.bucket,
@@ -100,16 +216,99 @@ pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> 
     }
     let (prefix, id) = (t.prefix.clone(), id.to_string());
     Ok(HeldCopy {
-        manifest_sha256: crate::manifest::digest(&bytes),
+        manifest_sha256: digest,
         manifest,
         files,
         lacking,
-        copy: Box::new(move |entry, dest| {
-            let key = layout::key(&prefix, &id, &entry.name);
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
-            client.get(&key, &mut out, entry.size)?;
-            std::io::Write::flush(&mut out)?;
-            Ok(())
+        signature: extras.signature,
+        copy: Box::new(move |entry, dest, identities| {
+            let Some(sealed) = seal.as_ref().and_then(|s| s.file(&entry.name)) else {
+                let key = layout::key(&prefix, &id, &entry.name);
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
+                client.get(&key, &mut out, entry.size)?;
+                std::io::Write::flush(&mut out)?;
+                return Ok(());
+            };
+            let key = layout::key(&prefix, &id, &crate::seal::record::sealed_name(&entry.name));
+            open_sealed(&mut client, &key, sealed, entry, dest, identities)
         }),
     })
+}
+
+/// Downloads the sealed object `key` and writes its plaintext into `dest`: the download runs
+/// on a thread of its own into a pipe, hashed against the record as it arrives; this side
+/// decrypts, at most the manifest's size.
+fn open_sealed(
+    client: &mut Client,
+    key: &str,
+    sealed: &crate::seal::record::SealedFile,
+    entry: &FileEntry,
+    dest: &mut std::fs::File,
+    identities: &[age::x25519::Identity],
+) -> Result<()> {
+    use std::io::{Read, Write};
+    if identities.is_empty() {
+        bail!(
+            "'{key}' is sealed (to {}): give --identity FILE",
+            sealed.recipients.join(", ")
+        );
+    }
+    let (reader, mut writer) = std::io::pipe()?;
+    std::thread::scope(|scope| {
+        let download = scope.spawn(move || -> Result<()> {
+            let mut hashing = HashingPipe {
+                pipe: &mut writer,
+                hasher: crate::hash::Sha256::new(),
+            };
+            client.get(key, &mut hashing, sealed.size)?;
+            let digest = crate::hash::hex(&hashing.hasher.finalize());
+            ensure!(
+                digest == sealed.sha256,
+                "'{key}' has SHA-256 {digest}, its seal record says {}",
+                sealed.sha256
+            );
+            Ok(())
+        });
+        let opened = (|| -> Result<()> {
+            let what = format!("'{key}' (sealed to {})", sealed.recipients.join(", "));
+            let mut plain = crate::seal::stream::open(reader, identities, &what)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *dest);
+            let copied = std::io::copy(&mut (&mut plain).take(entry.size), &mut out)
+                .with_context(|| format!("cannot open {what}"))?;
+            out.flush()?;
+            ensure!(
+                copied == entry.size && plain.read(&mut [0u8; 1])? == 0,
+                "{what} does not hold the {} bytes of '{}'",
+                entry.size,
+                entry.name
+            );
+            Ok(())
+        })();
+        // The pipe's reading end is gone: a download still running ends on a broken pipe.
+        let downloaded = download
+            .join()
+            .map_err(|_| anyhow::anyhow!("the download of '{key}' panicked"))?;
+        match (opened, downloaded) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            // What the decryption found is the cause; a broken pipe is its consequence.
+            (Err(e), Err(_)) => Err(e),
+        }
+    })
+}
+
+struct HashingPipe<'a> {
+    pipe: &'a mut std::io::PipeWriter,
+    hasher: crate::hash::Sha256,
+}
+
+impl std::io::Write for HashingPipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.pipe.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.pipe.flush()
+    }
 }

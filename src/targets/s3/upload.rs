@@ -6,9 +6,11 @@
 use super::layout::{self, MANIFEST, RemoteSet};
 use crate::config::S3Target;
 use crate::hash::base64;
-use crate::manifest::FileEntry;
+use crate::manifest::{FileEntry, SIGNATURE_NAME};
 use crate::protocol::send::OpenSet;
 use crate::s3::Client;
+use crate::seal::record::{SEAL_NAME, Seal, SealedFile, sealed_name};
+use crate::seal::stream::Sealer;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -70,19 +72,27 @@ fn refuse_unencrypted(
     })
 }
 
-/// Uploads the files of `open` this target carries and lacks, then the manifest; returns the
-/// file bytes sent.
+/// Uploads the files of `open` this target carries and lacks (sealed, every one of them, when
+/// `sealing`), then the signatures and the manifest; returns the file bytes sent.
 pub(super) fn upload_set(
     client: &mut Client,
     t: &S3Target,
     open: &OpenSet,
     remote: &RemoteSet,
+    sealing: Option<(&crate::seal::Sealing, &str)>,
     buf: &mut Vec<u8>,
     stored: &mut Vec<(String, String)>,
 ) -> Result<u64> {
     let set = &open.set;
     let mut sent = 0;
-    for (entry, file) in set.manifest.files.iter().zip(open.files()) {
+    let plain = match sealing {
+        Some((sealing, sealed_by)) => {
+            sent = upload_sealed(client, t, open, sealing, sealed_by, buf, stored)?;
+            &[][..]
+        }
+        None => open.files(),
+    };
+    for (entry, file) in set.manifest.files.iter().zip(plain) {
         if !t.files.carries(entry) {
             continue;
         }
@@ -109,6 +119,14 @@ pub(super) fn upload_set(
             stored.push((key, checksum));
         }
     }
+    if let Some(signature) = &set.signature {
+        put_small(
+            client,
+            t,
+            &layout::key(&t.prefix, set.id(), SIGNATURE_NAME),
+            signature,
+        )?;
+    }
     // Last: with the manifest there, the set exists on the target.
     let key = layout::key(&t.prefix, set.id(), MANIFEST);
     let digest = crate::manifest::digest(set.manifest_json.as_bytes());
@@ -118,6 +136,166 @@ pub(super) fn upload_set(
         &object_headers(t, &digest),
     )?;
     refuse_unencrypted(client, t, &key, &response)?;
+    Ok(sent)
+}
+
+/// Puts a small object of the set (a signature, a seal record) with its digest and the
+/// encryption asked for.
+fn put_small(client: &mut Client, t: &S3Target, key: &str, bytes: &[u8]) -> Result<()> {
+    let digest = crate::hash::hex(&crate::hash::Sha256::digest(bytes));
+    let response = client.put(key, bytes, &object_headers(t, &digest))?;
+    refuse_unencrypted(client, t, key, &response)
+}
+
+/// Seals every file of `open` this target carries to its recipients and uploads the age files
+/// (a new file key each time: nothing of a cut upload can be continued, so one left by a cut
+/// run is aborted and its parts said), then the signed record of what was put. Returns the
+/// sealed bytes sent.
+fn upload_sealed(
+    client: &mut Client,
+    t: &S3Target,
+    open: &OpenSet,
+    sealing: &crate::seal::Sealing,
+    sealed_by: &str,
+    buf: &mut Vec<u8>,
+    stored: &mut Vec<(String, String)>,
+) -> Result<u64> {
+    let set = &open.set;
+    let mut sent = 0;
+    let mut files = Vec::new();
+    for (entry, file) in set.manifest.files.iter().zip(open.files()) {
+        if !t.files.carries(entry) {
+            continue;
+        }
+        let name = sealed_name(&entry.name);
+        let key = layout::key(&t.prefix, set.id(), &name);
+        let path = set.dir.join(&entry.name);
+        for upload in client
+            .list_uploads(&key)?
+            .into_iter()
+            .filter(|u| u.key == key)
+        {
+            let parts = client.list_parts(&key, &upload.upload_id)?;
+            let bytes: u64 = parts.iter().map(|p| p.size).sum();
+            tracing::warn!(
+                key,
+                bytes,
+                "a cut upload of '{key}' is abandoned: a sealed file cannot be continued (its key is new each time); its {bytes} bytes are sent again"
+            );
+            client.abort(&key, &upload.upload_id)?;
+        }
+        let recipients = sealing.recipients_of(entry);
+        let source = crate::files::ReadAt { file, offset: 0 };
+        let mut sealer = Sealer::new(recipients, source, entry.size)
+            .with_context(|| format!("cannot seal '{}'", path.display()))?;
+        let size = sealer.size();
+        let parts = layout::parts(size, t.part_size);
+        let read = |buf: &mut Vec<u8>, _offset: u64, len: u64| -> Result<()> {
+            buf.resize(len as usize, 0);
+            std::io::Read::read_exact(&mut sealer, buf)
+                .with_context(|| format!("cannot seal '{}'", path.display()))
+        };
+        let (digest, checksum) = if parts.len() == 1 {
+            let mut read = read;
+            read(buf, 0, size)?;
+            let digest = crate::hash::Sha256::digest(buf);
+            let headers = object_headers(t, &crate::hash::hex(&digest));
+            let response = client.put(&key, buf, &headers)?;
+            refuse_unencrypted(client, t, &key, &response)?;
+            (digest, None)
+        } else {
+            // The sealed digest is known at the end only; the object carries the plaintext's.
+            let headers = object_headers(t, "");
+            let headers: Vec<_> = headers
+                .into_iter()
+                .filter(|(h, _)| *h != "x-amz-meta-sha256")
+                .collect();
+            let (upload_id, response) = client.create_multipart(&key, &headers)?;
+            if let Err(e) = check_encryption(t, &key, &response, true) {
+                client.abort(&key, &upload_id)?;
+                return Err(e);
+            }
+            let senders = layout::parallel_parts(t.part_size);
+            let uploaded = upload_parts(
+                client,
+                &key,
+                &upload_id,
+                &parts,
+                &BTreeMap::new(),
+                senders,
+                read,
+            );
+            let uploaded = match uploaded {
+                Ok(u) => u,
+                Err(e) => {
+                    let _ = client.abort(&key, &upload_id);
+                    return Err(e);
+                }
+            };
+            let response = client.complete(&key, &upload_id, &uploaded.completed)?;
+            check_encryption(t, &key, &response, true)?;
+            (
+                uploaded.whole,
+                Some(layout::composite_checksum(&uploaded.digests)),
+            )
+        };
+        let (plain, sealed) = sealer.digests();
+        debug_assert_eq!(sealed, digest);
+        if crate::hash::hex(&plain) != entry.sha256 {
+            let _ = client.delete(&key);
+            bail!(
+                "'{}' does not match its manifest (changed or damaged since it was verified): not uploaded",
+                path.display()
+            );
+        }
+        let object = FileEntry {
+            name: name.clone(),
+            size,
+            sha256: crate::hash::hex(&digest),
+        };
+        if let Some(checksum) = verify_object(
+            client,
+            t,
+            &key,
+            &object,
+            &base64(&digest),
+            checksum.as_deref(),
+        )? {
+            stored.push((key, checksum));
+        }
+        sent += size;
+        files.push(SealedFile {
+            name: entry.name.clone(),
+            size,
+            sha256: object.sha256,
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        });
+    }
+    let record = Seal {
+        format: 1,
+        id: set.id().to_string(),
+        manifest_sha256: set.manifest_sha256.clone(),
+        sealed: chrono::Utc::now(),
+        sealed_by: sealed_by.to_string(),
+        files,
+    }
+    .to_json();
+    // The signature first: a record is never there unsigned when a key is configured.
+    if let Some(key) = &sealing.signing_key {
+        let signature = crate::seal::sign::sign(key, &record)?;
+        put_small(
+            client,
+            t,
+            &layout::key(&t.prefix, set.id(), layout::SEAL_SIGNATURE),
+            signature.as_bytes(),
+        )?;
+    }
+    put_small(
+        client,
+        t,
+        &layout::key(&t.prefix, set.id(), SEAL_NAME),
+        &record,
+    )?;
     Ok(sent)
 }
 
@@ -223,7 +401,7 @@ fn upload_parts(
     parts: &[layout::PartRange],
     held: &BTreeMap<u32, &crate::s3::xml::Part>,
     senders: usize,
-    read: impl Fn(&mut Vec<u8>, u64, u64) -> Result<()>,
+    mut read: impl FnMut(&mut Vec<u8>, u64, u64) -> Result<()>,
 ) -> Result<Uploaded> {
     let mut whole = crate::hash::Sha256::new();
     let mut digests = Vec::with_capacity(parts.len());

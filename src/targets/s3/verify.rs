@@ -25,6 +25,9 @@ pub struct Known<'a> {
     pub stored: &'a std::collections::BTreeMap<String, String>,
     pub held_here: &'a std::collections::BTreeMap<String, String>,
     pub learned: Vec<(String, String)>,
+    /// The trusted signers, and whether a copy must be signed by one of them.
+    pub signers: &'a [ssh_key::PublicKey],
+    pub require_signature: bool,
 }
 
 /// Where `--deep` puts a snapshot to walk it: this node's store, and the space to leave free.
@@ -76,7 +79,7 @@ pub fn verify_copies(
             (Some((manifest, digest)), Some(set)) => Checked {
                 id: id.clone(),
                 manifest_sha256: Some(digest.clone()),
-                problem: check_copy(client, t, id, manifest, set, deep, known)
+                problem: check_copy(client, t, (id, manifest, set), remote, deep, known)
                     .err()
                     .map(|e| format!("{e:#}")),
             },
@@ -104,21 +107,21 @@ pub fn verify_copies(
     outcomes
 }
 
-/// One copy: the listing first, then every object this target carries.
+/// One copy: its signatures, the listing, then every object this target carries (a sealed
+/// copy's age files against its record, no identity needed).
 fn check_copy(
     client: &mut Client,
     t: &S3Target,
-    id: &str,
-    manifest: &Manifest,
-    set: &RemoteSet,
+    (id, manifest, set): (&str, &Manifest, &RemoteSet),
+    remote: &Remote,
     deep: Option<&Scratch>,
     known: &mut Known,
 ) -> Result<()> {
-    let carried: Vec<&FileEntry> = manifest
-        .files
-        .iter()
-        .filter(|f| t.files.carries(f))
-        .collect();
+    let extras = remote.extras.get(id).cloned().unwrap_or_default();
+    signature_problems(t, id, manifest, &extras, known)?;
+    let carried = extras
+        .objects(manifest, t.files)
+        .map_err(|e| anyhow::anyhow!("set '{id}' in bucket '{}': {e}", t.bucket))?;
     for entry in &carried {
         let key = layout::key(&t.prefix, id, &entry.name);
         match set.objects.get(&entry.name) {
@@ -131,7 +134,7 @@ fn check_copy(
             Some(_) => {}
         }
     }
-    for entry in carried {
+    for entry in &carried {
         let key = layout::key(&t.prefix, id, &entry.name);
         let stored = stored_checksum(client, &key)?;
         match (&stored, deep) {
@@ -153,6 +156,45 @@ fn check_copy(
         // Checked: a later verification that finds the same stored checksum needs no download.
         if let Some(s) = stored {
             known.learned.push((key, s));
+        }
+    }
+    Ok(())
+}
+
+/// The manifest's signature and a sealed copy's record's, judged as this node judges them.
+fn signature_problems(
+    t: &S3Target,
+    id: &str,
+    manifest: &Manifest,
+    extras: &super::remote::Extras,
+    known: &Known,
+) -> Result<()> {
+    use crate::seal::sign::check;
+    let verdict = check(
+        known.signers,
+        &manifest.to_json(),
+        extras.signature.as_deref(),
+    );
+    if let Some(problem) = verdict.problem(
+        known.require_signature,
+        &format!("set '{id}' in bucket '{}'", t.bucket),
+    ) {
+        bail!("{problem}");
+    }
+    if extras.seal.is_some() {
+        let verdict = check(
+            known.signers,
+            &extras.seal_bytes,
+            extras.seal_signature.as_deref(),
+        );
+        if let Some(problem) = verdict.problem(
+            known.require_signature,
+            &format!(
+                "the seal record '{}'",
+                layout::key(&t.prefix, id, crate::seal::record::SEAL_NAME)
+            ),
+        ) {
+            bail!("{problem}");
         }
     }
     Ok(())

@@ -1,0 +1,401 @@
+//! Sealed sets on real parts: keys made by `keygen`, sets signed at backup and sealed on their
+//! way to a SeaweedFS bucket; the real `age` CLI opens what the bucket holds with the identity
+//! files alone, `ssh-keygen -Y verify` checks the signatures, `etcdutl` restores the snapshot;
+//! a set planted in the bucket without the signing key is refused.
+
+use crate::util::s3::*;
+use crate::util::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Three keys in `dir`: the snapshot's and the resources archive's identities (kept apart),
+/// and the signing key. Returns (snapshot recipient, resources recipient, signer line).
+fn keys(node: &Node, dir: &Path) -> (String, String, String) {
+    let make = |name: &str, signing: bool| {
+        let out = dir.join(name);
+        let mut args = vec!["keygen", "--out", out.to_str().unwrap()];
+        if signing {
+            args.push("--signing");
+        }
+        node.run(&args).expect_code(0).stdout.trim().to_string()
+    };
+    (
+        make("snapshot-identity.txt", false),
+        make("resources-identity.txt", false),
+        make("signing_key", true),
+    )
+}
+
+fn seal_config(keys: &(String, String, String), signing_key: Option<&Path>) -> String {
+    format!(
+        "[seal]\nrecipients = [\"{}\"]\nresources_recipients = [\"{}\"]\nsigners = [\"{}\"]\n\
+         require_signature = true\n{}\n",
+        keys.0,
+        keys.1,
+        keys.2,
+        signing_key.map_or(String::new(), |k| format!(
+            "signing_key = \"{}\"",
+            k.display()
+        ))
+    )
+}
+
+fn spray_config(endpoint: &str, bucket: &str, credentials: &Path) -> String {
+    format!(
+        "[spray]\netcd_env = \"\"\nattempts = 1\nio_timeout = \"5s\"\nconnect_timeout = \"2s\"\n{}",
+        s3_target(endpoint, bucket, credentials, "")
+    )
+}
+
+/// `ssh-keygen -Y verify` of `signature` over `message`, trusting `signer`.
+fn ssh_keygen_verifies(signer: &str, message: &Path, signature: &Path) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!("etcd-backup namespaces=\"etcd-backup\" {signer}\n"),
+    )
+    .unwrap();
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-Y",
+            "verify",
+            "-I",
+            "etcd-backup",
+            "-n",
+            "etcd-backup",
+            "-f",
+        ])
+        .arg(&allowed)
+        .arg("-s")
+        .arg(signature)
+        .stdin(std::fs::File::open(message).unwrap())
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `age -d -i identity` of `sealed` into `out`; whether it opened.
+fn age_decrypts(identity: &Path, sealed: &Path, out: &Path) -> bool {
+    Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg("-o")
+        .arg(out)
+        .arg(sealed)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn manifest_of(node: &Node, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(node.set_dir(id).join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone() {
+    let endpoint = shared_endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let node = Node::new("");
+    let offline = tempfile::tempdir().unwrap();
+    let keys = keys(&node, offline.path());
+    assert!(
+        keys.0.starts_with("age1") && keys.2.starts_with("ssh-ed25519 "),
+        "{keys:?}"
+    );
+    let signing_key = offline.path().join("signing_key");
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    node.write_config(&format!(
+        "{}{}",
+        spray_config(&endpoint, &bucket, &credentials),
+        seal_config(&keys, Some(&signing_key))
+    ));
+    node.run(&["check-config"])
+        .expect_code(0)
+        .expect_stdout("require_signature = true");
+
+    // The origin signs at backup: the standard CLI verifies the signature of the manifest.
+    let id = node.backup();
+    let set = node.set_dir(&id);
+    assert!(ssh_keygen_verifies(
+        &keys.2,
+        &set.join("manifest.json"),
+        &set.join("manifest.json.sig")
+    ));
+    node.run(&["verify"]).expect_code(0);
+
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    let objects = tool_json(&endpoint, &["objects", &bucket, "cluster/"]);
+    let names: Vec<String> = objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o["key"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let snapshot = set_file(&set, ".db");
+    let resources = set_file(&set, ".tar.gz");
+    let file_name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let mut expected = vec![
+        format!("{}.age", file_name(&snapshot)),
+        format!("{}.age", file_name(&resources)),
+        "manifest.json".to_string(),
+        "manifest.json.sig".to_string(),
+        "seal.json".to_string(),
+        "seal.json.sig".to_string(),
+    ];
+    expected.sort();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected, "only sealed files and signed records");
+
+    // No byte of the bucket shows a key of the snapshot or the archive's secrets.
+    let here = tempfile::tempdir().unwrap();
+    let get = |name: &str| -> PathBuf {
+        let out = here.path().join(name);
+        tool_json(
+            &endpoint,
+            &[
+                "get",
+                &bucket,
+                &format!("cluster/sets/{id}/{name}"),
+                out.to_str().unwrap(),
+            ],
+        );
+        out
+    };
+    let plain_snapshot = std::fs::read(&snapshot).unwrap();
+    let needle = b"/registry/";
+    assert!(plain_snapshot.windows(needle.len()).any(|w| w == needle));
+    for name in &names {
+        let bytes = std::fs::read(get(name)).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "'{name}' holds a key of the snapshot in the clear"
+        );
+    }
+
+    // The real age CLI opens each half with its own identity alone, and not with the other.
+    let sealed_snapshot = get(&format!("{}.age", file_name(&snapshot)));
+    let sealed_resources = get(&format!("{}.age", file_name(&resources)));
+    let (snap_id, res_id) = (
+        offline.path().join("snapshot-identity.txt"),
+        offline.path().join("resources-identity.txt"),
+    );
+    let opened = here.path().join("snapshot.db");
+    assert!(!age_decrypts(
+        &res_id,
+        &sealed_snapshot,
+        &here.path().join("no")
+    ));
+    assert!(age_decrypts(&snap_id, &sealed_snapshot, &opened));
+    let manifest = manifest_of(&node, &id);
+    let digest_of = |name: &str| {
+        manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap()["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(sha256_file(&opened), digest_of(&file_name(&snapshot)));
+    let opened_resources = here.path().join("resources.tar.gz");
+    assert!(!age_decrypts(
+        &snap_id,
+        &sealed_resources,
+        &here.path().join("no")
+    ));
+    assert!(age_decrypts(&res_id, &sealed_resources, &opened_resources));
+    assert_eq!(
+        sha256_file(&opened_resources),
+        digest_of(&file_name(&resources))
+    );
+    // etcd restores what came out.
+    let restored = here.path().join("restored");
+    let out = Command::new(etcd_bin_dir().join("etcdutl"))
+        .args(["snapshot", "restore"])
+        .arg(&opened)
+        .arg("--data-dir")
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both signatures verify with ssh-keygen.
+    assert!(ssh_keygen_verifies(
+        &keys.2,
+        &get("manifest.json"),
+        &get("manifest.json.sig")
+    ));
+    assert!(ssh_keygen_verifies(
+        &keys.2,
+        &get("seal.json"),
+        &get("seal.json.sig")
+    ));
+    let seal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(get("seal.json")).unwrap()).unwrap();
+    assert_eq!(
+        seal["files"][0]["recipients"][0].as_str().unwrap().len(),
+        keys.0.len()
+    );
+
+    // Verified without any identity, from the record's digests; the spray sends nothing again.
+    node.run(&["verify", "--target", &bucket])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
+    node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
+    node.run(&["list", "--from", &bucket])
+        .expect_code(0)
+        .expect_stdout(&id);
+
+    // A node that lost everything: keys apart, the snapshot identity alone does not bring the
+    // set back, and says which recipient is missing; both do.
+    let fresh = Node::new("");
+    let fresh_credentials = credentials_file(fresh.dir.path(), SECRET_KEY);
+    fresh.write_config(&format!(
+        "{}{}",
+        spray_config(&endpoint, &bucket, &fresh_credentials),
+        seal_config(&keys, None)
+    ));
+    let (snap_arg, res_arg) = (snap_id.to_str().unwrap(), res_id.to_str().unwrap());
+    fresh
+        .run(&["fetch", "--from", &bucket, "--identity", snap_arg, &id])
+        .expect_code(1)
+        .expect_stderr(&format!("sealed to {}", keys.1));
+    assert!(!fresh.set_dir(&id).exists());
+    fresh
+        .run(&[
+            "fetch",
+            "--from",
+            &bucket,
+            "--identity",
+            snap_arg,
+            "--identity",
+            res_arg,
+            &id,
+        ])
+        .expect_code(0)
+        .expect_stdout(&format!("fetched set {id}"));
+    assert_eq!(
+        sha256_file(&set_file(&fresh.set_dir(&id), ".db")),
+        digest_of(&file_name(&snapshot))
+    );
+    assert!(fresh.set_dir(&id).join("manifest.json.sig").is_file());
+    fresh.run(&["verify", &id]).expect_code(0);
+    let staged = tempfile::tempdir().unwrap();
+    fresh
+        .run(&["stage", &id, staged.path().join("s").to_str().unwrap()])
+        .expect_code(0);
+}
+
+#[test]
+fn a_set_planted_in_the_bucket_without_the_signing_key_is_refused_and_reported() {
+    let endpoint = shared_endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let owner = Node::new("");
+    let offline = tempfile::tempdir().unwrap();
+    let keys = keys(&owner, offline.path());
+    let credentials = credentials_file(owner.dir.path(), SECRET_KEY);
+    owner.write_config(&format!(
+        "{}{}",
+        spray_config(&endpoint, &bucket, &credentials),
+        seal_config(&keys, Some(&offline.path().join("signing_key")))
+    ));
+    let good = owner.backup();
+    owner.run(&["spray"]).expect_code(0);
+
+    // Someone who can write the bucket seals a sound set of their own to the right recipients,
+    // claiming the same origin, without the signing key (a key of their own, untrusted).
+    let intruder = Node::new("");
+    let theirs = tempfile::tempdir().unwrap();
+    let their_key = theirs.path().join("signing_key");
+    intruder
+        .run(&["keygen", "--signing", "--out", their_key.to_str().unwrap()])
+        .expect_code(0);
+    let intruder_credentials = credentials_file(intruder.dir.path(), SECRET_KEY);
+    intruder.write_config(&format!(
+        "{}[seal]\nrecipients = [\"{}\"]\nresources_recipients = [\"{}\"]\nsigning_key = \"{}\"\n",
+        spray_config(&endpoint, &bucket, &intruder_credentials),
+        keys.0,
+        keys.1,
+        their_key.display()
+    ));
+    let planted = intruder.backup();
+    intruder.run(&["spray"]).expect_code(0);
+
+    let verify = owner.run(&["verify", "--target", &bucket]);
+    verify
+        .expect_code(1)
+        .expect_stdout(&format!("ok   {good}"))
+        .expect_stdout(&format!("BAD  {planted}"))
+        .expect_stdout("which is not among [seal] signers");
+    let identities = [
+        offline.path().join("snapshot-identity.txt"),
+        offline.path().join("resources-identity.txt"),
+    ];
+    let fresh = Node::new("");
+    let fresh_credentials = credentials_file(fresh.dir.path(), SECRET_KEY);
+    fresh.write_config(&format!(
+        "{}{}",
+        spray_config(&endpoint, &bucket, &fresh_credentials),
+        seal_config(&keys, None)
+    ));
+    let run = fresh.run(&[
+        "fetch",
+        "--from",
+        &bucket,
+        "--identity",
+        identities[0].to_str().unwrap(),
+        "--identity",
+        identities[1].to_str().unwrap(),
+        &planted,
+    ]);
+    run.expect_code(1)
+        .expect_stderr(&format!("set '{planted}' is signed by SHA256:"))
+        .expect_stderr("not among [seal] signers");
+    assert!(!fresh.set_dir(&planted).exists());
+    // The same set unsigned is refused as such.
+    tool_json(
+        &endpoint,
+        &[
+            "delete",
+            &bucket,
+            &format!("cluster/sets/{planted}/manifest.json.sig"),
+        ],
+    );
+    fresh
+        .run(&[
+            "fetch",
+            "--from",
+            &bucket,
+            "--identity",
+            identities[0].to_str().unwrap(),
+            &planted,
+        ])
+        .expect_code(1)
+        .expect_stderr(&format!("set '{planted}' is not signed"));
+}
