@@ -8,21 +8,24 @@ use crate::util::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `etcd-backup keygen` into `out` (no config needed); the public part it prints.
+fn keygen(out: &Path, signing: bool) -> String {
+    let mut args = vec!["keygen", "--out", out.to_str().unwrap()];
+    if signing {
+        args.push("--signing");
+    }
+    let run = Run::from_output(Command::new(BIN).args(&args).output().unwrap(), &args);
+    run.expect_code(0);
+    run.stdout.trim().to_string()
+}
+
 /// Three keys in `dir`: the snapshot's and the resources archive's identities (kept apart),
 /// and the signing key. Returns (snapshot recipient, resources recipient, signer line).
-fn keys(node: &Node, dir: &Path) -> (String, String, String) {
-    let make = |name: &str, signing: bool| {
-        let out = dir.join(name);
-        let mut args = vec!["keygen", "--out", out.to_str().unwrap()];
-        if signing {
-            args.push("--signing");
-        }
-        node.run(&args).expect_code(0).stdout.trim().to_string()
-    };
+fn keys(dir: &Path) -> (String, String, String) {
     (
-        make("snapshot-identity.txt", false),
-        make("resources-identity.txt", false),
-        make("signing_key", true),
+        keygen(&dir.join("snapshot-identity.txt"), false),
+        keygen(&dir.join("resources-identity.txt"), false),
+        keygen(&dir.join("signing_key"), true),
     )
 }
 
@@ -45,6 +48,23 @@ fn spray_config(endpoint: &str, bucket: &str, credentials: &Path) -> String {
         "[spray]\netcd_env = \"\"\nattempts = 1\nio_timeout = \"5s\"\nconnect_timeout = \"2s\"\n{}",
         s3_target(endpoint, bucket, credentials, "")
     )
+}
+
+/// A node spraying to `bucket` with the `[seal]` of `keys` (`signing_key` when it signs).
+fn sealed_node(
+    endpoint: &str,
+    bucket: &str,
+    keys: &(String, String, String),
+    signing_key: Option<&Path>,
+) -> Node {
+    let node = Node::new("");
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    node.write_config(&format!(
+        "{}{}",
+        spray_config(endpoint, bucket, &credentials),
+        seal_config(keys, signing_key)
+    ));
+    node
 }
 
 /// `ssh-keygen -Y verify` of `signature` over `message`, trusting `signer`.
@@ -107,20 +127,14 @@ fn manifest_of(node: &Node, id: &str) -> serde_json::Value {
 fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone() {
     let endpoint = shared_endpoint();
     let bucket = new_bucket(&endpoint, false);
-    let node = Node::new("");
     let offline = tempfile::tempdir().unwrap();
-    let keys = keys(&node, offline.path());
+    let keys = keys(offline.path());
     assert!(
         keys.0.starts_with("age1") && keys.2.starts_with("ssh-ed25519 "),
         "{keys:?}"
     );
     let signing_key = offline.path().join("signing_key");
-    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
-    node.write_config(&format!(
-        "{}{}",
-        spray_config(&endpoint, &bucket, &credentials),
-        seal_config(&keys, Some(&signing_key))
-    ));
+    let node = sealed_node(&endpoint, &bucket, &keys, Some(&signing_key));
     node.run(&["check-config"])
         .expect_code(0)
         .expect_stdout("require_signature = true");
@@ -274,13 +288,7 @@ fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone()
 
     // A node that lost everything: keys apart, the snapshot identity alone does not bring the
     // set back, and says which recipient is missing; both do.
-    let fresh = Node::new("");
-    let fresh_credentials = credentials_file(fresh.dir.path(), SECRET_KEY);
-    fresh.write_config(&format!(
-        "{}{}",
-        spray_config(&endpoint, &bucket, &fresh_credentials),
-        seal_config(&keys, None)
-    ));
+    let fresh = sealed_node(&endpoint, &bucket, &keys, None);
     let (snap_arg, res_arg) = (snap_id.to_str().unwrap(), res_id.to_str().unwrap());
     fresh
         .run(&["fetch", "--from", &bucket, "--identity", snap_arg, &id])
@@ -316,34 +324,24 @@ fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone()
 fn a_set_planted_in_the_bucket_without_the_signing_key_is_refused_and_reported() {
     let endpoint = shared_endpoint();
     let bucket = new_bucket(&endpoint, false);
-    let owner = Node::new("");
     let offline = tempfile::tempdir().unwrap();
-    let keys = keys(&owner, offline.path());
-    let credentials = credentials_file(owner.dir.path(), SECRET_KEY);
-    owner.write_config(&format!(
-        "{}{}",
-        spray_config(&endpoint, &bucket, &credentials),
-        seal_config(&keys, Some(&offline.path().join("signing_key")))
-    ));
+    let keys = keys(offline.path());
+    let owner = sealed_node(
+        &endpoint,
+        &bucket,
+        &keys,
+        Some(&offline.path().join("signing_key")),
+    );
     let good = owner.backup();
     owner.run(&["spray"]).expect_code(0);
 
     // Someone who can write the bucket seals a sound set of their own to the right recipients,
     // claiming the same origin, without the signing key (a key of their own, untrusted).
-    let intruder = Node::new("");
     let theirs = tempfile::tempdir().unwrap();
     let their_key = theirs.path().join("signing_key");
-    intruder
-        .run(&["keygen", "--signing", "--out", their_key.to_str().unwrap()])
-        .expect_code(0);
-    let intruder_credentials = credentials_file(intruder.dir.path(), SECRET_KEY);
-    intruder.write_config(&format!(
-        "{}[seal]\nrecipients = [\"{}\"]\nresources_recipients = [\"{}\"]\nsigning_key = \"{}\"\n",
-        spray_config(&endpoint, &bucket, &intruder_credentials),
-        keys.0,
-        keys.1,
-        their_key.display()
-    ));
+    let their_signer = keygen(&their_key, true);
+    let their_keys = (keys.0.clone(), keys.1.clone(), their_signer);
+    let intruder = sealed_node(&endpoint, &bucket, &their_keys, Some(&their_key));
     let planted = intruder.backup();
     intruder.run(&["spray"]).expect_code(0);
 
@@ -357,13 +355,7 @@ fn a_set_planted_in_the_bucket_without_the_signing_key_is_refused_and_reported()
         offline.path().join("snapshot-identity.txt"),
         offline.path().join("resources-identity.txt"),
     ];
-    let fresh = Node::new("");
-    let fresh_credentials = credentials_file(fresh.dir.path(), SECRET_KEY);
-    fresh.write_config(&format!(
-        "{}{}",
-        spray_config(&endpoint, &bucket, &fresh_credentials),
-        seal_config(&keys, None)
-    ));
+    let fresh = sealed_node(&endpoint, &bucket, &keys, None);
     let run = fresh.run(&[
         "fetch",
         "--from",

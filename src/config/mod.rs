@@ -757,6 +757,80 @@ max_age = "1h30m"
     }
 
     #[test]
+    fn the_seal_section_is_checked_and_decides_which_targets_seal() {
+        let recipient = age::x25519::Identity::generate().to_public().to_string();
+        let signer = ssh_key::PrivateKey::random(
+            &mut ssh_key::rand_core::OsRng,
+            ssh_key::Algorithm::Ed25519,
+        )
+        .unwrap()
+        .public_key()
+        .to_openssh()
+        .unwrap();
+        const S3: &str = "[[spray.target]]\nkind = \"s3\"\nendpoint = \"https://s3.example.com\"\n\
+                          bucket = \"bkt\"\ncredentials = \"/etc/etcd-backup/s3\"\n";
+        let seal = format!(
+            "[seal]\nrecipients = [\"{recipient}\"]\nsigners = [\"{signer}\"]\nrequire_signature = true\n"
+        );
+        let s = load(&[("/c.toml", &format!("{seal}{S3}"))]).unwrap();
+        assert_eq!(s.seal.recipients, std::slice::from_ref(&recipient));
+        assert_eq!(
+            s.seal.resources_recipients(),
+            std::slice::from_ref(&recipient)
+        );
+        assert!(s.seal.require_signature);
+        let TargetConfig::S3(t) = &s.spray.targets[0] else {
+            panic!("not s3")
+        };
+        assert!(
+            s.seal.seals(t.seal),
+            "a bucket seals when recipients are configured"
+        );
+        let unsealed = load(&[("/c.toml", &format!("{seal}{S3}seal = false\n"))]).unwrap();
+        let TargetConfig::S3(t) = &unsealed.spray.targets[0] else {
+            panic!("not s3")
+        };
+        assert!(!unsealed.seal.seals(t.seal));
+        assert!(!load(&[("/c.toml", S3)]).unwrap().seal.seals(None));
+
+        for (text, expected) in [
+            (
+                "[seal]\nrecipients = [\"age1bad\"]\n".to_string(),
+                "/c.toml:2:15: seal.recipients: 'age1bad' is not an age X25519 recipient",
+            ),
+            (
+                "[seal]\nsigners = [\"ssh-rsa AAAA\"]\n".to_string(),
+                "/c.toml:2:12: seal.signers: 'ssh-rsa AAAA' is not an OpenSSH public key line",
+            ),
+            (
+                "[seal]\nrequire_signature = true\n".to_string(),
+                "require_signature needs signers",
+            ),
+            (
+                format!("[seal]\nrecipients = [\"{recipient}\"]\nresources_recipients = []\n"),
+                "both or neither",
+            ),
+            (
+                format!("{S3}seal = true\n"),
+                "s3 bucket 'bkt': seal = true needs [seal] recipients",
+            ),
+            (
+                format!(
+                    "[seal]\nrecipients = [\"{recipient}\"]\n[[spray.target]]\nkind = \"dir\"\npath = \"/mnt/x\"\n"
+                ),
+                "dir:/mnt/x: sealed directory targets are not built yet; set seal = false",
+            ),
+            (
+                "[seal]\nsigning_key = \"relative\"\n".to_string(),
+                "seal.signing_key must be an absolute path",
+            ),
+        ] {
+            let error = error(&[("/c.toml", &text)]);
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn s3_targets_are_applied_and_checked() {
         const S3: &str = "[[spray.target]]\nkind = \"s3\"\nendpoint = \"https://s3.example.com:9000\"\n\
                           bucket = \"etcd-backups\"\ncredentials = \"/etc/etcd-backup/s3\"\n";
