@@ -15,6 +15,12 @@ pub fn run(settings: &crate::config::Settings, id: &str, dir: &Path) -> Result<S
     let store = Store::open_existing(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
     let set = store.get(id)?;
+    if set.sealed.is_some() {
+        bail!(
+            "set '{id}' is held sealed in '{}': fetch it into a store with --identity first",
+            store.root().display()
+        );
+    }
     let signers = crate::seal::signers(&settings.seal.signers);
     if let Some(problem) =
         crate::verify::signature_problem(&set, &signers, settings.seal.require_signature)

@@ -268,6 +268,7 @@ mod tests {
             on_disk_problem: None,
             last_verification: None,
             signature: None,
+            sealed: None,
         }
     }
 

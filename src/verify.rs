@@ -355,6 +355,15 @@ fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
     if let Some(problem) = &set.on_disk_problem {
         bail!("{problem}");
     }
+    // A sealed copy: each age file against its record (no identity: no walk).
+    if let Some(record) = &set.sealed {
+        let objects = crate::seal::record::objects(set.manifest.files.iter(), Some(&record.seal))
+            .map_err(anyhow::Error::msg)?;
+        for object in &objects {
+            check_file_against(&set.dir.join(&object.name), object, None, false)?;
+        }
+        return Ok(());
+    }
     for file in &set.manifest.files {
         check_file_against(
             &set.dir.join(&file.name),
@@ -444,25 +453,35 @@ pub fn run(
 ) -> Result<usize> {
     let store = Store::open_existing(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
-    let outcomes = check_store(&store, ids, deep, checked)?;
-    record(&store, &outcomes, deep)?;
-    // A set that is sound but not signed as required is told, not recorded as damaged: its
-    // bytes are what was taken, and retention must still be able to remove it.
     let signers = crate::seal::signers(&settings.seal.signers);
-    let mut unsigned = 0;
-    for outcome in outcomes.iter().filter(|o| o.problem.is_none()) {
-        let Ok(set) = store.get(&outcome.id) else {
-            continue;
-        };
-        if let Some(problem) = signature_problem(&set, &signers, settings.seal.require_signature) {
-            unsigned += 1;
-            checked(&Checked {
-                problem: Some(problem),
-                ..outcome.clone()
-            });
-        }
+    let require = settings.seal.require_signature;
+    let mut judged = Vec::new();
+    let outcomes = check_store(&store, ids, deep, &mut |outcome| {
+        let outcome = with_signatures(&store, &signers, require, outcome);
+        checked(&outcome);
+        judged.push(outcome);
+    })?;
+    record(&store, &outcomes, deep)?;
+    Ok(judged.iter().filter(|o| o.problem.is_some()).count())
+}
+
+/// `outcome` with what is wrong with the set's signatures, when its bytes are sound. Told, never
+/// recorded as damage: the bytes are what was taken, and retention must still be able to
+/// remove the set.
+pub fn with_signatures(
+    store: &Store,
+    signers: &[ssh_key::PublicKey],
+    requires: bool,
+    outcome: &Checked,
+) -> Checked {
+    let problem = match (&outcome.problem, store.get(&outcome.id)) {
+        (None, Ok(set)) => signature_problem(&set, signers, requires),
+        _ => None,
+    };
+    Checked {
+        problem: outcome.problem.clone().or(problem),
+        ..outcome.clone()
     }
-    Ok(outcomes.iter().filter(|o| o.problem.is_some()).count() + unsigned)
 }
 
 /// What is wrong with a held set's signature for a node with these `signers` (and that

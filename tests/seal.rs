@@ -391,3 +391,115 @@ fn a_set_planted_in_the_bucket_without_the_signing_key_is_refused_and_reported()
         .expect_code(1)
         .expect_stderr(&format!("set '{planted}' is not signed"));
 }
+
+#[test]
+fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched() {
+    let offline = tempfile::tempdir().unwrap();
+    let keys = keys(offline.path());
+    let export = tempfile::tempdir().unwrap();
+    let target = export.path().join("etcd-backups");
+    let dir_config = |keys: &(String, String, String), signing_key: Option<&Path>| {
+        format!(
+            "[spray]\netcd_env = \"\"\nattempts = 1\n\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\n\
+             require_mount = false\n\n{}",
+            target.display(),
+            seal_config(keys, signing_key)
+        )
+    };
+    let node = Node::new("");
+    node.write_config(&dir_config(
+        &keys,
+        Some(&offline.path().join("signing_key")),
+    ));
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+
+    let copy = target.join("sets").join(&id);
+    let mut names: Vec<String> = std::fs::read_dir(&copy)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let snapshot = set_file(&node.set_dir(&id), ".db");
+    let resources = set_file(&node.set_dir(&id), ".tar.gz");
+    let file_name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let sealed_snapshot = copy.join(format!("{}.age", file_name(&snapshot)));
+    let mut expected = vec![
+        format!("{}.age", file_name(&snapshot)),
+        format!("{}.age", file_name(&resources)),
+        "manifest.json".to_string(),
+        "manifest.json.sig".to_string(),
+        "seal.json".to_string(),
+        "seal.json.sig".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+    let needle = b"/registry/";
+    for name in &names {
+        let bytes = std::fs::read(copy.join(name)).unwrap();
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{name}");
+    }
+    let here = tempfile::tempdir().unwrap();
+    let opened = here.path().join("snapshot.db");
+    assert!(age_decrypts(
+        &offline.path().join("snapshot-identity.txt"),
+        &sealed_snapshot,
+        &opened
+    ));
+    assert_eq!(sha256_file(&opened), sha256_file(&snapshot));
+    assert!(ssh_keygen_verifies(
+        &keys.2,
+        &copy.join("seal.json"),
+        &copy.join("seal.json.sig")
+    ));
+    let target_arg = target.to_str().unwrap();
+    node.run(&["verify", "--target", target_arg])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
+    node.run(&["list", "--from", target_arg])
+        .expect_code(0)
+        .expect_stdout(&id);
+    node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
+
+    // One byte of the sealed snapshot flipped at rest: found without an identity, and the next
+    // spray seals the set again from the sound local copy.
+    let mut bytes = std::fs::read(&sealed_snapshot).unwrap();
+    bytes[5000] ^= 0xff;
+    std::fs::write(&sealed_snapshot, &bytes).unwrap();
+    node.run(&["verify", "--target", target_arg])
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {id}"));
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    node.run(&["verify", "--target", target_arg])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
+
+    // A node that lost its store gets the set back with both identities.
+    let fresh = Node::new("");
+    fresh.write_config(&dir_config(&keys, None));
+    let identities: Vec<PathBuf> = ["snapshot-identity.txt", "resources-identity.txt"]
+        .iter()
+        .map(|n| offline.path().join(n))
+        .collect();
+    fresh
+        .run(&["fetch", "--from", target_arg, &id])
+        .expect_code(1)
+        .expect_stderr("give --identity FILE");
+    fresh
+        .run(&[
+            "fetch",
+            "--from",
+            target_arg,
+            "--identity",
+            identities[0].to_str().unwrap(),
+            "--identity",
+            identities[1].to_str().unwrap(),
+            &id,
+        ])
+        .expect_code(0);
+    assert_eq!(
+        sha256_file(&set_file(&fresh.set_dir(&id), ".db")),
+        sha256_file(&snapshot)
+    );
+    fresh.run(&["verify", &id]).expect_code(0);
+}

@@ -428,11 +428,6 @@ impl Settings {
                     "spray.target {id}: seal = true needs [seal] recipients"
                 )));
             }
-            if matches!(target, TargetConfig::Dir(_)) && seal.seals(configured) {
-                return Err(ConfigError(format!(
-                    "spray.target {id}: sealed directory targets are not built yet; set seal = false on it to copy in the clear (only buckets seal)"
-                )));
-            }
         }
         Ok(())
     }
@@ -815,10 +810,8 @@ max_age = "1h30m"
                 "s3 bucket 'bkt': seal = true needs [seal] recipients",
             ),
             (
-                format!(
-                    "[seal]\nrecipients = [\"{recipient}\"]\n[[spray.target]]\nkind = \"dir\"\npath = \"/mnt/x\"\n"
-                ),
-                "dir:/mnt/x: sealed directory targets are not built yet; set seal = false",
+                "[[spray.target]]\nkind = \"dir\"\npath = \"/mnt/x\"\nseal = true\n".to_string(),
+                "dir:/mnt/x: seal = true needs [seal] recipients",
             ),
             (
                 "[seal]\nsigning_key = \"relative\"\n".to_string(),

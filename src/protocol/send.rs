@@ -32,6 +32,12 @@ impl OpenSet {
 pub fn open_sets(sets: Vec<StoredSet>) -> Vec<OpenSet> {
     sets.into_iter()
         .filter(|set| set.problem.is_none())
+        .filter(|set| {
+            if set.sealed.is_some() {
+                tracing::warn!(set_id = %set.id(), "not offering set {}: it is held sealed here (fetch it with --identity)", set.id());
+            }
+            set.sealed.is_none()
+        })
         .filter_map(|set| {
             let files: Result<Vec<File>> = set
                 .manifest
@@ -46,6 +52,18 @@ pub fn open_sets(sets: Vec<StoredSet>) -> Vec<OpenSet> {
                     None
                 }
             }
+        })
+        .collect()
+}
+
+/// What a sender offers of its open sets: id, manifest digest, size, dirty.
+pub fn offers<'a>(sets: impl IntoIterator<Item = &'a OpenSet>) -> Vec<Offer> {
+    sets.into_iter()
+        .map(|OpenSet { set, .. }| Offer {
+            id: set.id().to_string(),
+            manifest_sha256: set.manifest_sha256.clone(),
+            size: set.manifest.total_size(),
+            dirty: set.manifest.dirty,
         })
         .collect()
 }
@@ -70,15 +88,7 @@ pub fn push<S: Stream>(conn: &mut Conn<S>, sender: &str, sets: &[OpenSet]) -> Re
     // Damaged sets were never opened. The manifest bytes offered are the ones the store read,
     // hashed and will send.
     let intact: BTreeMap<&str, &OpenSet> = sets.iter().map(|s| (s.set.id(), s)).collect();
-    let offers: Vec<Offer> = intact
-        .values()
-        .map(|OpenSet { set, .. }| Offer {
-            id: set.id().to_string(),
-            manifest_sha256: set.manifest_sha256.clone(),
-            size: set.manifest.total_size(),
-            dirty: set.manifest.dirty,
-        })
-        .collect();
+    let offers = offers(intact.values().copied());
     let offered = offers.len();
     conn.send(&Message::Hello {
         version: PROTOCOL_VERSION,

@@ -2,11 +2,13 @@
 //! per file, the sealed object's size, SHA-256 and the recipients it was sealed to. Signed
 //! (`seal.json.sig`), it lets anyone without an identity verify and heal the copy.
 
-use crate::manifest::{Manifest, parse_backup_name};
+use crate::manifest::{FileEntry, Manifest, parse_backup_name};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub const SEAL_NAME: &str = "seal.json";
+/// Its signature beside it.
+pub const SEAL_SIGNATURE_NAME: &str = "seal.json.sig";
 /// The suffix of a sealed file: `snapshot_<stamp>.db.age`.
 pub const AGE_SUFFIX: &str = ".age";
 /// A record names two files and their recipients: anything larger is not one of ours.
@@ -36,6 +38,37 @@ pub struct SealedFile {
     pub sha256: String,
     /// The age recipients (`age1…`) it was sealed to.
     pub recipients: Vec<String>,
+}
+
+/// A sealed copy's record as held: parsed, its bytes (what its signature signs) and its
+/// signature, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seal: Seal,
+    pub bytes: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
+}
+
+/// The objects a copy holds for `files` of its manifest: the files themselves, or in a sealed
+/// copy their age files as its record describes them (size and SHA-256 of the sealed bytes).
+/// An error when the record lacks one.
+pub fn objects<'a>(
+    files: impl Iterator<Item = &'a FileEntry>,
+    seal: Option<&Seal>,
+) -> Result<Vec<FileEntry>, String> {
+    files
+        .map(|f| match seal {
+            None => Ok(f.clone()),
+            Some(seal) => seal
+                .file(&f.name)
+                .map(|s| FileEntry {
+                    name: sealed_name(&f.name),
+                    size: s.size,
+                    sha256: s.sha256.clone(),
+                })
+                .ok_or_else(|| format!("the seal record does not name '{}'", f.name)),
+        })
+        .collect()
 }
 
 /// The sealed object of a plaintext file name.

@@ -184,6 +184,59 @@ pub fn open<'a, R: Read + 'a>(
     }
 }
 
+/// Writes the plaintext of a sealed file read from `sealed` into `dest`: exactly `plain_size`
+/// bytes, opened with one of `identities`; the sealed bytes are hashed as they are read and
+/// must be the record's, size and SHA-256. `what` names the file in errors.
+pub fn open_into(
+    sealed: impl Read,
+    record: &super::record::SealedFile,
+    plain_size: u64,
+    identities: &[age::x25519::Identity],
+    what: &str,
+    dest: &mut impl Write,
+) -> Result<()> {
+    let mut hashing = HashingReader {
+        inner: sealed.take(record.size.saturating_add(1)),
+        hasher: crate::hash::Sha256::new(),
+        bytes: 0,
+    };
+    {
+        let mut plain = open(&mut hashing, identities, what)?;
+        let copied = io::copy(&mut (&mut plain).take(plain_size), dest)
+            .with_context(|| format!("cannot open {what}"))?;
+        if copied != plain_size || plain.read(&mut [0u8; 1])? != 0 {
+            bail!("{what} does not hold the {plain_size} bytes its manifest says");
+        }
+    }
+    // Whatever follows the age file's last chunk counts too.
+    io::copy(&mut hashing, &mut io::sink())?;
+    let digest = crate::hash::hex(&hashing.hasher.finalize());
+    if hashing.bytes != record.size || digest != record.sha256 {
+        bail!(
+            "{what} is not the file its seal record names (sha256 {digest} size {}, record {} size {})",
+            hashing.bytes,
+            record.sha256,
+            record.size
+        );
+    }
+    Ok(())
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: crate::hash::Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +302,31 @@ mod tests {
                 .expose_secret()
                 .starts_with("AGE-SECRET-KEY-1")
         );
+    }
+
+    #[test]
+    fn open_into_holds_the_sealed_bytes_to_their_record() {
+        let identity = age::x25519::Identity::generate();
+        let plain = vec![9u8; 70_000];
+        let (sealed, size) = seal(&[identity.to_public()], &plain);
+        let record = |sha256: String| crate::seal::record::SealedFile {
+            name: "snapshot_x.db".into(),
+            size,
+            sha256,
+            recipients: vec![identity.to_public().to_string()],
+        };
+        let good = record(crate::hash::hex(&crate::hash::Sha256::digest(&sealed)));
+        let ids = std::slice::from_ref(&identity);
+        let mut out = Vec::new();
+        open_into(&sealed[..], &good, plain.len() as u64, ids, "x", &mut out).unwrap();
+        assert_eq!(out, plain);
+        // Another record's digest, a trailing byte, a plaintext of another size: refused.
+        let other = record("00".repeat(32));
+        assert!(open_into(&sealed[..], &other, 70_000, ids, "x", &mut Vec::new()).is_err());
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(open_into(&longer[..], &good, 70_000, ids, "x", &mut Vec::new()).is_err());
+        assert!(open_into(&sealed[..], &good, 69_999, ids, "x", &mut Vec::new()).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use crate::files::{DIR_MODE, FILE_MODE, ensure_private_dir, fsync_dir, write_atomic};
 use crate::manifest::{MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest, SIGNATURE_NAME, parse_set_id};
 use crate::retention::SetInfo;
+use crate::seal::record::{Record, SEAL_MAX_BYTES, SEAL_NAME, SEAL_SIGNATURE_NAME, Seal};
 use crate::seal::sign::SIGNATURE_MAX_BYTES;
 use anyhow::{Context, Result, bail, ensure};
 use std::fs::{self};
@@ -56,6 +57,9 @@ pub struct StoredSet {
     pub last_verification: Option<Verification>,
     /// `manifest.json.sig` as held (an SSH signature of the manifest), if the set has one.
     pub signature: Option<Vec<u8>>,
+    /// A sealed copy's record (a sealed directory target's sets): its files are age files,
+    /// never offered, fetched with an identity.
+    pub sealed: Option<Record>,
 }
 
 impl StoredSet {
@@ -221,19 +225,39 @@ impl Store {
             manifest_path.display(),
             manifest.id
         );
-        let mut problem = Self::structural_problem(&dir, &manifest);
-        let signature_path = dir.join(SIGNATURE_NAME);
-        let signature = match fs::symlink_metadata(&signature_path) {
+        let manifest_sha256 = crate::manifest::digest(&bytes);
+        let mut problems = Vec::new();
+        let mut optional = |name: &str, max: u64| match fs::symlink_metadata(dir.join(name)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            _ => match crate::files::read_regular(&signature_path, SIGNATURE_MAX_BYTES) {
+            _ => match crate::files::read_regular(&dir.join(name), max) {
                 Ok(bytes) => Some(bytes),
                 Err(e) => {
-                    problem.get_or_insert(format!("{e:#}"));
+                    problems.push(format!("{e:#}"));
                     None
                 }
             },
         };
-        let manifest_sha256 = crate::manifest::digest(&bytes);
+        let signature = optional(SIGNATURE_NAME, SIGNATURE_MAX_BYTES);
+        let seal_bytes = optional(SEAL_NAME, SEAL_MAX_BYTES);
+        let seal_signature = optional(SEAL_SIGNATURE_NAME, SIGNATURE_MAX_BYTES);
+        let sealed = match seal_bytes {
+            None => None,
+            Some(bytes) => match Seal::parse(&bytes, &manifest, &manifest_sha256) {
+                Ok(seal) => Some(Record {
+                    seal,
+                    bytes,
+                    signature: seal_signature,
+                }),
+                Err(e) => {
+                    problems.push(format!("'{}': {e}", dir.join(SEAL_NAME).display()));
+                    None
+                }
+            },
+        };
+        let problem = problems
+            .into_iter()
+            .next()
+            .or_else(|| Self::structural_problem(&dir, &manifest, sealed.as_ref()));
         // Valid JSON that serde_json parsed is UTF-8 (non-ASCII can only sit in strings).
         let manifest_json = String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("manifest '{}' is not UTF-8", manifest_path.display()))?;
@@ -246,12 +270,23 @@ impl Store {
             problem,
             last_verification: None,
             signature,
+            sealed,
         })
     }
 
-    /// Names and sizes on disk against the manifest: exactly its files, regular, right sizes.
-    fn structural_problem(dir: &Path, manifest: &Manifest) -> Option<String> {
-        for file in &manifest.files {
+    /// Names and sizes on disk against the manifest: exactly its files (a sealed copy's age
+    /// files, as its record says), regular, right sizes.
+    fn structural_problem(
+        dir: &Path,
+        manifest: &Manifest,
+        sealed: Option<&Record>,
+    ) -> Option<String> {
+        let files =
+            match crate::seal::record::objects(manifest.files.iter(), sealed.map(|r| &r.seal)) {
+                Ok(files) => files,
+                Err(e) => return Some(format!("'{}': {e}", dir.join(SEAL_NAME).display())),
+            };
+        for file in &files {
             let path = dir.join(&file.name);
             match fs::symlink_metadata(&path) {
                 Ok(meta) if !meta.is_file() => {
@@ -271,9 +306,15 @@ impl Store {
         }
         let extra = fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).find(|e| {
             let name = e.file_name();
-            name != MANIFEST_NAME
-                && name != SIGNATURE_NAME
-                && !manifest.files.iter().any(|f| *f.name == *name)
+            ![
+                MANIFEST_NAME,
+                SIGNATURE_NAME,
+                SEAL_NAME,
+                SEAL_SIGNATURE_NAME,
+            ]
+            .iter()
+            .any(|n| *name == **n)
+                && !files.iter().any(|f| *f.name == *name)
         });
         extra.map(|e| format!("unexpected entry '{}'", e.path().display()))
     }
@@ -340,8 +381,16 @@ impl Store {
 
     /// The staging directory as a set: private modes, the manifest written last.
     fn finish_staging(staging: &Path, manifest: &Manifest) -> Result<()> {
-        for file in &manifest.files {
-            let path = staging.join(&file.name);
+        let sealed = staging.join(SEAL_NAME).exists();
+        let names = manifest.files.iter().map(|f| {
+            if sealed {
+                crate::seal::record::sealed_name(&f.name)
+            } else {
+                f.name.clone()
+            }
+        });
+        for name in names {
+            let path = staging.join(name);
             fs::set_permissions(&path, fs::Permissions::from_mode(FILE_MODE))
                 .with_context(|| format!("cannot chmod 0600 '{}'", path.display()))?;
         }

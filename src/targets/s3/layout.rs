@@ -5,14 +5,14 @@
 use crate::config::Carried;
 use crate::manifest::{FileEntry, Manifest, SIGNATURE_NAME, parse_backup_name, parse_set_id};
 use crate::s3::Object;
-use crate::seal::record::{AGE_SUFFIX, SEAL_NAME, Seal, sealed_name};
+use crate::seal::record::{AGE_SUFFIX, SEAL_NAME, Seal};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const MANIFEST: &str = "manifest.json";
 /// A sealed copy's record and its signature.
-pub const SEAL_SIGNATURE: &str = "seal.json.sig";
+pub use crate::seal::record::SEAL_SIGNATURE_NAME as SEAL_SIGNATURE;
 /// S3's most parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
 
@@ -88,22 +88,7 @@ pub fn carried_objects(
     carried: Carried,
     seal: Option<&Seal>,
 ) -> Result<Vec<FileEntry>, String> {
-    manifest
-        .files
-        .iter()
-        .filter(|f| carried.carries(f))
-        .map(|f| match seal {
-            None => Ok(f.clone()),
-            Some(seal) => seal
-                .file(&f.name)
-                .map(|s| FileEntry {
-                    name: sealed_name(&f.name),
-                    size: s.size,
-                    sha256: s.sha256.clone(),
-                })
-                .ok_or_else(|| format!("the seal record does not name '{}'", f.name)),
-        })
-        .collect()
+    crate::seal::record::objects(manifest.files.iter().filter(|f| carried.carries(f)), seal)
 }
 
 /// The `objects` missing from `set` or of another size.

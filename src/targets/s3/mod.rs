@@ -12,8 +12,8 @@ mod verify;
 
 use super::{HeldCopy, Listed, Target};
 use crate::config::{Carried, S3Target, Settings};
+use crate::protocol::Judge;
 use crate::protocol::send::{OpenSet, PushStats};
-use crate::protocol::{Judge, Offer};
 use crate::retention::Policy;
 use crate::s3::Client;
 use crate::verify::Checked;
@@ -274,15 +274,7 @@ fn push(
     for key in &remote.listing.unknown {
         tracing::debug!("unknown object left alone: {key}");
     }
-    let offers: Vec<Offer> = sets
-        .iter()
-        .map(|s| Offer {
-            id: s.set.id().to_string(),
-            manifest_sha256: s.set.manifest_sha256.clone(),
-            size: s.set.manifest.total_size(),
-            dirty: s.set.manifest.dirty,
-        })
-        .collect();
+    let offers = crate::protocol::send::offers(sets);
     // A copy a verification found damaged is sent again, every object of it; one found with
     // a manifest that is not this node's manifest of the set too (recorded under ours).
     let ours: BTreeMap<&str, &str> = offers

@@ -8,7 +8,7 @@ use crate::s3::Client;
 use crate::seal::record::{SEAL_MAX_BYTES, SEAL_NAME, Seal};
 use crate::seal::sign::SIGNATURE_MAX_BYTES;
 use crate::targets::HeldCopy;
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use std::collections::BTreeMap;
 
 /// Manifests are small; anything larger under that name is not one of ours.
@@ -236,8 +236,8 @@ pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> 
 }
 
 /// Downloads the sealed object `key` and writes its plaintext into `dest`: the download runs
-/// on a thread of its own into a pipe, hashed against the record as it arrives; this side
-/// decrypts, at most the manifest's size.
+/// on a thread of its own into a pipe; this side decrypts, holding the sealed bytes to the
+/// record and the plaintext to the manifest's size.
 fn open_sealed(
     client: &mut Client,
     key: &str,
@@ -246,7 +246,6 @@ fn open_sealed(
     dest: &mut std::fs::File,
     identities: &[age::x25519::Identity],
 ) -> Result<()> {
-    use std::io::{Read, Write};
     if identities.is_empty() {
         bail!(
             "'{key}' is sealed (to {}): give --identity FILE",
@@ -255,60 +254,21 @@ fn open_sealed(
     }
     let (reader, mut writer) = std::io::pipe()?;
     std::thread::scope(|scope| {
-        let download = scope.spawn(move || -> Result<()> {
-            let mut hashing = HashingPipe {
-                pipe: &mut writer,
-                hasher: crate::hash::Sha256::new(),
-            };
-            client.get(key, &mut hashing, sealed.size)?;
-            let digest = crate::hash::hex(&hashing.hasher.finalize());
-            ensure!(
-                digest == sealed.sha256,
-                "'{key}' has SHA-256 {digest}, its seal record says {}",
-                sealed.sha256
-            );
-            Ok(())
-        });
-        let opened = (|| -> Result<()> {
-            let what = format!("'{key}' (sealed to {})", sealed.recipients.join(", "));
-            let mut plain = crate::seal::stream::open(reader, identities, &what)?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *dest);
-            let copied = std::io::copy(&mut (&mut plain).take(entry.size), &mut out)
-                .with_context(|| format!("cannot open {what}"))?;
-            out.flush()?;
-            ensure!(
-                copied == entry.size && plain.read(&mut [0u8; 1])? == 0,
-                "{what} does not hold the {} bytes of '{}'",
-                entry.size,
-                entry.name
-            );
-            Ok(())
-        })();
+        let download = scope.spawn(move || client.get(key, &mut writer, sealed.size));
+        let what = format!("'{key}' (sealed to {})", sealed.recipients.join(", "));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *dest);
+        let opened =
+            crate::seal::stream::open_into(reader, sealed, entry.size, identities, &what, &mut out)
+                .and_then(|()| std::io::Write::flush(&mut out).map_err(Into::into));
         // The pipe's reading end is gone: a download still running ends on a broken pipe.
         let downloaded = download
             .join()
             .map_err(|_| anyhow::anyhow!("the download of '{key}' panicked"))?;
         match (opened, downloaded) {
             (Ok(()), Ok(())) => Ok(()),
-            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Err(e)) => Err(e),
             // What the decryption found is the cause; a broken pipe is its consequence.
-            (Err(e), Err(_)) => Err(e),
+            (Err(e), _) => Err(e),
         }
     })
-}
-
-struct HashingPipe<'a> {
-    pipe: &'a mut std::io::PipeWriter,
-    hasher: crate::hash::Sha256,
-}
-
-impl std::io::Write for HashingPipe<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.pipe.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.pipe.flush()
-    }
 }

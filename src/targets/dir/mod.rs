@@ -2,6 +2,8 @@
 //! in-process against a store at that path, so there is one commit path for every kind; and
 //! `fetch` reads a set back from it as from any store.
 
+mod sealed;
+
 use super::{HeldCopy, Listed, Target};
 use crate::config::{DirTarget, Settings};
 use crate::files::copy_exactly;
@@ -20,6 +22,8 @@ pub struct DirStore {
     receiver: Settings,
     /// This node's name, which the sender says in its hello.
     sender: String,
+    /// The target seals (`seal`, or `[seal] recipients` when unset).
+    seals: bool,
 }
 
 impl DirStore {
@@ -28,6 +32,7 @@ impl DirStore {
         receiver.store.root = target.path.clone();
         receiver.node_name = format!("dir:{}", target.path.display());
         DirStore {
+            seals: settings.seal.seals(target.seal),
             target,
             receiver,
             sender: settings.node_name.clone(),
@@ -66,6 +71,15 @@ impl Target for DirStore {
         let store = Store::open(&dir.path)?;
         if !damaged.is_empty() {
             self.record_damage(&store, damaged)?;
+        }
+        if self.seals {
+            let seal = &self.receiver.seal;
+            let sealing = crate::seal::Sealing::new(
+                &seal.recipients,
+                seal.resources_recipients(),
+                seal.signing_key.as_deref(),
+            )?;
+            return self.push_sealed(&store, sets, damaged, &sealing);
         }
         let (sending, receiving) = crate::protocol::pipe_pair()?;
         std::thread::scope(|scope| {
@@ -115,14 +129,24 @@ impl Target for DirStore {
             }
             lock => Some(lock?),
         };
-        let outcomes = crate::verify::check_store(&store, ids, deep, checked)?;
+        // The signatures are judged as this node judges them; only the bytes' outcome is
+        // recorded there.
+        let seal = &self.receiver.seal;
+        let signers = crate::seal::signers(&seal.signers);
+        let mut judged = Vec::new();
+        let outcomes = crate::verify::check_store(&store, ids, deep, &mut |outcome| {
+            let outcome =
+                crate::verify::with_signatures(&store, &signers, seal.require_signature, outcome);
+            checked(&outcome);
+            judged.push(outcome);
+        })?;
         if let Err(error) = crate::verify::record(&store, &outcomes, deep) {
             tracing::warn!(
                 "the outcomes could not be recorded in '{}' (the next spray cannot repair what is damaged there): {error:#}",
                 path.display()
             );
         }
-        Ok(outcomes)
+        Ok(judged)
     }
 
     fn list_sets(&self) -> Result<Vec<Listed>> {
@@ -157,17 +181,41 @@ impl Target for DirStore {
             bail!("set '{id}' there is not sound: {problem}");
         }
         let dir = set.dir.clone();
+        let seal = set.sealed.map(|r| r.seal);
         Ok(HeldCopy {
             files: set.manifest.files.iter().map(|f| f.name.clone()).collect(),
             lacking: Vec::new(),
             manifest_sha256: set.manifest_sha256,
             manifest: set.manifest,
             signature: set.signature,
-            copy: Box::new(move |entry, dest, _identities| {
-                let from = dir.join(&entry.name);
-                let mut source = crate::files::open_regular(&from)?;
-                copy_exactly(&mut source, dest, entry.size)
-                    .with_context(|| format!("cannot copy '{}'", from.display()))
+            copy: Box::new(move |entry, dest, identities| {
+                let Some(sealed) = seal.as_ref().and_then(|s| s.file(&entry.name)) else {
+                    let from = dir.join(&entry.name);
+                    let mut source = crate::files::open_regular(&from)?;
+                    return copy_exactly(&mut source, dest, entry.size)
+                        .with_context(|| format!("cannot copy '{}'", from.display()));
+                };
+                let from = dir.join(crate::seal::record::sealed_name(&entry.name));
+                if identities.is_empty() {
+                    bail!(
+                        "'{}' is sealed (to {}): give --identity FILE",
+                        from.display(),
+                        sealed.recipients.join(", ")
+                    );
+                }
+                let what = format!(
+                    "'{}' (sealed to {})",
+                    from.display(),
+                    sealed.recipients.join(", ")
+                );
+                let source =
+                    std::io::BufReader::with_capacity(1 << 20, crate::files::open_regular(&from)?);
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
+                crate::seal::stream::open_into(
+                    source, sealed, entry.size, identities, &what, &mut out,
+                )?;
+                std::io::Write::flush(&mut out)?;
+                Ok(())
             }),
         })
     }
