@@ -37,6 +37,8 @@ pub const INSTALL_SCRIPT: &str = "/usr/local/bin/etcd-backup-install";
 pub const RECEIVE_COMMAND: &str = concat!("sudo -n ", binary!(), " receive");
 
 pub const STORE_ROOT: &str = "/var/lib/etcd-backup";
+/// `1` when the node's kernel runs in FIPS mode (RHCOS with `fips: true` in install-config).
+pub const FIPS_ENABLED: &str = "/proc/sys/crypto/fips_enabled";
 /// OpenShift's backup and restore scripts on every master.
 pub const CLUSTER_BACKUP: &str = "/usr/local/bin/cluster-backup.sh";
 pub const CLUSTER_RESTORE: &str = "/usr/local/bin/cluster-restore.sh";

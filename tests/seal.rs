@@ -458,7 +458,9 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
         .expect_stdout(&format!("ok   {id}"));
     node.run(&["list", "--from", target_arg])
         .expect_code(0)
-        .expect_stdout(&id);
+        .expect_stdout(&id)
+        .expect_stdout(&format!("sealed: {} to {}", file_name(&snapshot), keys.0))
+        .expect_stdout(&format!("sealed: {} to {}", file_name(&resources), keys.1));
     node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
 
     // One byte of the sealed snapshot flipped at rest: found without an identity, and the next
@@ -502,4 +504,73 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
         sha256_file(&snapshot)
     );
     fresh.run(&["verify", &id]).expect_code(0);
+
+    // Rotation: new recipients apply to new sets; the old set stays sealed to the old ones, and
+    // each comes back with its own identities.
+    let rotated = tempfile::tempdir().unwrap();
+    let new_keys = (
+        keygen(&rotated.path().join("snapshot-identity.txt"), false),
+        keygen(&rotated.path().join("resources-identity.txt"), false),
+        keys.2.clone(),
+    );
+    node.write_config(&dir_config(
+        &new_keys,
+        Some(&offline.path().join("signing_key")),
+    ));
+    let newer = node.backup();
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    let listed = node.run(&["list", "--from", target_arg]);
+    listed
+        .expect_code(0)
+        .expect_stdout(&format!("sealed: {} to {}", file_name(&snapshot), keys.0))
+        .expect_stdout(&format!(" to {}", new_keys.0));
+    let newer_fresh = Node::new("");
+    newer_fresh.write_config(&dir_config(&new_keys, None));
+    let fetch_with = |node: &Node, dir: &Path, id: &str| {
+        node.run(&[
+            "fetch",
+            "--from",
+            target_arg,
+            "--identity",
+            dir.join("snapshot-identity.txt").to_str().unwrap(),
+            "--identity",
+            dir.join("resources-identity.txt").to_str().unwrap(),
+            id,
+        ])
+    };
+    fetch_with(&newer_fresh, offline.path(), &newer).expect_code(1);
+    fetch_with(&newer_fresh, rotated.path(), &newer).expect_code(0);
+    fetch_with(&newer_fresh, offline.path(), &id).expect_code(0);
+    newer_fresh.run(&["verify"]).expect_code(0);
+}
+
+/// `etcd-backup --config CONFIG check-config` on a node in FIPS mode: in a mount namespace of
+/// its own whose `/proc/sys` (a tmpfs) says `crypto/fips_enabled = 1`.
+fn check_config_in_fips_mode(node: &Node) -> Run {
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs none /proc/sys && mkdir /proc/sys/crypto \
+         && echo 1 > /proc/sys/crypto/fips_enabled && exec {BIN} --config {} check-config",
+        node.config_path().display()
+    );
+    let args = ["-m", "sh", "-c", &script];
+    Run::from_output(Command::new("unshare").args(args).output().unwrap(), &args)
+}
+
+#[test]
+fn a_fips_node_refuses_to_seal_or_sign_and_check_config_says_what_to_use() {
+    let offline = tempfile::tempdir().unwrap();
+    let keys = keys(offline.path());
+    let node = Node::new("");
+    node.write_config(&seal_config(&keys, None));
+    check_config_in_fips_mode(&node)
+        .expect_code(3)
+        .expect_stderr("this node runs in FIPS mode (/proc/sys/crypto/fips_enabled = 1)")
+        .expect_stderr("[seal] recipients, signers, require_signature needs")
+        .expect_stderr("sse = \"aws:kms\"");
+    // The same config outside FIPS mode is fine; without [seal], a FIPS node says what it uses.
+    node.run(&["check-config"]).expect_code(0);
+    node.write_config("");
+    check_config_in_fips_mode(&node)
+        .expect_code(0)
+        .expect_stdout("# FIPS mode (/proc/sys/crypto/fips_enabled = 1)");
 }

@@ -241,6 +241,14 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
     let settings = load_settings(&cli)?;
     match cli.command {
         Cmd::CheckConfig => {
+            if crate::config::fips_mode() {
+                println!(
+                    "# FIPS mode ({} = 1): SHA-256 and TLS go through the system OpenSSL; \
+                     [seal] is refused (age and Ed25519 are not FIPS-validated here): protect \
+                     bucket copies with sse = \"aws:kms\"",
+                    crate::paths::FIPS_ENABLED
+                );
+            }
             print!("{}", settings.to_toml());
             Ok(EXIT_OK)
         }

@@ -90,6 +90,7 @@ pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> 
                             "target_name": name,
                             "whole": set.whole,
                             "problem": set.problem,
+                            "sealed_to": set.sealed_to,
                             "last_verification": known.and_then(|k| k.get(&set.manifest_sha256)),
                         }),
                     )
@@ -129,6 +130,9 @@ pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> 
                     .map_or("-".to_string(), |e| e.revision.to_string()),
                 if set.whole { "yes" } else { "NO" },
             );
+            for (file, recipients) in &set.sealed_to {
+                println!("    sealed: {file} to {}", recipients.join(", "));
+            }
         }
     }
     Ok(EXIT_OK)

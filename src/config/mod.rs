@@ -368,7 +368,11 @@ impl Settings {
             })?;
             sources.push((path, text));
         }
-        Settings::from_sources(hostname, &sources)
+        let settings = Settings::from_sources(hostname, &sources)?;
+        if let Some(refusal) = fips_refusal(&settings.seal, fips_mode()) {
+            return Err(ConfigError(refusal));
+        }
+        Ok(settings)
     }
 
     /// Applies each `(path, text)` in order onto the defaults and validates the result.
@@ -431,6 +435,35 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Whether this node runs in FIPS mode: `/proc/sys/crypto/fips_enabled` holds `1` (absent on
+/// kernels without FIPS support: not).
+pub fn fips_mode() -> bool {
+    std::fs::read_to_string(paths::FIPS_ENABLED).is_ok_and(|t| t.trim() == "1")
+}
+
+/// What FIPS mode forbids of `[seal]`: age (X25519, ChaCha20-Poly1305) and Ed25519 signatures
+/// come from no FIPS-validated module here, so a FIPS node neither seals nor signs nor trusts
+/// a signature; its buckets are protected by the store's own encryption.
+pub fn fips_refusal(seal: &SealSettings, fips: bool) -> Option<String> {
+    let used: Vec<&str> = [
+        ("recipients", !seal.recipients.is_empty()),
+        ("signing_key", seal.signing_key.is_some()),
+        ("signers", !seal.signers.is_empty()),
+        ("require_signature", seal.require_signature),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(key, _)| key)
+    .collect();
+    (fips && !used.is_empty()).then(|| {
+        format!(
+            "this node runs in FIPS mode ({} = 1), and [seal] {} needs algorithms no FIPS-validated module provides here (age: X25519, ChaCha20-Poly1305; signatures: Ed25519): leave [seal] empty and protect bucket copies with sse = \"aws:kms\"",
+            paths::FIPS_ENABLED,
+            used.join(", ")
+        )
+    })
 }
 
 /// `NODE_NAME` when set and not empty, else the hostname.
@@ -821,6 +854,34 @@ max_age = "1h30m"
             let error = error(&[("/c.toml", &text)]);
             assert!(error.contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn fips_mode_forbids_every_part_of_seal() {
+        let none = SealSettings::default();
+        assert_eq!(fips_refusal(&none, true), None);
+        let sealing = SealSettings {
+            recipients: vec!["age1x".into()],
+            signing_key: Some("/k".into()),
+            ..SealSettings::default()
+        };
+        assert_eq!(fips_refusal(&sealing, false), None);
+        let refusal = fips_refusal(&sealing, true).unwrap();
+        assert!(
+            refusal.contains("[seal] recipients, signing_key needs"),
+            "{refusal}"
+        );
+        assert!(refusal.contains("sse = \"aws:kms\""), "{refusal}");
+        let trusting = SealSettings {
+            signers: vec!["ssh-ed25519 AAAA".into()],
+            require_signature: true,
+            ..SealSettings::default()
+        };
+        assert!(
+            fips_refusal(&trusting, true)
+                .unwrap()
+                .contains("signers, require_signature")
+        );
     }
 
     #[test]

@@ -146,4 +146,12 @@ impl Seal {
     pub fn file(&self, name: &str) -> Option<&SealedFile> {
         self.files.iter().find(|f| f.name == name)
     }
+
+    /// The recipients each file was sealed to, by file name.
+    pub fn recipients(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.files
+            .iter()
+            .map(|f| (f.name.clone(), f.recipients.clone()))
+            .collect()
+    }
 }

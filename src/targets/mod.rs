@@ -75,6 +75,8 @@ pub struct Listed {
     pub whole: bool,
     /// What the target itself knows to be wrong with it (a directory store's verification).
     pub problem: Option<String>,
+    /// A sealed copy's recipients, by file (empty: in the clear).
+    pub sealed_to: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A copy of one set on a target, opened for `fetch`.

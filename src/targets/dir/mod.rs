@@ -162,6 +162,11 @@ impl Target for DirStore {
             .sets
             .into_iter()
             .map(|set| Listed {
+                sealed_to: set
+                    .sealed
+                    .as_ref()
+                    .map(|r| r.seal.recipients())
+                    .unwrap_or_default(),
                 whole: set.on_disk_problem.is_none(),
                 problem: set.problem,
                 manifest_sha256: set.manifest_sha256,

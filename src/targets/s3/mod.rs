@@ -191,6 +191,11 @@ impl Target for Bucket {
             .map(|(id, (manifest, digest))| Listed {
                 whole: remote.whole(id, manifest, self.target.files),
                 problem: None,
+                sealed_to: remote
+                    .extras
+                    .get(id)
+                    .map(|e| e.sealed_to())
+                    .unwrap_or_default(),
                 manifest_sha256: digest.clone(),
                 manifest: manifest.clone(),
             })

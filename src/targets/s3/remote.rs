@@ -50,11 +50,7 @@ impl Extras {
     /// The recipients each sealed file was sealed to, for listings.
     pub fn sealed_to(&self) -> BTreeMap<String, Vec<String>> {
         match &self.seal {
-            Some(Ok(seal)) => seal
-                .files
-                .iter()
-                .map(|f| (f.name.clone(), f.recipients.clone()))
-                .collect(),
+            Some(Ok(seal)) => seal.recipients(),
             _ => BTreeMap::new(),
         }
     }
