@@ -350,17 +350,81 @@ pub fn deep_check_against(
 }
 
 /// Re-hashes one set from disk (and with `deep` walks its snapshot); `Err` says what is wrong.
-fn verify_set(set: &StoredSet, deep: bool) -> Result<()> {
+/// Where a deep check writes a copy's snapshot to walk it: this node's store (never the
+/// target's), above its free-space floor; and the identities that open a sealed one.
+pub struct Scratch<'a> {
+    pub store: &'a Path,
+    pub floor: u64,
+    pub identities: &'a [age::x25519::Identity],
+}
+
+impl Scratch<'_> {
+    /// Writes the snapshot `entry` of a copy (`what`) into this store's staging with `write`,
+    /// checks it (`hashed`: `write` checked its digest already, only the walk remains; else the
+    /// trailer, the digest and the walk) against `figures`, and removes it.
+    pub fn walk(
+        &self,
+        what: &str,
+        entry: &crate::manifest::FileEntry,
+        figures: Option<&crate::bbolt::Figures>,
+        hashed: bool,
+        write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+    ) -> Result<()> {
+        let store = Store::open(self.store)?;
+        store.ensure_room(&format!("the deep check of {what}"), entry.size, self.floor)?;
+        let staging = store.new_staging("verify")?;
+        let path = staging.join(&entry.name);
+        let result = crate::files::create_private(&path)
+            .and_then(|mut file| {
+                write(&mut file)?;
+                file.sync_all()
+                    .with_context(|| format!("cannot write '{}'", path.display()))
+            })
+            .and_then(|()| match hashed {
+                true => deep_check_against(&path, figures).map(drop),
+                false => check_file_against(&path, entry, figures, true),
+            })
+            .map_err(|e| anyhow::anyhow!("{what}: {e:#}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+}
+
+fn verify_set(set: &StoredSet, deep: bool, scratch: Option<&Scratch>) -> Result<()> {
     // A failure recorded by an earlier verify is checked again, not repeated.
     if let Some(problem) = &set.on_disk_problem {
         bail!("{problem}");
     }
-    // A sealed copy: each age file against its record (no identity: no walk).
+    // A sealed copy: each age file against its record; with identities, `--deep` opens the
+    // snapshot into this node's store and walks it.
     if let Some(record) = &set.sealed {
         let objects = crate::seal::record::objects(set.manifest.files.iter(), Some(&record.seal))
             .map_err(anyhow::Error::msg)?;
         for object in &objects {
             check_file_against(&set.dir.join(&object.name), object, None, false)?;
+        }
+        let scratch = scratch.filter(|s| deep && !s.identities.is_empty());
+        let snapshot = set.manifest.files.iter().find(|f| f.is_snapshot());
+        if let (Some(scratch), Some(entry)) = (scratch, snapshot) {
+            let sealed = record.seal.file(&entry.name).expect("checked by objects()");
+            let from = set.dir.join(crate::seal::record::sealed_name(&entry.name));
+            let what = format!(
+                "'{}' (sealed to {})",
+                from.display(),
+                sealed.recipients.join(", ")
+            );
+            if !crate::seal::keys::any_recipient(scratch.identities, &sealed.recipients) {
+                tracing::warn!(set_id = %set.id(), "{what} is not walked: none of the identities given is among its recipients");
+                return Ok(());
+            }
+            let figures = set.manifest.checks.etcd.as_ref();
+            scratch.walk(&what, entry, figures, false, |file| {
+                let source = std::io::BufReader::with_capacity(1 << 20, open_regular(&from)?);
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                let ids = scratch.identities;
+                crate::seal::stream::open_into(source, sealed, entry.size, ids, &what, &mut out)?;
+                std::io::Write::flush(&mut out).map_err(Into::into)
+            })?;
         }
         return Ok(());
     }
@@ -390,6 +454,7 @@ pub fn check_store(
     store: &Store,
     ids: &[String],
     deep: bool,
+    scratch: Option<&Scratch>,
     checked: &mut dyn FnMut(&Checked),
 ) -> Result<Vec<Checked>> {
     let mut outcomes = Vec::new();
@@ -412,12 +477,12 @@ pub fn check_store(
             );
         }
         for set in &listing.sets {
-            report(set.id(), Some(set), verify_set(set, deep));
+            report(set.id(), Some(set), verify_set(set, deep, scratch));
         }
     } else {
         for id in ids {
             match store.get(id) {
-                Ok(set) => report(id, Some(&set), verify_set(&set, deep)),
+                Ok(set) => report(id, Some(&set), verify_set(&set, deep, scratch)),
                 Err(e) => report(id, None, Err(e)),
             }
         }
@@ -456,7 +521,7 @@ pub fn run(
     let signers = crate::seal::signers(&settings.seal.signers);
     let require = settings.seal.require_signature;
     let mut judged = Vec::new();
-    let outcomes = check_store(&store, ids, deep, &mut |outcome| {
+    let outcomes = check_store(&store, ids, deep, None, &mut |outcome| {
         let outcome = with_signatures(&store, &signers, require, outcome);
         checked(&outcome);
         judged.push(outcome);

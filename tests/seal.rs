@@ -281,6 +281,36 @@ fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone()
     node.run(&["verify", "--target", &bucket])
         .expect_code(0)
         .expect_stdout(&format!("ok   {id}"));
+    // --deep with the snapshot's identity opens it into this node's store, walks it and
+    // removes it; an identity that is none of its recipients walks nothing, and says so (it
+    // tells nothing of the copy: nothing is recorded as damaged).
+    let (snap_text, res_text) = (snap_id.to_str().unwrap(), res_id.to_str().unwrap());
+    node.run(&[
+        "verify",
+        "--target",
+        &bucket,
+        "--deep",
+        "--identity",
+        snap_text,
+    ])
+    .expect_code(0)
+    .expect_stdout(&format!("ok   {id}"));
+    assert!(
+        node.staging_entries().is_empty(),
+        "{:?}",
+        node.staging_entries()
+    );
+    node.run(&[
+        "verify",
+        "--target",
+        &bucket,
+        "--deep",
+        "--identity",
+        res_text,
+    ])
+    .expect_code(0)
+    .expect_stdout(&format!("ok   {id}"))
+    .expect_stderr("is not walked: none of the identities given is among its recipients");
     node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
     node.run(&["list", "--from", &bucket])
         .expect_code(0)
@@ -456,6 +486,25 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
     node.run(&["verify", "--target", target_arg])
         .expect_code(0)
         .expect_stdout(&format!("ok   {id}"));
+    let snapshot_identity = offline.path().join("snapshot-identity.txt");
+    node.run(&[
+        "verify",
+        "--target",
+        target_arg,
+        "--deep",
+        "--identity",
+        snapshot_identity.to_str().unwrap(),
+    ])
+    .expect_code(0)
+    .expect_stdout(&format!("ok   {id}"));
+    // The snapshot was opened in this node's store, never on the export, and is gone.
+    assert!(node.staging_entries().is_empty());
+    assert!(
+        std::fs::read_dir(target.join(".staging"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     node.run(&["list", "--from", target_arg])
         .expect_code(0)
         .expect_stdout(&id)
@@ -573,4 +622,74 @@ fn a_fips_node_refuses_to_seal_or_sign_and_check_config_says_what_to_use() {
     check_config_in_fips_mode(&node)
         .expect_code(0)
         .expect_stdout("# FIPS mode (/proc/sys/crypto/fips_enabled = 1)");
+}
+
+#[test]
+fn only_a_deep_check_with_an_identity_finds_a_file_resealed_under_a_rewritten_record() {
+    // Without signatures, someone who can write the export can seal other bytes to the same
+    // recipients and rewrite the record: the identity-less check cannot tell, the deep check
+    // with an identity opens the file and compares it with the manifest.
+    let offline = tempfile::tempdir().unwrap();
+    let keys = keys(offline.path());
+    let export = tempfile::tempdir().unwrap();
+    let target = export.path().join("store");
+    let node = Node::new("");
+    node.write_config(&format!(
+        "[spray]\netcd_env = \"\"\nattempts = 1\n\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\n\
+         require_mount = false\n\n[seal]\nrecipients = [\"{}\"]\nresources_recipients = [\"{}\"]\n",
+        target.display(),
+        keys.0,
+        keys.1
+    ));
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    let copy = target.join("sets").join(&id);
+    let snapshot = set_file(&node.set_dir(&id), ".db");
+    let name = snapshot.file_name().unwrap().to_str().unwrap().to_string();
+
+    let here = tempfile::tempdir().unwrap();
+    let other = here.path().join("other.db");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&other, &bytes).unwrap();
+    let sealed = copy.join(format!("{name}.age"));
+    let out = Command::new("age")
+        .args(["-r", &keys.0, "-o"])
+        .arg(&sealed)
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut seal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join("seal.json")).unwrap()).unwrap();
+    for file in seal["files"].as_array_mut().unwrap() {
+        if file["name"] == name.as_str() {
+            file["size"] = std::fs::metadata(&sealed).unwrap().len().into();
+            file["sha256"] = sha256_file(&sealed).into();
+        }
+    }
+    std::fs::write(
+        copy.join("seal.json"),
+        serde_json::to_vec_pretty(&seal).unwrap(),
+    )
+    .unwrap();
+
+    let target_arg = target.to_str().unwrap();
+    node.run(&["verify", "--target", target_arg])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
+    let identity = offline.path().join("snapshot-identity.txt");
+    node.run(&[
+        "verify",
+        "--target",
+        target_arg,
+        "--deep",
+        "--identity",
+        identity.to_str().unwrap(),
+    ])
+    .expect_code(1)
+    .expect_stdout(&format!("BAD  {id}"))
+    .expect_stdout(&format!("{name}.age"));
+    assert!(node.staging_entries().is_empty());
 }

@@ -85,6 +85,10 @@ enum Cmd {
         /// the verify timer runs)
         #[arg(long)]
         targets: bool,
+        /// With --target --deep: an age identity file that opens sealed snapshots to walk them
+        /// (repeatable); without one, a sealed copy is checked against its record only
+        #[arg(long, value_name = "FILE", requires = "target")]
+        identity: Vec<PathBuf>,
         #[arg(value_name = "SET-ID")]
         ids: Vec<String>,
     },
@@ -266,16 +270,18 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
             target: None,
             targets,
             ids,
+            ..
         } => recorded(&settings, "verify", || {
             cmd_verify(&settings, &ids, deep, targets)
         }),
         Cmd::Verify {
             deep,
             target: Some(target),
+            identity,
             ids,
             ..
         } => recorded(&settings, "verify", || {
-            cmd_verify_target(&settings, &target, &ids, deep)
+            cmd_verify_target(&settings, &target, &ids, deep, &identity)
         }),
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),

@@ -152,8 +152,11 @@ pub fn cmd_verify_target(
     target: &str,
     ids: &[String],
     deep: bool,
+    identities: &[std::path::PathBuf],
 ) -> Result<u8> {
-    let verified = crate::targets::check::run(settings, Some(target), ids, deep, &mut print_copy)?;
+    let identities = crate::seal::keys::load_identities(identities)?;
+    let depth = (deep, identities.as_slice());
+    let verified = crate::targets::check::run(settings, Some(target), ids, depth, &mut print_copy)?;
     Ok(copies_outcome(&verified, &format!("'{target}'")))
 }
 

@@ -45,6 +45,14 @@ pub fn fingerprint(key: &ssh_key::PublicKey) -> String {
     key.fingerprint(ssh_key::HashAlg::Sha256).to_string()
 }
 
+/// Whether one of `identities` is among `recipients` (what a record says a file was sealed
+/// to): else opening it is no check of the file, only of the identities given.
+pub fn any_recipient(identities: &[age::x25519::Identity], recipients: &[String]) -> bool {
+    identities
+        .iter()
+        .any(|i| recipients.contains(&i.to_public().to_string()))
+}
+
 /// Makes a new key of `kind` into `out` (created, never overwritten, owner-only, no link
 /// followed) and returns its public part as the config takes it.
 pub fn generate(kind: KeyKind, out: &Path) -> Result<String> {

@@ -26,7 +26,7 @@ pub fn run(
     settings: &Settings,
     name: Option<&str>,
     ids: &[String],
-    deep: bool,
+    (deep, identities): (bool, &[age::x25519::Identity]),
     checked: &mut dyn FnMut(&str, &Checked),
 ) -> Result<Verified> {
     let targets: Targets = super::named(settings, name)?;
@@ -36,7 +36,14 @@ pub fn run(
     let store = Store::existing(&settings.store.root);
     let mut verified = Verified::default();
     for target in &targets {
-        check_target(&**target, store.as_ref(), ids, deep, checked, &mut verified);
+        check_target(
+            &**target,
+            store.as_ref(),
+            ids,
+            (deep, identities),
+            checked,
+            &mut verified,
+        );
     }
     Ok(verified)
 }
@@ -64,7 +71,7 @@ pub fn run_due(settings: &Settings, checked: &mut dyn FnMut(&str, &Checked)) -> 
             &**target,
             store.as_ref(),
             &[],
-            false,
+            (false, &[]),
             checked,
             &mut verified,
         );
@@ -77,18 +84,19 @@ fn check_target(
     target: &dyn Target,
     store: Option<&Store>,
     ids: &[String],
-    deep: bool,
+    (deep, identities): (bool, &[age::x25519::Identity]),
     checked: &mut dyn FnMut(&str, &Checked),
     verified: &mut Verified,
 ) {
     let described = target.describe();
-    let outcomes = match target.verify_copies(ids, deep, &mut |o| checked(&described, o)) {
-        Ok(outcomes) => outcomes,
-        Err(error) => {
-            verified.failed.push((described, format!("{error:#}")));
-            return;
-        }
-    };
+    let outcomes =
+        match target.verify_copies(ids, deep, identities, &mut |o| checked(&described, o)) {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                verified.failed.push((described, format!("{error:#}")));
+                return;
+            }
+        };
     for outcome in outcomes.iter().filter(|o| o.problem.is_some()) {
         verified.bad += 1;
         tracing::warn!(

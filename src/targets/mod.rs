@@ -51,14 +51,16 @@ pub trait Target: Send + Sync + std::fmt::Debug {
         anyhow::bail!("the sets on {} cannot be listed from here", self.describe())
     }
     /// Checks the target's copies of the sets named by `ids` (every set it holds when empty)
-    /// against their manifests, telling `checked` each outcome as it comes.
+    /// against their manifests, telling `checked` each outcome as it comes. `deep` walks each
+    /// snapshot; a sealed one only when `identities` open it.
     fn verify_copies(
         &self,
         ids: &[String],
         deep: bool,
+        identities: &[age::x25519::Identity],
         checked: &mut dyn FnMut(&Checked),
     ) -> Result<Vec<Checked>> {
-        let _ = (ids, deep, checked);
+        let _ = (ids, deep, identities, checked);
         anyhow::bail!(
             "the copies on {} cannot be verified from here",
             self.describe()

@@ -47,7 +47,7 @@ pub(super) fn copies<S: Stream>(
         crate::manifest::parse_set_id(id).is_some_and(|(_, o)| o.eq_ignore_ascii_case(who.name))
     });
     let checked = checking(conn, || {
-        crate::verify::check_store(store, &theirs, deep, &mut |_| {})
+        crate::verify::check_store(store, &theirs, deep, None, &mut |_| {})
     })?;
     if let Err(error) = crate::verify::record(store, &checked, deep) {
         tracing::warn!(

@@ -24,6 +24,9 @@ pub struct DirStore {
     sender: String,
     /// The target seals (`seal`, or `[seal] recipients` when unset).
     seals: bool,
+    /// This node's store and the space to leave free there: where a deep check of a sealed
+    /// copy opens its snapshot.
+    scratch: (std::path::PathBuf, u64),
 }
 
 impl DirStore {
@@ -32,6 +35,10 @@ impl DirStore {
         receiver.store.root = target.path.clone();
         receiver.node_name = format!("dir:{}", target.path.display());
         DirStore {
+            scratch: (
+                settings.store.root.clone(),
+                settings.retention.min_free_space.unwrap_or(0),
+            ),
             seals: settings.seal.seals(target.seal),
             target,
             receiver,
@@ -112,6 +119,7 @@ impl Target for DirStore {
         &self,
         ids: &[String],
         deep: bool,
+        identities: &[age::x25519::Identity],
         checked: &mut dyn FnMut(&Checked),
     ) -> Result<Vec<Checked>> {
         let path = &self.target.path;
@@ -134,12 +142,23 @@ impl Target for DirStore {
         let seal = &self.receiver.seal;
         let signers = crate::seal::signers(&seal.signers);
         let mut judged = Vec::new();
-        let outcomes = crate::verify::check_store(&store, ids, deep, &mut |outcome| {
-            let outcome =
-                crate::verify::with_signatures(&store, &signers, seal.require_signature, outcome);
-            checked(&outcome);
-            judged.push(outcome);
-        })?;
+        // A sealed snapshot is opened into this node's store to be walked, never there.
+        let scratch = crate::verify::Scratch {
+            store: &self.scratch.0,
+            floor: self.scratch.1,
+            identities,
+        };
+        let outcomes =
+            crate::verify::check_store(&store, ids, deep, Some(&scratch), &mut |outcome| {
+                let outcome = crate::verify::with_signatures(
+                    &store,
+                    &signers,
+                    seal.require_signature,
+                    outcome,
+                );
+                checked(&outcome);
+                judged.push(outcome);
+            })?;
         if let Err(error) = crate::verify::record(&store, &outcomes, deep) {
             tracing::warn!(
                 "the outcomes could not be recorded in '{}' (the next spray cannot repair what is damaged there): {error:#}",

@@ -206,13 +206,15 @@ impl Target for Bucket {
         &self,
         ids: &[String],
         deep: bool,
+        identities: &[age::x25519::Identity],
         checked: &mut dyn FnMut(&Checked),
     ) -> Result<Vec<Checked>> {
         let mut client = self.client().with_context(|| self.describe())?;
         let remote = read_remote(&mut client, &self.target).with_context(|| self.describe())?;
-        let scratch = verify::Scratch {
+        let scratch = crate::verify::Scratch {
             store: &self.store_root,
             floor: self.policy_floor,
+            identities,
         };
         let store = crate::store::Store::existing(&self.store_root);
         let stored = store

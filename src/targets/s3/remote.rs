@@ -234,7 +234,7 @@ pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> 
 /// Downloads the sealed object `key` and writes its plaintext into `dest`: the download runs
 /// on a thread of its own into a pipe; this side decrypts, holding the sealed bytes to the
 /// record and the plaintext to the manifest's size.
-fn open_sealed(
+pub(super) fn open_sealed(
     client: &mut Client,
     key: &str,
     sealed: &crate::seal::record::SealedFile,

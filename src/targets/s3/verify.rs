@@ -15,7 +15,7 @@ use crate::config::S3Target;
 use crate::hash::{Sha256, base64, hex};
 use crate::manifest::{FileEntry, Manifest};
 use crate::s3::Client;
-use crate::verify::{Checked, SnapshotHasher};
+use crate::verify::{Checked, Scratch, SnapshotHasher};
 use anyhow::{Result, bail};
 
 /// What this node knows that a copy must agree with: the checksums the bucket is known to have
@@ -28,12 +28,6 @@ pub struct Known<'a> {
     /// The trusted signers, and whether a copy must be signed by one of them.
     pub signers: &'a [ssh_key::PublicKey],
     pub require_signature: bool,
-}
-
-/// Where `--deep` puts a snapshot to walk it: this node's store, and the space to leave free.
-pub struct Scratch<'a> {
-    pub store: &'a std::path::Path,
-    pub floor: u64,
 }
 
 /// Checks the copies of the sets named by `ids` (every set with a manifest when empty).
@@ -134,6 +128,11 @@ fn check_copy(
             Some(_) => {}
         }
     }
+    // A sealed snapshot is walked only when an identity opens it, after its age file checked.
+    let sealed_walk = match (&extras.seal, deep) {
+        (Some(Ok(seal)), Some(scratch)) if !scratch.identities.is_empty() => Some((seal, scratch)),
+        _ => None,
+    };
     for entry in &carried {
         let key = layout::key(&t.prefix, id, &entry.name);
         let stored = stored_checksum(client, &key)?;
@@ -157,6 +156,28 @@ fn check_copy(
         if let Some(s) = stored {
             known.learned.push((key, s));
         }
+    }
+    if let Some((seal, scratch)) = sealed_walk
+        && let Some(entry) = manifest
+            .files
+            .iter()
+            .find(|f| f.is_snapshot() && t.files.carries(f))
+        && let Some(sealed) = seal.file(&entry.name)
+    {
+        let key = layout::key(
+            &t.prefix,
+            id,
+            &crate::seal::record::sealed_name(&entry.name),
+        );
+        let what = format!("object '{key}'");
+        if !crate::seal::keys::any_recipient(scratch.identities, &sealed.recipients) {
+            tracing::warn!(set_id = %id, "{what} is not walked: none of the identities given is among its recipients ({})", sealed.recipients.join(", "));
+            return Ok(());
+        }
+        let figures = manifest.checks.etcd.as_ref();
+        scratch.walk(&what, entry, figures, false, |file| {
+            super::remote::open_sealed(client, &key, sealed, entry, file, scratch.identities)
+        })?;
     }
     Ok(())
 }
@@ -281,22 +302,12 @@ fn walk_a_copy(
     bandwidth: u64,
     scratch: &Scratch,
 ) -> Result<()> {
-    let store = crate::store::Store::open(scratch.store)?;
-    store.ensure_room(
-        &format!("the deep check of '{key}'"),
-        entry.size,
-        scratch.floor,
-    )?;
-    let staging = store.new_staging("verify")?;
-    let path = staging.join(&entry.name);
-    let result = crate::files::create_private(&path)
-        .and_then(|file| download_and_check(client, key, entry, bandwidth, Some(file)))
-        .and_then(|()| {
-            crate::verify::deep_check_against(&path, manifest.checks.etcd.as_ref())
-                .map_err(|e| anyhow::anyhow!("object '{key}': {e:#}"))
-        });
-    let _ = std::fs::remove_dir_all(&staging);
-    result.map(drop)
+    let what = format!("object '{key}'");
+    let figures = manifest.checks.etcd.as_ref();
+    scratch.walk(&what, entry, figures, true, |file| {
+        let file = file.try_clone()?;
+        download_and_check(client, key, entry, bandwidth, Some(file))
+    })
 }
 
 struct Hashing {
