@@ -26,6 +26,8 @@ pub const TLS_KEY: &str = concat!(config_dir!(), "/tls/tls.key");
 pub const TLS_CA: &str = concat!(config_dir!(), "/tls/ca.crt");
 /// An AWS shared-credentials file for the S3 targets (a profile per target).
 pub const S3_CREDENTIALS: &str = concat!(config_dir!(), "/s3-credentials");
+/// Where a rendered MachineConfig puts the cluster signing key (`[seal] signing_key`).
+pub const SIGNING_KEY: &str = concat!(config_dir!(), "/signing_key");
 /// The pinned image and the binary's sha256 the install unit reads.
 pub const IMAGE_ENV: &str = concat!(config_dir!(), "/image.env");
 

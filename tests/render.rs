@@ -576,3 +576,86 @@ fn s3_credentials_ride_along_0600_and_are_checked_against_the_targets() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_signing_key_rides_along_0600_where_the_config_reads_it_and_recipients_stay_public() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("signing_key");
+    let keygen = |out: &std::path::Path, signing: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("keygen").arg("--out").arg(out);
+        if signing {
+            cmd.arg("--signing");
+        }
+        let done = cmd.output().unwrap();
+        assert!(done.status.success(), "{done:?}");
+        String::from_utf8(done.stdout).unwrap().trim().to_string()
+    };
+    let signer = keygen(&key, true);
+    let recipient = keygen(&keys.path().join("identity.txt"), false);
+    let config = node.dir.path().join("c.toml");
+    let seal = |path: &str| {
+        format!(
+            "[seal]\nrecipients = [\"{recipient}\"]\nsigning_key = \"{path}\"\nsigners = [\"{signer}\"]\n"
+        )
+    };
+    std::fs::write(&config, seal("/etc/etcd-backup/signing_key")).unwrap();
+    let image = format!("mirror.example.com:5000/ocp/etcd-backup@{DIGEST}");
+    let args = |extra: &[&std::ffi::OsStr]| -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--image".into(), image.clone().into()];
+        args.extend(extra.iter().map(|a| a.to_os_string()));
+        args
+    };
+    let flag = std::ffi::OsStr::new("--signing-key");
+    let with = args(&[flag, key.as_os_str()]);
+    let mc = render_ok(
+        &config,
+        &with.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+    );
+    let carried = file(&mc, "/etc/etcd-backup/signing_key").expect("the signing key");
+    assert_eq!(carried["mode"], 384);
+    assert_eq!(decode(&carried["contents"]), std::fs::read(&key).unwrap());
+    // The config carries the public recipients and signer only; no identity travels.
+    let config_file = file(&mc, "/etc/etcd-backup/config.toml").unwrap();
+    let text = String::from_utf8(decode(&config_file["contents"])).unwrap();
+    assert!(
+        text.contains(&recipient) && !text.contains("AGE-SECRET-KEY"),
+        "{text}"
+    );
+
+    // A key others can read is refused; a config that reads another path is refused.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = render(
+        &config,
+        &with.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&config, seal("/root/other_key")).unwrap();
+    let out = render(
+        &config,
+        &with.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not \"/etc/etcd-backup/signing_key\"")
+    );
+    // Without the key: rendered, with a warning that backups fail until the masters have it.
+    std::fs::write(&config, seal("/etc/etcd-backup/signing_key")).unwrap();
+    let bare = args(&[]);
+    let out = render(
+        &config,
+        &bare.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(),
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("or their backups fail"));
+    // The node disruption policy knows the path: a new key restarts nothing.
+    let policy = Command::new(BIN)
+        .args(["render", "node-disruption-policy"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&policy.stdout).contains("/etc/etcd-backup/signing_key"));
+}

@@ -46,6 +46,10 @@ pub struct MachineconfigArgs {
     /// /etc/etcd-backup/s3-credentials, a profile per target
     #[arg(long, value_name = "FILE")]
     s3_credentials: Option<PathBuf>,
+    /// The cluster signing key (etcd-backup keygen --signing, 0600), for a config whose
+    /// [seal] signing_key is /etc/etcd-backup/signing_key
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
     #[arg(long, default_value = "99-master-etcd-backup")]
     name: String,
 }
@@ -66,6 +70,7 @@ pub fn cmd_render(what: &RenderCmd) -> Result<u8> {
         spray_key: args.spray_key.clone(),
         known_hosts: args.known_hosts.clone(),
         s3_credentials: args.s3_credentials.clone(),
+        signing_key: args.signing_key.clone(),
         name: args.name.clone(),
     })?;
     eprintln!("{}", rendered.summary);

@@ -14,7 +14,7 @@ mod request;
 
 pub use keys::{generate_keypair, public_key_of};
 pub use machineconfig::machineconfig;
-pub use payload::{Delivery, Inputs, check_s3_credentials};
+pub use payload::{Delivery, Inputs, check_s3_credentials, check_signing_key};
 pub use policy::node_disruption_policy;
 pub use request::{Rendered, Request, machineconfig_from};
 
@@ -88,6 +88,7 @@ mod tests {
             spray_private_key: "",
             spray_public_key: "",
             s3_credentials: None,
+            signing_key: None,
         };
         assert!(
             machineconfig(&inputs)

@@ -6,6 +6,7 @@ use super::image::PinnedImage;
 use crate::paths::{
     BINARY as BINARY_PATH, CONFIG_DIR, IMAGE_ENV as IMAGE_ENV_PATH,
     INSTALL_SCRIPT as INSTALL_SCRIPT_PATH, RECEIVE_COMMAND, S3_CREDENTIALS as S3_CREDENTIALS_PATH,
+    SIGNING_KEY as SIGNING_KEY_PATH,
 };
 use anyhow::{Result, anyhow, bail};
 use std::path::Path;
@@ -35,6 +36,8 @@ pub struct Inputs<'a> {
     /// An AWS shared-credentials file for the config's S3 targets (a profile per target), put
     /// at [`S3_CREDENTIALS_PATH`].
     pub s3_credentials: Option<&'a str>,
+    /// The cluster signing key, put at [`SIGNING_KEY_PATH`].
+    pub signing_key: Option<&'a str>,
 }
 
 /// What the node disruption policy does when a file changes.
@@ -73,6 +76,26 @@ pub struct Payload {
 }
 
 pub const INSTALL_UNIT: &str = "etcd-backup-install.service";
+
+/// Checks a signing key given to `render machineconfig --signing-key` against the config:
+/// `[seal] signing_key` must name [`SIGNING_KEY_PATH`], where it goes. Returns the warning
+/// when the config names that path and no key is given (the masters must get it some other
+/// way: until then their backups fail).
+pub fn check_signing_key(
+    seal: &crate::config::SealSettings,
+    given: bool,
+) -> Result<Option<String>> {
+    let reads = seal.signing_key.as_deref() == Some(Path::new(SIGNING_KEY_PATH));
+    match (given, reads) {
+        (true, false) => bail!(
+            "--signing-key is given, but the config's [seal] signing_key is not \"{SIGNING_KEY_PATH}\", where it goes"
+        ),
+        (false, true) => Ok(Some(format!(
+            "[seal] signing_key is {SIGNING_KEY_PATH}, which this MachineConfig does not carry (no --signing-key): the masters must get it some other way, or their backups fail"
+        ))),
+        _ => Ok(None),
+    }
+}
 
 /// Checks a credentials file given to `render machineconfig --s3-credentials` against the
 /// config's S3 targets: at least one target must read it from [`S3_CREDENTIALS_PATH`], and
@@ -267,6 +290,14 @@ pub fn payload(inputs: &Inputs<'_>) -> Result<Payload> {
             OnChange::Nothing,
         ));
     }
+    if let Some(key) = inputs.signing_key {
+        files.push(file(
+            SIGNING_KEY_PATH,
+            0o600,
+            key.as_bytes(),
+            OnChange::Nothing,
+        ));
+    }
     units.extend(UNITS);
     Ok(Payload {
         directories: vec![CONFIG_DIR.to_string(), format!("{CONFIG_DIR}/config.d")],
@@ -287,7 +318,7 @@ pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
     let zeros = "0".repeat(64);
     let mut paths: Vec<(String, OnChange)> = Vec::new();
     let mut units: Vec<Unit> = Vec::new();
-    for (delivery, known_hosts, s3_credentials) in [
+    for (delivery, known_hosts, s3_credentials, signing_key) in [
         (
             Delivery::Image {
                 image: &image,
@@ -295,8 +326,9 @@ pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
             },
             None,
             Some(""),
+            Some(""),
         ),
-        (Delivery::Embedded { binary: b"" }, Some(""), None),
+        (Delivery::Embedded { binary: b"" }, Some(""), None, None),
     ] {
         let payload = payload(&Inputs {
             name: "",
@@ -306,6 +338,7 @@ pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
             spray_private_key: "",
             spray_public_key: "",
             s3_credentials,
+            signing_key,
         })
         .expect("the payload of empty inputs");
         for file in payload.files {
@@ -405,6 +438,7 @@ mod tests {
             spray_private_key: "",
             spray_public_key: "ecdsa-sha2-nistp256 AAAA k\n",
             s3_credentials: Some("[default]\n"),
+            signing_key: None,
         })
         .unwrap();
         let file = made
@@ -437,6 +471,7 @@ mod tests {
             spray_private_key: "",
             spray_public_key: "ecdsa-sha2-nistp256 AAAA k\n",
             s3_credentials: None,
+            signing_key: None,
         };
         let pinned = payload(&inputs(Delivery::Image {
             image: &image,

@@ -19,6 +19,7 @@ pub struct Request {
     pub spray_key: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
     pub s3_credentials: Option<PathBuf>,
+    pub signing_key: Option<PathBuf>,
     pub name: String,
 }
 
@@ -43,6 +44,7 @@ pub fn machineconfig_from(request: &Request) -> Result<Rendered> {
         spray_key,
         known_hosts,
         s3_credentials,
+        signing_key,
         name,
     } = request;
     let read = |path: &PathBuf| {
@@ -100,6 +102,14 @@ pub fn machineconfig_from(request: &Request) -> Result<Rendered> {
     {
         tracing::warn!("{warning}");
     }
+    if let Some(warning) = super::check_signing_key(&settings.seal, signing_key.is_some())? {
+        tracing::warn!("{warning}");
+    }
+    // Checked as the masters will read it: an unencrypted Ed25519 key, owner-only.
+    if let Some(path) = signing_key {
+        crate::seal::keys::load_signing_key(path)?;
+    }
+    let signing_key = signing_key.as_ref().map(read).transpose()?;
     let yaml = super::machineconfig(&super::Inputs {
         name,
         delivery,
@@ -108,6 +118,7 @@ pub fn machineconfig_from(request: &Request) -> Result<Rendered> {
         spray_private_key: &private,
         spray_public_key: &public,
         s3_credentials: s3_credentials.as_deref(),
+        signing_key: signing_key.as_deref(),
     })?;
     let kib = yaml.len() >> 10;
     let (summary, over_budget) = if *embed_binary {
