@@ -664,3 +664,57 @@ fn s3_targets_come_from_values_with_their_keys_from_a_secret_in_the_spray_pods_o
         assert!(error.contains(why), "{set:?}: {error}");
     }
 }
+
+#[test]
+fn seal_values_reach_the_config_and_the_signing_key_only_the_backup_and_spray_pods() {
+    let values = chart().join("ci/seal-values.yaml");
+    let (objects, _) = template(&["-f", values.to_str().unwrap()]).unwrap();
+    let effective = effective_config(&objects);
+    for line in [
+        "[seal]",
+        "recipients = [\"age1",
+        "resources_recipients = [\"age1",
+        "signers = [\"ssh-ed25519 AAAA",
+        "require_signature = true",
+        "signing_key = \"/run/etcd-backup/seal/signing_key\"",
+        // The PersistentVolume and the bucket seal, as recipients are configured.
+        "# seal = true",
+    ] {
+        assert!(effective.contains(line), "{line} in:\n{effective}");
+    }
+    let mut mounting = Vec::new();
+    for (name, pod) in pods(&objects) {
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "signing-key");
+        let mounted = containers(pod).iter().any(|c| {
+            c["volumeMounts"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["name"] == "signing-key"))
+        });
+        assert_eq!(volume.is_some(), mounted, "{name}");
+        if let Some(volume) = volume {
+            assert_eq!(volume["secret"]["secretName"], "etcd-backup-signing-key");
+            assert_eq!(volume["secret"]["defaultMode"], 0o400);
+            mounting.push(name);
+        }
+    }
+    mounting.sort();
+    assert_eq!(
+        mounting,
+        [
+            "eb-etcd-backup-backup (backup)",
+            "eb-etcd-backup-spray (spray)"
+        ]
+    );
+    // Without seal values, no [seal] at all (and nothing mounted).
+    let (plain, _) = template(&[]).unwrap();
+    assert!(
+        !of_kind(&plain, "ConfigMap")[0]["data"]["config.toml"]
+            .as_str()
+            .unwrap()
+            .contains("[seal]")
+    );
+}

@@ -48,6 +48,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "etcd-backup.pvMount" -}}/mnt/etcd-backup-pv{{- end -}}
 {{- define "etcd-backup.s3Dir" -}}/run/etcd-backup/s3{{- end -}}
 {{- define "etcd-backup.s3CaDir" -}}/run/etcd-backup/s3-ca{{- end -}}
+{{- define "etcd-backup.sealDir" -}}/run/etcd-backup/seal{{- end -}}
 
 {{/* The node name, from the downward API: a pod's hostname is its own name. */}}
 {{- define "etcd-backup.env" -}}
@@ -180,4 +181,17 @@ concurrencyPolicy: Forbid
 startingDeadlineSeconds: {{ .root.Values.startingDeadlineSeconds }}
 successfulJobsHistoryLimit: {{ .root.Values.successfulJobsHistoryLimit }}
 failedJobsHistoryLimit: {{ .root.Values.failedJobsHistoryLimit }}
+{{- end -}}
+
+{{/* The cluster signing key, owner-read-only: only the backup and spray pods mount it. */}}
+{{- define "etcd-backup.signingKeyVolume" -}}
+{{- if .Values.seal.signingKeySecret }}
+- name: signing-key
+  secret:
+    secretName: {{ .Values.seal.signingKeySecret | quote }}
+    defaultMode: 0400
+    items:
+      - key: signing_key
+        path: signing_key
+{{- end }}
 {{- end -}}
