@@ -1,7 +1,9 @@
 //! Benchmark (not a test): uploading a ~1 GiB set of real etcd data to a real S3 server
 //! (SeaweedFS `weed mini` on loopback) against `aws s3 cp --recursive` (PyPI awscli) of the same
 //! set directory with the same part size, all measured in this run, alternated, medians of 3:
-//! first upload vs aws, a no-op run, peak RSS.
+//! first upload vs aws, a no-op run, peak RSS; then sealed sets (age to two recipients, signed)
+//! against the same set in the clear: the spray to a fresh bucket and the fetch back on
+//! another master, alternated.
 //!
 //! `cargo bench --bench s3` (as root; tests/lab/install-deps first). BENCH_SIZE_MIB sets the
 //! etcd data size (default 1024).
@@ -73,12 +75,13 @@ fn main() {
     ];
     let config = lab.hosts[0].config();
     let config = config.to_str().unwrap();
-    // master-0 sprays to `bucket` only, with our part size and `extra` keys of the target.
-    let configure = |bucket: &str, extra: &str| {
+    // Master `n` sprays to `bucket` only, with our part size and `extra` keys of the target,
+    // then the `after` tables.
+    let configure_host = |n: usize, bucket: &str, extra: &str, after: &str| {
         lab.write_config(
-            0,
+            n,
             &format!(
-                "etcd_env = \"\"\nio_timeout = \"60s\"\n{}",
+                "etcd_env = \"\"\nio_timeout = \"60s\"\n{}{after}",
                 s3_target(
                     &endpoint,
                     bucket,
@@ -89,6 +92,7 @@ fn main() {
             ),
         );
     };
+    let configure = |bucket: &str, extra: &str| configure_host(0, bucket, extra, "");
 
     let (mut ours, mut theirs, mut noop) = (Vec::new(), Vec::new(), Vec::new());
     let (mut rss, mut cpu) = (0u64, Vec::new());
@@ -191,6 +195,82 @@ fn main() {
     }
     let (by_checksum, verify, download) = (median(by_checksum), median(verify), median(download));
 
+    // Sealed against in the clear: each round sprays the set to two fresh buckets, one sealed
+    // (snapshot and archive to their own recipients, records signed) and one not, in
+    // alternating order; then master-1 fetches it back from each (the sealed with both
+    // identities), its copy removed in between.
+    let keys = lab.dir.path().join("seal-keys");
+    std::fs::create_dir(&keys).unwrap();
+    let keygen = |name: &str, signing: bool| {
+        let out = keys.join(name);
+        let mut args = vec!["keygen", "--out", out.to_str().unwrap()];
+        if signing {
+            args.push("--signing");
+        }
+        let (_, text, _, _) = timed(util::BIN, &args, &[]);
+        text.lines().next().unwrap().trim().to_string()
+    };
+    let seal = format!(
+        "\n[seal]\nrecipients = [\"{}\"]\nresources_recipients = [\"{}\"]\nsigning_key = \"{}\"\nsigners = [\"{}\"]\n",
+        keygen("snapshot.txt", false),
+        keygen("resources.txt", false),
+        keys.join("signing_key").display(),
+        keygen("signing_key", true),
+    );
+    let identities = [keys.join("snapshot.txt"), keys.join("resources.txt")];
+    let fetcher = lab.hosts[1].config();
+    let fetcher = fetcher.to_str().unwrap();
+    let fetched = lab.hosts[1].store().join("sets").join(&id);
+    let (mut clear, mut sealed, mut sealed_rss) = (Vec::new(), Vec::new(), 0u64);
+    let (mut fetch_clear, mut fetch_sealed, mut fetch_rss) = (Vec::new(), Vec::new(), 0u64);
+    for round in 0..ROUNDS {
+        let (plain_bucket, sealed_bucket) =
+            (new_bucket(&endpoint, false), new_bucket(&endpoint, false));
+        let spray = |bucket: &str, after: &str| {
+            configure_host(0, bucket, "", after);
+            let run = timed(util::BIN, &["--config", config, "spray"], &[]);
+            assert!(run.1.contains("(1 sent"), "{}", run.1);
+            run
+        };
+        let fetch = |bucket: &str, sealed: bool| {
+            configure_host(1, bucket, "", "");
+            let _ = std::fs::remove_dir_all(&fetched);
+            let mut args = vec!["--config", fetcher, "fetch", "--from", bucket];
+            if sealed {
+                for identity in &identities {
+                    args.extend(["--identity", identity.to_str().unwrap()]);
+                }
+            }
+            args.push(&id);
+            timed(util::BIN, &args, &[])
+        };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_seal in order {
+            if with_seal {
+                let (secs, _, kib, _) = spray(&sealed_bucket, &seal);
+                sealed.push(secs);
+                sealed_rss = sealed_rss.max(kib);
+            } else {
+                clear.push(spray(&plain_bucket, "").0);
+            }
+        }
+        for with_seal in order {
+            if with_seal {
+                let (secs, _, kib, _) = fetch(&sealed_bucket, true);
+                fetch_sealed.push(secs);
+                fetch_rss = fetch_rss.max(kib);
+            } else {
+                fetch_clear.push(fetch(&plain_bucket, false).0);
+            }
+        }
+    }
+    let (clear, sealed) = (median(clear), median(sealed));
+    let (fetch_clear, fetch_sealed) = (median(fetch_clear), median(fetch_sealed));
+
     let (ours, theirs) = (median(ours), median(theirs));
     let rate = |secs: f64| mib_of(bytes) / secs;
     println!(
@@ -221,6 +301,16 @@ fn main() {
     );
     println!(
         "verify --target (s3), by the stored checksums:  {by_checksum:6.2} s  (target <= 1 s, no download)"
+    );
+    println!(
+        "spray (s3) sealed: {sealed:6.2} s, in the clear {clear:6.2} s  = {:.2}x (target >= 0.85x); peak RSS {:.1} MiB (target <= 64 MiB)",
+        clear / sealed,
+        sealed_rss as f64 / 1024.0
+    );
+    println!(
+        "fetch (s3) sealed: {fetch_sealed:6.2} s, in the clear {fetch_clear:6.2} s  = {:.2}x (target >= 0.85x); peak RSS {:.1} MiB (target <= 64 MiB)",
+        fetch_clear / fetch_sealed,
+        fetch_rss as f64 / 1024.0
     );
     println!(
         "verify --target (s3), downloaded:  {verify:6.2} s  {:6.0} MiB/s  = {:.2}x aws's download (target >= 0.9x); peak RSS {:.1} MiB (target <= 64 MiB)",

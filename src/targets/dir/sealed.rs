@@ -140,6 +140,7 @@ fn seal_set(open: &OpenSet, sealing: &Sealing, staging: &Path, sealed_by: &str) 
             .and_then(|f| f.sync_all())
             .with_context(|| format!("cannot write '{}'", path.display()))?;
         let (plain, sealed) = sealer.digests();
+        let sealed = sealed.expect("the sealer hashes what it writes here");
         if crate::hash::hex(&plain) != entry.sha256 {
             bail!(
                 "'{}' does not match its manifest (changed or damaged since it was verified): not sent",
