@@ -5,7 +5,9 @@
 //! from master-1's copy, once on a master whose store is gone, from the bucket alone — each
 //! time by `stage` and then the very command it prints (the lab's `cluster-restore.sh`, which
 //! works on /var/lib/etcd-backup as OpenShift's does); the restored cluster serves exactly the
-//! keys written before the backup.
+//! keys written before the backup. The bucket holds sealed sets only (age, the snapshot and the
+//! archive to recipients of their own, signed), and every master requires signatures: the
+//! second restore opens the bucket's copy with identity files brought from "offline".
 
 use crate::masters::{Masters, backed_up, messages};
 use crate::util::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
@@ -106,12 +108,34 @@ fn master_0_lost_the_cluster_comes_back_from_a_peer_and_from_the_bucket_alone() 
     std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
     let image = lab.image(&release_binary(), "drill");
     let endpoint = s3.endpoint();
+    // The keys, made "offline": the masters get the public recipients and the signing key.
+    let offline = dir.path().join("offline");
+    std::fs::create_dir(&offline).unwrap();
+    let keygen = |name: &str, signing: bool| {
+        let mut cmd = std::process::Command::new(crate::util::BIN);
+        cmd.arg("keygen").arg("--out").arg(offline.join(name));
+        if signing {
+            cmd.arg("--signing");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (snapshot_recipient, resources_recipient, signer) = (
+        keygen("snapshot-identity.txt", false),
+        keygen("resources-identity.txt", false),
+        keygen("signing_key", true),
+    );
     let config = format!(
         "[backup]\nsnapshot_nodes = [\"master-0\", \"master-1\", \"master-2\"]\n\
          [spray]\nconnect_timeout = \"3s\"\nio_timeout = \"10s\"\nattempts = 1\n\
          [[spray.target]]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
          prefix = \"{PREFIX}\"\ncredentials = \"/etc/etcd-backup/s3-credentials\"\n\
-         insecure_http = true\n"
+         insecure_http = true\n\
+         [seal]\nrecipients = [\"{snapshot_recipient}\"]\n\
+         resources_recipients = [\"{resources_recipient}\"]\n\
+         signing_key = \"/etc/etcd-backup/signing_key\"\nsigners = [\"{signer}\"]\n\
+         require_signature = true\n"
     );
     let mc = dir.path().join("drill.yaml");
     std::fs::write(
@@ -123,6 +147,8 @@ fn master_0_lost_the_cluster_comes_back_from_a_peer_and_from_the_bucket_alone() 
                 &image,
                 "--s3-credentials",
                 credentials.to_str().unwrap(),
+                "--signing-key",
+                offline.join("signing_key").to_str().unwrap(),
             ],
         ),
     )
@@ -156,8 +182,33 @@ fn master_0_lost_the_cluster_comes_back_from_a_peer_and_from_the_bucket_alone() 
         .iter()
         .map(|o| o["key"].as_str().unwrap().rsplit('/').next().unwrap())
         .collect();
-    assert_eq!(names.len(), 3, "{names:?}");
-    assert!(names.contains(&"manifest.json"), "{names:?}");
+    let mut names: Vec<String> = names
+        .iter()
+        .map(|n| {
+            n.split_once('_')
+                .map_or(n.to_string(), |(kind, _)| format!("{kind}_*"))
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "manifest.json",
+            "manifest.json.sig",
+            "seal.json",
+            "seal.json.sig",
+            "snapshot_*",
+            "static_*"
+        ],
+        "sealed files and signed records only"
+    );
+    assert!(
+        objects.as_array().unwrap().iter().all(|o| {
+            let key = o["key"].as_str().unwrap();
+            key.ends_with(".age") || key.ends_with(".json") || key.ends_with(".sig")
+        }),
+        "{objects}"
+    );
 
     // master-0 is lost, disk and all.
     lab.script(&["destroy", "0"]).expect_ok("destroy master-0");
@@ -181,7 +232,39 @@ fn master_0_lost_the_cluster_comes_back_from_a_peer_and_from_the_bucket_alone() 
         "s3:{}/{BUCKET}/{PREFIX}",
         endpoint.trim_start_matches("http://")
     );
-    let fetched = lab.exec(2, &["etcd-backup", "fetch", "--from", &from, &set]);
+    // The identities come from offline for the recovery, and only to the recovery master.
+    for name in ["snapshot-identity.txt", "resources-identity.txt"] {
+        let text = std::fs::read_to_string(offline.join(name)).unwrap();
+        let secret = text
+            .lines()
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .unwrap();
+        lab.exec(
+            2,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "umask 077 && mkdir -p /root/offline && echo {secret} > /root/offline/{name}"
+                ),
+            ],
+        )
+        .expect_ok("bring an identity from offline");
+    }
+    let fetched = lab.exec(
+        2,
+        &[
+            "etcd-backup",
+            "fetch",
+            "--from",
+            &from,
+            "--identity",
+            "/root/offline/snapshot-identity.txt",
+            "--identity",
+            "/root/offline/resources-identity.txt",
+            &set,
+        ],
+    );
     fetched.expect_ok("fetch from the bucket");
     lab.exec(2, &["etcd-backup", "verify", "--deep", &set])
         .expect_ok("the fetched set verifies");

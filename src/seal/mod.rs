@@ -6,6 +6,7 @@
 //! stay in the manifest, so every check after decryption keeps its meaning.
 
 pub mod keys;
+pub mod payload;
 pub mod record;
 pub mod sign;
 pub mod stream;

@@ -173,24 +173,87 @@ impl<R: Read> Read for Sealer<R> {
 }
 
 /// The plaintext of the age file read from `sealed`, opened with whichever of `identities`
-/// it was sealed to. `what` names the file in errors.
+/// it was sealed to. `what` names the file in errors. The `age` crate reads the header (bounded
+/// by [`MAX_HEADER_BYTES`]), finds the identity that opens it and checks its MAC; the payload is
+/// then decrypted with OpenSSL ([`super::payload`]).
 pub fn open<'a, R: Read + 'a>(
     sealed: R,
     identities: &'a [age::x25519::Identity],
     what: &str,
 ) -> Result<Box<dyn Read + 'a>> {
-    let decryptor = age::Decryptor::new(sealed)
+    use std::io::BufRead;
+    let mut sealed = io::BufReader::with_capacity(1 << 20, sealed);
+    // The header, through its MAC line (`--- `), then the payload's nonce.
+    let mut header = Vec::new();
+    loop {
+        let line = header.len();
+        let room = (MAX_HEADER_BYTES + 1).saturating_sub(line as u64);
+        let n = (&mut sealed)
+            .take(room)
+            .read_until(b'\n', &mut header)
+            .with_context(|| format!("cannot read {what}"))?;
+        if n == 0 || !header.ends_with(b"\n") {
+            bail!("{what} is not an age file of ours: its header ends early or runs over 64 KiB");
+        }
+        if header[line..].starts_with(b"--- ") {
+            break;
+        }
+    }
+    let mut nonce = [0u8; super::payload::NONCE];
+    sealed
+        .read_exact(&mut nonce)
+        .map_err(|_| anyhow::anyhow!("{what} is not an age file: it ends after its header"))?;
+    header.extend_from_slice(&nonce);
+    let decryptor = age::Decryptor::new(&header[..])
         .map_err(|e| anyhow::anyhow!("{what} is not an age file: {e}"))?;
     if decryptor.is_scrypt() {
         bail!("{what} is sealed with a passphrase, not to recipients: not one of ours");
     }
-    match decryptor.decrypt(identities.iter().map(|i| i as &dyn age::Identity)) {
-        Ok(reader) => Ok(Box::new(reader)),
+    let capture = Capture {
+        identities,
+        file_key: std::cell::RefCell::new(None),
+    };
+    // age checks the header's MAC with the file key before it says yes.
+    match decryptor.decrypt(std::iter::once(&capture as &dyn age::Identity)) {
+        Ok(_) => {}
         Err(age::DecryptError::NoMatchingKeys) => bail!(
             "none of the {} identities given opens {what}",
             identities.len()
         ),
         Err(e) => bail!("cannot open {what}: {e}"),
+    }
+    let file_key = capture
+        .file_key
+        .take()
+        .context("the identity that opened the header gave no file key")?;
+    let key = super::payload::payload_key(&file_key[..], &nonce)?;
+    Ok(Box::new(super::payload::Payload::new(sealed, key)))
+}
+
+/// The identities given, as one that keeps the file key it unwraps (for the payload).
+struct Capture<'a> {
+    identities: &'a [age::x25519::Identity],
+    file_key: std::cell::RefCell<Option<zeroize::Zeroizing<[u8; 16]>>>,
+}
+
+impl age::Identity for Capture<'_> {
+    fn unwrap_stanza(
+        &self,
+        stanza: &age_core::format::Stanza,
+    ) -> Option<Result<age_core::format::FileKey, age::DecryptError>> {
+        use age::secrecy::ExposeSecret;
+        for identity in self.identities {
+            match age::Identity::unwrap_stanza(identity, stanza) {
+                Some(Ok(key)) => {
+                    *self.file_key.borrow_mut() =
+                        Some(zeroize::Zeroizing::new(*key.expose_secret()));
+                    return Some(Ok(key));
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                None => {}
+            }
+        }
+        None
     }
 }
 
@@ -276,6 +339,66 @@ mod tests {
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, plain, "length {len}");
+        }
+    }
+
+    /// The payload decrypted with OpenSSL against the `age` crate's own reader: the same bytes,
+    /// and what one refuses the other refuses.
+    #[test]
+    fn openssl_opens_exactly_what_the_age_crate_opens() {
+        let identity = age::x25519::Identity::generate();
+        let ids = std::slice::from_ref(&identity);
+        let by_age = |sealed: &[u8]| -> Result<Vec<u8>, ()> {
+            let decryptor = age::Decryptor::new(sealed).map_err(drop)?;
+            let mut reader = decryptor
+                .decrypt(std::iter::once(&identity as &dyn age::Identity))
+                .map_err(drop)?;
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).map_err(drop)?;
+            Ok(out)
+        };
+        let by_us = |sealed: &[u8]| -> Result<Vec<u8>, ()> {
+            let mut out = Vec::new();
+            open(sealed, ids, "x")
+                .map_err(drop)?
+                .read_to_end(&mut out)
+                .map_err(drop)?;
+            Ok(out)
+        };
+        for len in [0usize, 1, 65535, 65536, 65537, 131072, 200_001] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            let (sealed, _) = seal(&[identity.to_public()], &plain);
+            assert_eq!(by_us(&sealed), Ok(plain.clone()), "length {len}");
+            assert_eq!(by_age(&sealed), Ok(plain), "length {len}");
+            let header = sealed.len() - payload_size(len as u64).unwrap() as usize;
+            let mut damaged: Vec<Vec<u8>> = Vec::new();
+            // Cut at every chunk boundary and mid-chunk; a byte added; a byte flipped
+            // in the payload and in the header.
+            for cut in [
+                header + 16 + 65536 + 16,
+                header + 16 + 100,
+                sealed.len() - 1,
+            ] {
+                if cut < sealed.len() {
+                    damaged.push(sealed[..cut].to_vec());
+                }
+            }
+            let mut longer = sealed.clone();
+            longer.push(7);
+            damaged.push(longer);
+            for at in [sealed.len() - 1, header + 20, header / 2] {
+                let mut flipped = sealed.clone();
+                flipped[at] ^= 1;
+                damaged.push(flipped);
+            }
+            for bad in damaged {
+                assert!(
+                    by_us(&bad).is_err(),
+                    "length {len}: opened {} bytes",
+                    bad.len()
+                );
+                assert!(by_age(&bad).is_err(), "length {len}");
+            }
         }
     }
 
