@@ -695,3 +695,112 @@ fn only_a_deep_check_with_an_identity_finds_a_file_resealed_under_a_rewritten_re
     .expect_stdout("trailer mismatch");
     assert!(node.staging_entries().is_empty());
 }
+
+#[test]
+fn a_sealed_upload_cut_by_a_dead_server_is_sent_again_whole_and_says_what_it_wastes() {
+    let mut server = S3Server::start();
+    let endpoint = server.endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let offline = tempfile::tempdir().unwrap();
+    let keys = keys(offline.path());
+    let mut node = sealed_node(
+        &endpoint,
+        &bucket,
+        &keys,
+        Some(&offline.path().join("signing_key")),
+    );
+    node.use_etcd(big_etcd());
+    let id = node.backup();
+    let size = std::fs::metadata(set_file(&node.set_dir(&id), ".db"))
+        .unwrap()
+        .len();
+    assert!(size > 6 * (5 << 20), "a snapshot of several parts: {size}");
+
+    let mut spray = node.cmd(&["spray"]);
+    spray
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = spray.spawn().unwrap();
+    let credentials = node.dir.path().join("s3-credentials");
+    let mut watch = crate::spray_s3::watcher(&endpoint, &bucket, &credentials);
+    let started = std::time::Instant::now();
+    loop {
+        let parts = watch
+            .list_uploads("cluster/")
+            .and_then(|u| match u.first() {
+                Some(u) => watch.list_parts(&u.key, &u.upload_id).map(|p| p.len()),
+                None => Ok(0),
+            });
+        if parts.as_ref().is_ok_and(|n| *n >= 2) {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the upload never got under way: {parts:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server.kill();
+    let run = Run::from_output(child.wait_with_output().unwrap(), &["spray"]);
+    run.expect_code(1).expect_stderr(&bucket);
+    server.restart();
+    let uploads = tool_json(&endpoint, &["uploads", &bucket]);
+    let held: u64 = uploads[0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["size"].as_u64().unwrap())
+        .sum();
+    assert!(held >= 2 * (5 << 20), "{uploads}");
+
+    // A sealed file cannot be continued: the cut upload is aborted, its bytes said, and the
+    // whole set sealed and sent again — no more than what the manifest and the records hold.
+    let again = node.run(&["spray"]);
+    again
+        .expect_code(0)
+        .expect_stdout("(1 sent")
+        .expect_stderr("is abandoned: a sealed file cannot be continued")
+        .expect_stderr(&format!("its {held} bytes are sent again"));
+    let objects = tool_json(&endpoint, &["objects", &bucket, "cluster/"]);
+    let sealed: u64 = objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["key"].as_str().unwrap().ends_with(".age"))
+        .map(|o| o["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(crate::spray_s3::sent_bytes(&again), sealed);
+    assert_eq!(
+        tool_json(&endpoint, &["uploads", &bucket]),
+        serde_json::json!([])
+    );
+    node.run(&["verify", "--target", &bucket])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
+    let fresh = sealed_node(&endpoint, &bucket, &keys, None);
+    fresh
+        .run(&[
+            "fetch",
+            "--from",
+            &bucket,
+            "--identity",
+            offline
+                .path()
+                .join("snapshot-identity.txt")
+                .to_str()
+                .unwrap(),
+            "--identity",
+            offline
+                .path()
+                .join("resources-identity.txt")
+                .to_str()
+                .unwrap(),
+            &id,
+        ])
+        .expect_code(0);
+    // Byte for byte the set that was taken (the signature with it).
+    assert_eq!(
+        fingerprint(&fresh.set_dir(&id)),
+        fingerprint(&node.set_dir(&id))
+    );
+}

@@ -38,7 +38,7 @@ fn assert_sets_on_bucket(node: &Node, endpoint: &str, bucket: &str, ids: &[Strin
     }
 }
 
-fn sent_bytes(run: &Run) -> u64 {
+pub(crate) fn sent_bytes(run: &Run) -> u64 {
     let line = run
         .stdout
         .lines()
@@ -76,7 +76,11 @@ fn sets_reach_a_bucket_whole_and_a_second_run_uploads_nothing() {
 }
 
 /// A test-side client of ours, only to watch an upload's progress (assertions use boto3).
-fn watcher(endpoint: &str, bucket: &str, credentials: &std::path::Path) -> etcd_backup::s3::Client {
+pub(crate) fn watcher(
+    endpoint: &str,
+    bucket: &str,
+    credentials: &std::path::Path,
+) -> etcd_backup::s3::Client {
     let target = etcd_backup::config::S3Target {
         endpoint: endpoint.into(),
         bucket: bucket.into(),
