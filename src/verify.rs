@@ -422,7 +422,8 @@ fn verify_set(set: &StoredSet, deep: bool, scratch: Option<&Scratch>) -> Result<
                 let source = std::io::BufReader::with_capacity(1 << 20, open_regular(&from)?);
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
                 let ids = scratch.identities;
-                crate::seal::stream::open_into(source, sealed, entry.size, ids, &what, &mut out)?;
+                let sizes = (sealed.size, entry.size);
+                crate::seal::stream::open_into(source, sizes, ids, &what, &mut out)?;
                 std::io::Write::flush(&mut out).map_err(Into::into)
             })?;
         }

@@ -67,6 +67,24 @@ fn sealed_node(
     node
 }
 
+/// `fetch --from FROM ID` on `node` with both identities that `keys` made in `dir`.
+fn fetch_with_identities(node: &Node, from: &str, dir: &Path, id: &str) -> Run {
+    let (snapshot, resources) = (
+        dir.join("snapshot-identity.txt"),
+        dir.join("resources-identity.txt"),
+    );
+    node.run(&[
+        "fetch",
+        "--from",
+        from,
+        "--identity",
+        snapshot.to_str().unwrap(),
+        "--identity",
+        resources.to_str().unwrap(),
+        id,
+    ])
+}
+
 /// `ssh-keygen -Y verify` of `signature` over `message`, trusting `signer`.
 fn ssh_keygen_verifies(signer: &str, message: &Path, signature: &Path) -> bool {
     let dir = tempfile::tempdir().unwrap();
@@ -319,23 +337,12 @@ fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone()
     // A node that lost everything: keys apart, the snapshot identity alone does not bring the
     // set back, and says which recipient is missing; both do.
     let fresh = sealed_node(&endpoint, &bucket, &keys, None);
-    let (snap_arg, res_arg) = (snap_id.to_str().unwrap(), res_id.to_str().unwrap());
     fresh
-        .run(&["fetch", "--from", &bucket, "--identity", snap_arg, &id])
+        .run(&["fetch", "--from", &bucket, "--identity", snap_text, &id])
         .expect_code(1)
         .expect_stderr(&format!("sealed to {}", keys.1));
     assert!(!fresh.set_dir(&id).exists());
-    fresh
-        .run(&[
-            "fetch",
-            "--from",
-            &bucket,
-            "--identity",
-            snap_arg,
-            "--identity",
-            res_arg,
-            &id,
-        ])
+    fetch_with_identities(&fresh, &bucket, offline.path(), &id)
         .expect_code(0)
         .expect_stdout(&format!("fetched set {id}"));
     assert_eq!(
@@ -381,22 +388,9 @@ fn a_set_planted_in_the_bucket_without_the_signing_key_is_refused_and_reported()
         .expect_stdout(&format!("ok   {good}"))
         .expect_stdout(&format!("BAD  {planted}"))
         .expect_stdout("which is not among [seal] signers");
-    let identities = [
-        offline.path().join("snapshot-identity.txt"),
-        offline.path().join("resources-identity.txt"),
-    ];
     let fresh = sealed_node(&endpoint, &bucket, &keys, None);
-    let run = fresh.run(&[
-        "fetch",
-        "--from",
-        &bucket,
-        "--identity",
-        identities[0].to_str().unwrap(),
-        "--identity",
-        identities[1].to_str().unwrap(),
-        &planted,
-    ]);
-    run.expect_code(1)
+    fetch_with_identities(&fresh, &bucket, offline.path(), &planted)
+        .expect_code(1)
         .expect_stderr(&format!("set '{planted}' is signed by SHA256:"))
         .expect_stderr("not among [seal] signers");
     assert!(!fresh.set_dir(&planted).exists());
@@ -415,7 +409,11 @@ fn a_set_planted_in_the_bucket_without_the_signing_key_is_refused_and_reported()
             "--from",
             &bucket,
             "--identity",
-            identities[0].to_str().unwrap(),
+            offline
+                .path()
+                .join("snapshot-identity.txt")
+                .to_str()
+                .unwrap(),
             &planted,
         ])
         .expect_code(1)
@@ -528,26 +526,11 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
     // A node that lost its store gets the set back with both identities.
     let fresh = Node::new("");
     fresh.write_config(&dir_config(&keys, None));
-    let identities: Vec<PathBuf> = ["snapshot-identity.txt", "resources-identity.txt"]
-        .iter()
-        .map(|n| offline.path().join(n))
-        .collect();
     fresh
         .run(&["fetch", "--from", target_arg, &id])
         .expect_code(1)
         .expect_stderr("give --identity FILE");
-    fresh
-        .run(&[
-            "fetch",
-            "--from",
-            target_arg,
-            "--identity",
-            identities[0].to_str().unwrap(),
-            "--identity",
-            identities[1].to_str().unwrap(),
-            &id,
-        ])
-        .expect_code(0);
+    fetch_with_identities(&fresh, target_arg, offline.path(), &id).expect_code(0);
     assert_eq!(
         sha256_file(&set_file(&fresh.set_dir(&id), ".db")),
         sha256_file(&snapshot)
@@ -575,21 +558,11 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
         .expect_stdout(&format!(" to {}", new_keys.0));
     let newer_fresh = Node::new("");
     newer_fresh.write_config(&dir_config(&new_keys, None));
-    let fetch_with = |node: &Node, dir: &Path, id: &str| {
-        node.run(&[
-            "fetch",
-            "--from",
-            target_arg,
-            "--identity",
-            dir.join("snapshot-identity.txt").to_str().unwrap(),
-            "--identity",
-            dir.join("resources-identity.txt").to_str().unwrap(),
-            id,
-        ])
-    };
-    fetch_with(&newer_fresh, offline.path(), &newer).expect_code(1);
-    fetch_with(&newer_fresh, rotated.path(), &newer).expect_code(0);
-    fetch_with(&newer_fresh, offline.path(), &id).expect_code(0);
+    let fetch_with =
+        |dir: &Path, id: &str| fetch_with_identities(&newer_fresh, target_arg, dir, id);
+    fetch_with(offline.path(), &newer).expect_code(1);
+    fetch_with(rotated.path(), &newer).expect_code(0);
+    fetch_with(offline.path(), &id).expect_code(0);
     newer_fresh.run(&["verify"]).expect_code(0);
 }
 
@@ -778,26 +751,7 @@ fn a_sealed_upload_cut_by_a_dead_server_is_sent_again_whole_and_says_what_it_was
         .expect_code(0)
         .expect_stdout(&format!("ok   {id}"));
     let fresh = sealed_node(&endpoint, &bucket, &keys, None);
-    fresh
-        .run(&[
-            "fetch",
-            "--from",
-            &bucket,
-            "--identity",
-            offline
-                .path()
-                .join("snapshot-identity.txt")
-                .to_str()
-                .unwrap(),
-            "--identity",
-            offline
-                .path()
-                .join("resources-identity.txt")
-                .to_str()
-                .unwrap(),
-            &id,
-        ])
-        .expect_code(0);
+    fetch_with_identities(&fresh, &bucket, offline.path(), &id).expect_code(0);
     // Byte for byte the set that was taken (the signature with it).
     assert_eq!(
         fingerprint(&fresh.set_dir(&id)),

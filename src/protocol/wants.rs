@@ -8,6 +8,41 @@ use crate::retention::{DeleteReason, Policy, SetInfo, plan, takes_place_of};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// What a store holds, as `wants` sees it: each set (damaged when it has a problem or
+/// `damaged` says so), and each set directory whose manifest cannot be read, whose id is taken
+/// and which nothing replaces.
+pub fn held_sets(
+    listing: &crate::store::Listing,
+    damaged: impl Fn(&crate::store::StoredSet) -> bool,
+) -> Vec<HeldSet> {
+    let mut held: Vec<HeldSet> = listing
+        .sets
+        .iter()
+        .map(|s| HeldSet {
+            info: s.info(),
+            manifest_sha256: s.manifest_sha256.clone(),
+            damaged: s.problem.is_some() || damaged(s),
+        })
+        .collect();
+    for (dir, _) in &listing.unreadable {
+        let id = dir.file_name().unwrap_or_default().to_string_lossy();
+        if let Some((created, origin)) = parse_set_id(&id) {
+            held.push(HeldSet {
+                info: SetInfo {
+                    id: id.to_string(),
+                    origin: origin.to_string(),
+                    created,
+                    size: 0,
+                    dirty: false,
+                },
+                manifest_sha256: String::new(),
+                damaged: true,
+            });
+        }
+    }
+    held
+}
+
 /// A set the receiver holds: what `wants` compares offers with.
 #[derive(Debug, Clone)]
 pub struct HeldSet {

@@ -51,6 +51,32 @@ impl Sealing {
         })
     }
 
+    /// The record of a copy of set `id` (manifest digest `manifest_sha256`) sealed by this
+    /// node (`sealed_by`) into `files`, and its signature when a signing key is configured:
+    /// what a sealed target writes beside the age files, the signature before the record.
+    pub fn record(
+        &self,
+        (id, manifest_sha256): (&str, &str),
+        sealed_by: &str,
+        files: Vec<record::SealedFile>,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let record = record::Seal {
+            format: 1,
+            id: id.to_string(),
+            manifest_sha256: manifest_sha256.to_string(),
+            sealed: chrono::Utc::now(),
+            sealed_by: sealed_by.to_string(),
+            files,
+        }
+        .to_json();
+        let signature = self
+            .signing_key
+            .as_ref()
+            .map(|key| sign::sign(key, &record))
+            .transpose()?;
+        Ok((record, signature))
+    }
+
     /// The recipients of a file of the set.
     pub fn recipients_of(&self, entry: &crate::manifest::FileEntry) -> &[age::x25519::Recipient] {
         if entry.is_snapshot() {

@@ -258,20 +258,20 @@ impl age::Identity for Capture<'_> {
 }
 
 /// Writes the plaintext of a sealed file read from `sealed` into `dest`: exactly `plain_size`
-/// bytes, opened with one of `identities`; the sealed file must be the record's size. Its
+/// bytes, opened with one of `identities`; the sealed file must be `sealed_size` bytes (its
+/// record's). Its
 /// digest is not taken again here: the plaintext is held to the manifest's digest afterwards
 /// (an age file of other bytes cannot pass that), and an identity-less check holds the sealed
 /// bytes to the record. `what` names the file in errors.
 pub fn open_into(
     sealed: impl Read,
-    record: &super::record::SealedFile,
-    plain_size: u64,
+    (sealed_size, plain_size): (u64, u64),
     identities: &[age::x25519::Identity],
     what: &str,
     dest: &mut impl Write,
 ) -> Result<()> {
     let mut counting = CountingReader {
-        inner: sealed.take(record.size.saturating_add(1)),
+        inner: sealed.take(sealed_size.saturating_add(1)),
         bytes: 0,
     };
     {
@@ -284,11 +284,10 @@ pub fn open_into(
     }
     // Whatever follows the age file's last chunk counts too.
     io::copy(&mut counting, &mut io::sink())?;
-    if counting.bytes != record.size {
+    if counting.bytes != sealed_size {
         bail!(
-            "{what} holds {} bytes, its seal record says {}",
-            counting.bytes,
-            record.size
+            "{what} holds {} bytes, its seal record says {sealed_size}",
+            counting.bytes
         );
     }
     Ok(())
@@ -435,26 +434,19 @@ mod tests {
     }
 
     #[test]
-    fn open_into_holds_the_sealed_file_to_its_record_size_and_the_plaintext_to_its_own() {
+    fn open_into_holds_the_sealed_file_and_the_plaintext_to_their_sizes() {
         let identity = age::x25519::Identity::generate();
         let plain = vec![9u8; 70_000];
         let (sealed, size) = seal(&[identity.to_public()], &plain);
-        let record = |sha256: String| crate::seal::record::SealedFile {
-            name: "snapshot_x.db".into(),
-            size,
-            sha256,
-            recipients: vec![identity.to_public().to_string()],
-        };
-        let good = record(crate::hash::hex(&crate::hash::Sha256::digest(&sealed)));
         let ids = std::slice::from_ref(&identity);
         let mut out = Vec::new();
-        open_into(&sealed[..], &good, plain.len() as u64, ids, "x", &mut out).unwrap();
+        open_into(&sealed[..], (size, 70_000), ids, "x", &mut out).unwrap();
         assert_eq!(out, plain);
         // A trailing byte, a plaintext of another size: refused.
         let mut longer = sealed.clone();
         longer.push(0);
-        assert!(open_into(&longer[..], &good, 70_000, ids, "x", &mut Vec::new()).is_err());
-        assert!(open_into(&sealed[..], &good, 69_999, ids, "x", &mut Vec::new()).is_err());
+        assert!(open_into(&longer[..], (size, 70_000), ids, "x", &mut Vec::new()).is_err());
+        assert!(open_into(&sealed[..], (size, 69_999), ids, "x", &mut Vec::new()).is_err());
     }
 
     #[test]

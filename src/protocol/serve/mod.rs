@@ -16,8 +16,7 @@ use crate::config::Settings;
 use crate::deadline::Deadline;
 use crate::logging::message_id;
 use crate::protocol::{
-    Conn, Guard, HeldSet, Judge, Message, Offer, PROTOCOL_VERSION, ProtocolError, Stream, Want,
-    wants,
+    Conn, Guard, Judge, Message, Offer, PROTOCOL_VERSION, ProtocolError, Stream, Want, wants,
 };
 use crate::store::{RECEIVE_LOCK_FILE, RECEIVE_STAGING_PREFIX, Store};
 use anyhow::{Result, bail};
@@ -199,32 +198,7 @@ fn session<S: Stream>(
         "another sender is being received",
     )?;
     let listing = store.list()?;
-    let mut held: Vec<HeldSet> = listing
-        .sets
-        .iter()
-        .map(|s| HeldSet {
-            info: s.info(),
-            manifest_sha256: s.manifest_sha256.clone(),
-            damaged: s.problem.is_some(),
-        })
-        .collect();
-    // A set dir whose manifest cannot be read: its id is taken, and nothing replaces it.
-    for (dir, _) in &listing.unreadable {
-        let id = dir.file_name().unwrap_or_default().to_string_lossy();
-        if let Some((created, origin)) = crate::manifest::parse_set_id(&id) {
-            held.push(HeldSet {
-                info: crate::retention::SetInfo {
-                    id: id.to_string(),
-                    origin: origin.to_string(),
-                    created,
-                    size: 0,
-                    dirty: false,
-                },
-                manifest_sha256: String::new(),
-                damaged: true,
-            });
-        }
-    }
+    let held = super::wants::held_sets(&listing, |_| false);
     let partials = partials(store)?;
     let judge = Judge {
         policy: &settings.retention,

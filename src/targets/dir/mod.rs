@@ -235,9 +235,8 @@ impl Target for DirStore {
                 let source =
                     std::io::BufReader::with_capacity(1 << 20, crate::files::open_regular(&from)?);
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
-                crate::seal::stream::open_into(
-                    source, sealed, entry.size, identities, &what, &mut out,
-                )?;
+                let sizes = (sealed.size, entry.size);
+                crate::seal::stream::open_into(source, sizes, identities, &what, &mut out)?;
                 std::io::Write::flush(&mut out)?;
                 Ok(())
             }),

@@ -6,10 +6,10 @@
 
 use super::DirStore;
 use crate::files::{ReadAt, create_private, write_atomic};
+use crate::protocol::Judge;
 use crate::protocol::send::{OpenSet, PushStats};
-use crate::protocol::{HeldSet, Judge};
 use crate::seal::Sealing;
-use crate::seal::record::{SEAL_NAME, SEAL_SIGNATURE_NAME, Seal, SealedFile, sealed_name};
+use crate::seal::record::{SEAL_NAME, SEAL_SIGNATURE_NAME, SealedFile, sealed_name};
 use crate::seal::stream::Sealer;
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
@@ -32,32 +32,8 @@ impl DirStore {
         let wait = settings.store.lock_wait;
         let _session = store.lock_named(crate::store::RECEIVE_LOCK_FILE, wait)?;
         let listing = store.list()?;
-        let mut held: Vec<HeldSet> = listing
-            .sets
-            .iter()
-            .map(|s| HeldSet {
-                info: s.info(),
-                manifest_sha256: s.manifest_sha256.clone(),
-                damaged: s.problem.is_some() || damaged.contains(&s.manifest_sha256),
-            })
-            .collect();
-        // A set dir whose manifest cannot be read: its id is taken, and nothing replaces it.
-        for (dir, _) in &listing.unreadable {
-            let id = dir.file_name().unwrap_or_default().to_string_lossy();
-            if let Some((created, origin)) = crate::manifest::parse_set_id(&id) {
-                held.push(HeldSet {
-                    info: crate::retention::SetInfo {
-                        id: id.to_string(),
-                        origin: origin.to_string(),
-                        created,
-                        size: 0,
-                        dirty: false,
-                    },
-                    manifest_sha256: String::new(),
-                    damaged: true,
-                });
-            }
-        }
+        let held =
+            crate::protocol::wants::held_sets(&listing, |s| damaged.contains(&s.manifest_sha256));
         let offers = crate::protocol::send::offers(sets);
         let judge = Judge {
             policy: &settings.retention,
@@ -155,17 +131,8 @@ fn seal_set(open: &OpenSet, sealing: &Sealing, staging: &Path, sealed_by: &str) 
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
         });
     }
-    let record = Seal {
-        format: 1,
-        id: set.id().to_string(),
-        manifest_sha256: set.manifest_sha256.clone(),
-        sealed: chrono::Utc::now(),
-        sealed_by: sealed_by.to_string(),
-        files,
-    }
-    .to_json();
-    if let Some(key) = &sealing.signing_key {
-        let signature = crate::seal::sign::sign(key, &record)?;
+    let (record, signature) = sealing.record((set.id(), &set.manifest_sha256), sealed_by, files)?;
+    if let Some(signature) = signature {
         write_atomic(staging, SEAL_SIGNATURE_NAME, signature.as_bytes())?;
     }
     write_atomic(staging, SEAL_NAME, &record)?;

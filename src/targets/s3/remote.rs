@@ -256,9 +256,14 @@ pub(super) fn open_sealed(
         let download = scope.spawn(move || client.get(key, &mut writer, sealed.size));
         let what = format!("'{key}' (sealed to {})", sealed.recipients.join(", "));
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *dest);
-        let opened =
-            crate::seal::stream::open_into(reader, sealed, entry.size, identities, &what, &mut out)
-                .and_then(|()| std::io::Write::flush(&mut out).map_err(Into::into));
+        let opened = crate::seal::stream::open_into(
+            reader,
+            (sealed.size, entry.size),
+            identities,
+            &what,
+            &mut out,
+        )
+        .and_then(|()| std::io::Write::flush(&mut out).map_err(Into::into));
         // The pipe's reading end is gone: a download still running ends on a broken pipe.
         let downloaded = download
             .join()

@@ -9,7 +9,7 @@ use crate::hash::base64;
 use crate::manifest::{FileEntry, SIGNATURE_NAME};
 use crate::protocol::send::OpenSet;
 use crate::s3::Client;
-use crate::seal::record::{SEAL_NAME, Seal, SealedFile, sealed_name};
+use crate::seal::record::{SEAL_NAME, SealedFile, sealed_name};
 use crate::seal::stream::Sealer;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -272,18 +272,9 @@ fn upload_sealed(
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
         });
     }
-    let record = Seal {
-        format: 1,
-        id: set.id().to_string(),
-        manifest_sha256: set.manifest_sha256.clone(),
-        sealed: chrono::Utc::now(),
-        sealed_by: sealed_by.to_string(),
-        files,
-    }
-    .to_json();
+    let (record, signature) = sealing.record((set.id(), &set.manifest_sha256), sealed_by, files)?;
     // The signature first: a record is never there unsigned when a key is configured.
-    if let Some(key) = &sealing.signing_key {
-        let signature = crate::seal::sign::sign(key, &record)?;
+    if let Some(signature) = signature {
         put_small(
             client,
             t,
