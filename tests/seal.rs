@@ -334,6 +334,18 @@ fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone()
         .expect_code(0)
         .expect_stdout(&id);
 
+    // A sealed object damaged at rest, its size kept: found without an identity, and the next
+    // spray seals the set again from the sound local copy.
+    let sealed_key = format!("cluster/sets/{id}/{}.age", file_name(&snapshot));
+    tool_json(&endpoint, &["flip", &bucket, &sealed_key, "5000"]);
+    node.run(&["verify", "--target", &bucket])
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {id}"));
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    node.run(&["verify", "--target", &bucket])
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
+
     // A node that lost everything: keys apart, the snapshot identity alone does not bring the
     // set back, and says which recipient is missing; both do.
     let fresh = sealed_node(&endpoint, &bucket, &keys, None);
