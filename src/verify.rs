@@ -390,6 +390,29 @@ impl Scratch<'_> {
     }
 }
 
+impl Scratch<'_> {
+    /// [`Scratch::walk`] of a sealed snapshot (`entry`, sealed as `sealed`) of set `id`, named
+    /// `name`, that `write` opens: unless none of the identities is among its recipients, in
+    /// which case nothing is walked, and that is said (it tells nothing of the copy).
+    pub fn walk_sealed(
+        &self,
+        (id, name): (&str, &str),
+        (entry, sealed): (
+            &crate::manifest::FileEntry,
+            &crate::seal::record::SealedFile,
+        ),
+        figures: Option<&crate::bbolt::Figures>,
+        write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+    ) -> Result<()> {
+        let what = format!("{name} (sealed to {})", sealed.recipients.join(", "));
+        if !crate::seal::keys::any_recipient(self.identities, &sealed.recipients) {
+            tracing::warn!(set_id = %id, "{what} is not walked: none of the identities given is among its recipients");
+            return Ok(());
+        }
+        self.walk(&what, entry, figures, false, write)
+    }
+}
+
 fn verify_set(set: &StoredSet, deep: bool, scratch: Option<&Scratch>) -> Result<()> {
     // A failure recorded by an earlier verify is checked again, not repeated.
     if let Some(problem) = &set.on_disk_problem {
@@ -408,22 +431,13 @@ fn verify_set(set: &StoredSet, deep: bool, scratch: Option<&Scratch>) -> Result<
         if let (Some(scratch), Some(entry)) = (scratch, snapshot) {
             let sealed = record.seal.file(&entry.name).expect("checked by objects()");
             let from = set.dir.join(crate::seal::record::sealed_name(&entry.name));
-            let what = format!(
-                "'{}' (sealed to {})",
-                from.display(),
-                sealed.recipients.join(", ")
-            );
-            if !crate::seal::keys::any_recipient(scratch.identities, &sealed.recipients) {
-                tracing::warn!(set_id = %set.id(), "{what} is not walked: none of the identities given is among its recipients");
-                return Ok(());
-            }
+            let name = format!("'{}'", from.display());
             let figures = set.manifest.checks.etcd.as_ref();
-            scratch.walk(&what, entry, figures, false, |file| {
+            scratch.walk_sealed((set.id(), &name), (entry, sealed), figures, |file| {
                 let source = std::io::BufReader::with_capacity(1 << 20, open_regular(&from)?);
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-                let ids = scratch.identities;
-                let sizes = (sealed.size, entry.size);
-                crate::seal::stream::open_into(source, sizes, ids, &what, &mut out)?;
+                let (opened, ids) = ((sealed, entry.size), scratch.identities);
+                crate::seal::stream::open_into(source, opened, ids, &name, &mut out)?;
                 std::io::Write::flush(&mut out).map_err(Into::into)
             })?;
         }
@@ -557,12 +571,16 @@ pub fn signature_problem(
     signers: &[ssh_key::PublicKey],
     requires: bool,
 ) -> Option<String> {
-    crate::seal::sign::check(
-        signers,
-        set.manifest_json.as_bytes(),
-        set.signature.as_deref(),
+    let record_name = format!(
+        "'{}'",
+        set.dir.join(crate::seal::record::SEAL_NAME).display()
+    );
+    crate::seal::signature_problem(
+        (signers, requires),
+        (set.manifest_json.as_bytes(), set.signature.as_deref()),
+        set.sealed.as_ref(),
+        (&format!("set '{}'", set.id()), &record_name),
     )
-    .problem(requires, &format!("set '{}'", set.id()))
 }
 
 #[cfg(test)]

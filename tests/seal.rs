@@ -522,6 +522,16 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
         .expect_stdout(&format!("sealed: {} to {}", file_name(&resources), keys.1));
     node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
 
+    // The record's signature gone: its copy is refused as the manifest's would be.
+    let record_signature = std::fs::read(copy.join("seal.json.sig")).unwrap();
+    std::fs::remove_file(copy.join("seal.json.sig")).unwrap();
+    node.run(&["verify", "--target", target_arg])
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {id}"))
+        .expect_stdout("the seal record '")
+        .expect_stdout("seal.json' is not signed");
+    std::fs::write(copy.join("seal.json.sig"), &record_signature).unwrap();
+
     // One byte of the sealed snapshot flipped at rest: found without an identity, and the next
     // spray seals the set again from the sound local copy.
     let mut bytes = std::fs::read(&sealed_snapshot).unwrap();

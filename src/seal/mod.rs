@@ -94,3 +94,20 @@ pub fn signers(lines: &[String]) -> Vec<ssh_key::PublicKey> {
         .filter_map(|s| keys::parse_signer(s).ok())
         .collect()
 }
+
+/// What is wrong with a copy's signatures for a node with these `signers` that `requires` them
+/// (see [`sign::Verdict::problem`]): the manifest's (`manifest` and its `signature`, the set
+/// named `what`), then a sealed copy's record's (`record`, named `record_name`).
+pub fn signature_problem(
+    (signers, requires): (&[ssh_key::PublicKey], bool),
+    (manifest, signature): (&[u8], Option<&[u8]>),
+    record: Option<&record::Record>,
+    (what, record_name): (&str, &str),
+) -> Option<String> {
+    let of_manifest = sign::check(signers, manifest, signature).problem(requires, what);
+    of_manifest.or_else(|| {
+        let record = record?;
+        sign::check(signers, &record.bytes, record.signature.as_deref())
+            .problem(requires, &format!("the seal record {record_name}"))
+    })
+}

@@ -14,9 +14,29 @@ use openssl::symm::{Cipher, Crypter, Mode};
 use std::io::{self, BufRead, Read};
 use zeroize::Zeroizing;
 
+/// A chunk's plaintext (the last may be shorter), its tag, the payload nonce after the header.
 pub const CHUNK: usize = 64 << 10;
 pub const TAG: usize = 16;
 pub const NONCE: usize = 16;
+/// The most an age header of ours may take: a stanza per recipient (about 100 bytes each), a
+/// random "grease" stanza (at most ~200), the MAC line.
+pub const MAX_HEADER_BYTES: u64 = 64 << 10;
+
+/// The payload of `plain` bytes once sealed: the nonce, the plaintext and a tag per chunk (an
+/// empty file is one empty chunk). `None` past 2^64.
+pub fn payload_size(plain: u64) -> Option<u64> {
+    (TAG as u64 * plain.div_ceil(CHUNK as u64).max(1))
+        .checked_add(NONCE as u64)?
+        .checked_add(plain)
+}
+
+/// Whether `sealed` bytes can be the age file of `plain` bytes: the payload and a header of at
+/// most [`MAX_HEADER_BYTES`] (the header's length varies with the recipients and the grease).
+pub fn plausible_size(plain: u64, sealed: u64) -> bool {
+    payload_size(plain)
+        .and_then(|payload| sealed.checked_sub(payload))
+        .is_some_and(|header| header > 0 && header <= MAX_HEADER_BYTES)
+}
 
 /// The payload key of `file_key` and the payload `nonce`.
 pub fn payload_key(file_key: &[u8], nonce: &[u8; NONCE]) -> io::Result<Zeroizing<[u8; 32]>> {
@@ -129,5 +149,19 @@ impl<R: BufRead> Read for Payload<R> {
         buf[..n].copy_from_slice(&self.plain[self.taken..self.taken + n]);
         self.taken += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implausible_sizes_are_told() {
+        let payload = payload_size(10).unwrap();
+        assert!(!plausible_size(10, payload));
+        assert!(plausible_size(10, payload + 200));
+        assert!(!plausible_size(10, payload + MAX_HEADER_BYTES + 1));
+        assert!(!plausible_size(u64::MAX, 5));
     }
 }

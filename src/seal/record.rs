@@ -118,7 +118,7 @@ impl Seal {
             if !names.insert(&file.name) || parse_backup_name(&file.name).is_none() {
                 return Err(format!("the seal record names '{}' twice", file.name));
             }
-            if !super::stream::plausible_size(entry.size, file.size) {
+            if !super::payload::plausible_size(entry.size, file.size) {
                 return Err(format!(
                     "the seal record gives '{}' {} bytes sealed, which {} bytes of plaintext cannot take",
                     sealed_name(&file.name),

@@ -7,30 +7,7 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
-/// age's payload chunk: 64 KiB of plaintext, each sealed with a 16-byte tag.
-const CHUNK: u64 = 64 << 10;
-const TAG: u64 = 16;
-/// The payload nonce after the header.
-const NONCE: u64 = 16;
-/// The most an age header of ours may take: a stanza per recipient (about 100 bytes each), a
-/// random "grease" stanza (at most ~200), the MAC line.
-pub const MAX_HEADER_BYTES: u64 = 64 << 10;
-
-/// The payload of `plain` bytes once sealed: the nonce, the plaintext and a tag per chunk (an
-/// empty file is one empty chunk). `None` past 2^64.
-pub fn payload_size(plain: u64) -> Option<u64> {
-    (TAG * plain.div_ceil(CHUNK).max(1))
-        .checked_add(NONCE)?
-        .checked_add(plain)
-}
-
-/// Whether `sealed` bytes can be the age file of `plain` bytes: the payload and a header of at
-/// most [`MAX_HEADER_BYTES`] (the header's length varies with the recipients and the grease).
-pub fn plausible_size(plain: u64, sealed: u64) -> bool {
-    payload_size(plain)
-        .and_then(|payload| sealed.checked_sub(payload))
-        .is_some_and(|header| header > 0 && header <= MAX_HEADER_BYTES)
-}
+use super::payload::{CHUNK, MAX_HEADER_BYTES, NONCE, payload_size};
 
 /// Where the age writer puts its output, for the reader side to drain.
 #[derive(Clone, Default)]
@@ -84,10 +61,10 @@ impl<R: Read> Sealer<R> {
             out,
             taken: 0,
             remaining: plain_size,
-            size: header - NONCE + payload,
+            size: header - NONCE as u64 + payload,
             plain: crate::hash::Sha256::new(),
             sealed: Some(crate::hash::Sha256::new()),
-            buf: vec![0; CHUNK as usize],
+            buf: vec![0; CHUNK],
         })
     }
 
@@ -258,18 +235,22 @@ impl age::Identity for Capture<'_> {
 }
 
 /// Writes the plaintext of a sealed file read from `sealed` into `dest`: exactly `plain_size`
-/// bytes, opened with one of `identities`; the sealed file must be `sealed_size` bytes (its
-/// record's). Its
+/// bytes, opened with one of `identities`; the sealed file must be its record's size. Its
 /// digest is not taken again here: the plaintext is held to the manifest's digest afterwards
 /// (an age file of other bytes cannot pass that), and an identity-less check holds the sealed
-/// bytes to the record. `what` names the file in errors.
+/// bytes to the record. `name` names the file in errors.
 pub fn open_into(
     sealed: impl Read,
-    (sealed_size, plain_size): (u64, u64),
+    (record, plain_size): (&super::record::SealedFile, u64),
     identities: &[age::x25519::Identity],
-    what: &str,
+    name: &str,
     dest: &mut impl Write,
 ) -> Result<()> {
+    let what = format!("{name} (sealed to {})", record.recipients.join(", "));
+    if identities.is_empty() {
+        bail!("{what} is sealed: give --identity FILE");
+    }
+    let (what, sealed_size) = (what.as_str(), record.size);
     let mut counting = CountingReader {
         inner: sealed.take(sealed_size.saturating_add(1)),
         bytes: 0,
@@ -308,6 +289,7 @@ impl<R: Read> Read for CountingReader<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::payload::plausible_size;
     use super::*;
     use age::secrecy::ExposeSecret;
 
@@ -440,21 +422,24 @@ mod tests {
         let (sealed, size) = seal(&[identity.to_public()], &plain);
         let ids = std::slice::from_ref(&identity);
         let mut out = Vec::new();
-        open_into(&sealed[..], (size, 70_000), ids, "x", &mut out).unwrap();
+        let record = crate::seal::record::SealedFile {
+            name: "snapshot_x.db".into(),
+            size,
+            sha256: String::new(),
+            recipients: vec![identity.to_public().to_string()],
+        };
+        open_into(&sealed[..], (&record, 70_000), ids, "x", &mut out).unwrap();
         assert_eq!(out, plain);
         // A trailing byte, a plaintext of another size: refused.
         let mut longer = sealed.clone();
         longer.push(0);
-        assert!(open_into(&longer[..], (size, 70_000), ids, "x", &mut Vec::new()).is_err());
-        assert!(open_into(&sealed[..], (size, 69_999), ids, "x", &mut Vec::new()).is_err());
-    }
-
-    #[test]
-    fn implausible_sizes_are_told() {
-        let payload = payload_size(10).unwrap();
-        assert!(!plausible_size(10, payload));
-        assert!(plausible_size(10, payload + 200));
-        assert!(!plausible_size(10, payload + MAX_HEADER_BYTES + 1));
-        assert!(!plausible_size(u64::MAX, 5));
+        let opened = |bytes: &[u8], plain: u64| {
+            open_into(bytes, (&record, plain), ids, "x", &mut Vec::new())
+        };
+        assert!(opened(&longer, 70_000).is_err());
+        assert!(opened(&sealed, 69_999).is_err());
+        // Without an identity, said as such.
+        let error = open_into(&sealed[..], (&record, 70_000), &[], "'x'", &mut Vec::new());
+        assert!(format!("{:#}", error.unwrap_err()).contains("give --identity FILE"));
     }
 }

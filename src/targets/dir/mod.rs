@@ -220,23 +220,12 @@ impl Target for DirStore {
                         .with_context(|| format!("cannot copy '{}'", from.display()));
                 };
                 let from = dir.join(crate::seal::record::sealed_name(&entry.name));
-                if identities.is_empty() {
-                    bail!(
-                        "'{}' is sealed (to {}): give --identity FILE",
-                        from.display(),
-                        sealed.recipients.join(", ")
-                    );
-                }
-                let what = format!(
-                    "'{}' (sealed to {})",
-                    from.display(),
-                    sealed.recipients.join(", ")
-                );
+                let name = format!("'{}'", from.display());
                 let source =
                     std::io::BufReader::with_capacity(1 << 20, crate::files::open_regular(&from)?);
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
-                let sizes = (sealed.size, entry.size);
-                crate::seal::stream::open_into(source, sizes, identities, &what, &mut out)?;
+                let opened = (sealed, entry.size);
+                crate::seal::stream::open_into(source, opened, identities, &name, &mut out)?;
                 std::io::Write::flush(&mut out)?;
                 Ok(())
             }),

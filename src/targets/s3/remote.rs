@@ -5,7 +5,7 @@ use crate::config::{Carried, S3Target};
 use crate::manifest::{FileEntry, Manifest, SIGNATURE_NAME};
 use crate::protocol::HeldSet;
 use crate::s3::Client;
-use crate::seal::record::{SEAL_MAX_BYTES, SEAL_NAME, Seal};
+use crate::seal::record::{Record, SEAL_MAX_BYTES, SEAL_NAME, Seal};
 use crate::seal::sign::SIGNATURE_MAX_BYTES;
 use crate::targets::HeldCopy;
 use anyhow::{Result, bail, ensure};
@@ -28,11 +28,9 @@ pub struct Remote {
 pub struct Extras {
     /// `manifest.json.sig`.
     pub signature: Option<Vec<u8>>,
-    /// `seal.json` of a sealed copy, checked against the manifest (or why it is not one).
-    pub seal: Option<Result<Seal, String>>,
-    /// `seal.json.sig`, and the record's bytes it signs.
-    pub seal_signature: Option<Vec<u8>>,
-    pub seal_bytes: Vec<u8>,
+    /// `seal.json` of a sealed copy and its signature, checked against the manifest (or why it
+    /// is not one).
+    pub seal: Option<Result<Record, String>>,
 }
 
 impl Extras {
@@ -41,7 +39,7 @@ impl Extras {
     pub fn objects(&self, manifest: &Manifest, carried: Carried) -> Result<Vec<FileEntry>, String> {
         let seal = match &self.seal {
             None => None,
-            Some(Ok(seal)) => Some(seal),
+            Some(Ok(record)) => Some(&record.seal),
             Some(Err(e)) => return Err(format!("its seal record is unusable: {e}")),
         };
         layout::carried_objects(manifest, carried, seal)
@@ -50,7 +48,7 @@ impl Extras {
     /// The recipients each sealed file was sealed to, for listings.
     pub fn sealed_to(&self) -> BTreeMap<String, Vec<String>> {
         match &self.seal {
-            Some(Ok(seal)) => seal.recipients(),
+            Some(Ok(record)) => record.seal.recipients(),
             _ => BTreeMap::new(),
         }
     }
@@ -78,11 +76,13 @@ fn read_extras(
     let seal_signature = get(layout::SEAL_SIGNATURE, SIGNATURE_MAX_BYTES)?;
     Ok(Extras {
         signature,
-        seal: seal_bytes
-            .as_ref()
-            .map(|bytes| Seal::parse(bytes, manifest, digest)),
-        seal_signature,
-        seal_bytes: seal_bytes.unwrap_or_default(),
+        seal: seal_bytes.map(|bytes| {
+            Seal::parse(&bytes, manifest, digest).map(|seal| Record {
+                seal,
+                bytes,
+                signature: seal_signature,
+            })
+        }),
     })
 }
 
@@ -166,7 +166,7 @@ pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> 
     let extras = read_extras(&mut client, t, id, remote, &manifest, &digest)?;
     let seal = match &extras.seal {
         Some(Err(e)) => bail!("the seal record of '{id}' there is unusable: {e}"),
-        Some(Ok(seal)) => Some(seal.clone()),
+        Some(Ok(record)) => Some(record.seal.clone()),
         None => None,
     };
     let (mut files, mut lacking) = (Vec::new(), Vec::new());
@@ -242,25 +242,19 @@ pub(super) fn open_sealed(
     dest: &mut std::fs::File,
     identities: &[age::x25519::Identity],
 ) -> Result<()> {
-    if identities.is_empty() {
-        bail!(
-            "'{key}' is sealed (to {}): give --identity FILE",
-            sealed.recipients.join(", ")
-        );
-    }
     let (reader, mut writer) = std::io::pipe()?;
     // A pipe of 1 MiB (Linux's default most) instead of 64 KiB: the two threads hand over
     // sixteen times fewer times.
     let _ = nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     std::thread::scope(|scope| {
         let download = scope.spawn(move || client.get(key, &mut writer, sealed.size));
-        let what = format!("'{key}' (sealed to {})", sealed.recipients.join(", "));
+        let name = format!("'{key}'");
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *dest);
         let opened = crate::seal::stream::open_into(
             reader,
-            (sealed.size, entry.size),
+            (sealed, entry.size),
             identities,
-            &what,
+            &name,
             &mut out,
         )
         .and_then(|()| std::io::Write::flush(&mut out).map_err(Into::into));

@@ -130,7 +130,9 @@ fn check_copy(
     }
     // A sealed snapshot is walked only when an identity opens it, after its age file checked.
     let sealed_walk = match (&extras.seal, deep) {
-        (Some(Ok(seal)), Some(scratch)) if !scratch.identities.is_empty() => Some((seal, scratch)),
+        (Some(Ok(record)), Some(scratch)) if !scratch.identities.is_empty() => {
+            Some((&record.seal, scratch))
+        }
         _ => None,
     };
     for entry in &carried {
@@ -169,13 +171,9 @@ fn check_copy(
             id,
             &crate::seal::record::sealed_name(&entry.name),
         );
-        let what = format!("object '{key}'");
-        if !crate::seal::keys::any_recipient(scratch.identities, &sealed.recipients) {
-            tracing::warn!(set_id = %id, "{what} is not walked: none of the identities given is among its recipients ({})", sealed.recipients.join(", "));
-            return Ok(());
-        }
+        let name = format!("object '{key}'");
         let figures = manifest.checks.etcd.as_ref();
-        scratch.walk(&what, entry, figures, false, |file| {
+        scratch.walk_sealed((id, &name), (entry, sealed), figures, |file| {
             super::remote::open_sealed(client, &key, sealed, entry, file, scratch.identities)
         })?;
     }
@@ -190,35 +188,23 @@ fn signature_problems(
     extras: &super::remote::Extras,
     known: &Known,
 ) -> Result<()> {
-    use crate::seal::sign::check;
-    let verdict = check(
-        known.signers,
-        &manifest.to_json(),
-        extras.signature.as_deref(),
+    let record_name = format!(
+        "'{}'",
+        layout::key(&t.prefix, id, crate::seal::record::SEAL_NAME)
     );
-    if let Some(problem) = verdict.problem(
-        known.require_signature,
-        &format!("set '{id}' in bucket '{}'", t.bucket),
-    ) {
-        bail!("{problem}");
+    let problem = crate::seal::signature_problem(
+        (known.signers, known.require_signature),
+        (&manifest.to_json(), extras.signature.as_deref()),
+        extras.seal.as_ref().and_then(|r| r.as_ref().ok()),
+        (
+            &format!("set '{id}' in bucket '{}'", t.bucket),
+            &record_name,
+        ),
+    );
+    match problem {
+        Some(problem) => bail!("{problem}"),
+        None => Ok(()),
     }
-    if extras.seal.is_some() {
-        let verdict = check(
-            known.signers,
-            &extras.seal_bytes,
-            extras.seal_signature.as_deref(),
-        );
-        if let Some(problem) = verdict.problem(
-            known.require_signature,
-            &format!(
-                "the seal record '{}'",
-                layout::key(&t.prefix, id, crate::seal::record::SEAL_NAME)
-            ),
-        ) {
-            bail!("{problem}");
-        }
-    }
-    Ok(())
 }
 
 /// The SHA-256 checksum the server keeps for the object, when it keeps one: of the whole
