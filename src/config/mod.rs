@@ -167,6 +167,15 @@ impl SealSettings {
             .unwrap_or(&self.recipients)
     }
 
+    /// The keys a target that seals seals and signs with (the signing key read from its file).
+    pub fn sealing(&self) -> anyhow::Result<crate::seal::Sealing> {
+        crate::seal::Sealing::new(
+            &self.recipients,
+            self.resources_recipients(),
+            self.signing_key.as_deref(),
+        )
+    }
+
     /// Whether a target with `seal` as configured seals: as configured, else when recipients
     /// are.
     pub fn seals(&self, configured: Option<bool>) -> bool {

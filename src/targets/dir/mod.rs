@@ -80,12 +80,7 @@ impl Target for DirStore {
             self.record_damage(&store, damaged)?;
         }
         if self.seals {
-            let seal = &self.receiver.seal;
-            let sealing = crate::seal::Sealing::new(
-                &seal.recipients,
-                seal.resources_recipients(),
-                seal.signing_key.as_deref(),
-            )?;
+            let sealing = self.receiver.seal.sealing()?;
             return self.push_sealed(&store, sets, damaged, &sealing);
         }
         let (sending, receiving) = crate::protocol::pipe_pair()?;

@@ -39,13 +39,12 @@ pub struct Bucket {
     /// must leave free there (`retention.min_free_space`).
     store_root: std::path::PathBuf,
     policy_floor: u64,
-    /// What copies are sealed to and signed with, when this target seals; this node's name,
-    /// which a seal record says.
-    seal: Option<crate::config::SealSettings>,
+    /// `[seal]`: what copies are sealed to and signed with when this target `seals`, and the
+    /// signers every copy, sealed or not, is judged by; this node's name, which a seal record
+    /// says.
+    seal: crate::config::SealSettings,
+    seals: bool,
     node_name: String,
-    /// The trusted signers and whether copies must be signed (`[seal]`), sealed or not.
-    signers: Vec<String>,
-    require_signature: bool,
 }
 
 impl Bucket {
@@ -59,13 +58,9 @@ impl Bucket {
             max_clock_skew: settings.max_clock_skew,
             store_root: settings.store.root.clone(),
             policy_floor: settings.retention.min_free_space.unwrap_or(0),
-            seal: settings
-                .seal
-                .seals(target.seal)
-                .then(|| settings.seal.clone()),
+            seal: settings.seal.clone(),
+            seals: settings.seal.seals(target.seal),
             node_name: settings.node_name.clone(),
-            signers: settings.seal.signers.clone(),
-            require_signature: settings.seal.require_signature,
             target,
         }
     }
@@ -153,17 +148,7 @@ impl Target for Bucket {
             guard: None,
         };
         let mut stored = Vec::new();
-        let sealing = self
-            .seal
-            .as_ref()
-            .map(|seal| {
-                crate::seal::Sealing::new(
-                    &seal.recipients,
-                    seal.resources_recipients(),
-                    seal.signing_key.as_deref(),
-                )
-            })
-            .transpose()?;
+        let sealing = self.seals.then(|| self.seal.sealing()).transpose()?;
         let sealing = sealing.as_ref().map(|s| (s, self.node_name.as_str()));
         let pushed = self
             .client()
@@ -232,13 +217,13 @@ impl Target for Bucket {
                 .collect(),
             None => BTreeMap::new(),
         };
-        let signers = crate::seal::signers(&self.signers);
+        let signers = crate::seal::signers(&self.seal.signers);
         let mut known = verify::Known {
             stored: &stored,
             held_here: &held_here,
             learned: Vec::new(),
             signers: &signers,
-            require_signature: self.require_signature,
+            require_signature: self.seal.require_signature,
         };
         let outcomes = verify::verify_copies(
             &mut client,

@@ -16,9 +16,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// The headers every object of a set is created with: its digest, encryption, lock.
-fn object_headers(t: &S3Target, sha256_hex: &str) -> Vec<(&'static str, String)> {
-    let mut headers = vec![("x-amz-meta-sha256", sha256_hex.to_string())];
+/// The headers every object of a set is created with: its digest (when it is known before
+/// the upload), encryption, lock.
+fn object_headers(t: &S3Target, sha256_hex: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers: Vec<(&'static str, String)> = sha256_hex
+        .map(|hex| ("x-amz-meta-sha256", hex.to_string()))
+        .into_iter()
+        .collect();
     if let Some(sse) = &t.sse {
         headers.push(("x-amz-server-side-encryption", sse.algorithm().to_string()));
         if let crate::config::Sse::Kms { key_id: Some(key) } = sse {
@@ -84,15 +88,39 @@ pub(super) fn upload_set(
     stored: &mut Vec<(String, String)>,
 ) -> Result<u64> {
     let set = &open.set;
-    let mut sent = 0;
-    let plain = match sealing {
+    let sent = match sealing {
         Some((sealing, sealed_by)) => {
-            sent = upload_sealed(client, t, open, sealing, sealed_by, buf, stored)?;
-            &[][..]
+            upload_sealed(client, t, open, sealing, sealed_by, buf, stored)?
         }
-        None => open.files(),
+        None => upload_clear(client, t, open, remote, buf, stored)?,
     };
-    for (entry, file) in set.manifest.files.iter().zip(plain) {
+    if let Some(signature) = &set.signature {
+        put_small(
+            client,
+            t,
+            &layout::key(&t.prefix, set.id(), SIGNATURE_NAME),
+            signature,
+        )?;
+    }
+    // Last: with the manifest there, the set exists on the target.
+    let key = layout::key(&t.prefix, set.id(), MANIFEST);
+    put_small(client, t, &key, set.manifest_json.as_bytes())?;
+    Ok(sent)
+}
+
+/// Uploads the files of `open` this target carries and lacks, as they are; returns the bytes
+/// sent.
+fn upload_clear(
+    client: &mut Client,
+    t: &S3Target,
+    open: &OpenSet,
+    remote: &RemoteSet,
+    buf: &mut Vec<u8>,
+    stored: &mut Vec<(String, String)>,
+) -> Result<u64> {
+    let set = &open.set;
+    let mut sent = 0;
+    for (entry, file) in set.manifest.files.iter().zip(open.files()) {
         if !t.files.carries(entry) {
             continue;
         }
@@ -119,23 +147,6 @@ pub(super) fn upload_set(
             stored.push((key, checksum));
         }
     }
-    if let Some(signature) = &set.signature {
-        put_small(
-            client,
-            t,
-            &layout::key(&t.prefix, set.id(), SIGNATURE_NAME),
-            signature,
-        )?;
-    }
-    // Last: with the manifest there, the set exists on the target.
-    let key = layout::key(&t.prefix, set.id(), MANIFEST);
-    let digest = crate::manifest::digest(set.manifest_json.as_bytes());
-    let response = client.put(
-        &key,
-        set.manifest_json.as_bytes(),
-        &object_headers(t, &digest),
-    )?;
-    refuse_unencrypted(client, t, &key, &response)?;
     Ok(sent)
 }
 
@@ -143,7 +154,7 @@ pub(super) fn upload_set(
 /// encryption asked for.
 fn put_small(client: &mut Client, t: &S3Target, key: &str, bytes: &[u8]) -> Result<()> {
     let digest = crate::hash::hex(&crate::hash::Sha256::digest(bytes));
-    let response = client.put(key, bytes, &object_headers(t, &digest))?;
+    let response = client.put(key, bytes, &object_headers(t, Some(&digest)))?;
     refuse_unencrypted(client, t, key, &response)
 }
 
@@ -192,76 +203,56 @@ fn upload_sealed(
             .plain_digest_only();
         let size = sealer.size();
         let parts = layout::parts(size, t.part_size);
-        let read = |buf: &mut Vec<u8>, _offset: u64, len: u64| -> Result<()> {
-            buf.resize(len as usize, 0);
-            std::io::Read::read_exact(&mut sealer, buf)
-                .with_context(|| format!("cannot seal '{}'", path.display()))
+        let mismatch = || changed_since_verified(&path);
+        let object_of = |digest: &[u8; 32]| FileEntry {
+            name: name.clone(),
+            size,
+            sha256: crate::hash::hex(digest),
         };
-        let (digest, checksum) = if parts.len() == 1 {
-            let mut read = read;
-            read(buf, 0, size)?;
+        // Once every sealed byte is read, the plaintext's digest is known: checked before
+        // anything is put or completed.
+        let (object, checksum) = if parts.len() == 1 {
+            buf.resize(size as usize, 0);
+            std::io::Read::read_exact(&mut sealer, buf)
+                .with_context(|| format!("cannot seal '{}'", path.display()))?;
+            if crate::hash::hex(&sealer.digests().0) != entry.sha256 {
+                return Err(mismatch());
+            }
             let digest = crate::hash::Sha256::digest(buf);
-            let headers = object_headers(t, &crate::hash::hex(&digest));
+            let object = object_of(&digest);
+            let headers = object_headers(t, Some(&object.sha256));
             let response = client.put(&key, buf, &headers)?;
             refuse_unencrypted(client, t, &key, &response)?;
-            (digest, None)
+            let checksum = verify_object(client, t, &key, &object, &base64(&digest), None)?;
+            (object, checksum)
         } else {
-            // The sealed digest is known at the end only; the object carries the plaintext's.
-            let headers = object_headers(t, "");
-            let headers: Vec<_> = headers
-                .into_iter()
-                .filter(|(h, _)| *h != "x-amz-meta-sha256")
-                .collect();
-            let (upload_id, response) = client.create_multipart(&key, &headers)?;
-            if let Err(e) = check_encryption(t, &key, &response, true) {
-                client.abort(&key, &upload_id)?;
-                return Err(e);
-            }
+            // The sealed digest is known at the end only: the object carries none in its
+            // metadata (the record has it).
+            let upload_id = start_multipart(client, t, &key, &object_headers(t, None))?;
+            let read = |buf: &mut Vec<u8>, _offset: u64, len: u64| -> Result<()> {
+                buf.resize(len as usize, 0);
+                std::io::Read::read_exact(&mut sealer, buf)
+                    .with_context(|| format!("cannot seal '{}'", path.display()))
+            };
             let senders = layout::parallel_parts(t.part_size);
-            let uploaded = upload_parts(
-                client,
-                &key,
-                &upload_id,
-                &parts,
-                &BTreeMap::new(),
-                senders,
-                read,
-            );
+            let none = BTreeMap::new();
+            let uploaded = upload_parts(client, &key, &upload_id, &parts, &none, senders, read)
+                .and_then(|uploaded| match crate::hash::hex(&sealer.digests().0) {
+                    plain if plain == entry.sha256 => Ok(uploaded),
+                    _ => Err(mismatch()),
+                });
             let uploaded = match uploaded {
-                Ok(u) => u,
+                Ok(uploaded) => uploaded,
                 Err(e) => {
                     let _ = client.abort(&key, &upload_id);
                     return Err(e);
                 }
             };
-            let response = client.complete(&key, &upload_id, &uploaded.completed)?;
-            check_encryption(t, &key, &response, true)?;
-            (
-                uploaded.whole,
-                Some(layout::composite_checksum(&uploaded.digests)),
-            )
+            let object = object_of(&uploaded.whole);
+            let checksum = complete_multipart(client, t, &key, &upload_id, &uploaded, &object)?;
+            (object, checksum)
         };
-        let (plain, _) = sealer.digests();
-        if crate::hash::hex(&plain) != entry.sha256 {
-            let _ = client.delete(&key);
-            bail!(
-                "'{}' does not match its manifest (changed or damaged since it was verified): not uploaded",
-                path.display()
-            );
-        }
-        let object = FileEntry {
-            name: name.clone(),
-            size,
-            sha256: crate::hash::hex(&digest),
-        };
-        if let Some(checksum) = verify_object(
-            client,
-            t,
-            &key,
-            &object,
-            &base64(&digest),
-            checksum.as_deref(),
-        )? {
+        if let Some(checksum) = checksum {
             stored.push((key, checksum));
         }
         sent += size;
@@ -304,14 +295,9 @@ fn upload_file(
     path: &std::path::Path,
     buf: &mut Vec<u8>,
 ) -> Result<(u64, Option<String>)> {
-    let headers = object_headers(t, &entry.sha256);
+    let headers = object_headers(t, Some(&entry.sha256));
     let parts = layout::parts(entry.size, t.part_size);
-    let mismatch = || {
-        anyhow::anyhow!(
-            "'{}' does not match its manifest (changed or damaged since it was verified): not uploaded",
-            path.display()
-        )
-    };
+    let mismatch = || changed_since_verified(path);
     let read = |buf: &mut Vec<u8>, offset: u64, len: u64| -> Result<()> {
         buf.resize(len as usize, 0);
         file.read_exact_at(buf, offset)
@@ -344,32 +330,65 @@ fn upload_file(
             );
             (upload.upload_id, held)
         }
-        None => {
-            let (id, response) = client.create_multipart(key, &headers)?;
-            if let Err(e) = check_encryption(t, key, &response, true) {
-                client.abort(key, &id)?;
-                return Err(e);
-            }
-            (id, Vec::new())
-        }
+        None => (start_multipart(client, t, key, &headers)?, Vec::new()),
     };
     let held: BTreeMap<u32, &crate::s3::xml::Part> = held.iter().map(|p| (p.number, p)).collect();
     let senders = layout::parallel_parts(t.part_size);
-    let Uploaded {
-        completed,
-        digests,
-        whole,
-        sent,
-    } = upload_parts(client, key, &upload_id, &parts, &held, senders, read)?;
-    if crate::hash::hex(&whole) != entry.sha256 {
+    let uploaded = upload_parts(client, key, &upload_id, &parts, &held, senders, read)?;
+    if crate::hash::hex(&uploaded.whole) != entry.sha256 {
         client.abort(key, &upload_id)?;
         return Err(mismatch());
     }
-    let response = client.complete(key, &upload_id, &completed)?;
+    let checksum = complete_multipart(client, t, key, &upload_id, &uploaded, entry)?;
+    Ok((uploaded.sent, checksum))
+}
+
+/// A local file that no longer hashes to its manifest: nothing of it is put.
+fn changed_since_verified(path: &std::path::Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "'{}' does not match its manifest (changed or damaged since it was verified): not uploaded",
+        path.display()
+    )
+}
+
+/// Starts a multipart upload of `key`; one whose answer shows another encryption than the one
+/// asked for is aborted.
+fn start_multipart(
+    client: &mut Client,
+    t: &S3Target,
+    key: &str,
+    headers: &[(&str, String)],
+) -> Result<String> {
+    let (id, response) = client.create_multipart(key, headers)?;
+    if let Err(e) = check_encryption(t, key, &response, true) {
+        client.abort(key, &id)?;
+        return Err(e);
+    }
+    Ok(id)
+}
+
+/// Completes an upload whose parts are all there and holds the stored object to `object` (its
+/// size, the whole digest, the parts' composite checksum); returns the checksum the server
+/// stored, when it keeps one.
+fn complete_multipart(
+    client: &mut Client,
+    t: &S3Target,
+    key: &str,
+    upload_id: &str,
+    uploaded: &Uploaded,
+    object: &FileEntry,
+) -> Result<Option<String>> {
+    let response = client.complete(key, upload_id, &uploaded.completed)?;
     check_encryption(t, key, &response, true)?;
-    let composite = layout::composite_checksum(&digests);
-    let checksum = verify_object(client, t, key, entry, &base64(&whole), Some(&composite))?;
-    Ok((sent, checksum))
+    let composite = layout::composite_checksum(&uploaded.digests);
+    verify_object(
+        client,
+        t,
+        key,
+        object,
+        &base64(&uploaded.whole),
+        Some(&composite),
+    )
 }
 
 /// What `upload_parts` did: the parts to complete the upload with, each part's SHA-256 and
