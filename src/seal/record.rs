@@ -57,18 +57,23 @@ pub fn objects<'a>(
     seal: Option<&Seal>,
 ) -> Result<Vec<FileEntry>, String> {
     files
-        .map(|f| match seal {
-            None => Ok(f.clone()),
-            Some(seal) => seal
-                .file(&f.name)
-                .map(|s| FileEntry {
-                    name: sealed_name(&f.name),
-                    size: s.size,
-                    sha256: s.sha256.clone(),
-                })
-                .ok_or_else(|| format!("the seal record does not name '{}'", f.name)),
+        .map(|f| {
+            object(f, seal).ok_or_else(|| format!("the seal record does not name '{}'", f.name))
         })
         .collect()
+}
+
+/// The object a copy holds for the file `f` of its manifest: the file itself, or in a sealed
+/// copy its age file as the record describes it; `None` when the record lacks it.
+pub fn object(f: &FileEntry, seal: Option<&Seal>) -> Option<FileEntry> {
+    match seal {
+        None => Some(f.clone()),
+        Some(seal) => seal.file(&f.name).map(|s| FileEntry {
+            name: sealed_name(&f.name),
+            size: s.size,
+            sha256: s.sha256.clone(),
+        }),
+    }
 }
 
 /// The sealed object of a plaintext file name.

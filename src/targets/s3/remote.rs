@@ -171,21 +171,10 @@ pub fn open_set(mut client: Client, t: &S3Target, id: &str) -> Result<HeldCopy> 
     };
     let (mut files, mut lacking) = (Vec::new(), Vec::new());
     for f in &manifest.files {
-        let object = match &seal {
-            None => Some(f.clone()),
-            Some(seal) => seal.file(&f.name).map(|s| FileEntry {
-                name: crate::seal::record::sealed_name(&f.name),
-                size: s.size,
-                sha256: s.sha256.clone(),
-            }),
-        };
-        let key = layout::key(&t.prefix, id, object.as_ref().map_or(&f.name, |o| &o.name));
-        match (
-            object,
-            remote
-                .objects
-                .get(key.rsplit('/').next().unwrap_or_default()),
-        ) {
+        let object = crate::seal::record::object(f, seal.as_ref());
+        let name = object.as_ref().map_or(&f.name, |o| &o.name);
+        let key = layout::key(&t.prefix, id, name);
+        match (&object, remote.objects.get(name)) {
             (Some(o), Some(held)) if held.size == o.size => files.push(f.name.clone()),
             (Some(o), Some(held)) => lacking.push(format!(
                 "object '{key}' in bucket '{}' holds {} bytes, {} says {}",
