@@ -9,7 +9,7 @@ use crate::manifest::{
     parse_backup_name,
 };
 use crate::store::{Store, StoredSet};
-use crate::verify::{check_resources, check_snapshot};
+use crate::verify::{check_resources_with, check_snapshot};
 use anyhow::{Context, Result, bail, ensure};
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
@@ -31,15 +31,22 @@ enum ScriptEnd {
     TimedOut,
 }
 
+/// What the script said that we keep: its last line (for errors) and etcd's version.
+#[derive(Default)]
+struct Said {
+    last_line: Option<String>,
+    etcd_version: Option<String>,
+}
+
 /// Runs `command [--force] <dir>` in its own process group, streams its output into the log
-/// line by line, and kills the group at the timeout. Returns how it ended and its last line.
+/// line by line, and kills the group at the timeout. Returns how it ended and what it said.
 fn run_script(
     command: &Path,
     chroot: Option<&Path>,
     force: bool,
     dir: &Path,
     timeout: Duration,
-) -> Result<(ScriptEnd, Option<String>)> {
+) -> Result<(ScriptEnd, Said)> {
     let (reader, writer) =
         std::io::pipe().context("cannot create a pipe for the backup command")?;
     let mut cmd = Command::new(command);
@@ -87,11 +94,14 @@ fn run_script(
             }
         }
     });
-    let mut last_line = None;
+    let mut said = Said::default();
     let mut log_line = |line: String| {
         tracing::info!(target: "script", forced = force, "{line}");
+        if let Some(v) = crate::cluster::etcd_version_of_line(&line) {
+            said.etcd_version = Some(v);
+        }
         if !line.is_empty() {
-            last_line = Some(line);
+            said.last_line = Some(line);
         }
     };
 
@@ -127,7 +137,7 @@ fn run_script(
     while let Ok(line) = lines.recv_timeout(drain_end.saturating_duration_since(Instant::now())) {
         log_line(line);
     }
-    Ok((end, last_line))
+    Ok((end, said))
 }
 
 /// The two files the script left in `dir`, checked for shape: regular files, exactly one of
@@ -186,24 +196,45 @@ fn find_backup_files(dir: &Path, forced: bool) -> Result<(PathBuf, PathBuf)> {
     Ok((dir.join(&snapshots[0]), dir.join(&resources[0])))
 }
 
-/// Checks the staged files and builds the manifest; each byte is read exactly once.
+/// The node a set is taken on, for the facts of its cluster: its `/` and what the backup
+/// command said of etcd's version.
+pub(crate) struct Node<'a> {
+    pub root: &'a Path,
+    pub etcd_version: Option<String>,
+}
+
+/// Checks the staged files and builds the manifest, with the cluster's facts when `node` is
+/// given; each byte is read exactly once.
 pub(crate) fn check_staged(
     dir: &Path,
     forced: bool,
     id: String,
     origin: &str,
     created: chrono::DateTime<chrono::Utc>,
+    node: Option<Node>,
 ) -> Result<Manifest> {
     let (db, tar) = find_backup_files(dir, forced)?;
     let (db_digest, page_size) = check_snapshot(&db)?;
     // Sound bytes are not enough: a damaged page of etcd's backend streams out with a valid
     // trailer, and etcd cannot restore it.
-    let figures = if cfg!(feature = "bench-without-deep-check") {
-        None
+    let (figures, membership) = if cfg!(feature = "bench-without-deep-check") {
+        (None, None)
     } else {
-        Some(crate::verify::deep_check(&db)?)
+        let (figures, membership) = crate::verify::deep_check_membership(&db)?;
+        (Some(figures), Some(membership))
     };
-    let (tar_digest, static_pod_dirs) = check_resources(&tar)?;
+    let mut scan = crate::cluster::archive::Scan::default();
+    let (tar_digest, static_pod_dirs) = check_resources_with(&tar, &mut scan)?;
+    let cluster = node.map(|node| {
+        crate::cluster::learn(
+            node.root,
+            crate::cluster::Learned {
+                etcd_version: node.etcd_version,
+                membership,
+                archive: Some(scan.finish()),
+            },
+        )
+    });
     for path in [&db, &tar] {
         open_regular(path)?
             .sync_all()
@@ -232,6 +263,7 @@ pub(crate) fn check_staged(
             static_pod_dirs,
             etcd: figures,
         },
+        cluster,
     })
 }
 
@@ -249,13 +281,13 @@ fn attempt(
     store: &Store,
     settings: &BackupSettings,
     forced: bool,
-    (origin, signing_key): (&str, Option<&ssh_key::PrivateKey>),
+    (origin, signing_key, root): (&str, Option<&ssh_key::PrivateKey>, &Path),
 ) -> Result<Option<StoredSet>> {
     let created = chrono::Utc::now();
     let id = make_set_id(created, origin);
     let staging = store.new_staging("backup")?;
     tracing::info!(set_id = %id, staging = %staging.display(), forced, "running backup command");
-    let (end, last_line) = run_script(
+    let (end, said) = run_script(
         &settings.command,
         settings.chroot.as_deref(),
         forced,
@@ -263,7 +295,7 @@ fn attempt(
         settings.timeout,
     )?;
     crate::failpoint::hit("backup:script-exited");
-    let last = last_line.as_deref().unwrap_or("no output");
+    let last = said.last_line.as_deref().unwrap_or("no output");
     // What a failed script left (a partial snapshot as large as a set) is no evidence worth
     // its space: it goes now, so that a retry or the next run has the room. The output of a
     // script that claimed success but fails the checks stays for inspection until `gc_grace`.
@@ -284,12 +316,21 @@ fn attempt(
         ScriptEnd::Exited(_) => {}
     }
     let read_before = self_read_bytes();
-    let manifest = check_staged(&staging, forced, id, origin, created).with_context(|| {
-        format!(
-            "backup command '{}' succeeded but its output is not a valid backup",
-            settings.command.display()
-        )
-    })?;
+    let node = Node {
+        root,
+        etcd_version: said.etcd_version,
+    };
+    let manifest =
+        check_staged(&staging, forced, id, origin, created, Some(node)).with_context(|| {
+            format!(
+                "backup command '{}' succeeded but its output is not a valid backup",
+                settings.command.display()
+            )
+        })?;
+    // A fact that could not be learned is said once per set; the set is no worse for it.
+    for note in manifest.cluster.iter().flat_map(|c| &c.unknown) {
+        tracing::warn!(set_id = %manifest.id, "not recorded in the set: {note}");
+    }
     // Each byte of the set is read once: the benchmark checks this figure.
     tracing::debug!(
         read_bytes = self_read_bytes().saturating_sub(read_before),
@@ -433,7 +474,11 @@ pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Re
         .as_deref()
         .map(crate::seal::keys::load_signing_key)
         .transpose()?;
-    let origin = (settings.node_name.as_str(), signing_key.as_ref());
+    let origin = (
+        settings.node_name.as_str(),
+        signing_key.as_ref(),
+        settings.node_root(),
+    );
     let first_forced = backup.force == ForcePolicy::Always;
     let mut set = attempt(store, backup, first_forced, origin)?;
     if set.is_none() && backup.force == ForcePolicy::Fallback {

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod bbolt;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod deadline;
 pub mod failpoint;

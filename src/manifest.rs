@@ -32,6 +32,10 @@ pub struct Manifest {
     pub dirty: bool,
     pub files: Vec<FileEntry>,
     pub checks: Checks,
+    /// What the set knows of the cluster it was taken from. Absent in sets taken before it
+    /// was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +200,9 @@ impl Manifest {
         {
             return Err("the files' sizes add up past 2^64 bytes".to_string());
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.check()?;
+        }
         for file in &self.files {
             if file.sha256.len() != 64
                 || !file
@@ -217,6 +224,7 @@ impl Manifest {
             created: self.created,
             size: self.total_size(),
             dirty: self.dirty,
+            cluster: self.cluster.as_ref().and_then(|c| c.cluster_id.clone()),
         }
     }
 
@@ -283,6 +291,7 @@ pub(crate) mod tests {
                 snapshot_sha256_trailer: true,
                 static_pod_dirs: vec!["static-pod-resources/kube-apiserver-pod-3".into()],
             },
+            cluster: None,
         }
     }
 

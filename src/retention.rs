@@ -11,6 +11,12 @@
 //! Two safety rules come before everything else: the newest set of each origin, and the newest
 //! clean (not `--force`d) set of each origin, are never deleted.
 //!
+//! And one across histories: a restore starts a new etcd cluster (a new cluster ID), and the
+//! sets taken before it belong to another history. The newest set that names a cluster names
+//! the live one; until the live cluster has a clean set of its own (taken while no operator was
+//! progressing, which after a restore takes a while), the newest clean set of every earlier
+//! cluster is never deleted either: the way back if the restore went wrong.
+//!
 //! A set dated after `not_after` (now plus the clocks' allowed skew) counts for nothing: it is
 //! kept, takes no place in any rule, is never the newest of its origin, and is the first to go
 //! under size pressure. (A clock set wrong, or a forged date, must not push real sets out.)
@@ -31,6 +37,8 @@ pub struct SetInfo {
     pub created: DateTime<Utc>,
     pub size: u64,
     pub dirty: bool,
+    /// The etcd cluster ID the set was taken from (its history); `None` when not recorded.
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,6 +73,8 @@ pub enum KeepReason {
     FutureDated,
     NewestOfOrigin,
     NewestClean,
+    /// The newest clean set of an earlier etcd cluster, while the live one has no clean set.
+    LastOfHistory,
     Last,
     Hourly,
     Daily,
@@ -80,6 +90,9 @@ impl fmt::Display for KeepReason {
             KeepReason::FutureDated => "dated in the future: counted by no rule",
             KeepReason::NewestOfOrigin => "newest set of its origin",
             KeepReason::NewestClean => "newest clean set of its origin",
+            KeepReason::LastOfHistory => {
+                "newest clean set of an earlier etcd cluster (the live one has no clean set yet)"
+            }
             KeepReason::Last => "keep_last",
             KeepReason::Hourly => "keep_hourly",
             KeepReason::Daily => "keep_daily",
@@ -212,6 +225,38 @@ pub fn takes_place_of<'a>(
     })
 }
 
+/// Of `sorted` (newest first), the newest clean set of each etcd cluster other than the live
+/// one (the cluster of the newest set that names one), when the live one has no clean set.
+fn last_of_histories(sorted: &[&SetInfo], not_after: DateTime<Utc>) -> Vec<usize> {
+    let present = |s: &SetInfo| s.created <= not_after;
+    let Some(live) = sorted
+        .iter()
+        .filter(|s| present(s))
+        .find_map(|s| s.cluster.as_deref())
+    else {
+        return Vec::new();
+    };
+    let clean_in = |cluster: &str| {
+        sorted
+            .iter()
+            .filter(|s| present(s))
+            .any(|s| !s.dirty && s.cluster.as_deref() == Some(cluster))
+    };
+    if clean_in(live) {
+        return Vec::new();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    sorted
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| present(s) && !s.dirty)
+        .filter_map(|(index, s)| match s.cluster.as_deref() {
+            Some(cluster) if cluster != live && seen.insert(cluster) => Some(index),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Plans retention for one store. `free_bytes` is the free space of the store's filesystem now
 /// (only consulted when `min_free_space` is set); sets created after `not_after` are
 /// future-dated (see the module's doc).
@@ -269,6 +314,10 @@ pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64, not_after: DateT
         }
     }
 
+    for index in last_of_histories(&sorted, not_after) {
+        reasons[index].push(KeepReason::LastOfHistory);
+    }
+
     let mut delete: Vec<Option<DeleteReason>> = reasons
         .iter()
         .map(|r| r.is_empty().then_some(DeleteReason::NoRule))
@@ -276,8 +325,12 @@ pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64, not_after: DateT
 
     // Size pressure, store-wide, oldest unprotected kept set first.
     let protected = |r: &[KeepReason]| {
-        r.iter()
-            .any(|k| matches!(k, KeepReason::NewestOfOrigin | KeepReason::NewestClean))
+        r.iter().any(|k| {
+            matches!(
+                k,
+                KeepReason::NewestOfOrigin | KeepReason::NewestClean | KeepReason::LastOfHistory
+            )
+        })
     };
     let mut kept_bytes: u64 = 0;
     let mut freed_bytes: u64 = 0;
@@ -364,6 +417,7 @@ mod tests {
             created: at(created),
             size: 100,
             dirty: false,
+            cluster: None,
         }
     }
 
@@ -384,6 +438,58 @@ mod tests {
     /// Sets of one origin at the given times, newest last in the input on purpose.
     fn history(times: &[&str]) -> Vec<SetInfo> {
         times.iter().map(|t| set("m0", t)).collect()
+    }
+
+    #[test]
+    fn a_restore_keeps_the_old_history_until_the_new_one_has_a_clean_set() {
+        // (old cluster's sets, new cluster's sets with dirty flags, max_total_size) → kept.
+        let old = |t: &str| SetInfo {
+            cluster: Some("00000000000000aa".into()),
+            ..set("m0", t)
+        };
+        let new = |t: &str, dirty: bool| SetInfo {
+            cluster: Some("00000000000000bb".into()),
+            dirty,
+            ..set("m0", t)
+        };
+        let policy = Policy {
+            keep_last: 1,
+            max_total_size: Some(100),
+            ..Policy::default()
+        };
+        // After the restore, operators progress: the new cluster's sets are forced (dirty).
+        let sets = vec![
+            old("2026-01-01T00:00:00Z"),
+            old("2026-01-01T01:00:00Z"),
+            new("2026-01-01T03:00:00Z", true),
+            new("2026-01-01T04:00:00Z", true),
+        ];
+        let plan = plan(&sets, &policy, 0);
+        assert_eq!(kept(&plan), ["2026-01-01T04:00:00", "2026-01-01T01:00:00"]);
+        let guard = plan
+            .decisions
+            .iter()
+            .find(|d| d.keep() && d.set.cluster.as_deref() == Some("00000000000000aa"))
+            .unwrap();
+        assert!(guard.keep_reasons.contains(&KeepReason::LastOfHistory));
+        // Once the new cluster has a clean set, the old history goes by the policy.
+        let mut settled = sets.clone();
+        settled.push(new("2026-01-01T05:00:00Z", false));
+        assert_eq!(
+            kept(&super::tests::plan(&settled, &policy, 0)),
+            ["2026-01-01T05:00:00"]
+        );
+        // Sets that name no cluster (taken before it was recorded) are no history of their own.
+        let unrecorded = vec![
+            set("m0", "2026-01-01T00:00:00Z"),
+            new("2026-01-01T04:00:00Z", true),
+        ];
+        assert!(
+            super::tests::plan(&unrecorded, &policy, 0)
+                .decisions
+                .iter()
+                .all(|d| !d.keep_reasons.contains(&KeepReason::LastOfHistory))
+        );
     }
 
     #[test]
@@ -742,12 +848,19 @@ mod tests {
     }
 
     fn arb_sets() -> impl Strategy<Value = Vec<SetInfo>> {
-        let one = (0usize..3, 0i64..(400 * 86_400), 1u64..1000, any::<bool>());
+        // Histories: none recorded (older sets), or one of three etcd clusters.
+        let one = (
+            0usize..3,
+            0i64..(400 * 86_400),
+            1u64..1000,
+            any::<bool>(),
+            0u8..4,
+        );
         prop::collection::vec(one, 0..60).prop_map(|raw| {
             let base = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
             raw.into_iter()
                 .enumerate()
-                .map(|(n, (origin, offset, size, dirty))| {
+                .map(|(n, (origin, offset, size, dirty, cluster))| {
                     let created = base + chrono::TimeDelta::seconds(offset);
                     SetInfo {
                         id: format!("{}-{n}-m{origin}", created.format("%Y%m%dT%H%M%SZ")),
@@ -755,6 +868,7 @@ mod tests {
                         created,
                         size,
                         dirty,
+                        cluster: (cluster > 0).then(|| format!("{cluster:016x}")),
                     }
                 })
                 .collect()
@@ -804,6 +918,24 @@ mod tests {
                 of_origin.retain(|d| !d.set.dirty);
                 if let Some(clean) = of_origin.first() {
                     prop_assert!(clean.keep());
+                }
+            }
+        }
+
+        #[test]
+        fn an_earlier_history_keeps_a_clean_set_until_the_live_one_has_one(sets in arb_sets(), policy in arb_policy(), free in 0u64..20_000) {
+            let plan = plan(&sets, &policy, free);
+            // plan output is newest first: the first that names a cluster names the live one.
+            let Some(live) = plan.decisions.iter().find_map(|d| d.set.cluster.clone()) else {
+                return Ok(());
+            };
+            fn clean_of<'a>(plan: &'a Plan, cluster: &'a str) -> impl Iterator<Item = &'a Decision> {
+                plan.decisions.iter().filter(move |d| !d.set.dirty && d.set.cluster.as_deref() == Some(cluster))
+            }
+            let earlier: BTreeSet<String> = sets.iter().filter_map(|s| s.cluster.clone()).filter(|c| *c != live).collect();
+            for cluster in earlier {
+                if clean_of(&plan, &cluster).next().is_some() && clean_of(&plan, &live).next().is_none() {
+                    prop_assert!(clean_of(&plan, &cluster).next().unwrap().keep(), "cluster {cluster}");
                 }
             }
         }

@@ -261,6 +261,7 @@ mod tests {
                     static_pod_dirs: vec![],
                     etcd: None,
                 },
+                cluster: None,
             },
             manifest_json: String::new(),
             manifest_sha256: String::new(),

@@ -87,6 +87,7 @@ mod tests {
             created,
             size: 1,
             dirty: false,
+            cluster: None,
         }
     }
 

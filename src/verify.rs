@@ -204,6 +204,15 @@ impl<R: Read> Read for HashingReader<R> {
 /// with a valid CRC, the tar lists the newest dir of every required static pod. Returns the
 /// `static-pod-resources/<pod>-<N>` dirs found.
 pub fn check_resources(path: &Path) -> Result<(FileDigest, Vec<String>)> {
+    check_resources_with(path, &mut crate::cluster::archive::Scan::default())
+}
+
+/// [`check_resources`], and the files of the archive that tell of its cluster go through
+/// `scan` in the same pass.
+pub fn check_resources_with(
+    path: &Path,
+    scan: &mut crate::cluster::archive::Scan,
+) -> Result<(FileDigest, Vec<String>)> {
     let file = open_regular(path)?;
     let size = file.metadata()?.len();
     let context = || format!("resources archive '{}'", path.display());
@@ -215,8 +224,14 @@ pub fn check_resources(path: &Path) -> Result<(FileDigest, Vec<String>)> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     let mut dirs = BTreeSet::new();
     for entry in archive.entries().with_context(context)? {
-        let entry = entry.with_context(context)?;
-        let entry_path = entry.path().with_context(context)?;
+        let mut entry = entry.with_context(context)?;
+        let entry_path = entry.path().with_context(context)?.into_owned();
+        if let Some(name) = entry_path.to_str()
+            && entry.header().entry_type().is_file()
+        {
+            let size = entry.size();
+            scan.entry(name, size, &mut entry).with_context(context)?;
+        }
         let mut parts = entry_path.components().filter_map(|c| match c {
             std::path::Component::Normal(part) => part.to_str(),
             _ => None,
@@ -306,10 +321,17 @@ pub fn check_file_against(
 /// The structural check of a snapshot's bbolt part (everything before the trailer) and
 /// etcd's figures from it; an error names the file and the first problems by page and bucket.
 pub fn deep_check(path: &Path) -> Result<crate::bbolt::Figures> {
+    deep_check_membership(path).map(|(figures, _)| figures)
+}
+
+/// [`deep_check`], and what the snapshot says of its cluster (members, cluster version).
+pub fn deep_check_membership(
+    path: &Path,
+) -> Result<(crate::bbolt::Figures, crate::bbolt::Membership)> {
     let file = open_regular(path)?;
     let len = file.metadata()?.len();
     let db_len = len.saturating_sub(TRAILER_BYTES);
-    let (report, figures) = crate::bbolt::status(&file, db_len)
+    let (report, figures, membership) = crate::bbolt::status(&file, db_len)
         .with_context(|| format!("cannot read '{}'", path.display()))?;
     if !report.is_clean() {
         let shown: Vec<String> = report
@@ -329,7 +351,7 @@ pub fn deep_check(path: &Path) -> Result<crate::bbolt::Figures> {
             shown.join("; "),
         );
     }
-    Ok(figures)
+    Ok((figures, membership))
 }
 
 /// [`deep_check`], and the figures must be the ones the manifest recorded (when it has them).

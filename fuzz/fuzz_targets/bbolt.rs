@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 fuzz_target!(|data: &[u8]| {
     let file = tempfile::tempfile().expect("a scratch file");
     file.write_all_at(data, 0).expect("writing the input");
-    let (report, _) =
+    let (report, ..) =
         etcd_backup::bbolt::status(&file, data.len() as u64).expect("reading a local file");
     assert!(report.problems.len() <= 102);
 });

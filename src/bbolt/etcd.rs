@@ -1,7 +1,9 @@
 //! etcd's own figures of a backend file, as `etcdutl snapshot status` (3.5) prints them, from
 //! the same walk: the hash (CRC-32C over each top-level bucket's name, then its keys and values
 //! in order), the number of keys (every pair of every top-level bucket), the revision (the main
-//! revision of the last key of bucket `key`) and the size (high-water mark x page size).
+//! revision of the last key of bucket `key`) and the size (high-water mark x page size). And
+//! what the snapshot says of its cluster: the members (bucket `members`, each a JSON object with
+//! its ID and name) and the cluster's version (bucket `cluster`, key `clusterVersion`).
 
 use super::walk::{Problem, Report, Visitor, check};
 use std::fs::File;
@@ -17,8 +19,30 @@ pub struct Figures {
 /// Buckets every etcd 3.4+ backend has.
 pub const REQUIRED_BUCKETS: [&str; 2] = ["key", "meta"];
 
+/// The most members read from a snapshot (etcd allows far fewer) and the largest value kept.
+const MAX_MEMBERS: usize = 64;
+const MAX_MEMBER_BYTES: usize = 4096;
+
+/// What a snapshot says of the cluster it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// `(ID, name)` of each member, as the `members` bucket holds them (a member that never
+    /// started has no name yet: empty).
+    pub members: Vec<(u64, String)>,
+    /// `clusterVersion` of bucket `cluster`, e.g. `3.5.0`.
+    pub cluster_version: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct MemberValue {
+    id: u64,
+    #[serde(default)]
+    name: String,
+}
+
 #[derive(Default)]
 struct Etcd {
+    membership: Membership,
     crc: u32,
     figures: Figures,
     buckets: Vec<Vec<u8>>,
@@ -27,7 +51,7 @@ struct Etcd {
 }
 
 /// A protobuf varint at `b[*at..]`, advancing `at`.
-fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..70).step_by(7) {
         let byte = *b.get(*at)?;
@@ -85,6 +109,35 @@ fn is_revision_key(key: &[u8]) -> bool {
     }
 }
 
+impl Etcd {
+    /// Keeps what buckets `members` and `cluster` say, bounded; a value that is not what etcd
+    /// writes is left out (the walk reports damage, this is no check).
+    fn note_cluster(&mut self, bucket: &[u8], key: &[u8], value: Option<&[u8]>) {
+        let Some(value) = value.filter(|v| v.len() <= MAX_MEMBER_BYTES) else {
+            return;
+        };
+        match bucket {
+            b"members" if self.membership.members.len() < MAX_MEMBERS => {
+                if let Ok(m) = serde_json::from_slice::<MemberValue>(value)
+                    && m.name.len() <= 253
+                {
+                    self.membership.members.push((m.id, m.name));
+                }
+            }
+            b"cluster" if key == b"clusterVersion" => {
+                if let Ok(v) = std::str::from_utf8(value)
+                    && v.len() <= 32
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                {
+                    self.membership.cluster_version = Some(v.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Visitor for Etcd {
     fn entry(&mut self, path: &[Vec<u8>], key: &[u8], value: Option<&[u8]>) {
         match path.len() {
@@ -98,6 +151,7 @@ impl Visitor for Etcd {
                     self.crc = crc32c::crc32c_append(self.crc, value);
                 }
                 self.figures.total_key += 1;
+                self.note_cluster(&path[0], key, value);
                 if path[0] == b"key" {
                     // A revision key: main (8 bytes, big-endian), '_', sub (8 bytes), and 't'
                     // when it marks a deletion. Anything else is damage (a shifted element).
@@ -120,7 +174,7 @@ impl Visitor for Etcd {
 
 /// Checks the etcd backend in the first `db_len` bytes of `file`; its figures (meaningful when
 /// the report is clean).
-pub fn status(file: &File, db_len: u64) -> std::io::Result<(Report, Figures)> {
+pub fn status(file: &File, db_len: u64) -> std::io::Result<(Report, Figures, Membership)> {
     let mut etcd = Etcd::default();
     let mut report = check(file, db_len, &mut etcd)?;
     if report.problems.is_empty() {
@@ -154,5 +208,5 @@ pub fn status(file: &File, db_len: u64) -> std::io::Result<(Report, Figures)> {
     figures.hash = etcd.crc;
     // What the meta claims, which a damaged meta may put past any file (the report says so).
     figures.total_size = report.hwm.saturating_mul(u64::from(report.page_size));
-    Ok((report, figures))
+    Ok((report, figures, etcd.membership))
 }

@@ -9,5 +9,6 @@ pub mod etcd;
 pub mod page;
 pub mod walk;
 
-pub use etcd::{Figures, status};
+pub(crate) use etcd::varint;
+pub use etcd::{Figures, Membership, status};
 pub use walk::{Problem, Report, Visitor, check};

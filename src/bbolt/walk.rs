@@ -505,7 +505,7 @@ mod tests {
         }
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&bytes).unwrap();
-        let (report, _) = crate::bbolt::status(&file, bytes.len() as u64).unwrap();
+        let (report, ..) = crate::bbolt::status(&file, bytes.len() as u64).unwrap();
         assert!(
             report.problems[0].what.contains("do not hold"),
             "{:?}",

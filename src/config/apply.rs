@@ -155,6 +155,15 @@ impl FileFragment {
                 Some(file.absolute_path(dir, "metrics.textfile_dir")?)
             };
         }
+        if let Some(cluster) = self.cluster
+            && let Some(root) = &cluster.root
+        {
+            settings.cluster.root = if root.get_ref().is_empty() {
+                None
+            } else {
+                Some(file.absolute_path(root, "cluster.root")?)
+            };
+        }
         if let Some(status) = self.status
             && let Some(max_age) = &status.max_age
         {

@@ -89,6 +89,14 @@ pub(super) struct FileFragment {
     pub(super) tls: Option<TlsFragment>,
     pub(super) metrics: Option<MetricsFragment>,
     pub(super) seal: Option<SealFragment>,
+    pub(super) cluster: Option<ClusterFragment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClusterFragment {
+    /// Default: `backup.chroot` when set, else `/`; "" also means that.
+    pub(super) root: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

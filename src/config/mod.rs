@@ -65,6 +65,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub metrics: MetricsSettings,
     pub seal: SealSettings,
+    pub cluster: ClusterSettings,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -96,6 +97,15 @@ pub struct BackupSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusSettings {
     pub max_age: Duration,
+}
+
+/// Where the node's own files are seen: the OpenShift release (the machine-config daemon's
+/// `currentconfig`), etcd's data directory (its WAL names the cluster), etcd.env (the masters)
+/// and `cluster-restore.sh`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterSettings {
+    /// None: `backup.chroot` when set (Pod Mode's mount of the host's `/`), else `/`.
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -278,6 +288,15 @@ pub struct SpraySettings {
 }
 
 impl Settings {
+    /// The node's `/` as this process sees it: `cluster.root`, else `backup.chroot`, else `/`.
+    pub fn node_root(&self) -> &std::path::Path {
+        self.cluster
+            .root
+            .as_deref()
+            .or(self.backup.chroot.as_deref())
+            .unwrap_or(std::path::Path::new("/"))
+    }
+
     /// Sets created after this are dated in the future: now plus `max_clock_skew`.
     pub fn not_after(&self) -> chrono::DateTime<chrono::Utc> {
         crate::units::after(chrono::Utc::now(), self.max_clock_skew)
@@ -331,6 +350,7 @@ impl Settings {
                 targets: Vec::new(),
             },
             metrics: MetricsSettings::default(),
+            cluster: ClusterSettings::default(),
             tls: TlsSettings {
                 cert: PathBuf::from(paths::TLS_CERT),
                 key: PathBuf::from(paths::TLS_KEY),

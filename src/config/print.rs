@@ -75,6 +75,17 @@ impl Settings {
         }
         let _ = writeln!(
             out,
+            "\n[cluster]\nroot = {}",
+            quote(
+                &self
+                    .cluster
+                    .root
+                    .as_ref()
+                    .map_or(String::new(), |p| p.to_string_lossy().into_owned())
+            )
+        );
+        let _ = writeln!(
+            out,
             "\n[status]\nmax_age = {}",
             quote(&format_duration(self.status.max_age))
         );

@@ -34,6 +34,7 @@ pub fn held_sets(
                     created,
                     size: 0,
                     dirty: false,
+                    cluster: None,
                 },
                 manifest_sha256: String::new(),
                 damaged: true,
@@ -211,6 +212,7 @@ pub fn wants(
             created,
             size: offer.size,
             dirty: offer.dirty,
+            cluster: None,
         };
         candidates.push((offer, info, repair));
     }
@@ -363,6 +365,7 @@ mod tests {
             created,
             size,
             dirty: false,
+            cluster: None,
         }
     }
 

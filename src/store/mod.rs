@@ -575,6 +575,7 @@ mod tests {
                 snapshot_sha256_trailer: true,
                 static_pod_dirs: vec![],
             },
+            cluster: None,
         };
         (staging, manifest)
     }

@@ -306,6 +306,12 @@ impl Node {
         self.dir.path().join("store")
     }
 
+    /// The node's `/` for the facts of its cluster (`[cluster] root`): empty unless a test
+    /// lays files there.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
     /// Writes the config: test defaults, then `extra` tables (other than `[node]`, `[store]`,
     /// `[backup]`; without a `[retention]` table, `keep_last = 10`).
     pub fn write_config(&self, extra: &str) {
@@ -324,9 +330,15 @@ impl Node {
         } else {
             "[retention]\nkeep_last = 10\n"
         };
+        // The node's own files (release, etcd's WAL, etcd.env) are this node's, not the host's.
+        let cluster = if extra.contains("[cluster]") {
+            String::new()
+        } else {
+            format!("\n[cluster]\nroot = \"{}\"\n", self.root().display())
+        };
         self.write_config_raw(&format!(
             "[node]\nname = \"master-0\"\n\n[store]\nroot = \"{}\"\n{store_keys}\n\n\
-             [backup]\ncommand = \"{}\"\n{timeout}{backup_keys}\n\n{retention}{extra}",
+             [backup]\ncommand = \"{}\"\n{timeout}{backup_keys}\n\n{retention}{extra}{cluster}",
             self.store().display(),
             standin().display()
         ));

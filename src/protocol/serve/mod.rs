@@ -473,6 +473,7 @@ mod tests {
             make_set_id(created, &origin),
             &origin,
             created,
+            None,
         )
         .unwrap();
         side.store.commit(&staging, &manifest).unwrap()
