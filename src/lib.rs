@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod prune;
 pub mod receive;
 pub mod render;
+pub mod restore;
 pub mod retention;
 pub mod s3;
 pub mod seal;

@@ -141,6 +141,25 @@ pub fn damaged(copies: &CopyChecks) -> Vec<(&str, &CopyCheck)> {
         .collect()
 }
 
+/// When the newest set was taken from another etcd cluster than the one this node runs now
+/// (`live`, from its WAL): after a restore the sets before it belong to another history, and
+/// the newest of them is no backup of the cluster as it is.
+pub fn history_note(
+    newest: Option<&crate::manifest::Manifest>,
+    live: Option<&str>,
+) -> Option<String> {
+    let set = newest?;
+    let of_set = set.cluster.as_ref()?.cluster_id.as_deref()?;
+    let live = live?;
+    (of_set != live).then(|| {
+        format!(
+            "WARNING: the newest set {} is of etcd cluster {of_set}; this node's etcd is cluster {live} now \
+             (restored since?): the sets of {of_set} are an earlier history, take a backup of this one",
+            set.id
+        )
+    })
+}
+
 pub fn summarize<'a>(
     sets: &'a [StoredSet],
     targets: &'a BTreeMap<String, TargetState>,

@@ -435,7 +435,7 @@ impl Scratch<'_> {
     }
 }
 
-fn verify_set(set: &StoredSet, deep: bool, scratch: Option<&Scratch>) -> Result<()> {
+pub(crate) fn verify_set(set: &StoredSet, deep: bool, scratch: Option<&Scratch>) -> Result<()> {
     // A failure recorded by an earlier verify is checked again, not repeated.
     if let Some(problem) = &set.on_disk_problem {
         bail!("{problem}");

@@ -18,6 +18,7 @@ mod metrics;
 mod pods;
 mod release;
 mod render;
+mod restore;
 mod seal;
 mod spray_dir;
 mod spray_s3;

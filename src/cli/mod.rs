@@ -17,7 +17,9 @@ use backup::{cmd_backup, cmd_prune};
 use clap::{Parser, Subcommand};
 use receive::{cmd_receive, cmd_tls_issue};
 use render::{RenderCmd, cmd_render};
-use sets::{cmd_fetch, cmd_list, cmd_list_from, cmd_stage, cmd_verify, cmd_verify_target};
+use sets::{
+    cmd_fetch, cmd_list, cmd_list_from, cmd_restore_check, cmd_stage, cmd_verify, cmd_verify_target,
+};
 use spray::cmd_spray;
 use status::{cmd_metrics, cmd_status};
 use std::path::PathBuf;
@@ -112,6 +114,20 @@ enum Cmd {
         /// A new or empty directory (created 0700)
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+    },
+    /// Before a restore, on the recovery master: check that a set of this store may be restored
+    /// here (sound, signed as required, the same OpenShift release, certificates, space,
+    /// cluster-restore.sh) and print OpenShift's restore steps for this cluster; exit 1 when a
+    /// check refuses. Changes nothing.
+    RestoreCheck {
+        #[arg(value_name = "SET-ID")]
+        id: String,
+        /// Go on when the set was taken on another OpenShift release than this node runs
+        #[arg(long)]
+        allow_other_release: bool,
+        /// The checks and the plan as JSON
+        #[arg(long)]
+        json: bool,
     },
     /// The newest set and its age; non-zero when none or older than status.max_age
     Status {
@@ -285,6 +301,11 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         }),
         Cmd::Status { json } => cmd_status(&settings, json),
         Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),
+        Cmd::RestoreCheck {
+            id,
+            allow_other_release,
+            json,
+        } => cmd_restore_check(&settings, &id, allow_other_release, json),
         Cmd::Fetch { from, identity, id } => cmd_fetch(&settings, from.as_deref(), &identity, &id),
         Cmd::Spray => recorded(&settings, "spray", || cmd_spray(&settings)),
         Cmd::Metrics { textfile, listen } => {

@@ -44,26 +44,78 @@ pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&sets)?);
         return Ok(EXIT_OK);
     }
-    println!(
-        "{:<40} {:<20} {:<20} {:>9} {:<5} VERIFIED",
-        "ID", "ORIGIN", "CREATED", "SIZE", "DIRTY"
-    );
-    for set in &listing.sets {
-        let m = &set.manifest;
+    // One table per etcd history (a restore starts a new cluster ID), the newest first.
+    let live = crate::restore::live_cluster_id(settings.node_root()).ok();
+    let mut groups: Vec<(Option<&str>, Vec<&crate::store::StoredSet>)> = Vec::new();
+    let mut sets: Vec<_> = listing.sets.iter().collect();
+    sets.sort_by(|a, b| b.manifest.created.cmp(&a.manifest.created));
+    for set in sets {
+        let cluster = cluster_id(&set.manifest);
+        match groups.iter_mut().find(|(c, _)| *c == cluster) {
+            Some((_, members)) => members.push(set),
+            None => groups.push((cluster, vec![set])),
+        }
+    }
+    for (n, (cluster, sets)) in groups.iter().enumerate() {
+        if n > 0 {
+            println!();
+        }
+        println!("{}", history_heading(*cluster, live.as_deref()));
         println!(
-            "{:<40} {:<20} {:<20} {:>9} {:<5} {}",
-            m.id,
-            m.origin,
-            m.created.format("%Y-%m-%d %H:%M:%SZ"),
-            human_size(m.total_size()),
-            if m.dirty { "yes" } else { "no" },
-            match &set.problem {
-                None => "yes".to_string(),
-                Some(problem) => format!("NO: {problem}"),
-            }
+            "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} VERIFIED",
+            "ID", "ORIGIN", "CREATED", "SIZE", "RELEASE", "REVISION", "DIRTY"
         );
+        for set in sets {
+            let m = &set.manifest;
+            println!(
+                "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} {}",
+                m.id,
+                m.origin,
+                m.created.format("%Y-%m-%d %H:%M:%SZ"),
+                human_size(m.total_size()),
+                release(m),
+                revision(m),
+                if m.dirty { "yes" } else { "no" },
+                match &set.problem {
+                    None => "yes".to_string(),
+                    Some(problem) => format!("NO: {problem}"),
+                }
+            );
+        }
     }
     Ok(EXIT_OK)
+}
+
+fn cluster_id(m: &crate::manifest::Manifest) -> Option<&str> {
+    m.cluster.as_ref().and_then(|c| c.cluster_id.as_deref())
+}
+
+fn release(m: &crate::manifest::Manifest) -> &str {
+    m.cluster
+        .as_ref()
+        .and_then(|c| c.release.as_deref())
+        .unwrap_or("-")
+}
+
+fn revision(m: &crate::manifest::Manifest) -> String {
+    m.checks
+        .etcd
+        .as_ref()
+        .map_or("-".to_string(), |e| e.revision.to_string())
+}
+
+/// The line above one history's sets.
+fn history_heading(cluster: Option<&str>, live: Option<&str>) -> String {
+    match (cluster, live) {
+        (Some(c), Some(l)) if c == l => format!("etcd cluster {c} (this node's etcd now):"),
+        (Some(c), Some(_)) => {
+            format!("etcd cluster {c} (an earlier history: not this node's etcd now):")
+        }
+        (Some(c), None) => format!("etcd cluster {c}:"),
+        (None, _) => {
+            "sets that name no etcd cluster (taken before etcd-backup recorded it):".to_string()
+        }
+    }
 }
 
 /// `list --from`: what each target `from` picks holds, with the last verification of each
@@ -103,8 +155,8 @@ pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> 
     for (id, name, sets) in &listed {
         println!("{name}: {} set(s)", sets.len());
         println!(
-            "{:<40} {:<20} {:<20} {:>9} {:>10} {:<5} VERIFIED",
-            "ID", "ORIGIN", "CREATED", "SIZE", "REVISION", "WHOLE"
+            "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} VERIFIED",
+            "ID", "ORIGIN", "CREATED", "SIZE", "RELEASE", "REVISION", "WHOLE"
         );
         let known = checks.get(id);
         for set in sets {
@@ -119,15 +171,13 @@ pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> 
                 (None, None) => "not yet".to_string(),
             };
             println!(
-                "{:<40} {:<20} {:<20} {:>9} {:>10} {:<5} {verified}",
+                "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} {verified}",
                 m.id,
                 m.origin,
                 m.created.format("%Y-%m-%d %H:%M:%SZ"),
                 human_size(m.total_size()),
-                m.checks
-                    .etcd
-                    .as_ref()
-                    .map_or("-".to_string(), |e| e.revision.to_string()),
+                release(m),
+                revision(m),
                 if set.whole { "yes" } else { "NO" },
             );
             for (file, recipients) in &set.sealed_to {
@@ -259,6 +309,38 @@ pub fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result
     Ok(EXIT_OK)
 }
 
+/// `restore-check`: one line per check, then the plan (or why there is none).
+pub fn cmd_restore_check(
+    settings: &Settings,
+    id: &str,
+    allow_other_release: bool,
+    json: bool,
+) -> Result<u8> {
+    let report = crate::restore::run(settings, id, allow_other_release)?;
+    let code = if report.refused { EXIT_FAILED } else { EXIT_OK };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(code);
+    }
+    println!(
+        "Checks of set {id} for a restore on {}:",
+        settings.node_name
+    );
+    for check in &report.checks {
+        println!(
+            "  {:<8} {:<18} {}",
+            check.outcome.label(),
+            check.name,
+            check.detail
+        );
+    }
+    match &report.plan {
+        Some(plan) => print!("\n{}", plan.to_text()),
+        None => eprintln!("error: set {id} must not be restored here: see REFUSED above"),
+    }
+    Ok(code)
+}
+
 /// A set as `list --json` shows it: its manifest's facts, and the fields of `about` (where the
 /// copy is and what is known of it).
 fn manifest_json(m: &crate::manifest::Manifest, about: serde_json::Value) -> serde_json::Value {
@@ -270,6 +352,7 @@ fn manifest_json(m: &crate::manifest::Manifest, about: serde_json::Value) -> ser
         "dirty": m.dirty,
         "etcd": m.checks.etcd,
         "files": m.files,
+        "cluster": m.cluster,
     });
     if let (Some(set), serde_json::Value::Object(about)) = (set.as_object_mut(), about) {
         set.extend(about);

@@ -41,6 +41,8 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
     let summary = view.summary(settings.status.max_age, settings.max_clock_skew);
     let (newest, age, fresh, max_age) =
         (summary.newest, summary.age, summary.fresh, summary.max_age);
+    let live = crate::restore::live_cluster_id(settings.node_root()).ok();
+    let history = crate::status::history_note(newest.map(|s| &s.manifest), live.as_deref());
     if json {
         let value = serde_json::json!({
             "store": root,
@@ -68,6 +70,11 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 "problem": check.problem,
             })).collect::<Vec<_>>(),
             "coverage": summary.coverage,
+            "etcd_cluster": {
+                "live": live,
+                "newest_set": newest.and_then(|s| s.manifest.cluster.as_ref()).and_then(|c| c.cluster_id.as_ref()),
+                "differs": history.is_some(),
+            },
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -82,6 +89,9 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 if fresh { "fresh" } else { "STALE" }
             ),
             _ => println!("no backup set in '{}': STALE", root.display()),
+        }
+        if let Some(note) = &history {
+            println!("{note}");
         }
         for set in &summary.future {
             println!(

@@ -197,6 +197,11 @@ impl Etcd {
         etcd
     }
 
+    /// etcd's data directory (its WAL names the cluster).
+    pub fn data_dir(&self) -> PathBuf {
+        self._data.path().join("data")
+    }
+
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         Command::new(self.bin_dir.join("etcdctl"))
             .arg(format!("--endpoints={}", self.endpoint))

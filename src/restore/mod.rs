@@ -1,0 +1,120 @@
+//! `etcd-backup restore-check SET`: on the recovery master, before anything is touched, whether
+//! the set may be restored here ([`check`]) and how, step by step, for this cluster ([`plan`]).
+//! Nothing is changed and nothing runs on other masters.
+
+pub mod check;
+pub mod plan;
+
+use crate::cluster::{ETCD_DATA_DIR, release, wal};
+use crate::config::Settings;
+use crate::store::Store;
+use anyhow::{Result, bail};
+use std::path::Path;
+
+/// What `restore-check` found: every check, and the plan unless a check refused.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub set: String,
+    pub checks: Vec<check::Check>,
+    pub refused: bool,
+    pub plan: Option<plan::Plan>,
+}
+
+/// What this node knows now, under its root (`[cluster] root`).
+pub fn learn_node(settings: &Settings) -> (check::Node, Result<Vec<String>, String>) {
+    let root = settings.node_root();
+    let text = |e: anyhow::Error| format!("{e:#}");
+    let data_dir = root.join(ETCD_DATA_DIR);
+    let node = check::Node {
+        name: settings.node_name.clone(),
+        release: release::learn(root).map_err(text),
+        cluster_id: live_cluster_id(root).map_err(text),
+        etcd_free: free_bytes(&data_dir).map_err(text),
+        restore_script: restore_script(root),
+    };
+    (node, masters(root))
+}
+
+/// The live etcd's cluster ID, from its WAL under `root`.
+pub fn live_cluster_id(root: &Path) -> Result<String> {
+    wal::read(&root.join(ETCD_DATA_DIR)).map(|m| wal::hex_id(m.cluster_id))
+}
+
+fn free_bytes(path: &Path) -> Result<u64> {
+    use anyhow::Context;
+    let stat = nix::sys::statvfs::statvfs(path)
+        .with_context(|| format!("cannot statvfs '{}'", path.display()))?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+fn restore_script(root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = root.join(crate::paths::CLUSTER_RESTORE.trim_start_matches('/'));
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!("'{}' is not an executable file", path.display())),
+        Err(e) => Err(format!(
+            "'{}': {e}: is this an OpenShift master with a running etcd operator?",
+            path.display()
+        )),
+    }
+}
+
+/// The masters etcd.env names.
+fn masters(root: &Path) -> Result<Vec<String>, String> {
+    let path = root.join(crate::paths::ETCD_ENV.trim_start_matches('/'));
+    let bytes = crate::files::read_regular(&path, 1 << 20).map_err(|e| format!("{e:#}"))?;
+    let env = crate::peers::parse_etcd_env(&String::from_utf8_lossy(&bytes));
+    let names: Vec<String> = env.peers.into_iter().map(|p| p.name).collect();
+    if names.is_empty() {
+        return Err(format!("'{}' names no master", path.display()));
+    }
+    Ok(names)
+}
+
+/// The `restore-check` command: under the store lock (a prune must not remove the set while
+/// it is checked), the set deep-checked and its signature judged, the checks, the plan.
+pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<Report> {
+    let store = Store::open_existing(&settings.store.root)?;
+    let _lock = store.lock(settings.store.lock_wait)?;
+    let set = store.get(id)?;
+    if set.sealed.is_some() {
+        bail!(
+            "set '{id}' is held sealed in '{}': fetch it into a store with --identity first",
+            store.root().display()
+        );
+    }
+    let sound = match &set.problem {
+        Some(problem) => Err(problem.clone()),
+        None => crate::verify::verify_set(&set, true, None).map_err(|e| format!("{e:#}")),
+    };
+    let signers = crate::seal::signers(&settings.seal.signers);
+    let signature =
+        crate::verify::signature_problem(&set, &signers, settings.seal.require_signature);
+    let (node, masters) = learn_node(settings);
+    let checks = check::checks(
+        &check::Set {
+            manifest: &set.manifest,
+            sound,
+            signature,
+        },
+        &node,
+        chrono::Utc::now(),
+        allow_other_release,
+    );
+    let refused = check::refused(&checks);
+    let plan = (!refused).then(|| {
+        plan::plan(
+            &set.manifest,
+            &node.name,
+            masters.as_deref().map_err(Clone::clone),
+            node.release.as_deref().ok(),
+        )
+    });
+    Ok(Report {
+        set: id.to_string(),
+        checks,
+        refused,
+        plan,
+    })
+}
