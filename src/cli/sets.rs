@@ -48,7 +48,7 @@ pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
     let live = crate::restore::live_cluster_id(settings.node_root()).ok();
     let mut groups: Vec<(Option<&str>, Vec<&crate::store::StoredSet>)> = Vec::new();
     let mut sets: Vec<_> = listing.sets.iter().collect();
-    sets.sort_by(|a, b| b.manifest.created.cmp(&a.manifest.created));
+    sets.sort_by_key(|s| std::cmp::Reverse(s.manifest.created));
     for set in sets {
         let cluster = cluster_id(&set.manifest);
         match groups.iter_mut().find(|(c, _)| *c == cluster) {
