@@ -10,8 +10,14 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 /// The `stage` command: under the store lock (prune must not remove the set while it is
-/// copied), [`stage`].
-pub fn run(settings: &crate::config::Settings, id: &str, dir: &Path) -> Result<StoredSet> {
+/// copied), [`stage`]. A set taken on another OpenShift release than this node runs (both
+/// known) is refused unless `allow_other_release`.
+pub fn run(
+    settings: &crate::config::Settings,
+    id: &str,
+    dir: &Path,
+    allow_other_release: bool,
+) -> Result<StoredSet> {
     let store = Store::open_existing(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
     let set = store.get(id)?;
@@ -26,6 +32,22 @@ pub fn run(settings: &crate::config::Settings, id: &str, dir: &Path) -> Result<S
         crate::verify::signature_problem(&set, &signers, settings.seal.require_signature)
     {
         bail!("{problem}: not staged");
+    }
+    let of_set = set
+        .manifest
+        .cluster
+        .as_ref()
+        .and_then(|c| c.release.as_deref());
+    if !allow_other_release
+        && let (Some(of_set), Ok(here)) =
+            (of_set, crate::cluster::release::learn(settings.node_root()))
+        && of_set != here
+    {
+        bail!(
+            "set '{id}' was taken on OpenShift {of_set}, this node runs {here}: OpenShift restores \
+             only a backup of the same z-stream release, not staged (`etcd-backup restore-check \
+             {id}` shows every check; --allow-other-release stages it anyway)"
+        );
     }
     stage(&store, id, dir)
 }

@@ -370,11 +370,57 @@ fn backup_on_master_0(lab: &Masters, what: &str) -> String {
     backed_up(&journal).unwrap_or_else(|| panic!("{what}: no set: {}", messages(&journal)))
 }
 
+/// What the set taken on master-0 records of its cluster, each fact against what the master
+/// and its etcd say themselves: the release of its machine-config daemon's record, the etcd
+/// cluster of the live member, the three members, encryption at rest on (aescbc), the etcd
+/// pod's certificates (the signer and three for each master), and nothing unknown.
+fn the_set_knows_its_cluster(lab: &Masters, id: &str) {
+    let listing: Vec<Value> = serde_json::from_str(
+        &lab.exec(0, &["etcd-backup", "list", "--json"])
+            .expect_ok("list --json"),
+    )
+    .unwrap();
+    let cluster = &listing.iter().find(|s| s["id"] == id).unwrap()["cluster"];
+    let status: Value = serde_json::from_str(
+        &lab.exec(0, &["etcdctl", "endpoint", "status", "-w", "json"])
+            .expect_ok("etcdctl endpoint status"),
+    )
+    .unwrap();
+    let header = &status[0]["Status"]["header"];
+    assert_eq!(
+        cluster["cluster_id"].as_str().unwrap(),
+        format!("{:016x}", header["cluster_id"].as_u64().unwrap()),
+        "{cluster}"
+    );
+    assert_eq!(cluster["release"], "4.18.7");
+    let names: Vec<&str> = cluster["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["master-0", "master-1", "master-2"]);
+    assert_eq!(cluster["encryption"]["provider"], "aescbc");
+    assert_eq!(cluster["certificates"]["count"], 10);
+    assert!(cluster.get("unknown").is_none(), "{cluster}");
+    let version = lab
+        .exec(0, &["etcdctl", "version"])
+        .expect_ok("etcdctl version");
+    assert_eq!(
+        format!(
+            "etcdctl version: {}",
+            cluster["etcd_version"].as_str().unwrap()
+        ),
+        version.lines().next().unwrap()
+    );
+}
+
 fn backup_spray_failover_and_failure(lab: &Masters) {
     // A backup through systemd on master-0, audited in the journal.
     let first = backup_on_master_0(lab, "systemctl start etcd-backup.service");
     assert!(first.ends_with("-master-0"), "{first}");
     assert_eq!(lab.sets(0), [(first.clone(), "master-0".to_string())]);
+    the_set_knows_its_cluster(lab, &first);
 
     // Sprayed to both peers: there, verified and logged on arrival.
     let (started, journal) = lab.start(0, "etcd-backup-spray.service");

@@ -304,7 +304,18 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
     node.run(&["restore-check", &young, "--allow-other-release"])
         .expect_code(0)
         .expect_stdout("ALLOWED  release")
-        .expect_stdout("Restore plan");
+        .expect_stdout(&format!(
+            "sudo etcd-backup stage --allow-other-release {young} "
+        ));
+    // stage holds the same line: refused, then staged when asked.
+    let staged = node.dir.path().join("staged");
+    let staged_arg = staged.to_str().unwrap();
+    node.run(&["stage", &young, staged_arg])
+        .expect_code(1)
+        .expect_stderr("was taken on OpenShift 4.18.7, this node runs 4.18.9");
+    assert!(!staged.exists(), "nothing staged");
+    node.run(&["stage", "--allow-other-release", &young, staged_arg])
+        .expect_code(0);
 
     // A set of an older cluster whose member certificates have expired since: refused.
     lay_out(&node, "4.18.9", now() - 900 * DAY, now() + 2);

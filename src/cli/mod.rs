@@ -114,6 +114,9 @@ enum Cmd {
         /// A new or empty directory (created 0700)
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+        /// Stage a set taken on another OpenShift release than this node runs
+        #[arg(long)]
+        allow_other_release: bool,
     },
     /// Before a restore, on the recovery master: check that a set of this store may be restored
     /// here (sound, signed as required, the same OpenShift release, certificates, space,
@@ -300,7 +303,11 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
             cmd_verify_target(&settings, &target, &ids, deep, &identity)
         }),
         Cmd::Status { json } => cmd_status(&settings, json),
-        Cmd::Stage { id, dir } => cmd_stage(&settings, &id, &dir),
+        Cmd::Stage {
+            id,
+            dir,
+            allow_other_release,
+        } => cmd_stage(&settings, &id, &dir, allow_other_release),
         Cmd::RestoreCheck {
             id,
             allow_other_release,

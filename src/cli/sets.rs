@@ -281,8 +281,13 @@ pub fn cmd_fetch(
     Ok(EXIT_OK)
 }
 
-pub fn cmd_stage(settings: &Settings, id: &str, dir: &std::path::Path) -> Result<u8> {
-    let set = crate::stage::run(settings, id, dir)?;
+pub fn cmd_stage(
+    settings: &Settings,
+    id: &str,
+    dir: &std::path::Path,
+    allow_other_release: bool,
+) -> Result<u8> {
+    let set = crate::stage::run(settings, id, dir, allow_other_release)?;
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let dir = dir.as_path();
     let m = &set.manifest;

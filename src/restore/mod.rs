@@ -109,6 +109,7 @@ pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<R
             &node.name,
             masters.as_deref().map_err(Clone::clone),
             node.release.as_deref().ok(),
+            allow_other_release,
         )
     });
     Ok(Report {

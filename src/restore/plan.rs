@@ -77,6 +77,7 @@ pub fn plan(
     recovery: &str,
     masters: Result<&[String], String>,
     node_release: Option<&str>,
+    allow_other_release: bool,
 ) -> Plan {
     let set_release = m.cluster.as_ref().and_then(|c| c.release.as_deref());
     let (flow, flow_reason) = flow(node_release, set_release);
@@ -100,7 +101,15 @@ pub fn plan(
     everyone.extend(every_other.iter().cloned());
     let stage = Step {
         on: here(),
-        commands: vec![format!("sudo etcd-backup stage {} {STAGE_DIR}", m.id)],
+        commands: vec![format!(
+            "sudo etcd-backup stage {}{} {STAGE_DIR}",
+            if allow_other_release {
+                "--allow-other-release "
+            } else {
+                ""
+            },
+            m.id
+        )],
         why: "copy the set's two files, checked again, where cluster-restore.sh takes them"
             .to_string(),
     };
@@ -300,7 +309,7 @@ mod tests {
     fn every_master_is_named_and_the_set_filled_in() {
         let m = set(Some("4.18.7"));
         let masters = vec!["master-0".to_string(), "master-1".into(), "master-2".into()];
-        let p = plan(&m, "master-1", Ok(&masters), Some("4.18.7"));
+        let p = plan(&m, "master-1", Ok(&masters), Some("4.18.7"), false);
         assert_eq!(p.others, ["master-0", "master-2"]);
         let text = p.to_text();
         for needle in [
@@ -320,7 +329,7 @@ mod tests {
                     .find("sudo -E /usr/local/bin/cluster-restore.sh")
                     .unwrap()
         );
-        let old = plan(&m, "master-1", Ok(&masters), Some("4.16.3"));
+        let old = plan(&m, "master-1", Ok(&masters), Some("4.16.3"), false);
         let text = old.to_text();
         assert!(
             text.contains("kube-apiserver-pod.yaml /tmp") && !text.contains("disable-etcd"),
@@ -334,7 +343,13 @@ mod tests {
 
     #[test]
     fn unknown_masters_are_said_not_guessed() {
-        let p = plan(&set(None), "master-0", Err("no etcd.env".into()), None);
+        let p = plan(
+            &set(None),
+            "master-0",
+            Err("no etcd.env".into()),
+            None,
+            false,
+        );
         assert!(p.others.is_empty());
         let text = p.to_text();
         assert!(
