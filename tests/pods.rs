@@ -189,6 +189,23 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
         String::from_utf8_lossy(&backup.0.stderr)
     );
     assert!(held.contains(&committed[0]), "{committed:?} {held:?}");
+    // Pod Mode reads the node's facts through the host's / at /host (backup.chroot): the set
+    // knows its cluster as systemd mode's does.
+    let sets: Vec<serde_json::Value> =
+        serde_json::from_slice(&master_0.run(&["list", "--json"]).stdout).unwrap();
+    let facts = |id: &str| sets.iter().find(|s| s["id"] == id).unwrap()["cluster"].clone();
+    let (in_pod, in_systemd) = (facts(&committed[0]), facts(&from_systemd));
+    assert_eq!(in_pod["release"], "4.18.7", "{in_pod}");
+    assert!(in_pod.get("unknown").is_none(), "{in_pod}");
+    for fact in [
+        "release",
+        "cluster_id",
+        "members",
+        "encryption",
+        "etcd_version",
+    ] {
+        assert_eq!(in_pod[fact], in_systemd[fact], "{fact}");
+    }
     assert_eq!(held.len(), 2, "{held:?}");
     assert!(
         held.contains(&from_systemd),

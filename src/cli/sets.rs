@@ -61,29 +61,41 @@ pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
             println!();
         }
         println!("{}", history_heading(*cluster, live.as_deref()));
-        println!(
-            "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} VERIFIED",
-            "ID", "ORIGIN", "CREATED", "SIZE", "RELEASE", "REVISION", "DIRTY"
-        );
+        println!("{}", table_header("DIRTY"));
         for set in sets {
             let m = &set.manifest;
+            let verified = match &set.problem {
+                None => "yes".to_string(),
+                Some(problem) => format!("NO: {problem}"),
+            };
             println!(
-                "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} {}",
-                m.id,
-                m.origin,
-                m.created.format("%Y-%m-%d %H:%M:%SZ"),
-                human_size(m.total_size()),
-                release(m),
-                revision(m),
-                if m.dirty { "yes" } else { "no" },
-                match &set.problem {
-                    None => "yes".to_string(),
-                    Some(problem) => format!("NO: {problem}"),
-                }
+                "{}",
+                table_row(m, if m.dirty { "yes" } else { "no" }, &verified)
             );
         }
     }
     Ok(EXIT_OK)
+}
+
+/// The columns of a table of sets; `flag` names the fifth (DIRTY, WHOLE).
+fn table_header(flag: &str) -> String {
+    format!(
+        "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} VERIFIED",
+        "ID", "ORIGIN", "CREATED", "SIZE", "RELEASE", "REVISION", flag
+    )
+}
+
+fn table_row(m: &crate::manifest::Manifest, flag: &str, verified: &str) -> String {
+    format!(
+        "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} {verified}",
+        m.id,
+        m.origin,
+        m.created.format("%Y-%m-%d %H:%M:%SZ"),
+        human_size(m.total_size()),
+        release(m),
+        revision(m),
+        flag,
+    )
 }
 
 fn cluster_id(m: &crate::manifest::Manifest) -> Option<&str> {
@@ -154,10 +166,7 @@ pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> 
     }
     for (id, name, sets) in &listed {
         println!("{name}: {} set(s)", sets.len());
-        println!(
-            "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} VERIFIED",
-            "ID", "ORIGIN", "CREATED", "SIZE", "RELEASE", "REVISION", "WHOLE"
-        );
+        println!("{}", table_header("WHOLE"));
         let known = checks.get(id);
         for set in sets {
             let m = &set.manifest;
@@ -171,14 +180,8 @@ pub fn cmd_list_from(settings: &Settings, from: &str, json: bool) -> Result<u8> 
                 (None, None) => "not yet".to_string(),
             };
             println!(
-                "{:<40} {:<20} {:<20} {:>9} {:<10} {:>10} {:<5} {verified}",
-                m.id,
-                m.origin,
-                m.created.format("%Y-%m-%d %H:%M:%SZ"),
-                human_size(m.total_size()),
-                release(m),
-                revision(m),
-                if set.whole { "yes" } else { "NO" },
+                "{}",
+                table_row(m, if set.whole { "yes" } else { "NO" }, &verified)
             );
             for (file, recipients) in &set.sealed_to {
                 println!("    sealed: {file} to {}", recipients.join(", "));

@@ -77,7 +77,13 @@ fn masters(root: &Path) -> Result<Vec<String>, String> {
 pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<Report> {
     let store = Store::open_existing(&settings.store.root)?;
     let _lock = store.lock(settings.store.lock_wait)?;
-    let set = store.get(id)?;
+    let set = store.get(id).map_err(|e| {
+        e.context(format!(
+            "restore-check checks a set of this node's store: bring it here first with \
+             `etcd-backup fetch [--from TARGET] {id}` (`etcd-backup list --from TARGET` shows \
+             what a target holds)"
+        ))
+    })?;
     if set.sealed.is_some() {
         bail!(
             "set '{id}' is held sealed in '{}': fetch it into a store with --identity first",
