@@ -50,11 +50,12 @@ pub struct Node {
     pub restore_script: Result<(), String>,
 }
 
-/// The set as found on this node: its manifest, what a deep check found, and what is wrong
-/// with its signature under this node's policy.
+/// The set as found on this node: its manifest, what a deep check found, whether it carries a
+/// signature and what is wrong with it under this node's policy.
 pub struct Set<'a> {
     pub manifest: &'a Manifest,
     pub sound: Result<(), String>,
+    pub signed: bool,
     pub signature: Option<String>,
 }
 
@@ -123,9 +124,11 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
         } else {
             Outcome::Ok
         },
-        set.signature
-            .clone()
-            .unwrap_or_else(|| "as this node's [seal] requires".to_string()),
+        match (&set.signature, set.signed) {
+            (Some(problem), _) => problem.clone(),
+            (None, true) => "signed; this node's [seal] finds nothing against it".to_string(),
+            (None, false) => "unsigned; this node does not require signatures".to_string(),
+        },
     );
     push(
         "clean",
@@ -348,6 +351,7 @@ mod tests {
         let set = Set {
             manifest: m,
             sound: Ok(()),
+            signed: false,
             signature: None,
         };
         checks(&set, node, at("2026-06-02T00:00:00Z"), allow)
@@ -456,6 +460,7 @@ mod tests {
         let set = Set {
             manifest: &manifest(None),
             sound: Err("bad sha256".into()),
+            signed: false,
             signature: Some("unsigned".into()),
         };
         let checks = checks(&set, &node("4.18.7"), at("2026-06-02T00:00:00Z"), false);

@@ -102,6 +102,7 @@ pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<R
         &check::Set {
             manifest: &set.manifest,
             sound,
+            signed: set.signature.is_some(),
             signature,
         },
         &node,
