@@ -403,3 +403,70 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
         run.stdout
     );
 }
+
+#[test]
+fn restore_check_of_a_targets_copy_before_it_is_fetched() {
+    let node = Node::new("");
+    lay_out(&node, "4.18.7", now() - 40 * DAY, now() + 700 * DAY);
+    let nfs = node.dir.path().join("nfs");
+    let target = format!(
+        "[spray]\netcd_env = \"\"\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\nrequire_mount = false\n",
+        nfs.display()
+    );
+    node.write_config(&target);
+    let id = node.backup();
+    node.run(&["spray"]).expect_code(0);
+    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+
+    // Nothing of it in the store: the check reads the target's copy, and the plan fetches it.
+    let nfs_arg = nfs.to_str().unwrap();
+    let run = node.run(&["restore-check", "--target", nfs_arg, &id]);
+    run.expect_code(0);
+    assert!(
+        line_of(&run.stdout, "set").starts_with("  ok"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        line_of(&run.stdout, "release").starts_with("  ok"),
+        "{}",
+        run.stdout
+    );
+    let fetch = format!("sudo etcd-backup fetch --from dir:{nfs_arg} {id}");
+    let stage = format!("sudo etcd-backup stage {id} ");
+    let (at_fetch, at_stage) = (run.stdout.find(&fetch), run.stdout.find(&stage));
+    assert!(
+        at_fetch.is_some() && at_fetch < at_stage,
+        "fetch, then stage:\n{}",
+        run.stdout
+    );
+    // The fetch step, run as printed (the test runs as root: no sudo), brings it.
+    let args: Vec<&str> = fetch.split_whitespace().skip(2).collect();
+    node.run(&args).expect_code(0);
+    assert!(node.set_dir(&id).is_dir());
+    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    // The copy there damaged: refused before a byte is fetched.
+    let copy = nfs.join("sets").join(&id);
+    let snapshot = std::fs::read_dir(&copy)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "db"))
+        .unwrap();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let run = node.run(&["restore-check", "--target", nfs_arg, &id]);
+    run.expect_code(1);
+    assert!(
+        line_of(&run.stdout, "set").contains("REFUSED"),
+        "{}",
+        run.stdout
+    );
+    assert!(!node.set_dir(&id).exists(), "nothing fetched");
+    // A set the target does not hold is named.
+    let missing = id.replace("-master-0", "-master-9");
+    node.run(&["restore-check", "--target", nfs_arg, &missing])
+        .expect_code(1)
+        .expect_stderr("no set");
+}

@@ -131,6 +131,10 @@ enum Cmd {
         /// The checks and the plan as JSON
         #[arg(long)]
         json: bool,
+        /// Check the copy a target holds instead, before fetching it (its id, a bucket name,
+        /// or a directory): the plan then starts with the fetch
+        #[arg(long, value_name = "TARGET")]
+        target: Option<String>,
     },
     /// The newest set and its age; non-zero when none or older than status.max_age
     Status {
@@ -312,7 +316,8 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
             id,
             allow_other_release,
             json,
-        } => cmd_restore_check(&settings, &id, allow_other_release, json),
+            target,
+        } => cmd_restore_check(&settings, &id, target.as_deref(), allow_other_release, json),
         Cmd::Fetch { from, identity, id } => cmd_fetch(&settings, from.as_deref(), &identity, &id),
         Cmd::Spray => recorded(&settings, "spray", || cmd_spray(&settings)),
         Cmd::Metrics { textfile, listen } => {

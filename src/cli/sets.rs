@@ -321,10 +321,14 @@ pub fn cmd_stage(
 pub fn cmd_restore_check(
     settings: &Settings,
     id: &str,
+    target: Option<&str>,
     allow_other_release: bool,
     json: bool,
 ) -> Result<u8> {
-    let report = crate::restore::run(settings, id, allow_other_release)?;
+    let report = match target {
+        Some(target) => crate::restore::run_on_target(settings, target, id, allow_other_release)?,
+        None => crate::restore::run(settings, id, allow_other_release)?,
+    };
     let code = if report.refused { EXIT_FAILED } else { EXIT_OK };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -50,13 +50,15 @@ pub struct Node {
     pub restore_script: Result<(), String>,
 }
 
-/// The set as found on this node: its manifest, what a deep check found, whether it carries a
-/// signature and what is wrong with it under this node's policy.
+/// The set as found: its manifest, what its check found, whether it carries a signature and
+/// what is wrong with it under this node's policy. On a target (`on`), the copy's check judges
+/// the signatures too (`signed` is then `None`), and the set is fetched before the restore.
 pub struct Set<'a> {
     pub manifest: &'a Manifest,
     pub sound: Result<(), String>,
-    pub signed: bool,
+    pub signed: Option<bool>,
     pub signature: Option<String>,
+    pub on: Option<&'a str>,
 }
 
 /// What a restore writes under /var/lib/etcd's filesystem: `cluster-restore.sh` copies the
@@ -126,8 +128,9 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
         },
         match (&set.signature, set.signed) {
             (Some(problem), _) => problem.clone(),
-            (None, true) => "signed; this node's [seal] finds nothing against it".to_string(),
-            (None, false) => "unsigned; this node does not require signatures".to_string(),
+            (None, Some(true)) => "signed; this node's [seal] finds nothing against it".to_string(),
+            (None, Some(false)) => "unsigned; this node does not require signatures".to_string(),
+            (None, None) => "judged with the copy (the set line)".to_string(),
         },
     );
     push(
@@ -235,7 +238,10 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
         .iter()
         .find(|f| f.is_snapshot())
         .map_or(0, |f| f.size);
-    let needed = space_needed(snapshot);
+    // A set still on a target is fetched into the store first (on a master, the same
+    // filesystem as /var/lib/etcd).
+    let fetched = if set.on.is_some() { m.total_size() } else { 0 };
+    let needed = space_needed(snapshot).saturating_add(fetched);
     let human = crate::units::human_size;
     let (outcome, detail) = match &node.etcd_free {
         Ok(free) if *free >= needed => (
@@ -250,9 +256,14 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
             Outcome::Refused,
             format!(
                 "{} free under /var/lib/etcd, the restore needs {} (the snapshot twice, its WAL \
-                 and 1 GiB for etcd)",
+                 and 1 GiB for etcd{})",
                 human(*free),
-                human(needed)
+                human(needed),
+                if fetched > 0 {
+                    ", and the set fetched"
+                } else {
+                    ""
+                }
             ),
         ),
         Err(e) => (Outcome::Unknown, e.clone()),
@@ -351,8 +362,9 @@ mod tests {
         let set = Set {
             manifest: m,
             sound: Ok(()),
-            signed: false,
+            signed: Some(false),
             signature: None,
+            on: None,
         };
         checks(&set, node, at("2026-06-02T00:00:00Z"), allow)
     }
@@ -460,8 +472,9 @@ mod tests {
         let set = Set {
             manifest: &manifest(None),
             sound: Err("bad sha256".into()),
-            signed: false,
+            signed: Some(false),
             signature: Some("unsigned".into()),
+            on: None,
         };
         let checks = checks(&set, &node("4.18.7"), at("2026-06-02T00:00:00Z"), false);
         assert_eq!(outcome(&checks, "set"), Outcome::Refused);

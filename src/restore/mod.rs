@@ -72,6 +72,93 @@ fn masters(root: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// `restore-check --target T`: the set as target `name` holds it, before anything is fetched —
+/// its manifest from the target's listing, its copy checked there as `verify --target` checks
+/// it (signatures too, as this node judges them), and the plan starts with the fetch.
+pub fn run_on_target(
+    settings: &Settings,
+    name: &str,
+    id: &str,
+    allow_other_release: bool,
+) -> Result<Report> {
+    let targets = crate::targets::named(settings, Some(name))?;
+    let [target] = targets.as_slice() else {
+        bail!(
+            "'{name}' names {} targets: name one by its id ({})",
+            targets.len(),
+            targets
+                .iter()
+                .map(|t| t.id())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let listed = target
+        .list_sets()?
+        .into_iter()
+        .find(|l| l.manifest.id == id)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no set '{id}' on {} (`etcd-backup list --from {name}` shows what it holds)",
+                target.describe()
+            )
+        })?;
+    let mut outcome = None;
+    let verified = crate::targets::check::run(
+        settings,
+        Some(&target.id()),
+        &[id.to_string()],
+        (false, &[]),
+        &mut |_, checked| {
+            if checked.id == id {
+                outcome = Some(checked.problem.clone());
+            }
+        },
+    )?;
+    let sound = match (&listed.problem, outcome, verified.failed.first()) {
+        (Some(problem), _, _) => Err(problem.clone()),
+        (None, _, Some((_, error))) => Err(format!("its copy could not be checked: {error}")),
+        (None, Some(Some(problem)), None) => Err(problem),
+        (None, Some(None), None) if listed.whole => Ok(()),
+        (None, Some(None), None) => Err(format!(
+            "{} does not hold every file of it",
+            target.describe()
+        )),
+        (None, None, None) => Err(format!("{} did not check it", target.describe())),
+    };
+    let (node, masters) = learn_node(settings);
+    let on = target.id();
+    let checks = check::checks(
+        &check::Set {
+            manifest: &listed.manifest,
+            sound,
+            signed: None,
+            signature: None,
+            on: Some(&on),
+        },
+        &node,
+        chrono::Utc::now(),
+        allow_other_release,
+    );
+    let refused = check::refused(&checks);
+    let plan = (!refused).then(|| {
+        plan::plan(
+            &listed.manifest,
+            &node.name,
+            masters.as_deref().map_err(Clone::clone),
+            node.release.as_deref().ok(),
+            allow_other_release,
+            Some((&on, !listed.sealed_to.is_empty())),
+        )
+    });
+    Ok(Report {
+        set: id.to_string(),
+        checks,
+        refused,
+        plan,
+    })
+}
+
 /// The `restore-check` command: under the store lock (a prune must not remove the set while
 /// it is checked), the set deep-checked and its signature judged, the checks, the plan.
 pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<Report> {
@@ -102,8 +189,9 @@ pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<R
         &check::Set {
             manifest: &set.manifest,
             sound,
-            signed: set.signature.is_some(),
+            signed: Some(set.signature.is_some()),
             signature,
+            on: None,
         },
         &node,
         chrono::Utc::now(),
@@ -117,6 +205,7 @@ pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<R
             masters.as_deref().map_err(Clone::clone),
             node.release.as_deref().ok(),
             allow_other_release,
+            None,
         )
     });
     Ok(Report {

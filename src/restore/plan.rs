@@ -78,6 +78,7 @@ pub fn plan(
     masters: Result<&[String], String>,
     node_release: Option<&str>,
     allow_other_release: bool,
+    from: Option<(&str, bool)>,
 ) -> Plan {
     let set_release = m.cluster.as_ref().and_then(|c| c.release.as_deref());
     let (flow, flow_reason) = flow(node_release, set_release);
@@ -132,7 +133,29 @@ pub fn plan(
               newest clean set of the old history"
             .to_string(),
     };
-    let steps = match flow {
+    // From a target: fetched first, checked again on the way (with the identities that open
+    // a sealed copy).
+    let fetch = from.map(|(target, sealed)| Step {
+        on: here(),
+        commands: vec![format!(
+            "sudo etcd-backup fetch --from {target}{} {}",
+            if sealed {
+                " --identity SNAPSHOT-IDENTITY --identity RESOURCES-IDENTITY"
+            } else {
+                ""
+            },
+            m.id
+        )],
+        why: format!(
+            "bring the set from {target} into this master's store, checked before it is committed{}",
+            if sealed {
+                " (the age identities, brought from where they are kept, open it)"
+            } else {
+                ""
+            }
+        ),
+    });
+    let mut steps = match flow {
         Flow::Since418 => vec![
             stage,
             Step {
@@ -223,6 +246,9 @@ pub fn plan(
             backup_after,
         ],
     };
+    if let Some(fetch) = fetch {
+        steps.insert(0, fetch);
+    }
     Plan {
         flow,
         flow_reason,
@@ -309,7 +335,7 @@ mod tests {
     fn every_master_is_named_and_the_set_filled_in() {
         let m = set(Some("4.18.7"));
         let masters = vec!["master-0".to_string(), "master-1".into(), "master-2".into()];
-        let p = plan(&m, "master-1", Ok(&masters), Some("4.18.7"), false);
+        let p = plan(&m, "master-1", Ok(&masters), Some("4.18.7"), false, None);
         assert_eq!(p.others, ["master-0", "master-2"]);
         let text = p.to_text();
         for needle in [
@@ -329,7 +355,7 @@ mod tests {
                     .find("sudo -E /usr/local/bin/cluster-restore.sh")
                     .unwrap()
         );
-        let old = plan(&m, "master-1", Ok(&masters), Some("4.16.3"), false);
+        let old = plan(&m, "master-1", Ok(&masters), Some("4.16.3"), false, None);
         let text = old.to_text();
         assert!(
             text.contains("kube-apiserver-pod.yaml /tmp") && !text.contains("disable-etcd"),
@@ -349,9 +375,18 @@ mod tests {
             Err("no etcd.env".into()),
             None,
             false,
+            Some(("s3:10.0.0.9:8333/backups/c1", true)),
         );
         assert!(p.others.is_empty());
         let text = p.to_text();
+        // From a target, sealed: the fetch comes first, with the identities that open it.
+        assert!(
+            text.contains("1. on master-0: bring the set from s3:10.0.0.9:8333/backups/c1")
+                && text.contains(
+                    "sudo etcd-backup fetch --from s3:10.0.0.9:8333/backups/c1 --identity SNAPSHOT-IDENTITY"
+                ),
+            "{text}"
+        );
         assert!(
             text.contains("on each other master") && text.contains("no etcd.env"),
             "{text}"
