@@ -258,6 +258,27 @@ fn line_of<'a>(text: &'a str, check: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no check '{check}' in:\n{text}"))
 }
 
+/// Flips one byte in the middle of the snapshot in `dir`.
+fn damage_snapshot(dir: &Path) {
+    let snapshot = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "db"))
+        .unwrap();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&snapshot, bytes).unwrap();
+}
+
+/// The line of check `name` in `restore-check`'s output holds `needle`.
+fn assert_check(stdout: &str, name: &str, needle: &str) {
+    assert!(
+        line_of(stdout, name).contains(needle),
+        "{name}: {needle}\n{stdout}"
+    );
+}
+
 #[test]
 fn restore_check_refuses_what_openshift_would_not_restore() {
     let node = Node::new("");
@@ -323,11 +344,7 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let run = node.run(&["restore-check", &expiring]);
     run.expect_code(1);
-    assert!(
-        line_of(&run.stdout, "certificates").contains("REFUSED"),
-        "{}",
-        run.stdout
-    );
+    assert_check(&run.stdout, "certificates", "REFUSED");
     assert!(
         line_of(&run.stdout, "first 24 hours").starts_with("  ok"),
         "{}",
@@ -338,22 +355,10 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
     lay_out(&node, "4.18.9", now() - 40 * DAY, now() + 700 * DAY);
     let sound = node.backup();
     let damaged = node.backup();
-    let snapshot = std::fs::read_dir(node.set_dir(&damaged))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "db"))
-        .unwrap();
-    let mut bytes = std::fs::read(&snapshot).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 1;
-    std::fs::write(&snapshot, bytes).unwrap();
+    damage_snapshot(&node.set_dir(&damaged));
     let run = node.run(&["restore-check", &damaged]);
     run.expect_code(1);
-    assert!(
-        line_of(&run.stdout, "set").contains("REFUSED"),
-        "{}",
-        run.stdout
-    );
+    assert_check(&run.stdout, "set", "REFUSED");
 
     // Unsigned where signatures are required: refused.
     let key = node.dir.path().join("signing_key");
@@ -366,11 +371,7 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
     ));
     let run = node.run(&["restore-check", &sound]);
     run.expect_code(1);
-    assert!(
-        line_of(&run.stdout, "signature").contains("REFUSED"),
-        "{}",
-        run.stdout
-    );
+    assert_check(&run.stdout, "signature", "REFUSED");
     node.write_config("");
 
     // Too little room under /var/lib/etcd: refused (a small filesystem there).
@@ -379,16 +380,8 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
     let small = SmallFs::mount(&etcd_dir, 2);
     let run = node.run(&["restore-check", &sound]);
     run.expect_code(1);
-    assert!(
-        line_of(&run.stdout, "space").contains("REFUSED"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        line_of(&run.stdout, "etcd cluster").contains("UNKNOWN"),
-        "{}",
-        run.stdout
-    );
+    assert_check(&run.stdout, "space", "REFUSED");
+    assert_check(&run.stdout, "etcd cluster", "UNKNOWN");
     drop(small);
     std::fs::remove_dir(&etcd_dir).unwrap();
     std::os::unix::fs::symlink(etcd().data_dir(), &etcd_dir).unwrap();
@@ -397,11 +390,7 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
     std::fs::remove_file(node.root().join("usr/local/bin/cluster-restore.sh")).unwrap();
     let run = node.run(&["restore-check", &sound]);
     run.expect_code(1);
-    assert!(
-        line_of(&run.stdout, "cluster-restore.sh").contains("REFUSED"),
-        "{}",
-        run.stdout
-    );
+    assert_check(&run.stdout, "cluster-restore.sh", "REFUSED");
 }
 
 #[test]
@@ -446,23 +435,10 @@ fn restore_check_of_a_targets_copy_before_it_is_fetched() {
     assert!(node.set_dir(&id).is_dir());
     std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
     // The copy there damaged: refused before a byte is fetched.
-    let copy = nfs.join("sets").join(&id);
-    let snapshot = std::fs::read_dir(&copy)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "db"))
-        .unwrap();
-    let mut bytes = std::fs::read(&snapshot).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 1;
-    std::fs::write(&snapshot, bytes).unwrap();
+    damage_snapshot(&nfs.join("sets").join(&id));
     let run = node.run(&["restore-check", "--target", nfs_arg, &id]);
     run.expect_code(1);
-    assert!(
-        line_of(&run.stdout, "set").contains("REFUSED"),
-        "{}",
-        run.stdout
-    );
+    assert_check(&run.stdout, "set", "REFUSED");
     assert!(!node.set_dir(&id).exists(), "nothing fetched");
     // A set the target does not hold is named.
     let missing = id.replace("-master-0", "-master-9");

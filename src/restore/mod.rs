@@ -126,37 +126,48 @@ pub fn run_on_target(
         )),
         (None, None, None) => Err(format!("{} did not check it", target.describe())),
     };
-    let (node, masters) = learn_node(settings);
     let on = target.id();
-    let checks = check::checks(
-        &check::Set {
-            manifest: &listed.manifest,
-            sound,
-            signed: None,
-            signature: None,
-            on: Some(&on),
-        },
-        &node,
-        chrono::Utc::now(),
+    let set = check::Set {
+        manifest: &listed.manifest,
+        sound,
+        signed: None,
+        signature: None,
+        on: Some(&on),
+    };
+    Ok(report(
+        settings,
+        &set,
         allow_other_release,
-    );
+        Some((&on, !listed.sealed_to.is_empty())),
+    ))
+}
+
+/// The checks of `set` on this node, and the plan unless one refuses.
+fn report(
+    settings: &Settings,
+    set: &check::Set,
+    allow_other_release: bool,
+    from: Option<(&str, bool)>,
+) -> Report {
+    let (node, masters) = learn_node(settings);
+    let checks = check::checks(set, &node, chrono::Utc::now(), allow_other_release);
     let refused = check::refused(&checks);
     let plan = (!refused).then(|| {
         plan::plan(
-            &listed.manifest,
+            set.manifest,
             &node.name,
             masters.as_deref().map_err(Clone::clone),
             node.release.as_deref().ok(),
             allow_other_release,
-            Some((&on, !listed.sealed_to.is_empty())),
+            from,
         )
     });
-    Ok(Report {
-        set: id.to_string(),
+    Report {
+        set: set.manifest.id.clone(),
         checks,
         refused,
         plan,
-    })
+    }
 }
 
 /// The `restore-check` command: under the store lock (a prune must not remove the set while
@@ -184,34 +195,12 @@ pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<R
     let signers = crate::seal::signers(&settings.seal.signers);
     let signature =
         crate::verify::signature_problem(&set, &signers, settings.seal.require_signature);
-    let (node, masters) = learn_node(settings);
-    let checks = check::checks(
-        &check::Set {
-            manifest: &set.manifest,
-            sound,
-            signed: Some(set.signature.is_some()),
-            signature,
-            on: None,
-        },
-        &node,
-        chrono::Utc::now(),
-        allow_other_release,
-    );
-    let refused = check::refused(&checks);
-    let plan = (!refused).then(|| {
-        plan::plan(
-            &set.manifest,
-            &node.name,
-            masters.as_deref().map_err(Clone::clone),
-            node.release.as_deref().ok(),
-            allow_other_release,
-            None,
-        )
-    });
-    Ok(Report {
-        set: id.to_string(),
-        checks,
-        refused,
-        plan,
-    })
+    let checked = check::Set {
+        manifest: &set.manifest,
+        sound,
+        signed: Some(set.signature.is_some()),
+        signature,
+        on: None,
+    };
+    Ok(report(settings, &checked, allow_other_release, None))
 }
