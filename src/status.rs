@@ -141,6 +141,16 @@ pub fn damaged(copies: &CopyChecks) -> Vec<(&str, &CopyCheck)> {
         .collect()
 }
 
+/// Whether the newest set was taken from the etcd cluster this node runs now (`live`); `None`
+/// when either is not known.
+pub fn of_live_cluster(
+    newest: Option<&crate::manifest::Manifest>,
+    live: Option<&str>,
+) -> Option<bool> {
+    let of_set = newest?.cluster.as_ref()?.cluster_id.as_deref()?;
+    Some(of_set == live?)
+}
+
 /// When the newest set was taken from another etcd cluster than the one this node runs now
 /// (`live`, from its WAL): after a restore the sets before it belong to another history, and
 /// the newest of them is no backup of the cluster as it is.
@@ -252,6 +262,46 @@ impl Summary<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_newest_set_is_of_the_live_cluster_or_of_an_earlier_history() {
+        let mut m = crate::manifest::tests::sample();
+        // (the set's cluster, the live one) → of the live cluster, and the warning
+        let cases = [
+            (
+                Some("00000000000000aa"),
+                Some("00000000000000aa"),
+                Some(true),
+            ),
+            (
+                Some("00000000000000aa"),
+                Some("00000000000000bb"),
+                Some(false),
+            ),
+            (None, Some("00000000000000bb"), None),
+            (Some("00000000000000aa"), None, None),
+        ];
+        for (of_set, live, expected) in cases {
+            m.cluster = of_set.map(|c| crate::cluster::ClusterFacts {
+                cluster_id: Some(c.to_string()),
+                ..Default::default()
+            });
+            assert_eq!(
+                of_live_cluster(Some(&m), live),
+                expected,
+                "{of_set:?} {live:?}"
+            );
+            let note = history_note(Some(&m), live);
+            assert_eq!(note.is_some(), expected == Some(false), "{note:?}");
+            if let Some(note) = note {
+                assert!(
+                    note.contains(&m.id) && note.contains("00000000000000bb"),
+                    "{note}"
+                );
+            }
+        }
+        assert_eq!(of_live_cluster(None, Some("00000000000000aa")), None);
+    }
     use super::*;
     use crate::manifest::{Checks, FileEntry, Manifest};
 

@@ -517,6 +517,9 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
         missing.display(),
         nfs.display()
     ));
+    // The node's etcd is the one its sets are taken from (its WAL names the cluster).
+    std::fs::create_dir_all(node.root().join("var/lib")).unwrap();
+    std::os::unix::fs::symlink(etcd().data_dir(), node.root().join("var/lib/etcd")).unwrap();
     let verified = node.backup();
     let newest = node.backup();
     node.run(&["spray"]).expect_code(4);
@@ -589,9 +592,16 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
         } else {
             *value
         };
+        // The node restored 30 minutes in: its newest set is then of an earlier cluster.
+        let values = if name == "etcd_backup_newest_set_of_live_etcd_cluster" {
+            assert_eq!(value, 1.0, "the sets are of this node's etcd");
+            "1+0x30 0+0x170".to_string()
+        } else {
+            format!("{value}+0x200")
+        };
         input.push(serde_json::json!({
             "series": series(name, &scraped(labels)),
-            "values": format!("{value}+0x200"),
+            "values": values,
         }));
     }
     let bad_target = format!("dir:{}", missing.display());
@@ -663,6 +673,15 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
                     "exp_annotations": {
                         "summary": "A copy of an etcd backup set on a target is damaged.",
                         "description": format!("The last verification of the copies on {nfs_target} from master-0 found 1 damaged: etcd-backup status there names them; the next spray sends them again."),
+                    },
+                }])),
+                // Of an earlier etcd cluster for an hour before it is an alert.
+                alert("EtcdBackupNewestSetOfEarlierCluster", "60m", serde_json::json!([])),
+                alert("EtcdBackupNewestSetOfEarlierCluster", "95m", serde_json::json!([{
+                    "exp_labels": labels(&[("severity", "warning")]),
+                    "exp_annotations": {
+                        "summary": "The newest etcd backup set on a master is of an earlier etcd cluster.",
+                        "description": "The newest verified set in the store on master-0 was taken from another etcd cluster than the one it runs now (restored since?): its sets are an earlier history and none backs up the cluster as it is. Take a backup: etcd-backup status there says which cluster is live.",
                     },
                 }])),
                 alert("EtcdBackupExporterDown", "60m", serde_json::json!([])),

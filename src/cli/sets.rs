@@ -45,7 +45,7 @@ pub fn cmd_list(settings: &Settings, json: bool) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     // One table per etcd history (a restore starts a new cluster ID), the newest first.
-    let live = crate::restore::live_cluster_id(settings.node_root()).ok();
+    let live = crate::cluster::live_cluster_id(settings.node_root()).ok();
     let mut groups: Vec<(Option<&str>, Vec<&crate::store::StoredSet>)> = Vec::new();
     let mut sets: Vec<_> = listing.sets.iter().collect();
     sets.sort_by_key(|s| std::cmp::Reverse(s.manifest.created));

@@ -41,7 +41,7 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
     let summary = view.summary(settings.status.max_age, settings.max_clock_skew);
     let (newest, age, fresh, max_age) =
         (summary.newest, summary.age, summary.fresh, summary.max_age);
-    let live = crate::restore::live_cluster_id(settings.node_root()).ok();
+    let live = crate::cluster::live_cluster_id(settings.node_root()).ok();
     let history = crate::status::history_note(newest.map(|s| &s.manifest), live.as_deref());
     if json {
         let value = serde_json::json!({

@@ -180,6 +180,11 @@ impl ClusterFacts {
     }
 }
 
+/// The live etcd's cluster ID (16 hex digits), from its WAL under the node's `root`.
+pub fn live_cluster_id(root: &Path) -> anyhow::Result<String> {
+    wal::read(&root.join(ETCD_DATA_DIR)).map(|m| wal::hex_id(m.cluster_id))
+}
+
 /// Everything learned at backup besides the node's own files.
 pub struct Learned {
     /// `etcdctl version: X` from the script's output.

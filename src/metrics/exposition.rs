@@ -101,7 +101,14 @@ fn bool_value(value: bool) -> f64 {
 }
 
 /// The exposition of everything `status --json` knows, the runs, and this binary.
-pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> String {
+/// `of_live`: whether the newest set is of the etcd cluster this node runs now (unknown: no
+/// sample).
+pub fn render(
+    summary: &Summary,
+    runs: &Runs,
+    node: &str,
+    (unreadable, of_live): (usize, Option<bool>),
+) -> String {
     use Kind::{Counter, Gauge};
     let mut families = Vec::new();
 
@@ -192,6 +199,14 @@ pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> 
             }
         }
     }
+    let mut live_family = Family::new(
+        "etcd_backup_newest_set_of_live_etcd_cluster",
+        Gauge,
+        "1 when the newest verified set in this store was taken from the etcd cluster this node runs now, 0 when from another (restored since: the sets are an earlier history); no sample when either is unknown.",
+    );
+    if let Some(of_live) = of_live {
+        live_family.add(vec![], bool_value(of_live));
+    }
     let mut unreadable_family = Family::new(
         "etcd_backup_store_unreadable_sets",
         Gauge,
@@ -214,6 +229,7 @@ pub fn render(summary: &Summary, runs: &Runs, node: &str, unreadable: usize) -> 
         size,
         revision,
         newest_failed,
+        live_family,
     ]);
 
     // The spray targets, by their stable id.
@@ -386,7 +402,7 @@ mod tests {
             std::time::Duration::from_secs(3600),
             std::time::Duration::from_secs(300),
         );
-        let text = render(&summary, &Runs::new(), "master-0", 0);
+        let text = render(&summary, &Runs::new(), "master-0", (0, None));
         assert!(text.contains("etcd_backup_info{version=\""));
         assert!(text.contains(",node=\"master-0\"} 1\n"));
         assert!(text.contains("etcd_backup_metrics_generated_timestamp_seconds 1700000000\n"));

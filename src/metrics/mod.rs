@@ -17,11 +17,15 @@ pub const TEXTFILE_NAME: &str = "etcd-backup.prom";
 /// is a node without sets.
 pub fn gather(settings: &Settings) -> Result<String> {
     let view = crate::status::StoreView::read(&settings.store.root)?;
+    let summary = view.summary(settings.status.max_age, settings.max_clock_skew);
+    let live = crate::cluster::live_cluster_id(settings.node_root()).ok();
+    let of_live =
+        crate::status::of_live_cluster(summary.newest.map(|s| &s.manifest), live.as_deref());
     Ok(exposition::render(
-        &view.summary(settings.status.max_age, settings.max_clock_skew),
+        &summary,
         &view.runs,
         &settings.node_name,
-        view.listing.unreadable.len(),
+        (view.listing.unreadable.len(), of_live),
     ))
 }
 

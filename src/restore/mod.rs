@@ -5,7 +5,7 @@
 pub mod check;
 pub mod plan;
 
-use crate::cluster::{ETCD_DATA_DIR, release, wal};
+use crate::cluster::{ETCD_DATA_DIR, release};
 use crate::config::Settings;
 use crate::store::Store;
 use anyhow::{Result, bail};
@@ -28,16 +28,11 @@ pub fn learn_node(settings: &Settings) -> (check::Node, Result<Vec<String>, Stri
     let node = check::Node {
         name: settings.node_name.clone(),
         release: release::learn(root).map_err(text),
-        cluster_id: live_cluster_id(root).map_err(text),
+        cluster_id: crate::cluster::live_cluster_id(root).map_err(text),
         etcd_free: free_bytes(&data_dir).map_err(text),
         restore_script: restore_script(root),
     };
     (node, masters(root))
-}
-
-/// The live etcd's cluster ID, from its WAL under `root`.
-pub fn live_cluster_id(root: &Path) -> Result<String> {
-    wal::read(&root.join(ETCD_DATA_DIR)).map(|m| wal::hex_id(m.cluster_id))
 }
 
 fn free_bytes(path: &Path) -> Result<u64> {
