@@ -14,8 +14,9 @@
 //! And one across histories: a restore starts a new etcd cluster (a new cluster ID), and the
 //! sets taken before it belong to another history. The newest set that names a cluster names
 //! the live one; until the live cluster has a clean set of its own (taken while no operator was
-//! progressing, which after a restore takes a while), the newest clean set of every earlier
-//! cluster is never deleted either: the way back if the restore went wrong.
+//! progressing, which after a restore takes a while), the newest clean set of an earlier
+//! cluster is never deleted either: the way back if the restore went wrong. One set, however
+//! many clusters the sets name: a sender that forges cluster IDs can pin no more.
 //!
 //! A set dated after `not_after` (now plus the clocks' allowed skew) counts for nothing: it is
 //! kept, takes no place in any rule, is never the newest of its origin, and is the first to go
@@ -225,17 +226,14 @@ pub fn takes_place_of<'a>(
     })
 }
 
-/// Of `sorted` (newest first), the newest clean set of each etcd cluster other than the live
-/// one (the cluster of the newest set that names one), when the live one has no clean set.
-fn last_of_histories(sorted: &[&SetInfo], not_after: DateTime<Utc>) -> Vec<usize> {
+/// Of `sorted` (newest first), the newest clean set of an etcd cluster other than the live one
+/// (the cluster of the newest set that names one), when the live one has no clean set.
+fn last_of_history(sorted: &[&SetInfo], not_after: DateTime<Utc>) -> Option<usize> {
     let present = |s: &SetInfo| s.created <= not_after;
-    let Some(live) = sorted
+    let live = sorted
         .iter()
         .filter(|s| present(s))
-        .find_map(|s| s.cluster.as_deref())
-    else {
-        return Vec::new();
-    };
+        .find_map(|s| s.cluster.as_deref())?;
     let clean_in = |cluster: &str| {
         sorted
             .iter()
@@ -243,18 +241,11 @@ fn last_of_histories(sorted: &[&SetInfo], not_after: DateTime<Utc>) -> Vec<usize
             .any(|s| !s.dirty && s.cluster.as_deref() == Some(cluster))
     };
     if clean_in(live) {
-        return Vec::new();
+        return None;
     }
-    let mut seen = std::collections::BTreeSet::new();
     sorted
         .iter()
-        .enumerate()
-        .filter(|(_, s)| present(s) && !s.dirty)
-        .filter_map(|(index, s)| match s.cluster.as_deref() {
-            Some(cluster) if cluster != live && seen.insert(cluster) => Some(index),
-            _ => None,
-        })
-        .collect()
+        .position(|s| present(s) && !s.dirty && s.cluster.as_deref().is_some_and(|c| c != live))
 }
 
 /// Plans retention for one store. `free_bytes` is the free space of the store's filesystem now
@@ -314,7 +305,7 @@ pub fn plan(sets: &[SetInfo], policy: &Policy, free_bytes: u64, not_after: DateT
         }
     }
 
-    for index in last_of_histories(&sorted, not_after) {
+    if let Some(index) = last_of_history(&sorted, not_after) {
         reasons[index].push(KeepReason::LastOfHistory);
     }
 
@@ -479,6 +470,20 @@ mod tests {
             kept(&super::tests::plan(&settled, &policy, 0)),
             ["2026-01-01T05:00:00"]
         );
+        // Sets that name many clusters (a sender forging IDs) pin one set, not one each.
+        let forged: Vec<SetInfo> = (0..5)
+            .map(|n| SetInfo {
+                cluster: Some(format!("{n:016x}")),
+                ..set("m1", &format!("2026-01-01T0{n}:30:00Z"))
+            })
+            .chain([new("2026-01-01T06:00:00Z", true)])
+            .collect();
+        let pinned = super::tests::plan(&forged, &policy, 0)
+            .decisions
+            .iter()
+            .filter(|d| d.keep_reasons.contains(&KeepReason::LastOfHistory))
+            .count();
+        assert_eq!(pinned, 1);
         // Sets that name no cluster (taken before it was recorded) are no history of their own.
         let unrecorded = vec![
             set("m0", "2026-01-01T00:00:00Z"),
@@ -925,18 +930,20 @@ mod tests {
         #[test]
         fn an_earlier_history_keeps_a_clean_set_until_the_live_one_has_one(sets in arb_sets(), policy in arb_policy(), free in 0u64..20_000) {
             let plan = plan(&sets, &policy, free);
+            // However many clusters the sets name, the rule pins one set at most.
+            let pinned = plan.decisions.iter().filter(|d| d.keep_reasons.contains(&KeepReason::LastOfHistory)).count();
+            prop_assert!(pinned <= 1);
             // plan output is newest first: the first that names a cluster names the live one.
             let Some(live) = plan.decisions.iter().find_map(|d| d.set.cluster.clone()) else {
                 return Ok(());
             };
-            fn clean_of<'a>(plan: &'a Plan, cluster: &'a str) -> impl Iterator<Item = &'a Decision> {
-                plan.decisions.iter().filter(move |d| !d.set.dirty && d.set.cluster.as_deref() == Some(cluster))
-            }
-            let earlier: BTreeSet<String> = sets.iter().filter_map(|s| s.cluster.clone()).filter(|c| *c != live).collect();
-            for cluster in earlier {
-                if clean_of(&plan, &cluster).next().is_some() && clean_of(&plan, &live).next().is_none() {
-                    prop_assert!(clean_of(&plan, &cluster).next().unwrap().keep(), "cluster {cluster}");
-                }
+            let clean = |d: &&Decision| !d.set.dirty && d.set.cluster.is_some();
+            let live_has_clean = plan.decisions.iter().filter(clean).any(|d| d.set.cluster.as_deref() == Some(live.as_str()));
+            // The newest clean set of any earlier cluster (decisions are newest first).
+            if let Some(earlier) = plan.decisions.iter().filter(clean).find(|d| d.set.cluster.as_deref() != Some(live.as_str()))
+                && !live_has_clean
+            {
+                prop_assert!(earlier.keep(), "{}", earlier.set.id);
             }
         }
 

@@ -482,3 +482,48 @@ fn a_sender_that_never_says_hello_holds_no_lock_and_one_that_trickles_is_cut() {
     silent.child.kill().unwrap();
     silent.finish();
 }
+
+/// What a set says of its cluster is shown in terminals and steers retention: a manifest whose
+/// facts no backup writes (an escape sequence in the release, a member list of thousands, IDs
+/// that are not IDs) is refused before a byte of the set is taken.
+#[test]
+fn forged_cluster_facts_are_refused_before_the_set_is_taken() {
+    let material = material();
+    let node = master_1("");
+    let forger = Forger::new(&material);
+    let id = forger.forge("master-0", ago(30));
+    let text =
+        std::fs::read_to_string(forger.root().join("sets").join(&id).join(MANIFEST_NAME)).unwrap();
+    let manifest = Manifest::parse(text.as_bytes()).unwrap();
+    let members: Vec<serde_json::Value> = (0..5000)
+        .map(|n| serde_json::json!({"id": format!("{n:016x}"), "name": format!("m{n}")}))
+        .collect();
+    for (what, cluster) in [
+        (
+            "an escape sequence",
+            serde_json::json!({"release": "4.18.7\u{1b}[2J\u{1b}[H"}),
+        ),
+        (
+            "thousands of members",
+            serde_json::json!({"members": members}),
+        ),
+        (
+            "a cluster ID that is none",
+            serde_json::json!({"cluster_id": "../../etc"}),
+        ),
+    ] {
+        let mut forged: serde_json::Value = serde_json::from_str(&text).unwrap();
+        forged["cluster"] = cluster;
+        let forged = serde_json::to_string_pretty(&forged).unwrap();
+        let mut receiver = Receiver::start(&node);
+        begin(receiver.conn(), honest_offer(&manifest, &forged), &forged);
+        let answer = receiver.conn().next_message().unwrap();
+        assert!(
+            matches!(&answer, Message::Error { message } if message.contains("cluster facts")),
+            "{what}: {answer:?}"
+        );
+        receiver.finish();
+        assert!(partials(&node).is_empty(), "{what}");
+        assert!(!node.set_ids().contains(&id), "{what}");
+    }
+}
