@@ -366,25 +366,54 @@ fn proc_self_field(path: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Refuses to start when the store's filesystem has less free space than the newest of `sets`
-/// (the store's) took: the script would fill the disk (twice, under `force = "fallback"`) and
-/// fail anyway, and a full disk under /var can take etcd down with it.
-fn ensure_room(store: &Store, sets: &[StoredSet]) -> Result<()> {
+/// Starts a backup only when the free space of the store's filesystem — on a master, etcd's —
+/// stays above the floor (`retention.min_free_space`) once the next set is written, taken to
+/// be as large as the newest of `sets` (the store's). Pruning by policy comes first, as if that
+/// set were there already, when that makes the room; otherwise the backup is refused, naming
+/// the figures: the script would fill the disk (twice, under `force = "fallback"`), and a full
+/// disk under /var takes etcd down with it.
+fn ensure_room(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Result<()> {
     let Some(newest) = sets.iter().max_by_key(|s| s.info().created) else {
         return Ok(());
     };
-    let needed = newest.manifest.total_size();
+    let next = newest.manifest.total_size();
+    let floor = settings.retention.min_free_space.unwrap_or(0);
+    let fits = |free: u64| free >= next.saturating_add(floor);
+    if fits(store.free_bytes()?) {
+        return Ok(());
+    }
+    let plan = crate::prune::prune_reserving(
+        store,
+        &settings.retention,
+        false,
+        settings.not_after(),
+        next,
+    )
+    .context("pruning to make room for the next set failed")?;
+    let pruned = plan.to_delete().count();
     let free = store.free_bytes()?;
-    if free < needed {
+    if !fits(free) {
+        let human = crate::units::human_size;
         bail!(
-            "not enough space in the store '{}': {} free, the newest set ({}) took {}; \
-             free up space there or lower the retention (keep_*, max_total_size)",
+            "not enough space in the store '{}': {} free{}, the next set needs about {} (as the \
+             newest, {}, took) and {} must stay free (retention.min_free_space): free up space \
+             there or lower the retention (keep_*, max_total_size)",
             store.root().display(),
-            crate::units::human_size(free),
+            human(free),
+            if pruned > 0 {
+                format!(" after pruning {pruned} set(s) by policy")
+            } else {
+                String::new()
+            },
+            human(next),
             newest.id(),
-            crate::units::human_size(needed)
+            human(floor)
         );
     }
+    tracing::info!(
+        "pruned {pruned} set(s) by policy first, to keep {} free with the next set written",
+        crate::units::human_size(floor)
+    );
     Ok(())
 }
 
@@ -466,7 +495,7 @@ pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Re
     if let Some(root) = &backup.chroot {
         check_chroot(root, store.root())?;
     }
-    ensure_room(store, sets)?;
+    ensure_room(settings, store, sets)?;
     // A key that cannot sign stops the backup before etcd is asked for a snapshot.
     let signing_key = settings
         .seal

@@ -22,6 +22,18 @@ pub fn prune(
     dry_run: bool,
     not_after: chrono::DateTime<chrono::Utc>,
 ) -> Result<Plan> {
+    prune_reserving(store, policy, dry_run, not_after, 0)
+}
+
+/// [`prune`] as if `reserve` more bytes were already written (a set about to be taken): the
+/// free-space floor (`min_free_space`) is then met with the next set in place.
+pub fn prune_reserving(
+    store: &Store,
+    policy: &Policy,
+    dry_run: bool,
+    not_after: chrono::DateTime<chrono::Utc>,
+    reserve: u64,
+) -> Result<Plan> {
     let listing = store.list()?;
     for (dir, reason) in &listing.unreadable {
         tracing::warn!(path = %dir.display(), "unreadable set left alone: {reason}");
@@ -36,7 +48,7 @@ pub fn prune(
         }
     }
     let free = if policy.min_free_space.is_some() {
-        store.free_bytes()?
+        store.free_bytes()?.saturating_sub(reserve)
     } else {
         0
     };

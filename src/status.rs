@@ -141,6 +141,22 @@ pub fn damaged(copies: &CopyChecks) -> Vec<(&str, &CopyCheck)> {
         .collect()
 }
 
+/// Whether the next set, as large as the newest (`next` bytes), fits in the `free` bytes of the
+/// store's filesystem with `floor` (`retention.min_free_space`) left free; the warning when not.
+pub fn room_note(free: u64, next: u64, floor: u64) -> Option<String> {
+    let human = crate::units::human_size;
+    (free < next.saturating_add(floor)).then(|| {
+        format!(
+            "WARNING: the next set (about {}, as the newest) would leave {} free in the store's \
+             filesystem, under the floor of {} (retention.min_free_space): the next backup prunes \
+             by policy first, and is refused if that is not enough",
+            human(next),
+            human(free.saturating_sub(next)),
+            human(floor)
+        )
+    })
+}
+
 /// Whether the newest set was taken from the etcd cluster this node runs now (`live`); `None`
 /// when either is not known.
 pub fn of_live_cluster(
@@ -262,6 +278,26 @@ impl Summary<'_> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_next_set_fits_above_the_floor_or_is_warned_about() {
+        // (free, next, floor) → fits
+        for (free, next, floor, fits) in [
+            (100, 10, 50, true),
+            (60, 10, 50, true),
+            (59, 10, 50, false),
+            (5, 10, 0, false),
+            (u64::MAX, u64::MAX, u64::MAX, true),
+        ] {
+            let note = room_note(free, next, floor);
+            assert_eq!(note.is_none(), fits, "{free} {next} {floor}: {note:?}");
+        }
+        let note = room_note(59, 10, 50).unwrap();
+        assert!(
+            note.contains("would leave 49B free") && note.contains("floor of 50B"),
+            "{note}"
+        );
+    }
 
     #[test]
     fn the_newest_set_is_of_the_live_cluster_or_of_an_earlier_history() {

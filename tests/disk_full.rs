@@ -92,3 +92,82 @@ fn a_disk_that_fills_during_the_snapshot_leaves_no_set_and_no_staging() {
         node.staging_entries()
     );
 }
+
+/// The floor holds while a set is written, not only after: when the next set (as large as the
+/// newest) would take the free space under `min_free_space`, the oldest sets the policy lets go
+/// are pruned before the script runs; when that is not enough, nothing runs and nothing goes.
+#[test]
+fn a_backup_prunes_first_so_that_the_floor_holds_with_the_next_set_written() {
+    let node = Node::new("");
+    let id = node.backup();
+    let set_bytes = node.sets()[0]["size"].as_u64().unwrap();
+    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    // Room for four and a half sets; 1.2 sets' worth must stay free.
+    let mib = (set_bytes * 9 / 2).div_ceil(1 << 20);
+    let fs = SmallFs::mount(&node.store(), mib);
+    let floor = set_bytes * 6 / 5;
+    node.write_config(&format!(
+        "[retention]\nkeep_last = 3\nmin_free_space = \"{floor}B\"\n"
+    ));
+    let taken: Vec<String> = (0..3)
+        .map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            node.backup()
+        })
+        .collect();
+    assert_eq!(node.set_ids(), taken, "three fit with the floor");
+    // The fourth would leave less than the floor: the oldest goes first, then the script runs.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let run = node.run(&["backup"]);
+    run.expect_code(0);
+    let pruned_at = run
+        .stderr
+        .find("by policy first")
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let script_at = run.stderr.find("running backup command").unwrap();
+    assert!(pruned_at < script_at, "{}", run.stderr);
+    let ids = node.set_ids();
+    assert_eq!(ids[..2], taken[1..], "the oldest went: {ids:?}");
+    assert_eq!(ids.len(), 3);
+    assert!(fs.free_bytes() >= floor, "the floor holds");
+
+    // A floor no pruning can meet (the newest set always stays): refused before the script,
+    // nothing lost, and the message has the figures.
+    let held = node.set_ids();
+    node.write_config(&format!(
+        "[retention]\nkeep_last = 3\nmin_free_space = \"{}B\"\n",
+        set_bytes * 4
+    ));
+    let run = node.run(&["backup"]);
+    run.expect_code(1)
+        .expect_stderr("not enough space in the store")
+        .expect_stderr("must stay free (retention.min_free_space)");
+    assert!(
+        !run.stderr.contains("running backup command"),
+        "{}",
+        run.stderr
+    );
+    let left = node.set_ids();
+    assert!(
+        left.last() == held.last() && !left.is_empty(),
+        "the newest stays: {left:?}"
+    );
+    // status says so before the next backup does.
+    let status = node.run(&["status"]);
+    assert!(
+        status.stdout.contains("WARNING: the next set")
+            && status.stdout.contains("under the floor"),
+        "{}",
+        status.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&node.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["space"]["next_set_fits"], false, "{json}");
+    assert_eq!(json["space"]["floor_bytes"], set_bytes * 4);
+    node.write_config(&format!(
+        "[retention]\nkeep_last = 3\nmin_free_space = \"{floor}B\"\n"
+    ));
+    let json: serde_json::Value =
+        serde_json::from_str(&node.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["space"]["next_set_fits"], true, "{json}");
+}

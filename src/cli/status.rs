@@ -43,6 +43,14 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
         (summary.newest, summary.age, summary.fresh, summary.max_age);
     let live = crate::cluster::live_cluster_id(settings.node_root()).ok();
     let history = crate::status::history_note(newest.map(|s| &s.manifest), live.as_deref());
+    // The next set, as large as the newest, against the free space and the floor.
+    let floor = settings.retention.min_free_space.unwrap_or(0);
+    let next = newest.map(|s| s.manifest.total_size());
+    let free = crate::store::Store::existing(root).and_then(|s| s.free_bytes().ok());
+    let room = match (free, next) {
+        (Some(free), Some(next)) => crate::status::room_note(free, next, floor),
+        _ => None,
+    };
     if json {
         let value = serde_json::json!({
             "store": root,
@@ -70,6 +78,12 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
                 "problem": check.problem,
             })).collect::<Vec<_>>(),
             "coverage": summary.coverage,
+            "space": {
+                "free_bytes": free,
+                "next_set_bytes": next,
+                "floor_bytes": floor,
+                "next_set_fits": room.is_none(),
+            },
             "etcd_cluster": {
                 "live": live,
                 "newest_set": newest.and_then(|s| s.manifest.cluster.as_ref()).and_then(|c| c.cluster_id.as_ref()),
@@ -91,6 +105,9 @@ pub fn cmd_status(settings: &Settings, json: bool) -> Result<u8> {
             _ => println!("no backup set in '{}': STALE", root.display()),
         }
         if let Some(note) = &history {
+            println!("{note}");
+        }
+        if let Some(note) = &room {
             println!("{note}");
         }
         for set in &summary.future {
