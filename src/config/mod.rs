@@ -325,6 +325,9 @@ impl Settings {
                 keep_hourly: 24,
                 keep_daily: 7,
                 keep_weekly: 4,
+                // A 6 GiB cluster (large; etcd's quota is 8 GiB) keeps five sets, and cannot
+                // outgrow a 120 GiB master disk with the OS, the images, etcd and the floor.
+                max_total_size: Some(30 << 30),
                 min_free_space: Some(5 << 30),
                 ..Policy::default()
             },
