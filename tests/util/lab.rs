@@ -348,13 +348,7 @@ impl Lab {
     /// Loads `mib` MiB of values shaped like Kubernetes objects into the test etcd: structure
     /// that repeats, ids and payloads that do not (real etcd data compresses a few times).
     pub fn load_etcd(&self, mib: usize) {
-        load_values(mib, |random, template| {
-            format!(
-                "uid={};{template};payload={}",
-                random(32, 16),
-                random(3000, 16)
-            )
-        });
+        load_kubernetes_values(mib);
     }
 
     /// Loads `mib` MiB of values shaped like secrets under etcd encryption at rest
@@ -459,6 +453,18 @@ impl Drop for Lab {
 /// Puts `mib` MiB of values made by `value(random, template)` into the test etcd, 100 per
 /// transaction; `random(n, radix)` gives `n` pseudo-random characters of a 16- or 64-letter
 /// alphabet, `template` a repeating Kubernetes-like structure.
+/// Loads `mib` MiB of values shaped like Kubernetes objects into the test etcd (see
+/// [`Lab::load_etcd`]).
+pub fn load_kubernetes_values(mib: usize) {
+    load_values(mib, |random, template| {
+        format!(
+            "uid={};{template};payload={}",
+            random(32, 16),
+            random(3000, 16)
+        )
+    });
+}
+
 fn load_values(mib: usize, value: impl Fn(&mut dyn FnMut(usize, usize) -> String, &str) -> String) {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/";
     let etcd = etcd();
