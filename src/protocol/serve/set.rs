@@ -320,6 +320,7 @@ fn receive_file<S: Stream>(
         .with_context(|| format!("cannot read '{}'", path.display()))?;
     file.seek(SeekFrom::Start(offset))?;
     let mut pos = offset;
+    let mut paced = crate::files::Paced::from(offset);
     loop {
         match conn.next_frame()? {
             Frame::Data(data) => {
@@ -333,6 +334,7 @@ fn receive_file<S: Stream>(
                     )));
                 }
                 file.write_all(data)
+                    .and_then(|()| paced.wrote(&file, data.len() as u64))
                     .with_context(|| format!("cannot write '{}'", path.display()))?;
                 crate::failpoint::hit("receive:writing");
                 check
