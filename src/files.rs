@@ -192,6 +192,13 @@ fn private() -> fs::OpenOptions {
     options
 }
 
+/// Free bytes for an unprivileged writer on the filesystem that holds `path`.
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path)
+        .with_context(|| format!("cannot statvfs '{}'", path.display()))?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 /// How much a [`Paced`] writer lets be written before it waits for the disk.
 pub const PACE_STEP: u64 = 8 << 20;
 

@@ -29,17 +29,10 @@ pub fn learn_node(settings: &Settings) -> (check::Node, Result<Vec<String>, Stri
         name: settings.node_name.clone(),
         release: release::learn(root).map_err(text),
         cluster_id: crate::cluster::live_cluster_id(root).map_err(text),
-        etcd_free: free_bytes(&data_dir).map_err(text),
+        etcd_free: crate::files::free_bytes(&data_dir).map_err(text),
         restore_script: restore_script(root),
     };
     (node, masters(root))
-}
-
-fn free_bytes(path: &Path) -> Result<u64> {
-    use anyhow::Context;
-    let stat = nix::sys::statvfs::statvfs(path)
-        .with_context(|| format!("cannot statvfs '{}'", path.display()))?;
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 fn restore_script(root: &Path) -> Result<(), String> {

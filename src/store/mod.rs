@@ -524,9 +524,7 @@ impl Store {
 
     /// Free bytes for an unprivileged writer on the store's filesystem.
     pub fn free_bytes(&self) -> Result<u64> {
-        let stat = nix::sys::statvfs::statvfs(&self.root)
-            .with_context(|| format!("cannot statvfs '{}'", self.root.display()))?;
-        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+        crate::files::free_bytes(&self.root)
     }
 }
 
