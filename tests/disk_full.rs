@@ -3,16 +3,18 @@
 
 use crate::util::{Node, SmallFs, fingerprint};
 
+/// The size of one set of `node`, sized on an ordinary disk first; the store is left empty.
+fn one_set_size(node: &Node) -> u64 {
+    let id = node.backup();
+    let size = node.sets()[0]["size"].as_u64().unwrap();
+    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    size
+}
+
 #[test]
 fn a_backup_that_does_not_fit_fails_and_the_history_is_intact() {
     let node = Node::new("");
-    let set_bytes = {
-        // Size one set on an ordinary disk first.
-        let id = node.backup();
-        let size = node.sets()[0]["size"].as_u64().unwrap();
-        std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
-        size
-    };
+    let set_bytes = one_set_size(&node);
     // Room for one set and a half.
     let mib = (set_bytes * 3 / 2).div_ceil(1 << 20);
     let fs = SmallFs::mount(&node.store(), mib);
@@ -44,9 +46,7 @@ fn a_backup_that_does_not_fit_fails_and_the_history_is_intact() {
 #[test]
 fn retention_keeps_the_free_space_floor() {
     let node = Node::new("");
-    let id = node.backup();
-    let set_bytes = node.sets()[0]["size"].as_u64().unwrap();
-    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    let set_bytes = one_set_size(&node);
     // Room for about four sets; the floor asks for two sets' worth to stay free.
     let mib = (set_bytes * 4).div_ceil(1 << 20) + 1;
     let floor_mib = (set_bytes * 2).div_ceil(1 << 20);
@@ -99,9 +99,7 @@ fn a_disk_that_fills_during_the_snapshot_leaves_no_set_and_no_staging() {
 #[test]
 fn a_backup_prunes_first_so_that_the_floor_holds_with_the_next_set_written() {
     let node = Node::new("");
-    let id = node.backup();
-    let set_bytes = node.sets()[0]["size"].as_u64().unwrap();
-    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    let set_bytes = one_set_size(&node);
     // Room for four and a half sets; 1.2 sets' worth must stay free.
     let mib = (set_bytes * 9 / 2).div_ceil(1 << 20);
     let fs = SmallFs::mount(&node.store(), mib);

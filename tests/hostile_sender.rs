@@ -116,6 +116,14 @@ impl<'a> Forger<'a> {
         self.dir.path().join("store")
     }
 
+    /// The manifest of forged set `id`, as its bytes and parsed.
+    fn manifest_of(&self, id: &str) -> (String, Manifest) {
+        let text =
+            std::fs::read_to_string(self.root().join("sets").join(id).join(MANIFEST_NAME)).unwrap();
+        let manifest = Manifest::parse(text.as_bytes()).unwrap();
+        (text, manifest)
+    }
+
     fn forge(&self, origin: &str, created: DateTime<Utc>) -> String {
         let mut manifest = self.material.manifest.clone();
         let created = DateTime::from_timestamp_millis(created.timestamp_millis()).unwrap();
@@ -323,9 +331,7 @@ fn a_sender_cannot_fill_the_receiver_s_disk() {
     let node = Node::new("");
     let forger = Forger::new(&material);
     let small = forger.forge("master-0", ago(30));
-    let text = std::fs::read_to_string(forger.root().join("sets").join(&small).join(MANIFEST_NAME))
-        .unwrap();
-    let manifest = Manifest::parse(text.as_bytes()).unwrap();
+    let (text, manifest) = forger.manifest_of(&small);
 
     // An offer that claims one size and a manifest that says another.
     configure_master_1(&node, "");
@@ -492,9 +498,7 @@ fn forged_cluster_facts_are_refused_before_the_set_is_taken() {
     let node = master_1("");
     let forger = Forger::new(&material);
     let id = forger.forge("master-0", ago(30));
-    let text =
-        std::fs::read_to_string(forger.root().join("sets").join(&id).join(MANIFEST_NAME)).unwrap();
-    let manifest = Manifest::parse(text.as_bytes()).unwrap();
+    let (text, manifest) = forger.manifest_of(&id);
     let members: Vec<serde_json::Value> = (0..5000)
         .map(|n| serde_json::json!({"id": format!("{n:016x}"), "name": format!("m{n}")}))
         .collect();

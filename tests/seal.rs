@@ -141,6 +141,18 @@ fn manifest_of(node: &Node, id: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(node.set_dir(id).join("manifest.json")).unwrap()).unwrap()
 }
 
+/// `verify --target TARGET --deep --identity IDENTITY` on `node`.
+fn verify_deep(node: &Node, target: &str, identity: &str) -> Run {
+    node.run(&[
+        "verify",
+        "--target",
+        target,
+        "--deep",
+        "--identity",
+        identity,
+    ])
+}
+
 #[test]
 fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone() {
     let endpoint = shared_endpoint();
@@ -303,32 +315,18 @@ fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone()
     // removes it; an identity that is none of its recipients walks nothing, and says so (it
     // tells nothing of the copy: nothing is recorded as damaged).
     let (snap_text, res_text) = (snap_id.to_str().unwrap(), res_id.to_str().unwrap());
-    node.run(&[
-        "verify",
-        "--target",
-        &bucket,
-        "--deep",
-        "--identity",
-        snap_text,
-    ])
-    .expect_code(0)
-    .expect_stdout(&format!("ok   {id}"));
+    verify_deep(&node, &bucket, snap_text)
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
     assert!(
         node.staging_entries().is_empty(),
         "{:?}",
         node.staging_entries()
     );
-    node.run(&[
-        "verify",
-        "--target",
-        &bucket,
-        "--deep",
-        "--identity",
-        res_text,
-    ])
-    .expect_code(0)
-    .expect_stdout(&format!("ok   {id}"))
-    .expect_stderr("is not walked: none of the identities given is among its recipients");
+    verify_deep(&node, &bucket, res_text)
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"))
+        .expect_stderr("is not walked: none of the identities given is among its recipients");
     node.run(&["spray"]).expect_code(0).expect_stdout("(0 sent");
     node.run(&["list", "--from", &bucket])
         .expect_code(0)
@@ -497,16 +495,9 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
         .expect_code(0)
         .expect_stdout(&format!("ok   {id}"));
     let snapshot_identity = offline.path().join("snapshot-identity.txt");
-    node.run(&[
-        "verify",
-        "--target",
-        target_arg,
-        "--deep",
-        "--identity",
-        snapshot_identity.to_str().unwrap(),
-    ])
-    .expect_code(0)
-    .expect_stdout(&format!("ok   {id}"));
+    verify_deep(&node, target_arg, snapshot_identity.to_str().unwrap())
+        .expect_code(0)
+        .expect_stdout(&format!("ok   {id}"));
     // The snapshot was opened in this node's store, never on the export, and is gone.
     assert!(node.staging_entries().is_empty());
     assert!(
@@ -675,19 +666,12 @@ fn only_a_deep_check_with_an_identity_finds_a_file_resealed_under_a_rewritten_re
         .expect_code(0)
         .expect_stdout(&format!("ok   {id}"));
     let identity = offline.path().join("snapshot-identity.txt");
-    node.run(&[
-        "verify",
-        "--target",
-        target_arg,
-        "--deep",
-        "--identity",
-        identity.to_str().unwrap(),
-    ])
-    .expect_code(1)
-    .expect_stdout(&format!("BAD  {id}"))
-    .expect_stdout(&format!("{name}.age"))
-    // The age CLI's file opened (with OpenSSL's ChaCha20-Poly1305): its bytes are what fails.
-    .expect_stdout("trailer mismatch");
+    verify_deep(&node, target_arg, identity.to_str().unwrap())
+        .expect_code(1)
+        .expect_stdout(&format!("BAD  {id}"))
+        .expect_stdout(&format!("{name}.age"))
+        // The age CLI's file opened (with OpenSSL's ChaCha20-Poly1305): its bytes are what fails.
+        .expect_stdout("trailer mismatch");
     assert!(node.staging_entries().is_empty());
 }
 
@@ -739,13 +723,7 @@ fn a_sealed_upload_cut_by_a_dead_server_is_sent_again_whole_and_says_what_it_was
     let run = Run::from_output(child.wait_with_output().unwrap(), &["spray"]);
     run.expect_code(1).expect_stderr(&bucket);
     server.restart();
-    let uploads = tool_json(&endpoint, &["uploads", &bucket]);
-    let held: u64 = uploads[0]["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["size"].as_u64().unwrap())
-        .sum();
+    let (held, uploads) = first_upload_bytes(&endpoint, &bucket);
     assert!(held >= 2 * (5 << 20), "{uploads}");
 
     // A sealed file cannot be continued: the cut upload is aborted, its bytes said, and the

@@ -158,13 +158,7 @@ fn a_server_killed_in_a_multipart_upload_fails_the_run_and_the_next_sends_only_m
     );
 
     server.restart();
-    let uploads = tool_json(&endpoint, &["uploads", &bucket]);
-    let held: u64 = uploads[0]["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["size"].as_u64().unwrap())
-        .sum();
+    let (held, uploads) = first_upload_bytes(&endpoint, &bucket);
     assert!(held >= 2 * (5 << 20), "{uploads}");
     let again = node.run(&["spray"]);
     again.expect_code(0).expect_stdout("(1 sent");

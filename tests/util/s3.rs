@@ -290,6 +290,18 @@ pub fn tool_json(endpoint: &str, args: &[&str]) -> serde_json::Value {
     json_of(tool(endpoint, args), args)
 }
 
+/// The bytes of the parts `bucket`'s first unfinished multipart upload holds, and the listing.
+pub fn first_upload_bytes(endpoint: &str, bucket: &str) -> (u64, serde_json::Value) {
+    let uploads = tool_json(endpoint, &["uploads", bucket]);
+    let held = uploads[0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["size"].as_u64().unwrap())
+        .sum();
+    (held, uploads)
+}
+
 fn json_of(out: Output, args: &[&str]) -> serde_json::Value {
     assert!(
         out.status.success(),
