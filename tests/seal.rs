@@ -141,6 +141,22 @@ fn manifest_of(node: &Node, id: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(node.set_dir(id).join("manifest.json")).unwrap()).unwrap()
 }
 
+/// What a sealed copy of the set whose files are `snapshot` and `resources` holds: each file
+/// sealed, and the signed records; sorted.
+fn sealed_copy_names(snapshot: &Path, resources: &Path) -> Vec<String> {
+    let file_name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let mut names = vec![
+        format!("{}.age", file_name(snapshot)),
+        format!("{}.age", file_name(resources)),
+        "manifest.json".to_string(),
+        "manifest.json.sig".to_string(),
+        "seal.json".to_string(),
+        "seal.json.sig".to_string(),
+    ];
+    names.sort();
+    names
+}
+
 /// `verify --target TARGET --deep --identity IDENTITY` on `node`.
 fn verify_deep(node: &Node, target: &str, identity: &str) -> Run {
     node.run(&[
@@ -198,15 +214,7 @@ fn sealed_sets_are_opaque_in_the_bucket_and_open_with_the_standard_tools_alone()
     let snapshot = set_file(&set, ".db");
     let resources = set_file(&set, ".tar.gz");
     let file_name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
-    let mut expected = vec![
-        format!("{}.age", file_name(&snapshot)),
-        format!("{}.age", file_name(&resources)),
-        "manifest.json".to_string(),
-        "manifest.json.sig".to_string(),
-        "seal.json".to_string(),
-        "seal.json.sig".to_string(),
-    ];
-    expected.sort();
+    let expected = sealed_copy_names(&snapshot, &resources);
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(sorted, expected, "only sealed files and signed records");
@@ -462,15 +470,7 @@ fn a_sealed_directory_target_holds_only_age_files_is_verified_healed_and_fetched
     let resources = set_file(&node.set_dir(&id), ".tar.gz");
     let file_name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
     let sealed_snapshot = copy.join(format!("{}.age", file_name(&snapshot)));
-    let mut expected = vec![
-        format!("{}.age", file_name(&snapshot)),
-        format!("{}.age", file_name(&resources)),
-        "manifest.json".to_string(),
-        "manifest.json.sig".to_string(),
-        "seal.json".to_string(),
-        "seal.json.sig".to_string(),
-    ];
-    expected.sort();
+    let expected = sealed_copy_names(&snapshot, &resources);
     assert_eq!(names, expected);
     let needle = b"/registry/";
     for name in &names {
@@ -699,26 +699,10 @@ fn a_sealed_upload_cut_by_a_dead_server_is_sent_again_whole_and_says_what_it_was
     spray
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let child = spray.spawn().unwrap();
+    let mut child = spray.spawn().unwrap();
     let credentials = node.dir.path().join("s3-credentials");
     let mut watch = crate::spray_s3::watcher(&endpoint, &bucket, &credentials);
-    let started = std::time::Instant::now();
-    loop {
-        let parts = watch
-            .list_uploads("cluster/")
-            .and_then(|u| match u.first() {
-                Some(u) => watch.list_parts(&u.key, &u.upload_id).map(|p| p.len()),
-                None => Ok(0),
-            });
-        if parts.as_ref().is_ok_and(|n| *n >= 2) {
-            break;
-        }
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "the upload never got under way: {parts:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    crate::spray_s3::wait_for_two_parts(&mut watch, &mut child);
     server.kill();
     let run = Run::from_output(child.wait_with_output().unwrap(), &["spray"]);
     run.expect_code(1).expect_stderr(&bucket);

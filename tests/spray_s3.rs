@@ -76,6 +76,35 @@ fn sets_reach_a_bucket_whole_and_a_second_run_uploads_nothing() {
 }
 
 /// A test-side client of ours, only to watch an upload's progress (assertions use boto3).
+/// Waits until the first multipart upload `watch` sees holds two parts; after 60 s, kills the
+/// spray `child` and fails with its stderr.
+pub(crate) fn wait_for_two_parts(
+    watch: &mut etcd_backup::s3::Client,
+    child: &mut std::process::Child,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let parts = watch
+            .list_uploads("cluster/")
+            .and_then(|u| match u.first() {
+                Some(u) => watch.list_parts(&u.key, &u.upload_id).map(|p| p.len()),
+                None => Ok(0),
+            });
+        if parts.as_ref().is_ok_and(|n| *n >= 2) {
+            return;
+        }
+        if started.elapsed().as_secs() > 60 {
+            let _ = child.kill();
+            let mut stderr = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
+            }
+            panic!("the upload never got under way: {parts:?}\n{stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 pub(crate) fn watcher(
     endpoint: &str,
     bucket: &str,
@@ -124,27 +153,7 @@ fn a_server_killed_in_a_multipart_upload_fails_the_run_and_the_next_sends_only_m
         .stderr(std::process::Stdio::piped());
     let mut child = spray.spawn().unwrap();
     let mut watch = watcher(&endpoint, &bucket, &credentials);
-    let started = std::time::Instant::now();
-    loop {
-        let parts = watch
-            .list_uploads("cluster/")
-            .and_then(|u| match u.first() {
-                Some(u) => watch.list_parts(&u.key, &u.upload_id).map(|p| p.len()),
-                None => Ok(0),
-            });
-        if parts.as_ref().is_ok_and(|n| *n >= 2) {
-            break;
-        }
-        if started.elapsed().as_secs() > 60 {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the upload never got under way: {parts:?}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_two_parts(&mut watch, &mut child);
     server.kill();
     let killed = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();
