@@ -442,3 +442,137 @@ fn sse_aes256_is_asked_for_and_every_stored_object_has_it() {
     }
     assert_sets_on_bucket(&node, &endpoint, &bucket, std::slice::from_ref(&id));
 }
+
+/// Between our client and a real S3 server, as S3 answers a client it throttles: the first
+/// request of a connection is answered `503 SlowDown` and the connection closed, unless the
+/// same request (its signed request line) was refused before; then the connection passes
+/// through untouched. Counts what it refused.
+struct Throttle {
+    port: u16,
+    refused: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl Throttle {
+    fn start(upstream: &str) -> Throttle {
+        use std::io::{BufRead, Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let refused = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let seen = refused.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let (upstream, seen) = (upstream.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(client.try_clone().unwrap());
+                    let mut head = String::new();
+                    let mut length = 0u64;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap();
+                        }
+                    }
+                    let request = head.lines().next().unwrap().to_string();
+                    if seen.lock().unwrap().insert(request) {
+                        std::io::copy(&mut reader.take(length), &mut std::io::sink()).unwrap();
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error>\
+                                    <Code>SlowDown</Code><Message>Please reduce your request \
+                                    rate.</Message></Error>";
+                        let mut out = client;
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        return;
+                    }
+                    let Ok(mut server) = TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    // What was read of the connection goes first, then the rest as it comes.
+                    server.write_all(head.as_bytes()).unwrap();
+                    server.write_all(reader.buffer()).unwrap();
+                    pass(client, server);
+                });
+            }
+        });
+        Throttle { port, refused }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.lock().unwrap().len()
+    }
+}
+
+/// Bytes both ways until either side closes.
+fn pass(client: std::net::TcpStream, server: std::net::TcpStream) {
+    let (mut client_in, mut server_out) =
+        (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut server_in, mut client_out) = (server, client);
+    let _ = std::io::copy(&mut server_in, &mut client_out);
+    let _ = client_out.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+}
+
+#[test]
+fn a_bucket_that_says_slow_down_gets_each_request_again_and_the_set_whole() {
+    let endpoint = shared_endpoint();
+    let bucket = new_bucket(&endpoint, false);
+    let throttle = Throttle::start(&endpoint);
+    let mut node = Node::new("");
+    node.use_etcd(big_etcd());
+    let credentials = credentials_file(node.dir.path(), SECRET_KEY);
+    let target = s3_target(&throttle.endpoint(), &bucket, &credentials, "");
+    spray_config(&node, "", &target);
+    let id = node.backup();
+
+    // One attempt of the target: each refused request (multipart parts side by side, the
+    // manifest) is sent again by itself, and the log says so.
+    node.run(&["spray"])
+        .expect_code(0)
+        .expect_stdout("(1 sent")
+        .expect_stderr("SlowDown")
+        .expect_stderr("trying again in");
+    assert!(throttle.refused() >= 2, "{}", throttle.refused());
+    assert_sets_on_bucket(&node, &endpoint, &bucket, std::slice::from_ref(&id));
+
+    // Downloads too: a fetch through the same bucket gets every file.
+    let refused = throttle.refused();
+    let fresh = Node::new("");
+    let credentials = credentials_file(fresh.dir.path(), SECRET_KEY);
+    spray_config(
+        &fresh,
+        "",
+        &s3_target(&throttle.endpoint(), &bucket, &credentials, ""),
+    );
+    fresh
+        .run(&["fetch", "--from", &bucket, &id])
+        .expect_code(0)
+        .expect_stderr("SlowDown");
+    assert!(throttle.refused() > refused);
+    assert_eq!(
+        fingerprint(&fresh.set_dir(&id)),
+        fingerprint(&node.set_dir(&id))
+    );
+}

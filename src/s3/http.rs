@@ -358,6 +358,11 @@ impl Client {
 #[derive(Debug)]
 struct Stale(String);
 
+/// Whether `error` is a connection that was lost before the server answered.
+pub fn is_lost_connection(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.downcast_ref::<Stale>().is_some()
+}
+
 impl std::fmt::Display for Stale {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "connection lost: {}", self.0)

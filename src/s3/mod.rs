@@ -192,9 +192,20 @@ impl Client {
     }
 }
 
-/// Sends a signed request; a non-2xx answer becomes an [`S3Error`].
+/// How often one request is sent at most. S3 answers 500 and 503 ("please try again",
+/// "SlowDown") as a matter of course and a connection can drop or stall; AWS's own clients
+/// send such a request three times, waiting longer each time, before they give up.
+const REQUEST_TRIES: u32 = 3;
+/// The wait before the second try; each later wait is four times the one before.
+const FIRST_WAIT: Duration = Duration::from_millis(500);
+
+/// Sends a signed request; a non-2xx answer becomes an [`S3Error`]. A failure that a later try
+/// may not meet (see [`transient`]) is tried again after a wait, up to [`REQUEST_TRIES`] times,
+/// unless a byte of the body already went to `sink` (it cannot be taken back). Every body here
+/// is in memory and every S3 request is idempotent, so a request sent twice does no harm.
 fn send(
     http: &mut http::Client,
+    bucket: &str,
     method: &str,
     url: url::Url,
     headers: &rusty_s3::Map<'_>,
@@ -206,7 +217,46 @@ fn send(
         None => url.path().to_string(),
     };
     let headers: Vec<(&str, &str)> = headers.iter().collect();
-    let response = http.request(method, &target, &headers, body, sink, MAX_DOCUMENT_BYTES)?;
+    let mut sink = sink.map(|(inner, limit)| (Counted { inner, written: 0 }, limit));
+    let mut wait = FIRST_WAIT;
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        let result = send_once(
+            http,
+            method,
+            &target,
+            &headers,
+            body,
+            sink.as_mut()
+                .map(|(s, limit)| (s as &mut dyn Write, *limit)),
+        );
+        let untouched = sink.as_ref().is_none_or(|(s, _)| s.written == 0);
+        match result {
+            Err(error) if tried < REQUEST_TRIES && untouched && transient(&error) => {
+                // The path names the object; the query holds the signature: never logged.
+                tracing::warn!(
+                    "{bucket}: {method} {} failed ({error:#}); trying again in {} ms",
+                    url.path(),
+                    wait.as_millis()
+                );
+                std::thread::sleep(wait + jitter(wait));
+                wait *= 4;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn send_once(
+    http: &mut http::Client,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    sink: Option<(&mut dyn Write, u64)>,
+) -> Result<http::Response> {
+    let response = http.request(method, target, headers, body, sink, MAX_DOCUMENT_BYTES)?;
     if response.is_success() {
         return Ok(response);
     }
@@ -219,6 +269,62 @@ fn send(
     .into())
 }
 
+/// Whether a later try of the same request may succeed: the server said so (500, 502, 503, 504,
+/// 429, or S3's own `RequestTimeout`, `SlowDown`, `InternalError`) or the connection failed
+/// (refused, reset, cut, or silent past the timeout). Refusals (403, 404, a bad checksum), TLS
+/// trust failures and bodies over their bound are final.
+pub fn transient(error: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::*;
+    error.chain().any(|e| {
+        if let Some(answer) = e.downcast_ref::<S3Error>() {
+            return matches!(answer.status, 429 | 500 | 502 | 503 | 504)
+                || matches!(
+                    answer.code.as_deref(),
+                    Some("RequestTimeout" | "SlowDown" | "InternalError")
+                );
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | BrokenPipe
+                    | TimedOut
+                    | WouldBlock
+                    | UnexpectedEof
+            );
+        }
+        http::is_lost_connection(e)
+    })
+}
+
+/// Up to half of `wait`, so that parts that failed together do not all come back together.
+fn jitter(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    wait.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+/// A sink that counts what went into it.
+struct Counted<'a> {
+    inner: &'a mut dyn Write,
+    written: u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl Client {
     /// Checks that the bucket exists and the keys may use it.
     pub fn head_bucket(&mut self) -> Result<()> {
@@ -226,6 +332,7 @@ impl Client {
         let url = action.sign(SIGNATURE_TTL);
         send(
             &mut self.http,
+            &self.describe,
             "HEAD",
             url,
             &rusty_s3::Map::new(),
@@ -252,7 +359,15 @@ impl Client {
                 action.with_continuation_token(token.clone());
             }
             let url = action.sign(SIGNATURE_TTL);
-            let response = send(&mut self.http, "GET", url, &rusty_s3::Map::new(), &[], None)?;
+            let response = send(
+                &mut self.http,
+                &self.describe,
+                "GET",
+                url,
+                &rusty_s3::Map::new(),
+                &[],
+                None,
+            )?;
             let text = String::from_utf8_lossy(&response.body);
             let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
                 .map_err(|e| anyhow::anyhow!("unreadable object listing: {e}"))?;
@@ -278,6 +393,7 @@ impl Client {
         let mut body = Vec::new();
         send(
             &mut self.http,
+            &self.describe,
             "GET",
             url,
             &rusty_s3::Map::new(),
@@ -295,6 +411,7 @@ impl Client {
         let url = action.sign(SIGNATURE_TTL);
         send(
             &mut self.http,
+            &self.describe,
             "GET",
             url,
             &rusty_s3::Map::new(),
@@ -313,7 +430,15 @@ impl Client {
             .insert("x-amz-checksum-mode", "ENABLED");
         let url = action.sign(SIGNATURE_TTL);
         let headers = action.headers_mut().clone();
-        match send(&mut self.http, "HEAD", url, &headers, &[], None) {
+        match send(
+            &mut self.http,
+            &self.describe,
+            "HEAD",
+            url,
+            &headers,
+            &[],
+            None,
+        ) {
             Ok(response) => Ok(Some(response)),
             Err(e) if S3Error::is_status(&e, 404) => Ok(None),
             Err(e) => Err(e.context(format!("cannot head '{key}'"))),
@@ -337,8 +462,16 @@ impl Client {
         }
         let url = action.sign(SIGNATURE_TTL);
         let headers = action.headers_mut().clone();
-        send(&mut self.http, "PUT", url, &headers, body, None)
-            .with_context(|| format!("cannot put '{key}'"))
+        send(
+            &mut self.http,
+            &self.describe,
+            "PUT",
+            url,
+            &headers,
+            body,
+            None,
+        )
+        .with_context(|| format!("cannot put '{key}'"))
     }
 
     pub fn delete(&mut self, key: &str) -> Result<()> {
@@ -346,6 +479,7 @@ impl Client {
         let url = action.sign(SIGNATURE_TTL);
         send(
             &mut self.http,
+            &self.describe,
             "DELETE",
             url,
             &rusty_s3::Map::new(),
@@ -373,8 +507,16 @@ impl Client {
         }
         let url = action.sign(SIGNATURE_TTL);
         let headers = action.headers_mut().clone();
-        let response = send(&mut self.http, "POST", url, &headers, &[], None)
-            .with_context(|| format!("cannot start a multipart upload of '{key}'"))?;
+        let response = send(
+            &mut self.http,
+            &self.describe,
+            "POST",
+            url,
+            &headers,
+            &[],
+            None,
+        )
+        .with_context(|| format!("cannot start a multipart upload of '{key}'"))?;
         let text = String::from_utf8_lossy(&response.body);
         let parsed =
             rusty_s3::actions::CreateMultipartUpload::parse_response(&text).map_err(|e| {
@@ -401,8 +543,16 @@ impl Client {
             .insert("x-amz-checksum-sha256", sha256_b64.to_string());
         let url = action.sign(SIGNATURE_TTL);
         let headers = action.headers_mut().clone();
-        let response = send(&mut self.http, "PUT", url, &headers, body, None)
-            .with_context(|| format!("cannot upload part {number} of '{key}'"))?;
+        let response = send(
+            &mut self.http,
+            &self.describe,
+            "PUT",
+            url,
+            &headers,
+            body,
+            None,
+        )
+        .with_context(|| format!("cannot upload part {number} of '{key}'"))?;
         response
             .header("etag")
             .map(str::to_string)
@@ -422,8 +572,16 @@ impl Client {
                 action.set_part_number_marker(u16::try_from(marker).unwrap_or(u16::MAX));
             }
             let url = action.sign(SIGNATURE_TTL);
-            let response = send(&mut self.http, "GET", url, &rusty_s3::Map::new(), &[], None)
-                .with_context(|| format!("cannot list the parts of '{key}'"))?;
+            let response = send(
+                &mut self.http,
+                &self.describe,
+                "GET",
+                url,
+                &rusty_s3::Map::new(),
+                &[],
+                None,
+            )
+            .with_context(|| format!("cannot list the parts of '{key}'"))?;
             let page: xml::ListParts =
                 instant_xml::from_str(&String::from_utf8_lossy(&response.body))
                     .map_err(|e| anyhow::anyhow!("unreadable part listing of '{key}': {e}"))?;
@@ -459,6 +617,7 @@ impl Client {
         let body = xml::complete_body(parts);
         let response = send(
             &mut self.http,
+            &self.describe,
             "POST",
             url,
             &rusty_s3::Map::new(),
@@ -488,6 +647,7 @@ impl Client {
         let url = action.sign(SIGNATURE_TTL);
         match send(
             &mut self.http,
+            &self.describe,
             "DELETE",
             url,
             &rusty_s3::Map::new(),
@@ -528,8 +688,16 @@ impl Client {
                 query.iter().copied(),
                 std::iter::empty(),
             );
-            let response = send(&mut self.http, "GET", url, &rusty_s3::Map::new(), &[], None)
-                .context("cannot list the multipart uploads")?;
+            let response = send(
+                &mut self.http,
+                &self.describe,
+                "GET",
+                url,
+                &rusty_s3::Map::new(),
+                &[],
+                None,
+            )
+            .context("cannot list the multipart uploads")?;
             let page: xml::ListUploads =
                 instant_xml::from_str(&String::from_utf8_lossy(&response.body))
                     .map_err(|e| anyhow::anyhow!("unreadable multipart upload listing: {e}"))?;
@@ -554,6 +722,63 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_tried_again_and_what_is_final() {
+        let answer = |status, code: Option<&str>| -> anyhow::Error {
+            anyhow::Error::new(S3Error {
+                status,
+                code: code.map(str::to_string),
+                message: None,
+            })
+            .context("cannot put 'cluster/sets/x/snapshot.db'")
+        };
+        let io = |kind| -> anyhow::Error {
+            anyhow::Error::new(std::io::Error::from(kind)).context("cannot connect to s3:443")
+        };
+        use std::io::ErrorKind;
+        let table: Vec<(anyhow::Error, bool)> = vec![
+            (answer(500, Some("InternalError")), true),
+            (answer(503, Some("SlowDown")), true),
+            (answer(502, None), true),
+            (answer(504, None), true),
+            (answer(429, None), true),
+            (answer(400, Some("RequestTimeout")), true),
+            (answer(400, Some("BadDigest")), false),
+            (answer(403, Some("AccessDenied")), false),
+            (answer(404, Some("NoSuchUpload")), false),
+            (answer(501, Some("NotImplemented")), false),
+            (io(ErrorKind::ConnectionRefused), true),
+            (io(ErrorKind::ConnectionReset), true),
+            (io(ErrorKind::WouldBlock), true),
+            (io(ErrorKind::TimedOut), true),
+            (io(ErrorKind::UnexpectedEof), true),
+            (io(ErrorKind::PermissionDenied), false),
+            (io(ErrorKind::InvalidData), false),
+            (anyhow::anyhow!("HTTP response body over 100 bytes"), false),
+            (anyhow::anyhow!("TLS handshake failed"), false),
+        ];
+        for (error, want) in table {
+            assert_eq!(transient(&error), want, "{error:#}");
+        }
+    }
+
+    #[test]
+    fn the_waits_grow_and_stay_within_half_again() {
+        let mut wait = FIRST_WAIT;
+        let mut total = Duration::ZERO;
+        for _ in 1..REQUEST_TRIES {
+            let jittered = wait + jitter(wait);
+            assert!(
+                jittered >= wait && jittered <= wait.mul_f64(1.5),
+                "{jittered:?}"
+            );
+            total += jittered;
+            wait *= 4;
+        }
+        // Two waits: 0.5 s and 2 s, with jitter at most 3.75 s in all.
+        assert!(total <= Duration::from_millis(3750), "{total:?}");
+    }
 
     #[test]
     fn a_listing_ends_refuses_a_token_seen_before_and_is_bounded() {
