@@ -121,6 +121,10 @@ impl S3Server {
             .arg("-admin.ui=false")
             // It reports statistics to an outside server unless told not to; no WebDAV.
             .args(["-master.telemetry=false", "-webdav=false"])
+            // A bucket is a collection with volumes of its own: small volumes, and a count that
+            // does not depend on the host's free space (by default free space / 1 GiB, which
+            // a full disk makes fewer than the buckets the tests create).
+            .args(["-master.volumeSizeLimitMB=64", "-volume.max=400"])
             .args(self.ca.iter().flat_map(|_| {
                 let dir = self.dir.path();
                 [
