@@ -192,7 +192,21 @@ fn private() -> fs::OpenOptions {
     options
 }
 
-/// Free bytes for an unprivileged writer on the filesystem that holds `path`.
+/// The size of the filesystem that holds `path`.
+pub fn filesystem_bytes(path: &Path) -> Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path)
+        .with_context(|| format!("cannot statvfs '{}'", path.display()))?;
+    Ok(stat.blocks() as u64 * stat.fragment_size() as u64)
+}
+
+/// `path` or its nearest ancestor that exists (a store not yet created lives on its filesystem).
+pub fn nearest_existing(path: &Path) -> Option<std::path::PathBuf> {
+    path.ancestors()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .map(Path::to_path_buf)
+}
+
+/// The bytes available to unprivileged writers on the filesystem that holds `path`.
 pub fn free_bytes(path: &Path) -> Result<u64> {
     let stat = nix::sys::statvfs::statvfs(path)
         .with_context(|| format!("cannot statvfs '{}'", path.display()))?;

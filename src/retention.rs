@@ -53,9 +53,23 @@ pub struct Policy {
     pub keep_within: Option<Duration>,
     pub max_total_size: Option<u64>,
     pub min_free_space: Option<u64>,
+    /// The floor is at least this share (percent) of the store's filesystem: folded into
+    /// `min_free_space` for the filesystem at hand by [`Policy::floor_on`] when settings load.
+    pub min_free_percent: u8,
 }
 
 impl Policy {
+    /// The free-space floor on a filesystem of `fs_size` bytes: the larger of `min_free_space`
+    /// and `min_free_percent` of the filesystem (a small master's disk needs its 5 GiB for
+    /// etcd, a large one a share); `None` when neither is set.
+    pub fn floor_on(&self, fs_size: u64) -> Option<u64> {
+        let share = (u128::from(fs_size) * u128::from(self.min_free_percent) / 100) as u64;
+        match (self.min_free_space, self.min_free_percent) {
+            (None, 0) => None,
+            (bytes, _) => Some(bytes.unwrap_or(0).max(share)),
+        }
+    }
+
     /// A policy with no keep rule would delete everything but the newest set: refused.
     pub fn is_empty(&self) -> bool {
         self.keep_last == 0
@@ -195,6 +209,7 @@ impl Policy {
         Policy {
             max_total_size: None,
             min_free_space: None,
+            min_free_percent: 0,
             ..self.clone()
         }
     }
@@ -717,6 +732,42 @@ mod tests {
     }
 
     #[test]
+    fn the_floor_is_the_larger_of_its_size_and_its_share() {
+        const GIB: u64 = 1 << 30;
+        let policy = |bytes, percent| Policy {
+            keep_last: 1,
+            min_free_space: bytes,
+            min_free_percent: percent,
+            ..Policy::default()
+        };
+        let table = [
+            // (min_free_space, min_free_percent, filesystem, floor)
+            (Some(5 * GIB), 15, 20 * GIB, Some(5 * GIB)),
+            (Some(5 * GIB), 15, 120 * GIB, Some(18 * GIB)),
+            (Some(5 * GIB), 15, 1000 * GIB, Some(150 * GIB)),
+            (Some(5 * GIB), 0, 1000 * GIB, Some(5 * GIB)),
+            (None, 10, 100 * GIB, Some(10 * GIB)),
+            (Some(0), 0, 100 * GIB, Some(0)),
+            (None, 0, 100 * GIB, None),
+            (Some(5 * GIB), 50, u64::MAX, Some(u64::MAX / 2)),
+        ];
+        for (bytes, percent, fs, want) in table {
+            assert_eq!(
+                policy(bytes, percent).floor_on(fs),
+                want,
+                "{bytes:?} {percent}% of {fs}"
+            );
+        }
+        // Without size pressure, no floor at all.
+        assert_eq!(
+            policy(Some(GIB), 15)
+                .without_size_pressure()
+                .floor_on(100 * GIB),
+            None
+        );
+    }
+
+    #[test]
     fn min_free_space_counts_space_freed_by_rules() {
         let sets = history(&[
             "2026-01-01T00:00:00Z",
@@ -898,6 +949,8 @@ mod tests {
                     keep_within: within.map(Duration::from_secs),
                     max_total_size: max,
                     min_free_space: min,
+                    // Folded into min_free_space before any plan (Policy::floor_on).
+                    min_free_percent: 0,
                 },
             )
     }

@@ -51,7 +51,7 @@ fn retention_keeps_the_free_space_floor() {
     let mib = (set_bytes * 4).div_ceil(1 << 20) + 1;
     let floor_mib = (set_bytes * 2).div_ceil(1 << 20);
     node.write_config(&format!(
-        "[retention]\nkeep_last = 10\nmin_free_space = \"{floor_mib}MiB\"\n"
+        "[retention]\nkeep_last = 10\nmin_free_space = \"{floor_mib}MiB\"\nmin_free_percent = 0\n"
     ));
     let fs = SmallFs::mount(&node.store(), mib);
     let mut taken = Vec::new();
@@ -105,7 +105,7 @@ fn a_backup_prunes_first_so_that_the_floor_holds_with_the_next_set_written() {
     let fs = SmallFs::mount(&node.store(), mib);
     let floor = set_bytes * 6 / 5;
     node.write_config(&format!(
-        "[retention]\nkeep_last = 3\nmin_free_space = \"{floor}B\"\n"
+        "[retention]\nkeep_last = 3\nmin_free_space = \"{floor}B\"\nmin_free_percent = 0\n"
     ));
     let taken: Vec<String> = (0..3)
         .map(|_| {
@@ -133,7 +133,7 @@ fn a_backup_prunes_first_so_that_the_floor_holds_with_the_next_set_written() {
     // nothing lost, and the message has the figures.
     let held = node.set_ids();
     node.write_config(&format!(
-        "[retention]\nkeep_last = 3\nmin_free_space = \"{}B\"\n",
+        "[retention]\nkeep_last = 3\nmin_free_space = \"{}B\"\nmin_free_percent = 0\n",
         set_bytes * 4
     ));
     let run = node.run(&["backup"]);
@@ -163,9 +163,35 @@ fn a_backup_prunes_first_so_that_the_floor_holds_with_the_next_set_written() {
     assert_eq!(json["space"]["next_set_fits"], false, "{json}");
     assert_eq!(json["space"]["floor_bytes"], set_bytes * 4);
     node.write_config(&format!(
-        "[retention]\nkeep_last = 3\nmin_free_space = \"{floor}B\"\n"
+        "[retention]\nkeep_last = 3\nmin_free_space = \"{floor}B\"\nmin_free_percent = 0\n"
     ));
     let json: serde_json::Value =
         serde_json::from_str(&node.run(&["status", "--json"]).stdout).unwrap();
     assert_eq!(json["space"]["next_set_fits"], true, "{json}");
+}
+
+/// With the floor left at its defaults, it scales with the store's filesystem: the larger of
+/// 5 GiB and 15 % of it (tmpfs sizes are bounds: nothing is taken until written).
+#[test]
+fn the_default_floor_is_the_larger_of_5_gib_and_15_percent_of_the_filesystem() {
+    for (gib, floor) in [(100u64, "15GiB"), (20, "5GiB")] {
+        let node = Node::new("");
+        let _fs = SmallFs::mount(&node.store(), gib << 10);
+        // The config as an administrator leaves it: no floor keys (the tests' helper sets the
+        // share to 0 for stores on the host's disk).
+        let text = std::fs::read_to_string(node.config_path())
+            .unwrap()
+            .replace("min_free_percent = 0\n", "");
+        std::fs::write(node.config_path(), text).unwrap();
+        node.run(&["check-config"])
+            .expect_code(0)
+            .expect_stdout(&format!(
+                "min_free_space = \"{floor}\"\nmin_free_percent = 15\n"
+            ));
+        node.backup();
+        let status = node.run(&["status", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let want: u64 = floor.trim_end_matches("GiB").parse::<u64>().unwrap() << 30;
+        assert_eq!(json["space"]["floor_bytes"], want, "{}", status.stdout);
+    }
 }

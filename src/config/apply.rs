@@ -6,6 +6,9 @@ use super::{ConfigError, SealSettings, Settings, SpraySettings, parse_peer_addr}
 use crate::manifest::is_node_name;
 use crate::retention::Policy;
 
+/// The largest `retention.min_free_percent`: past half the disk kept free, no set would fit.
+const MAX_FREE_PERCENT: u8 = 50;
+
 impl FileFragment {
     pub(super) fn apply(
         self,
@@ -97,8 +100,17 @@ impl FileFragment {
         }
         if let Some(retention) = self.retention {
             let at = file.locate(&retention.span());
+            // The first file with keep rules replaces the default rules whole (restic's way:
+            // `keep_last = 5` alone means five sets, not five and 24 hourly). The bounds that
+            // keep the disk safe under etcd stay unless set.
             if retention_from.is_none() {
-                settings.retention = Policy::default();
+                let defaults = &settings.retention;
+                settings.retention = Policy {
+                    max_total_size: defaults.max_total_size,
+                    min_free_space: defaults.min_free_space,
+                    min_free_percent: defaults.min_free_percent,
+                    ..Policy::default()
+                };
             }
             *retention_from = Some(at);
             let r = retention.into_inner();
@@ -130,6 +142,17 @@ impl FileFragment {
             }
             if let Some(min) = &r.min_free_space {
                 p.min_free_space = Some(file.size(min, "retention.min_free_space")?);
+            }
+            if let Some(percent) = &r.min_free_percent {
+                if *percent.get_ref() > MAX_FREE_PERCENT {
+                    return Err(file.error(
+                        percent,
+                        format!(
+                            "retention.min_free_percent must be at most {MAX_FREE_PERCENT} (percent of the store's filesystem)"
+                        ),
+                    ));
+                }
+                p.min_free_percent = *percent.get_ref();
             }
         }
         if let Some(spray) = self.spray {

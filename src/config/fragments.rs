@@ -218,6 +218,7 @@ pub(super) struct RetentionFragment {
     pub(super) keep_within: Option<Spanned<String>>,
     pub(super) max_total_size: Option<Spanned<String>>,
     pub(super) min_free_space: Option<Spanned<String>>,
+    pub(super) min_free_percent: Option<Spanned<u8>>,
 }
 
 #[derive(Debug, Deserialize)]

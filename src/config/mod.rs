@@ -328,7 +328,10 @@ impl Settings {
                 // A 6 GiB cluster (large; etcd's quota is 8 GiB) keeps five sets, and cannot
                 // outgrow a 120 GiB master disk with the OS, the images, etcd and the floor.
                 max_total_size: Some(30 << 30),
+                // The larger of 5 GiB and 15 % of the store's filesystem stays free (etcd's
+                // own files share it on a master).
                 min_free_space: Some(5 << 30),
+                min_free_percent: 15,
                 ..Policy::default()
             },
             status: StatusSettings {
@@ -400,10 +403,11 @@ impl Settings {
             })?;
             sources.push((path, text));
         }
-        let settings = Settings::from_sources(hostname, &sources)?;
+        let mut settings = Settings::from_sources(hostname, &sources)?;
         if let Some(refusal) = fips_refusal(&settings.seal, fips_mode()) {
             return Err(ConfigError(refusal));
         }
+        settings.fold_free_floor();
         Ok(settings)
     }
 
@@ -438,6 +442,16 @@ impl Settings {
 }
 
 impl Settings {
+    /// Folds `retention.min_free_percent` into `retention.min_free_space` for the filesystem
+    /// that holds (or will hold) the store: from here on the floor is one figure in bytes.
+    fn fold_free_floor(&mut self) {
+        let size = crate::files::nearest_existing(&self.store.root)
+            .and_then(|dir| crate::files::filesystem_bytes(&dir).ok());
+        if let Some(size) = size {
+            self.retention.min_free_space = self.retention.floor_on(size);
+        }
+    }
+
     /// What the files said together: a sealed target has recipients to seal to, and the two
     /// halves of a set either both have recipients or neither has.
     fn check_sealing(&self) -> Result<(), ConfigError> {
@@ -540,6 +554,32 @@ mod tests {
     }
 
     #[test]
+    fn the_free_floor_takes_a_share_of_the_filesystem_up_to_half() {
+        let s = load(&[(
+            "/c/config.toml",
+            "[retention]\nkeep_last = 2\nmin_free_space = \"1GiB\"\nmin_free_percent = 20\n",
+        )])
+        .unwrap();
+        assert_eq!(s.retention.min_free_space, Some(1 << 30));
+        assert_eq!(s.retention.min_free_percent, 20);
+        assert!(
+            s.to_toml().contains("min_free_percent = 20\n"),
+            "{}",
+            s.to_toml()
+        );
+        assert_eq!(
+            Settings::defaults("m".into()).retention.min_free_percent,
+            15
+        );
+        let e = error(&[(
+            "/c/config.toml",
+            "[retention]\nkeep_last = 2\nmin_free_percent = 51\n",
+        )]);
+        assert!(e.contains("/c/config.toml:3"), "{e}");
+        assert!(e.contains("min_free_percent must be at most 50"), "{e}");
+    }
+
+    #[test]
     fn defaults_stand_without_files() {
         let s = load(&[]).unwrap();
         assert_eq!(s, Settings::defaults("master-0".into()));
@@ -575,13 +615,16 @@ max_age = "1h30m"
         assert_eq!(s.backup.command, Path::new("/opt/bin/backup"));
         assert_eq!(s.backup.force, ForcePolicy::Never);
         assert_eq!(s.backup.timeout, Duration::from_secs(5400));
-        // A [retention] table replaces the default policy as a whole.
+        // A [retention] table replaces the default keep rules as a whole; the disk's bounds
+        // stay unless it sets them.
         assert_eq!(
             s.retention,
             Policy {
                 keep_daily: 14,
                 keep_within: Some(Duration::from_secs(2 * 86_400)),
                 max_total_size: Some(50 << 30),
+                min_free_space: Some(5 << 30),
+                min_free_percent: 15,
                 ..Policy::default()
             }
         );

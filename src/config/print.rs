@@ -73,6 +73,7 @@ impl Settings {
         if let Some(min) = r.min_free_space {
             let _ = writeln!(out, "min_free_space = {}", quote(&format_size(min)));
         }
+        let _ = writeln!(out, "min_free_percent = {}", r.min_free_percent);
         let _ = writeln!(
             out,
             "\n[cluster]\nroot = {}",
