@@ -64,6 +64,8 @@ impl Policy {
     /// etcd, a large one a share); `None` when neither is set.
     pub fn floor_on(&self, fs_size: u64) -> Option<u64> {
         let share = (u128::from(fs_size) * u128::from(self.min_free_percent) / 100) as u64;
+        // In whole MiB, as a person would write it (check-config prints it).
+        let share = share - share % (1 << 20);
         match (self.min_free_space, self.min_free_percent) {
             (None, 0) => None,
             (bytes, _) => Some(bytes.unwrap_or(0).max(share)),
@@ -749,7 +751,13 @@ mod tests {
             (None, 10, 100 * GIB, Some(10 * GIB)),
             (Some(0), 0, 100 * GIB, Some(0)),
             (None, 0, 100 * GIB, None),
-            (Some(5 * GIB), 50, u64::MAX, Some(u64::MAX / 2)),
+            (
+                Some(5 * GIB),
+                50,
+                u64::MAX,
+                Some(u64::MAX / 2 - (u64::MAX / 2) % (1 << 20)),
+            ),
+            (None, 15, 128_690_487_296, Some(18_409 << 20)),
         ];
         for (bytes, percent, fs, want) in table {
             assert_eq!(

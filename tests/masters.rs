@@ -421,6 +421,31 @@ fn backup_spray_failover_and_failure(lab: &Masters) {
     assert!(first.ends_with("-master-0"), "{first}");
     assert_eq!(lab.sets(0), [(first.clone(), "master-0".to_string())]);
     the_set_knows_its_cluster(lab, &first);
+    // The floor is a share of the master's own 120 GiB disk (etcd's and the store's), which the
+    // lab's config leaves at its default: the larger of 5 GiB and 15 % (of what the filesystem
+    // holds, a little under 120 GiB: about 18 GiB, in whole MiB).
+    let config = lab
+        .exec(0, &["etcd-backup", "check-config"])
+        .expect_ok("check-config");
+    let floor: u64 = config
+        .lines()
+        .find_map(|l| l.strip_prefix("min_free_space = \""))
+        .and_then(|v| v.strip_suffix("MiB\""))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no floor in MiB: {config}"));
+    assert!((17 << 10..=18 << 10).contains(&floor), "{floor} MiB");
+    assert!(config.contains("min_free_percent = 15\n"), "{config}");
+    // etcd's data is on that disk, not on the host's.
+    let disk: u64 = lab
+        .exec(
+            0,
+            &["findmnt", "-nb", "-o", "SIZE", "--target", "/var/lib/etcd"],
+        )
+        .expect_ok("findmnt")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(disk > 119 << 30 && disk <= 120 << 30, "{disk}");
 
     // Sprayed to both peers: there, verified and logged on arrival.
     let (started, journal) = lab.start(0, "etcd-backup-spray.service");
