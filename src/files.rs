@@ -192,6 +192,105 @@ fn private() -> fs::OpenOptions {
     options
 }
 
+/// Reading a large file once without leaving it in the page cache, where it would push out
+/// etcd's memory-mapped database: the kernel is told the reads are sequential, every
+/// [`PACE_STEP`] read is dropped behind the reader (`posix_fadvise(DONTNEED)`: only clean pages
+/// go, nothing is lost), and what is left when the reader is dropped.
+pub struct DropBehind {
+    file: File,
+    read: u64,
+    dropped: u64,
+}
+
+impl DropBehind {
+    pub fn new(file: File) -> DropBehind {
+        let _ = nix::fcntl::posix_fadvise(
+            &file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+        );
+        DropBehind {
+            file,
+            read: 0,
+            dropped: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &File {
+        &self.file
+    }
+}
+
+impl std::io::Read for DropBehind {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read += n as u64;
+        if self.read - self.dropped >= PACE_STEP {
+            drop_cached(&self.file, self.dropped, self.read - self.dropped);
+            self.dropped = self.read;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for DropBehind {
+    fn drop(&mut self) {
+        drop_cached(&self.file, self.dropped, 0);
+    }
+}
+
+/// Dropping what was read of a file at the offsets it was read (`pread`) from the page cache,
+/// a [`PACE_STEP`] behind the reader: the pages just read may still be under the kernel's
+/// read-ahead, which dropping them at once leaves cached. What is left goes when it is dropped.
+pub struct Behind<'a> {
+    file: Option<&'a File>,
+    dropped: u64,
+}
+
+impl<'a> Behind<'a> {
+    /// Reads start at `offset`.
+    pub fn from(offset: u64) -> Behind<'a> {
+        Behind {
+            file: None,
+            dropped: offset,
+        }
+    }
+
+    /// `file` has been read up to `end`.
+    pub fn read_to(&mut self, file: &'a File, end: u64) {
+        self.file = Some(file);
+        while end.saturating_sub(self.dropped) >= 2 * PACE_STEP {
+            drop_cached(file, self.dropped, PACE_STEP);
+            self.dropped += PACE_STEP;
+        }
+    }
+}
+
+impl Drop for Behind<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.file {
+            drop_cached(file, self.dropped, 0);
+        }
+    }
+}
+
+/// Opens a regular file for one bulk read (see [`DropBehind`]).
+pub fn open_bulk(path: &Path) -> Result<DropBehind> {
+    open_regular(path).map(DropBehind::new)
+}
+
+/// Drops `len` bytes of `file` from `offset` (to its end with 0) from the page cache: advice, so
+/// a failure is of no consequence.
+pub fn drop_cached(file: &File, offset: u64, len: u64) {
+    let _ = nix::fcntl::posix_fadvise(
+        file,
+        offset as i64,
+        len as i64,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
 /// The size of the filesystem that holds `path`.
 pub fn filesystem_bytes(path: &Path) -> Result<u64> {
     let stat = nix::sys::statvfs::statvfs(path)

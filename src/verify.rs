@@ -164,8 +164,8 @@ impl SnapshotHasher {
 
 /// Checks an etcd snapshot file and hashes it in one streaming pass (see [`SnapshotHasher`]).
 pub fn check_snapshot(path: &Path) -> Result<(FileDigest, u32)> {
-    let mut file = open_regular(path)?;
-    let size = file.metadata()?.len();
+    let mut file = crate::files::open_bulk(path)?;
+    let size = file.get_ref().metadata()?.len();
     let context = || format!("snapshot '{}'", path.display());
     let mut checker =
         SnapshotHasher::new(size).map_err(|e| anyhow::anyhow!("{}: {e}", context()))?;
@@ -213,8 +213,8 @@ pub fn check_resources_with(
     path: &Path,
     scan: &mut crate::cluster::archive::Scan,
 ) -> Result<(FileDigest, Vec<String>)> {
-    let file = open_regular(path)?;
-    let size = file.metadata()?.len();
+    let file = crate::files::open_bulk(path)?;
+    let size = file.get_ref().metadata()?.len();
     let context = || format!("resources archive '{}'", path.display());
     let reader = HashingReader {
         inner: io::BufReader::with_capacity(READ_BUF_BYTES, file),
@@ -275,8 +275,8 @@ pub fn check_resources_with(
 
 /// Hashes a whole file in one streaming pass.
 pub fn hash_file(path: &Path) -> Result<FileDigest> {
-    let mut file = open_regular(path)?;
-    let size = file.metadata()?.len();
+    let mut file = crate::files::open_bulk(path)?;
+    let size = file.get_ref().metadata()?.len();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; READ_BUF_BYTES];
     hash_exact(&mut file, &mut hasher, size, &mut buf)
@@ -331,8 +331,11 @@ pub fn deep_check_membership(
     let file = open_regular(path)?;
     let len = file.metadata()?.len();
     let db_len = len.saturating_sub(TRAILER_BYTES);
-    let (report, figures, membership) = crate::bbolt::status(&file, db_len)
-        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    let walked = crate::bbolt::status(&file, db_len);
+    // The walk read the pages it needed once: they leave the cache (etcd's database stays).
+    crate::files::drop_cached(&file, 0, 0);
+    let (report, figures, membership) =
+        walked.with_context(|| format!("cannot read '{}'", path.display()))?;
     if !report.is_clean() {
         let shown: Vec<String> = report
             .problems
@@ -456,7 +459,8 @@ pub(crate) fn verify_set(set: &StoredSet, deep: bool, scratch: Option<&Scratch>)
             let name = format!("'{}'", from.display());
             let figures = set.manifest.checks.etcd.as_ref();
             scratch.walk_sealed((set.id(), &name), (entry, sealed), figures, |file| {
-                let source = std::io::BufReader::with_capacity(1 << 20, open_regular(&from)?);
+                let source =
+                    std::io::BufReader::with_capacity(1 << 20, crate::files::open_bulk(&from)?);
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
                 let (opened, ids) = ((sealed, entry.size), scratch.identities);
                 crate::seal::stream::open_into(source, opened, ids, &name, &mut out)?;

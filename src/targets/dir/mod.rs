@@ -211,13 +211,15 @@ impl Target for DirStore {
                 let Some(sealed) = seal.as_ref().and_then(|s| s.file(&entry.name)) else {
                     let from = dir.join(&entry.name);
                     let mut source = crate::files::open_regular(&from)?;
-                    return copy_exactly(&mut source, dest, entry.size)
+                    let copied = copy_exactly(&mut source, dest, entry.size)
                         .with_context(|| format!("cannot copy '{}'", from.display()));
+                    crate::files::drop_cached(&source, 0, 0);
+                    return copied;
                 };
                 let from = dir.join(crate::seal::record::sealed_name(&entry.name));
                 let name = format!("'{}'", from.display());
                 let source =
-                    std::io::BufReader::with_capacity(1 << 20, crate::files::open_regular(&from)?);
+                    std::io::BufReader::with_capacity(1 << 20, crate::files::open_bulk(&from)?);
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, dest);
                 let opened = (sealed, entry.size);
                 crate::seal::stream::open_into(source, opened, identities, &name, &mut out)?;

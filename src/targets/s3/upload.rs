@@ -301,7 +301,10 @@ fn upload_file(
     let read = |buf: &mut Vec<u8>, offset: u64, len: u64| -> Result<()> {
         buf.resize(len as usize, 0);
         file.read_exact_at(buf, offset)
-            .with_context(|| format!("cannot read '{}'", path.display()))
+            .with_context(|| format!("cannot read '{}'", path.display()))?;
+        // Read once for this bucket: out of the cache behind us.
+        crate::files::drop_cached(file, offset, len);
+        Ok(())
     };
     if parts.len() == 1 {
         read(buf, 0, entry.size)?;
