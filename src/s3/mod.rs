@@ -248,6 +248,17 @@ fn send(
     }
 }
 
+/// [`send`] of a PUT with `body` and `headers`.
+fn put(
+    http: &mut http::Client,
+    bucket: &str,
+    url: url::Url,
+    headers: &rusty_s3::Map<'_>,
+    body: &[u8],
+) -> Result<http::Response> {
+    send(http, bucket, "PUT", url, headers, body, None)
+}
+
 fn send_once(
     http: &mut http::Client,
     method: &str,
@@ -326,6 +337,24 @@ impl Write for Counted<'_> {
 }
 
 impl Client {
+    /// A signed GET without headers: its body into `sink` when given, else into memory.
+    fn get_url(
+        &mut self,
+        url: url::Url,
+        sink: Option<(&mut dyn Write, u64)>,
+    ) -> Result<http::Response> {
+        let headers = rusty_s3::Map::new();
+        send(
+            &mut self.http,
+            &self.describe,
+            "GET",
+            url,
+            &headers,
+            &[],
+            sink,
+        )
+    }
+
     /// Checks that the bucket exists and the keys may use it.
     pub fn head_bucket(&mut self) -> Result<()> {
         let action = self.bucket.head_bucket(Some(&self.credentials));
@@ -359,15 +388,7 @@ impl Client {
                 action.with_continuation_token(token.clone());
             }
             let url = action.sign(SIGNATURE_TTL);
-            let response = send(
-                &mut self.http,
-                &self.describe,
-                "GET",
-                url,
-                &rusty_s3::Map::new(),
-                &[],
-                None,
-            )?;
+            let response = self.get_url(url, None)?;
             let text = String::from_utf8_lossy(&response.body);
             let page = rusty_s3::actions::ListObjectsV2::parse_response(&text)
                 .map_err(|e| anyhow::anyhow!("unreadable object listing: {e}"))?;
@@ -391,16 +412,8 @@ impl Client {
         let action = self.bucket.get_object(Some(&self.credentials), key);
         let url = action.sign(SIGNATURE_TTL);
         let mut body = Vec::new();
-        send(
-            &mut self.http,
-            &self.describe,
-            "GET",
-            url,
-            &rusty_s3::Map::new(),
-            &[],
-            Some((&mut body, max as u64)),
-        )
-        .with_context(|| format!("cannot get '{key}'"))?;
+        self.get_url(url, Some((&mut body, max as u64)))
+            .with_context(|| format!("cannot get '{key}'"))?;
         Ok(body)
     }
 
@@ -409,17 +422,9 @@ impl Client {
     pub fn get(&mut self, key: &str, sink: &mut dyn Write, max_bytes: u64) -> Result<()> {
         let action = self.bucket.get_object(Some(&self.credentials), key);
         let url = action.sign(SIGNATURE_TTL);
-        send(
-            &mut self.http,
-            &self.describe,
-            "GET",
-            url,
-            &rusty_s3::Map::new(),
-            &[],
-            Some((sink, max_bytes)),
-        )
-        .with_context(|| format!("cannot get '{key}'"))
-        .map(drop)
+        self.get_url(url, Some((sink, max_bytes)))
+            .with_context(|| format!("cannot get '{key}'"))
+            .map(drop)
     }
 
     /// The headers of an object (with its checksum), or `None` when there is none.
@@ -462,16 +467,8 @@ impl Client {
         }
         let url = action.sign(SIGNATURE_TTL);
         let headers = action.headers_mut().clone();
-        send(
-            &mut self.http,
-            &self.describe,
-            "PUT",
-            url,
-            &headers,
-            body,
-            None,
-        )
-        .with_context(|| format!("cannot put '{key}'"))
+        put(&mut self.http, &self.describe, url, &headers, body)
+            .with_context(|| format!("cannot put '{key}'"))
     }
 
     pub fn delete(&mut self, key: &str) -> Result<()> {
@@ -543,16 +540,8 @@ impl Client {
             .insert("x-amz-checksum-sha256", sha256_b64.to_string());
         let url = action.sign(SIGNATURE_TTL);
         let headers = action.headers_mut().clone();
-        let response = send(
-            &mut self.http,
-            &self.describe,
-            "PUT",
-            url,
-            &headers,
-            body,
-            None,
-        )
-        .with_context(|| format!("cannot upload part {number} of '{key}'"))?;
+        let response = put(&mut self.http, &self.describe, url, &headers, body)
+            .with_context(|| format!("cannot upload part {number} of '{key}'"))?;
         response
             .header("etag")
             .map(str::to_string)
@@ -572,16 +561,9 @@ impl Client {
                 action.set_part_number_marker(u16::try_from(marker).unwrap_or(u16::MAX));
             }
             let url = action.sign(SIGNATURE_TTL);
-            let response = send(
-                &mut self.http,
-                &self.describe,
-                "GET",
-                url,
-                &rusty_s3::Map::new(),
-                &[],
-                None,
-            )
-            .with_context(|| format!("cannot list the parts of '{key}'"))?;
+            let response = self
+                .get_url(url, None)
+                .with_context(|| format!("cannot list the parts of '{key}'"))?;
             let page: xml::ListParts =
                 instant_xml::from_str(&String::from_utf8_lossy(&response.body))
                     .map_err(|e| anyhow::anyhow!("unreadable part listing of '{key}': {e}"))?;
@@ -688,16 +670,9 @@ impl Client {
                 query.iter().copied(),
                 std::iter::empty(),
             );
-            let response = send(
-                &mut self.http,
-                &self.describe,
-                "GET",
-                url,
-                &rusty_s3::Map::new(),
-                &[],
-                None,
-            )
-            .context("cannot list the multipart uploads")?;
+            let response = self
+                .get_url(url, None)
+                .context("cannot list the multipart uploads")?;
             let page: xml::ListUploads =
                 instant_xml::from_str(&String::from_utf8_lossy(&response.body))
                     .map_err(|e| anyhow::anyhow!("unreadable multipart upload listing: {e}"))?;
