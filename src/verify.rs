@@ -184,6 +184,43 @@ pub fn check_snapshot(path: &Path) -> Result<(FileDigest, u32)> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", context()))
 }
 
+/// What a file of a set is checked with while it is written (received, copied): a snapshot
+/// by [`SnapshotHasher`] (its trailer too), any other file by its SHA-256.
+pub enum FileCheck {
+    Snapshot(SnapshotHasher),
+    Plain(Sha256, u64),
+}
+
+impl FileCheck {
+    /// The check of the file `entry` names.
+    pub fn of(entry: &crate::manifest::FileEntry) -> Result<FileCheck, String> {
+        Ok(if entry.is_snapshot() {
+            FileCheck::Snapshot(SnapshotHasher::new(entry.size)?)
+        } else {
+            FileCheck::Plain(Sha256::new(), 0)
+        })
+    }
+
+    pub fn update(&mut self, data: &[u8]) -> Result<(), String> {
+        match self {
+            FileCheck::Snapshot(h) => h.update(data),
+            FileCheck::Plain(h, n) => {
+                h.update(data);
+                *n += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// The hex SHA-256 of what went through, or why the bytes are not a sound file.
+    pub fn finish(self) -> Result<String, String> {
+        match self {
+            FileCheck::Snapshot(h) => h.finish().map(|(digest, _)| digest.hex()),
+            FileCheck::Plain(h, _) => Ok(hex(&h.finalize())),
+        }
+    }
+}
+
 /// A reader that hashes and counts everything read through it.
 struct HashingReader<R> {
     inner: R,

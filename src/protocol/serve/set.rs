@@ -5,11 +5,10 @@
 use super::{Sender, lock_telling_sender, name};
 use crate::config::Settings;
 use crate::files::{ensure_private_dir, write_atomic};
-use crate::hash::{Sha256, hex};
 use crate::manifest::{FileEntry, MANIFEST_MAX_BYTES, Manifest};
 use crate::protocol::{Conn, Frame, Message, Offer, Partial, ProtocolError, Stream, Want};
 use crate::store::{RECEIVE_STAGING_PREFIX, Store};
-use crate::verify::SnapshotHasher;
+use crate::verify::FileCheck;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -263,32 +262,6 @@ fn receive_files<S: Stream>(conn: &mut Conn<S>, staging: &Path, manifest: &Manif
     })
 }
 
-/// What a received file is checked with while it is written.
-enum Check {
-    Snapshot(SnapshotHasher),
-    Plain(Sha256, u64),
-}
-
-impl Check {
-    fn update(&mut self, data: &[u8]) -> Result<(), String> {
-        match self {
-            Check::Snapshot(h) => h.update(data),
-            Check::Plain(h, n) => {
-                h.update(data);
-                *n += data.len() as u64;
-                Ok(())
-            }
-        }
-    }
-
-    fn finish(self) -> Result<String, String> {
-        match self {
-            Check::Snapshot(h) => h.finish().map(|(digest, _)| digest.hex()),
-            Check::Plain(h, _) => Ok(hex(&h.finalize())),
-        }
-    }
-}
-
 /// Receives one file into `staging` and checks it against its manifest entry; returns the
 /// written (not yet fsynced) file and its path.
 fn receive_file<S: Stream>(
@@ -307,14 +280,8 @@ fn receive_file<S: Stream>(
         )));
     }
     file.set_len(offset)?;
-    let mut check = if entry.is_snapshot() {
-        Check::Snapshot(
-            SnapshotHasher::new(entry.size)
-                .map_err(|e| violation(format!("'{}': {e}", entry.name)))?,
-        )
-    } else {
-        Check::Plain(Sha256::new(), 0)
-    };
+    let mut check =
+        FileCheck::of(entry).map_err(|e| violation(format!("'{}': {e}", entry.name)))?;
     // The bytes held from a cut transfer are hashed once more; everything new as it is written.
     hash_prefix(&mut file, offset, &mut check)
         .with_context(|| format!("cannot read '{}'", path.display()))?;
@@ -370,7 +337,7 @@ fn receive_file<S: Stream>(
     Ok((file, path))
 }
 
-fn hash_prefix(file: &mut File, len: u64, check: &mut Check) -> Result<()> {
+fn hash_prefix(file: &mut File, len: u64, check: &mut FileCheck) -> Result<()> {
     file.seek(SeekFrom::Start(0))?;
     let mut buf = vec![0u8; READ_BUF_BYTES.min(len as usize).max(1)];
     let mut left = len;
