@@ -324,15 +324,51 @@ pub struct Paced {
     /// Where the bytes written so far end, and up to where they are on disk and dropped.
     written: u64,
     settled: u64,
+    /// Bytes per second at most (0: unbounded), counted from `started` over `paced` bytes.
+    bandwidth: u64,
+    started: std::time::Instant,
+    paced: u64,
+}
+
+/// `[io] max_write_bandwidth`, set once when the settings are loaded: what every [`Paced`]
+/// writer of this process starts with.
+static WRITE_BANDWIDTH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bounds every [`Paced`] writer made from now on to `bytes_per_second` (0: unbounded).
+pub fn set_write_bandwidth(bytes_per_second: u64) {
+    WRITE_BANDWIDTH.store(bytes_per_second, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Paced {
-    /// Pacing a file whose bytes up to `offset` are already written (a resumed transfer).
+    /// Pacing a file whose bytes up to `offset` are already written (a resumed transfer), at
+    /// most at `[io] max_write_bandwidth`.
     pub fn from(offset: u64) -> Paced {
         let settled = offset - offset % PACE_STEP;
         Paced {
             written: offset,
             settled,
+            bandwidth: WRITE_BANDWIDTH.load(std::sync::atomic::Ordering::Relaxed),
+            started: std::time::Instant::now(),
+            paced: 0,
+        }
+    }
+
+    /// At most `bytes_per_second` (0: unbounded), whatever the process's setting.
+    pub fn with_bandwidth(self, bytes_per_second: u64) -> Paced {
+        Paced {
+            bandwidth: bytes_per_second,
+            ..self
+        }
+    }
+
+    /// Waits until the bytes settled so far are within the bandwidth.
+    fn keep_to_bandwidth(&self) {
+        if self.bandwidth == 0 {
+            return;
+        }
+        let due = std::time::Duration::from_secs_f64(self.paced as f64 / self.bandwidth as f64);
+        if let Some(early) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(early);
         }
     }
 
@@ -376,16 +412,30 @@ impl Paced {
                 nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
             )?;
             self.settled = newer;
+            self.paced += PACE_STEP;
+            self.keep_to_bandwidth();
         }
         Ok(())
     }
 }
 
-/// Copies at most `size` bytes of `source` into `dest`; a source that holds more (it grew, or
-/// lies about its size) is an error.
+/// Copies at most `size` bytes of `source` into `dest`, written [`Paced`]; a source that holds
+/// more (it grew, or lies about its size) is an error.
 pub fn copy_exactly(source: &mut File, dest: &mut File, size: u64) -> std::io::Result<()> {
-    // In the kernel (copy_file_range); the copy is read back once to check it.
-    let copied = std::io::copy(&mut Read::by_ref(source).take(size), dest)?;
+    use std::io::Seek;
+    // In the kernel (copy_file_range), a pace step at a time; the copy is read back once to
+    // check it.
+    let mut paced = Paced::from(dest.stream_position()?);
+    let mut copied = 0;
+    while copied < size {
+        let step = PACE_STEP.min(size - copied);
+        let n = std::io::copy(&mut Read::by_ref(source).take(step), dest)?;
+        if n == 0 {
+            break;
+        }
+        paced.wrote(dest, n)?;
+        copied += n;
+    }
     if copied < size {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -428,6 +478,30 @@ mod tests {
         assert!(paced.settled >= 3 * PACE_STEP, "{}", paced.settled);
         file.sync_all().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_bandwidth_bound_holds_the_writer_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bounded");
+        let file = create_private(&path).unwrap();
+        let bytes = vec![7u8; (4 * PACE_STEP) as usize];
+        let started = Instant::now();
+        let mut paced = Paced::from(0).with_bandwidth(64 << 20);
+        (&file).write_all(&bytes).unwrap();
+        paced.wrote(&file, bytes.len() as u64).unwrap();
+        // Three steps settled (24 MiB) at 64 MiB/s: not before 375 ms, however fast the disk.
+        assert_eq!(paced.settled, 3 * PACE_STEP);
+        assert!(
+            started.elapsed() >= Duration::from_millis(375),
+            "{:?}",
+            started.elapsed()
+        );
+        // Unbounded, the same writes do not wait for a clock.
+        let mut free = Paced::from(0).with_bandwidth(0);
+        free.wrote(&file, bytes.len() as u64).unwrap();
+        assert_eq!(free.paced, 3 * PACE_STEP);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 
     #[test]

@@ -184,3 +184,34 @@ fn fetch_brings_a_set_back_from_a_dir_target_checked_and_never_over_another() {
         .collect();
     assert!(staging.is_empty(), "nothing left in staging: {staging:?}");
 }
+
+/// A directory target's floor is a share of its own filesystem, not of the store's: a share
+/// that the store's larger filesystem would make too large for the export still lets a set in,
+/// and the export's own share refuses one that would cross it.
+#[test]
+fn a_dir_target_keeps_a_share_of_its_own_filesystem_free() {
+    let node = Node::new("");
+    let nfs = node.dir.path().join("nfs");
+    let _store = SmallFs::mount(&node.store(), 512);
+    let export = SmallFs::mount(&nfs, 128);
+    spray_config(
+        &node,
+        "[retention]\nkeep_last = 10\nmin_free_space = \"0B\"\nmin_free_percent = 50",
+        &[(&nfs, false)],
+    );
+    let first = node.backup();
+    // Half of 128 MiB must stay free there (half of the store's 512 MiB would not fit).
+    node.run(&["spray"]).expect_code(0).expect_stdout("(1 sent");
+    assert_eq!(target_ids(&node, &nfs), vec![first.clone()]);
+
+    // The export filled to just above its floor: the next set would cross it.
+    let filler = vec![0u8; (export.free_bytes() - (64 << 20) - (1 << 20)) as usize];
+    std::fs::write(nfs.join("filler"), filler).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let second = node.backup();
+    let run = node.run(&["spray"]);
+    run.expect_code(1)
+        .expect_stdout(&second)
+        .expect_stdout("67108864 must stay free (retention.min_free_space)");
+    assert_eq!(target_ids(&node, &nfs), vec![first]);
+}

@@ -384,8 +384,10 @@ fn a_damaged_copy_on_a_read_only_export_is_reported_and_kept() {
     let node = Node::new("");
     let nfs = node.dir.path().join("nfs");
     let _export = SmallFs::mount(&nfs, 256);
+    // A small export: a floor there of its own size.
     node.write_config(&format!(
-        "[spray]\netcd_env = \"\"\nattempts = 1\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\n",
+        "[retention]\nkeep_last = 10\nmin_free_space = \"16MiB\"\n\
+         [spray]\netcd_env = \"\"\nattempts = 1\n[[spray.target]]\nkind = \"dir\"\npath = \"{}\"\n",
         nfs.display()
     ));
     let id = node.backup();

@@ -246,7 +246,9 @@ fn load_settings(cli: &Cli) -> Result<Settings> {
         Some(path) => (path.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    Ok(Settings::load(&path, required)?)
+    let settings = Settings::load(&path, required)?;
+    crate::files::set_write_bandwidth(settings.io.max_write_bandwidth);
+    Ok(settings)
 }
 
 fn run(cli: Cli, journal: bool) -> Result<u8> {

@@ -192,6 +192,11 @@ impl FileFragment {
         {
             settings.status.max_age = file.duration(max_age, "status.max_age", false)?;
         }
+        if let Some(io) = self.io
+            && let Some(bandwidth) = &io.max_write_bandwidth
+        {
+            settings.io.max_write_bandwidth = file.size(bandwidth, "io.max_write_bandwidth")?;
+        }
         Ok(())
     }
 }

@@ -90,6 +90,7 @@ pub(super) struct FileFragment {
     pub(super) metrics: Option<MetricsFragment>,
     pub(super) seal: Option<SealFragment>,
     pub(super) cluster: Option<ClusterFragment>,
+    pub(super) io: Option<IoFragment>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +227,13 @@ pub(super) struct RetentionFragment {
 pub(super) struct StatusFragment {
     /// Default `3h`.
     pub(super) max_age: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IoFragment {
+    /// A size per second; default `0` (unbounded).
+    pub(super) max_write_bandwidth: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -61,6 +61,10 @@ pub struct Settings {
     pub backup: BackupSettings,
     pub retention: Policy,
     pub status: StatusSettings,
+    pub io: IoSettings,
+    /// `retention.min_free_space` as configured, before it was folded for the store's
+    /// filesystem (see [`Settings::floor_for`]).
+    pub floor_as_configured: Option<u64>,
     pub spray: SpraySettings,
     pub tls: TlsSettings,
     pub metrics: MetricsSettings,
@@ -97,6 +101,15 @@ pub struct BackupSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusSettings {
     pub max_age: Duration,
+}
+
+/// How the large files we write meet the disk.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IoSettings {
+    /// Bytes per second the large files we write (a set received or copied to a directory
+    /// target, a copy staged or fetched from a directory) go to the disk at most; 0: as fast as
+    /// pacing allows.
+    pub max_write_bandwidth: u64,
 }
 
 /// Where the node's own files are seen: the OpenShift release (the machine-config daemon's
@@ -337,6 +350,8 @@ impl Settings {
             status: StatusSettings {
                 max_age: Duration::from_secs(3 * 3600),
             },
+            io: IoSettings::default(),
+            floor_as_configured: Some(5 << 30),
             spray: SpraySettings {
                 etcd_env: Some(PathBuf::from(paths::ETCD_ENV)),
                 peers: Vec::new(),
@@ -445,11 +460,23 @@ impl Settings {
     /// Folds `retention.min_free_percent` into `retention.min_free_space` for the filesystem
     /// that holds (or will hold) the store: from here on the floor is one figure in bytes.
     fn fold_free_floor(&mut self) {
-        let size = crate::files::nearest_existing(&self.store.root)
-            .and_then(|dir| crate::files::filesystem_bytes(&dir).ok());
-        if let Some(size) = size {
-            self.retention.min_free_space = self.retention.floor_on(size);
+        self.floor_as_configured = self.retention.min_free_space;
+        if let Some(floor) = self.floor_for(&self.store.root.clone()) {
+            self.retention.min_free_space = floor;
         }
+    }
+
+    /// The floor as configured, folded for the filesystem that holds (or will hold) `path`: a
+    /// directory target's own, whose share is of its filesystem, not of the store's. `None` when
+    /// that filesystem cannot be measured.
+    pub fn floor_for(&self, path: &Path) -> Option<Option<u64>> {
+        let size = crate::files::nearest_existing(path)
+            .and_then(|dir| crate::files::filesystem_bytes(&dir).ok())?;
+        let configured = Policy {
+            min_free_space: self.floor_as_configured,
+            ..self.retention.clone()
+        };
+        Some(configured.floor_on(size))
     }
 
     /// What the files said together: a sealed target has recipients to seal to, and the two
@@ -577,6 +604,22 @@ mod tests {
         )]);
         assert!(e.contains("/c/config.toml:3"), "{e}");
         assert!(e.contains("min_free_percent must be at most 50"), "{e}");
+    }
+
+    #[test]
+    fn a_write_bandwidth_is_a_size_per_second() {
+        let s = load(&[("/c/config.toml", "[io]\nmax_write_bandwidth = \"50MiB\"\n")]).unwrap();
+        assert_eq!(s.io.max_write_bandwidth, 50 << 20);
+        assert!(
+            s.to_toml()
+                .contains("[io]\nmax_write_bandwidth = \"50MiB\"\n")
+        );
+        assert_eq!(load(&[]).unwrap().io.max_write_bandwidth, 0);
+        let e = error(&[("/c/config.toml", "[io]\nmax_write_bandwidth = \"fast\"\n")]);
+        assert!(
+            e.contains("/c/config.toml:2") && e.contains("io.max_write_bandwidth"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -90,6 +90,11 @@ impl Settings {
             "\n[status]\nmax_age = {}",
             quote(&format_duration(self.status.max_age))
         );
+        let _ = writeln!(
+            out,
+            "\n[io]\nmax_write_bandwidth = {}",
+            quote(&format_size(self.io.max_write_bandwidth))
+        );
         let sp = &self.spray;
         let peers: Vec<String> = sp.peers.iter().map(|p| quote(&p.to_string())).collect();
         let _ = writeln!(

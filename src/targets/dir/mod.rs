@@ -33,6 +33,10 @@ impl DirStore {
     pub fn new(target: DirTarget, settings: &Settings) -> DirStore {
         let mut receiver = settings.clone();
         receiver.store.root = target.path.clone();
+        // The floor there is a share of the target's filesystem, not of the store's.
+        if let Some(floor) = settings.floor_for(&target.path) {
+            receiver.retention.min_free_space = floor;
+        }
         receiver.node_name = format!("dir:{}", target.path.display());
         DirStore {
             scratch: (
