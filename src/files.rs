@@ -326,6 +326,9 @@ pub struct Paced {
     settled: u64,
     /// Bytes per second at most (0: unbounded), counted from `started` over `paced` bytes.
     bandwidth: u64,
+    /// Settled steps stay in the page cache (clean) for a check that reads them back; the
+    /// caller drops them after.
+    keep_cached: bool,
     started: std::time::Instant,
     paced: u64,
 }
@@ -348,8 +351,18 @@ impl Paced {
             written: offset,
             settled,
             bandwidth: WRITE_BANDWIDTH.load(std::sync::atomic::Ordering::Relaxed),
+            keep_cached: false,
             started: std::time::Instant::now(),
             paced: 0,
+        }
+    }
+
+    /// Settled steps stay in the page cache, clean, until the caller drops them
+    /// ([`drop_cached`]): for a check that reads the file back right after it is written.
+    pub fn keeping_cached(self) -> Paced {
+        Paced {
+            keep_cached: true,
+            ..self
         }
     }
 
@@ -405,12 +418,14 @@ impl Paced {
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            nix::fcntl::posix_fadvise(
-                file,
-                older as i64,
-                PACE_STEP as i64,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-            )?;
+            if !self.keep_cached {
+                nix::fcntl::posix_fadvise(
+                    file,
+                    older as i64,
+                    PACE_STEP as i64,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                )?;
+            }
             self.settled = newer;
             self.paced += PACE_STEP;
             self.keep_to_bandwidth();

@@ -1,14 +1,15 @@
-//! `dir`: a directory store (an NFS mount, a PVC). The same receive code as a peer runs
-//! in-process against a store at that path, so there is one commit path for every kind; and
-//! `fetch` reads a set back from it as from any store.
+//! `dir`: a directory store (an NFS mount, a PVC). What it lacks is written straight into the
+//! store at that path (`direct`: each file read once, checked and written paced, no protocol;
+//! or sealed), judged and committed by the same store code as a peer's delivery; and `fetch`
+//! reads a set back from it as from any store.
 
+mod direct;
 mod sealed;
 
 use super::{HeldCopy, Listed, Target};
 use crate::config::{DirTarget, Settings};
 use crate::files::copy_exactly;
-use crate::protocol::Conn;
-use crate::protocol::send::{OpenSet, PushStats, push};
+use crate::protocol::send::{OpenSet, PushStats};
 use crate::store::Store;
 use crate::verify::Checked;
 use anyhow::{Context, Result, bail};
@@ -87,28 +88,7 @@ impl Target for DirStore {
             let sealing = self.receiver.seal.sealing()?;
             return self.push_sealed(&store, sets, damaged, &sealing);
         }
-        let (sending, receiving) = crate::protocol::pipe_pair()?;
-        std::thread::scope(|scope| {
-            let mut receiving = Conn::new(receiving, false);
-            let (receiver, store) = (&self.receiver, &store);
-            let server = scope.spawn(move || {
-                crate::protocol::serve::serve(
-                    receiver,
-                    store,
-                    &mut receiving,
-                    crate::protocol::serve::Sender::Own,
-                )
-            });
-            // The sending end is dropped when push returns: the receiver sees EOF.
-            let pushed = push(&mut Conn::new(sending, false), &self.sender, sets);
-            let served = server
-                .join()
-                .map_err(|_| anyhow::anyhow!("the directory receiver panicked"))?;
-            match (pushed, served) {
-                (Ok(stats), Ok(_)) => Ok(stats),
-                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-            }
-        })
+        self.push_direct(&store, sets, damaged, &direct::copy_set)
     }
 
     /// The sets of the store at the target's path, checked as `verify` checks a local store;
