@@ -434,13 +434,14 @@ impl Paced {
     }
 }
 
-/// Copies at most `size` bytes of `source` into `dest`, written [`Paced`]; a source that holds
-/// more (it grew, or lies about its size) is an error.
+/// Copies at most `size` bytes of `source` into `dest`, written [`Paced`] (its clean pages kept
+/// for the check that reads the copy next and drops it); a source that holds more (it grew, or
+/// lies about its size) is an error.
 pub fn copy_exactly(source: &mut File, dest: &mut File, size: u64) -> std::io::Result<()> {
     use std::io::Seek;
     // In the kernel (copy_file_range), a pace step at a time; the copy is read back once to
     // check it.
-    let mut paced = Paced::from(dest.stream_position()?);
+    let mut paced = Paced::from(dest.stream_position()?).keeping_cached();
     let mut copied = 0;
     while copied < size {
         let step = PACE_STEP.min(size - copied);
