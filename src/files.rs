@@ -10,6 +10,7 @@
 use anyhow::{Context, Result, bail, ensure};
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -192,14 +193,45 @@ fn private() -> fs::OpenOptions {
     options
 }
 
-/// Reading a large file once without leaving it in the page cache, where it would push out
-/// etcd's memory-mapped database: the kernel is told the reads are sequential, every
-/// [`PACE_STEP`] read is dropped behind the reader (`posix_fadvise(DONTNEED)`: only clean pages
-/// go, nothing is lost), and what is left when the reader is dropped.
-pub struct DropBehind {
-    file: File,
-    read: u64,
+/// Dropping what was read of `file` from the page cache, a [`PACE_STEP`] behind the reader: the
+/// pages just read may still be under the kernel's read-ahead, which dropping them at once
+/// leaves cached (`posix_fadvise(DONTNEED)`: only clean pages go, nothing is lost). What is
+/// left goes when it is dropped. `F` is the file or a reference to it.
+pub struct Behind<F: AsFd> {
+    file: F,
     dropped: u64,
+}
+
+impl<F: AsFd> Behind<F> {
+    /// Reads of `file` start at `offset`.
+    pub fn new(file: F, offset: u64) -> Behind<F> {
+        Behind {
+            file,
+            dropped: offset,
+        }
+    }
+
+    /// The file has been read up to `end`.
+    pub fn read_to(&mut self, end: u64) {
+        while end.saturating_sub(self.dropped) >= 2 * PACE_STEP {
+            drop_cached(&self.file, self.dropped, PACE_STEP);
+            self.dropped += PACE_STEP;
+        }
+    }
+}
+
+impl<F: AsFd> Drop for Behind<F> {
+    fn drop(&mut self) {
+        drop_cached(&self.file, self.dropped, 0);
+    }
+}
+
+/// Reading a large file once, from its start, without leaving it in the page cache, where it
+/// would push out etcd's memory-mapped database: the kernel is told the reads are sequential
+/// and what was read is dropped [`Behind`] the reader.
+pub struct DropBehind {
+    behind: Behind<File>,
+    read: u64,
 }
 
 impl DropBehind {
@@ -211,67 +243,22 @@ impl DropBehind {
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
         );
         DropBehind {
-            file,
+            behind: Behind::new(file, 0),
             read: 0,
-            dropped: 0,
         }
     }
 
     pub fn get_ref(&self) -> &File {
-        &self.file
+        &self.behind.file
     }
 }
 
 impl std::io::Read for DropBehind {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
+        let n = self.behind.file.read(buf)?;
         self.read += n as u64;
-        if self.read - self.dropped >= PACE_STEP {
-            drop_cached(&self.file, self.dropped, self.read - self.dropped);
-            self.dropped = self.read;
-        }
+        self.behind.read_to(self.read);
         Ok(n)
-    }
-}
-
-impl Drop for DropBehind {
-    fn drop(&mut self) {
-        drop_cached(&self.file, self.dropped, 0);
-    }
-}
-
-/// Dropping what was read of a file at the offsets it was read (`pread`) from the page cache,
-/// a [`PACE_STEP`] behind the reader: the pages just read may still be under the kernel's
-/// read-ahead, which dropping them at once leaves cached. What is left goes when it is dropped.
-pub struct Behind<'a> {
-    file: Option<&'a File>,
-    dropped: u64,
-}
-
-impl<'a> Behind<'a> {
-    /// Reads start at `offset`.
-    pub fn from(offset: u64) -> Behind<'a> {
-        Behind {
-            file: None,
-            dropped: offset,
-        }
-    }
-
-    /// `file` has been read up to `end`.
-    pub fn read_to(&mut self, file: &'a File, end: u64) {
-        self.file = Some(file);
-        while end.saturating_sub(self.dropped) >= 2 * PACE_STEP {
-            drop_cached(file, self.dropped, PACE_STEP);
-            self.dropped += PACE_STEP;
-        }
-    }
-}
-
-impl Drop for Behind<'_> {
-    fn drop(&mut self) {
-        if let Some(file) = self.file {
-            drop_cached(file, self.dropped, 0);
-        }
     }
 }
 
@@ -282,7 +269,7 @@ pub fn open_bulk(path: &Path) -> Result<DropBehind> {
 
 /// Drops `len` bytes of `file` from `offset` (to its end with 0) from the page cache: advice, so
 /// a failure is of no consequence.
-pub fn drop_cached(file: &File, offset: u64, len: u64) {
+pub fn drop_cached(file: impl AsFd, offset: u64, len: u64) {
     let _ = nix::fcntl::posix_fadvise(
         file,
         offset as i64,
@@ -291,10 +278,13 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) {
     );
 }
 
+fn statvfs(path: &Path) -> Result<nix::sys::statvfs::Statvfs> {
+    nix::sys::statvfs::statvfs(path).with_context(|| format!("cannot statvfs '{}'", path.display()))
+}
+
 /// The size of the filesystem that holds `path`.
 pub fn filesystem_bytes(path: &Path) -> Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(path)
-        .with_context(|| format!("cannot statvfs '{}'", path.display()))?;
+    let stat = statvfs(path)?;
     Ok(stat.blocks() as u64 * stat.fragment_size() as u64)
 }
 
@@ -307,8 +297,7 @@ pub fn nearest_existing(path: &Path) -> Option<std::path::PathBuf> {
 
 /// The bytes available to unprivileged writers on the filesystem that holds `path`.
 pub fn free_bytes(path: &Path) -> Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(path)
-        .with_context(|| format!("cannot statvfs '{}'", path.display()))?;
+    let stat = statvfs(path)?;
     Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
@@ -439,18 +428,22 @@ impl Paced {
 /// lies about its size) is an error.
 pub fn copy_exactly(source: &mut File, dest: &mut File, size: u64) -> std::io::Result<()> {
     use std::io::Seek;
-    // In the kernel (copy_file_range), a pace step at a time; the copy is read back once to
-    // check it.
+    // In the kernel (copy_file_range), a pace step at a time, the source dropped from the cache
+    // behind; the copy is read back once to check it.
+    let mut source: &File = source;
+    let start = source.stream_position()?;
+    let mut behind = Behind::new(source, start);
     let mut paced = Paced::from(dest.stream_position()?).keeping_cached();
     let mut copied = 0;
     while copied < size {
         let step = PACE_STEP.min(size - copied);
-        let n = std::io::copy(&mut Read::by_ref(source).take(step), dest)?;
+        let n = std::io::copy(&mut source.take(step), dest)?;
         if n == 0 {
             break;
         }
         paced.wrote(dest, n)?;
         copied += n;
+        behind.read_to(start + copied);
     }
     if copied < size {
         return Err(std::io::Error::new(

@@ -232,7 +232,7 @@ fn send_file<S: Stream>(
             let mut chunk = vec![0u8; SEND_CHUNK_BYTES];
             let mut lz4 = Lz4Backoff::default();
             let mut pos = range.start;
-            let mut behind = crate::files::Behind::from(range.start);
+            let mut behind = crate::files::Behind::new(source, range.start);
             while pos < range.end {
                 // The writer stopped (its link failed): so does the reader.
                 let Ok(mut frame) = empty_rx.recv() else {
@@ -244,7 +244,7 @@ fn send_file<S: Stream>(
                     .with_context(|| format!("cannot read '{}'", path.display()))
                     .map(|()| {
                         // Read once for this target: out of the cache behind us.
-                        behind.read_to(source, pos + n as u64);
+                        behind.read_to(pos + n as u64);
                         let attempt = compress && lz4.attempt();
                         let (len, shrank) =
                             crate::protocol::encode_data(&chunk[..n], attempt, &mut frame);

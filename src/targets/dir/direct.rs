@@ -122,13 +122,13 @@ pub(super) fn copy_set(open: &OpenSet, staging: &Path) -> Result<u64> {
         let mut check =
             FileCheck::of(entry).map_err(|e| anyhow::anyhow!("'{}': {e}", source.display()))?;
         let mut paced = Paced::from(0);
-        let mut behind = Behind::from(0);
+        let mut behind = Behind::new(file, 0);
         let mut pos = 0;
         while pos < entry.size {
             let n = buf.len().min((entry.size - pos) as usize);
             file.read_exact_at(&mut buf[..n], pos)
                 .with_context(|| format!("cannot read '{}'", source.display()))?;
-            behind.read_to(file, pos + n as u64);
+            behind.read_to(pos + n as u64);
             crate::failpoint::hit("spray:sending");
             check
                 .update(&buf[..n])

@@ -195,10 +195,8 @@ impl Target for DirStore {
                 let Some(sealed) = seal.as_ref().and_then(|s| s.file(&entry.name)) else {
                     let from = dir.join(&entry.name);
                     let mut source = crate::files::open_regular(&from)?;
-                    let copied = copy_exactly(&mut source, dest, entry.size)
+                    return copy_exactly(&mut source, dest, entry.size)
                         .with_context(|| format!("cannot copy '{}'", from.display()));
-                    crate::files::drop_cached(&source, 0, 0);
-                    return copied;
                 };
                 let from = dir.join(crate::seal::record::sealed_name(&entry.name));
                 let name = format!("'{}'", from.display());
