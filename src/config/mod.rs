@@ -317,6 +317,8 @@ impl Settings {
 
     /// The compiled-in defaults, for a node named `node_name`.
     pub fn defaults(node_name: String) -> Settings {
+        // The fixed part of the free-space floor: the policy's, and as configured.
+        const DEFAULT_FLOOR_BYTES: u64 = 5 << 30;
         Settings {
             node_name,
             max_clock_skew: Duration::from_secs(5 * 60),
@@ -343,7 +345,7 @@ impl Settings {
                 max_total_size: Some(30 << 30),
                 // The larger of 5 GiB and 15 % of the store's filesystem stays free (etcd's
                 // own files share it on a master).
-                min_free_space: Some(5 << 30),
+                min_free_space: Some(DEFAULT_FLOOR_BYTES),
                 min_free_percent: 15,
                 ..Policy::default()
             },
@@ -351,7 +353,7 @@ impl Settings {
                 max_age: Duration::from_secs(3 * 3600),
             },
             io: IoSettings::default(),
-            floor_as_configured: Some(5 << 30),
+            floor_as_configured: Some(DEFAULT_FLOOR_BYTES),
             spray: SpraySettings {
                 etcd_env: Some(PathBuf::from(paths::ETCD_ENV)),
                 peers: Vec::new(),

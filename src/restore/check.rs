@@ -100,25 +100,17 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
         })
     };
 
-    push(
-        "set",
-        if set.sound.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Refused
-        },
-        match &set.sound {
-            Ok(()) => format!(
-                "{} files match the manifest and the snapshot's structure is sound (revision {})",
-                m.files.len(),
-                m.checks
-                    .etcd
-                    .as_ref()
-                    .map_or("unknown".to_string(), |e| e.revision.to_string())
-            ),
-            Err(e) => e.clone(),
-        },
-    );
+    let (outcome, detail) = required(&set.sound, || {
+        format!(
+            "{} files match the manifest and the snapshot's structure is sound (revision {})",
+            m.files.len(),
+            m.checks
+                .etcd
+                .as_ref()
+                .map_or("unknown".to_string(), |e| e.revision.to_string())
+        )
+    });
+    push("set", outcome, detail);
     push(
         "signature",
         if set.signature.is_some() {
@@ -269,19 +261,19 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
         Err(e) => (Outcome::Unknown, e.clone()),
     };
     push("space", outcome, detail);
-    push(
-        "cluster-restore.sh",
-        if node.restore_script.is_ok() {
-            Outcome::Ok
-        } else {
-            Outcome::Refused
-        },
-        match &node.restore_script {
-            Ok(()) => format!("{} is there", crate::paths::CLUSTER_RESTORE),
-            Err(e) => e.clone(),
-        },
-    );
+    let (outcome, detail) = required(&node.restore_script, || {
+        format!("{} is there", crate::paths::CLUSTER_RESTORE)
+    });
+    push("cluster-restore.sh", outcome, detail);
     out
+}
+
+/// A check that must pass: Ok with what `ok` says, or Refused with why not.
+fn required(result: &Result<(), String>, ok: impl FnOnce() -> String) -> (Outcome, String) {
+    match result {
+        Ok(()) => (Outcome::Ok, ok()),
+        Err(e) => (Outcome::Refused, e.clone()),
+    }
 }
 
 fn push_history(
