@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod paths;
 pub mod peers;
+pub mod priority;
 pub mod protocol;
 pub mod prune;
 pub mod receive;

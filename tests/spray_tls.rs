@@ -142,6 +142,24 @@ fn sets_reach_both_receivers_verified_and_a_rerun_sends_nothing() {
         Receiver::start(dir.path(), name, ip, port, &issue(dir.path(), &ca, name))
     });
     let (node, id) = sender(dir.path(), port, &issue(dir.path(), &ca, "master-0"));
+    // Started at the default priorities (as Pod Mode's containers start it), a receiver lowers
+    // its own: nice 10, best-effort I/O at level 7, as the systemd units would.
+    for receiver in &receivers {
+        let pid = receiver.child.id().to_string();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields[16], "10", "nice of the receiver: {stat}");
+        let ionice = Command::new("ionice").args(["-p", &pid]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&ionice.stdout).trim(),
+            "best-effort: prio 7"
+        );
+    }
 
     let run = node.run(&["spray"]);
     run.expect_code(0)

@@ -268,6 +268,9 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     let settings = load_settings(&cli)?;
+    if lowers_priority(&cli.command) {
+        crate::priority::lower();
+    }
     match cli.command {
         Cmd::CheckConfig => {
             if crate::config::fips_mode() {
@@ -335,6 +338,16 @@ fn run(cli: Cli, journal: bool) -> Result<u8> {
         } => cmd_tls_issue(&settings, &ca_cert, &ca_key, name.as_deref(), &out, days),
         Cmd::Render { .. } | Cmd::Keygen { .. } => unreachable!("handled above"),
     }
+}
+
+/// Whether a command lowers its own priority: the scheduled bulk work (the units set as much or
+/// more; a peer's `receive` under sshd and Pod Mode's containers have only this). Not the quick
+/// commands, nor `fetch` and `stage`: an administrator runs those when a restore is urgent.
+fn lowers_priority(command: &Cmd) -> bool {
+    matches!(
+        command,
+        Cmd::Backup | Cmd::Spray | Cmd::Receive { .. } | Cmd::Verify { .. }
+    )
 }
 
 /// Runs a backup, spray or verify, records its outcome and duration in the store (for
