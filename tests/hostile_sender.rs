@@ -462,14 +462,18 @@ fn a_sender_that_never_says_hello_holds_no_lock_and_one_that_trickles_is_cut() {
     let started = Instant::now();
     let trickling = std::thread::spawn(move || {
         use std::io::Write;
-        // The first byte of a frame header, then one more every second: never idle for the
-        // 60 s I/O timeout.
-        for _ in 0..4 {
-            if trickler.conn().get_mut().write_all(b"C").is_err() {
+        // The first byte of a frame header, then one more every second (never idle for the
+        // 60 s I/O timeout, never a whole header); then holding on, past the 4 s session
+        // bound, until the receiver hangs up.
+        for sent in 0..10 {
+            if sent < 4 && trickler.conn().get_mut().write_all(b"C").is_err() {
                 break;
             }
             let _ = trickler.conn().get_mut().flush();
             std::thread::sleep(Duration::from_secs(1));
+            if trickler.child.try_wait().unwrap().is_some() {
+                break;
+            }
         }
         trickler.finish()
     });
