@@ -7,6 +7,10 @@
 //! And files we write: private (0600 in 0700 directories, whatever the umask), never through a
 //! symlink, replaced atomically (temporary file, fsync, rename, fsync of the directory).
 
+mod direct;
+
+pub use direct::DirectWriter;
+
 use anyhow::{Context, Result, bail, ensure};
 use std::fs::{self, File};
 use std::io::{Read, Write};

@@ -12,7 +12,7 @@ use crate::verify::FileCheck;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// The offered manifest, kept beside a partial transfer so a resume can be matched to it.
@@ -225,7 +225,9 @@ fn receive_files<S: Stream>(conn: &mut Conn<S>, staging: &Path, manifest: &Manif
                     syncs.push(scope.spawn(move || {
                         written
                             .sync_all()
-                            .with_context(|| format!("cannot fsync '{}'", path.display()))
+                            .with_context(|| format!("cannot fsync '{}'", path.display()))?;
+                        crate::files::drop_cached(&written, 0, 0);
+                        anyhow::Ok(())
                     }));
                 }
                 other => {
@@ -285,9 +287,9 @@ fn receive_file<S: Stream>(
     // The bytes held from a cut transfer are hashed once more; everything new as it is written.
     hash_prefix(&mut file, offset, &mut check)
         .with_context(|| format!("cannot read '{}'", path.display()))?;
-    file.seek(SeekFrom::Start(offset))?;
     let mut pos = offset;
-    let mut paced = crate::files::Paced::from(offset);
+    let mut out = crate::files::DirectWriter::new(file, offset)
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
     loop {
         match conn.next_frame()? {
             Frame::Data(data) => {
@@ -300,8 +302,7 @@ fn receive_file<S: Stream>(
                         entry.name, entry.size
                     )));
                 }
-                file.write_all(data)
-                    .and_then(|()| paced.wrote(&file, data.len() as u64))
+                out.write_all(data)
                     .with_context(|| format!("cannot write '{}'", path.display()))?;
                 crate::failpoint::hit("receive:writing");
                 check
@@ -334,6 +335,9 @@ fn receive_file<S: Stream>(
             entry.name, entry.sha256
         )));
     }
+    let file = out
+        .finish()
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
     Ok((file, path))
 }
 

@@ -5,14 +5,13 @@
 //! and the store there pruned by its own policy.
 
 use super::DirStore;
-use crate::files::{Behind, Paced, create_private};
+use crate::files::{Behind, DirectWriter, create_private};
 use crate::protocol::Judge;
 use crate::protocol::send::{OpenSet, PushStats};
 use crate::store::Store;
 use crate::verify::FileCheck;
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -105,8 +104,8 @@ impl DirStore {
 
 /// Copies every file of `open` into `staging`: each read once (from the file the set was
 /// opened with, so that a prune meanwhile takes nothing from under it), checked as it is read
-/// (its SHA-256, a snapshot's trailer too) and written paced, neither side left in the page
-/// cache; a file that no longer matches its manifest is not sent. No deep check of the copy:
+/// (its SHA-256, a snapshot's trailer too) and written past the page cache
+/// ([`DirectWriter`]), neither side left in it; a file that no longer matches its manifest is not sent. No deep check of the copy:
 /// its bytes are, by their hash, those that were deep-checked when the set entered this store
 /// (backup, receive, fetch), and the target's own `verify --deep` reads them back on its
 /// schedule; reading 6 GiB back now, or keeping them cached for it, is what etcd would pay.
@@ -118,10 +117,11 @@ pub(super) fn copy_set(open: &OpenSet, staging: &Path) -> Result<u64> {
     for (entry, file) in set.manifest.files.iter().zip(open.files()) {
         let source = set.dir.join(&entry.name);
         let path = staging.join(&entry.name);
-        let mut out = create_private(&path)?;
+        let out = create_private(&path)?;
+        let mut out = DirectWriter::new(out, 0)
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
         let mut check =
             FileCheck::of(entry).map_err(|e| anyhow::anyhow!("'{}': {e}", source.display()))?;
-        let mut paced = Paced::from(0);
         let mut behind = Behind::new(file, 0);
         let mut pos = 0;
         while pos < entry.size {
@@ -134,7 +134,6 @@ pub(super) fn copy_set(open: &OpenSet, staging: &Path) -> Result<u64> {
                 .update(&buf[..n])
                 .map_err(|e| anyhow::anyhow!("'{}': {e}", source.display()))?;
             out.write_all(&buf[..n])
-                .and_then(|()| paced.wrote(&out, n as u64))
                 .with_context(|| format!("cannot write '{}'", path.display()))?;
             crate::failpoint::hit("receive:writing");
             pos += n as u64;
@@ -148,7 +147,9 @@ pub(super) fn copy_set(open: &OpenSet, staging: &Path) -> Result<u64> {
                 source.display()
             );
         }
-        out.sync_all()
+        let out = out
+            .finish()
+            .and_then(|out| out.sync_all().map(|()| out))
             .with_context(|| format!("cannot write '{}'", path.display()))?;
         crate::files::drop_cached(&out, 0, 0);
         written += entry.size;
