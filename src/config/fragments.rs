@@ -263,7 +263,7 @@ pub(super) struct TargetFragment {
     pub(super) sse_kms_key_id: Option<Spanned<String>>,
     /// `all` (default), `snapshot` or `resources`.
     pub(super) files: Option<Spanned<String>>,
-    /// Default 16MiB.
+    /// Default 8MiB.
     pub(super) part_size: Option<Spanned<String>>,
     /// `GOVERNANCE` or `COMPLIANCE`, with object_lock_days.
     pub(super) object_lock_mode: Option<Spanned<String>>,

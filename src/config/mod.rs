@@ -1023,7 +1023,7 @@ max_age = "1h30m"
         );
         assert_eq!(
             (t.files, t.part_size, t.sse.clone(), t.object_lock),
-            (Carried::All, 16 << 20, None, None)
+            (Carried::All, 8 << 20, None, None)
         );
         let full = format!(
             "{S3}prefix = \"prod/cluster-a\"\nregion = \"eu-west-1\"\npath_style = false\n\

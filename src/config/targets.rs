@@ -128,7 +128,8 @@ impl LockMode {
 /// S3's smallest part (but the last) and largest part.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_PART_SIZE: u64 = 5 << 30;
-pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+/// As `aws s3 cp`'s default chunk: four parts in flight in 40 MiB (`layout::parallel_parts`).
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_VERIFY_BANDWIDTH: u64 = 64 << 20;

@@ -157,6 +157,8 @@ impl Etcd {
                 &peer_url,
             ])
             .args(["--initial-cluster", &format!("test={peer_url}")])
+            // etcd's largest quota, as large clusters set it (benchmarks load up to 8 GiB).
+            .args(["--quota-backend-bytes", "8589934592"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
