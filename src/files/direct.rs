@@ -1,25 +1,27 @@
 //! Writing a large file past the page cache (`O_DIRECT`), for etcd's sake: on a master the
 //! store shares a disk with etcd's WAL, and dirty pages of ours, however paced, are written
-//! back in bursts that etcd's fsyncs queue behind. Measured with `cargo bench --bench impact`
-//! (a directory spray of a 1.3 GiB set, 7 alternated rounds): etcd's put p99 4.7 ms and WAL
-//! fsync p99 8 ms with `O_DIRECT`, against 11 ms and 16–32 ms written [`Paced`]; idle 1.9 ms.
+//! back in bursts that etcd's fsyncs queue behind. Each 4 MiB goes to the disk before the next
+//! is taken, so our writes never stand in front of etcd's in a queue longer than that.
 //!
-//! The bytes are gathered into aligned buffers and written whole by a thread of the writer's
-//! own, so that reading and hashing the next buffer goes on while the disk takes this one. The
-//! last partial block is written through the cache (`O_DIRECT` needs whole blocks); the caller
-//! fsyncs the file at the end, as any. Where the filesystem takes no `O_DIRECT` (tmpfs), the
-//! file is written [`Paced`] instead.
+//! Measured with `cargo bench --bench impact` (a directory spray of a 1.3 GiB set beside idle,
+//! 7 alternated rounds in one run): etcd's put p99 idle ~1.8 ms; written this way ~5.3 ms
+//! (2.2 s for the copy); with the same `O_DIRECT` writes handed to a thread of their own, so
+//! that reading and hashing went on meanwhile, ~10 ms (1.8 s); written [`Paced`] (8 MiB steps
+//! of `sync_file_range`, then dropped from the cache) ~17 ms (1.7 s).
+//!
+//! The last partial block is written through the cache (`O_DIRECT` needs whole blocks); the
+//! caller fsyncs the file at the end, as any. Where the filesystem takes no `O_DIRECT`
+//! (tmpfs), the file is written [`Paced`] instead.
 
 use super::{Paced, WRITE_BANDWIDTH};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// What `O_DIRECT` asks of offsets, lengths and buffer addresses: 4096 covers every disk.
 const ALIGN: usize = 4096;
-/// The size of each of the two buffers.
+/// How much is gathered, then written at once.
 const BUFFER: usize = 4 << 20;
 
 /// A buffer whose usable part starts at an [`ALIGN`]ed address.
@@ -50,13 +52,6 @@ impl Aligned {
     }
 }
 
-/// One buffer for the thread to write at an offset; `last` when it ends the file.
-struct Job {
-    buffer: Aligned,
-    offset: u64,
-    last: bool,
-}
-
 /// A file written past the page cache (see the module), or [`Paced`] where that is not
 /// possible. Dropped unfinished (a transfer cut or refused), it still writes what it holds, as
 /// an unbuffered writer would have: a cut transfer resumes from there.
@@ -70,10 +65,9 @@ enum Inner {
         buffer: Aligned,
         /// Where `buffer` starts in the file.
         offset: u64,
-        jobs: SyncSender<Job>,
-        /// Buffers back from the thread, or its error.
-        done: Receiver<std::io::Result<Aligned>>,
-        thread: std::thread::JoinHandle<()>,
+        /// For `[io] max_write_bandwidth`: since when, and how much, was written.
+        started: std::time::Instant,
+        written: u64,
     },
     Paced {
         paced: Paced,
@@ -92,44 +86,36 @@ impl DirectWriter {
         buffer.len = (offset - start) as usize;
         let at = buffer.start;
         file.read_exact_at(&mut buffer.raw[at..at + buffer.len], start)?;
-        // The same open file, not the path again: nothing can be swapped in between.
-        let direct = file.try_clone()?;
-        match set_direct(&direct, true) {
-            Ok(()) => {}
+        match set_direct(&file, true) {
+            Ok(()) => Ok(DirectWriter {
+                file,
+                inner: Inner::Direct {
+                    buffer,
+                    offset: start,
+                    started: std::time::Instant::now(),
+                    written: 0,
+                },
+            }),
             // tmpfs and some others: no O_DIRECT.
             Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
                 use std::io::Seek;
                 let mut file = file;
                 file.seek(std::io::SeekFrom::Start(offset))?;
-                return Ok(DirectWriter {
+                Ok(DirectWriter {
                     file,
                     inner: Inner::Paced {
                         paced: Paced::from(offset),
                     },
-                });
+                })
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        let (jobs, queue) = sync_channel::<Job>(1);
-        let (back, done) = sync_channel(2);
-        back.send(Ok(Aligned::new())).expect("room for two buffers");
-        let thread = std::thread::spawn(move || write_jobs(direct, queue, back));
-        Ok(DirectWriter {
-            file,
-            inner: Inner::Direct {
-                buffer,
-                offset: start,
-                jobs,
-                done,
-                thread,
-            },
-        })
     }
 
     /// Appends `data`.
     pub fn write_all(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         match &mut self.inner {
-            Inner::Finished => Err(gone()),
+            Inner::Finished => Err(std::io::Error::other("written after its end")),
             Inner::Paced { paced } => {
                 self.file.write_all(data)?;
                 paced.wrote(&self.file, data.len() as u64)
@@ -137,31 +123,18 @@ impl DirectWriter {
             Inner::Direct {
                 buffer,
                 offset,
-                jobs,
-                done,
-                ..
+                started,
+                written,
             } => {
                 while !data.is_empty() {
                     let n = buffer.fill(data);
                     data = &data[n..];
                     if buffer.len == BUFFER {
-                        // The other buffer, once the thread is done with it.
-                        let next = done.recv().map_err(|_| gone())??;
-                        let full = std::mem::replace(buffer, next);
-                        buffer.len = 0;
-                        let job = Job {
-                            buffer: full,
-                            offset: *offset,
-                            last: false,
-                        };
+                        self.file.write_all_at(buffer.filled(), *offset)?;
                         *offset += BUFFER as u64;
-                        if jobs.send(job).is_err() {
-                            // The thread stopped on an error: that error.
-                            return Err(match done.recv() {
-                                Ok(Err(e)) => e,
-                                _ => gone(),
-                            });
-                        }
+                        buffer.len = 0;
+                        *written += BUFFER as u64;
+                        keep_to_bandwidth(*started, *written);
                     }
                 }
                 Ok(())
@@ -172,87 +145,49 @@ impl DirectWriter {
     /// Writes what is left and returns the file, to be fsynced (then only its last partial
     /// block is in the page cache, or with [`Paced`] its last steps).
     pub fn finish(mut self) -> std::io::Result<File> {
-        drain(std::mem::replace(&mut self.inner, Inner::Finished))?;
+        self.write_rest()?;
         self.file.try_clone()
+    }
+
+    /// The buffer's whole blocks with `O_DIRECT`, its partial block through the cache.
+    fn write_rest(&mut self) -> std::io::Result<()> {
+        let Inner::Direct { buffer, offset, .. } =
+            std::mem::replace(&mut self.inner, Inner::Finished)
+        else {
+            return Ok(());
+        };
+        let bytes = buffer.filled();
+        let whole = bytes.len() - bytes.len() % ALIGN;
+        self.file.write_all_at(&bytes[..whole], offset)?;
+        if whole < bytes.len() {
+            set_direct(&self.file, false)?;
+            self.file
+                .write_all_at(&bytes[whole..], offset + whole as u64)?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for DirectWriter {
     fn drop(&mut self) {
-        let _ = drain(std::mem::replace(&mut self.inner, Inner::Finished));
+        let _ = self.write_rest();
     }
 }
 
-/// Hands what `inner` holds to its thread as the file's end and waits for it.
-fn drain(inner: Inner) -> std::io::Result<()> {
-    let Inner::Direct {
-        buffer,
-        offset,
-        jobs,
-        done,
-        thread,
-    } = inner
-    else {
-        return Ok(());
-    };
-    let sent = jobs
-        .send(Job {
-            buffer,
-            offset,
-            last: true,
-        })
-        .is_ok();
-    drop(jobs);
-    // Every result: the buffers back, or the thread's error.
-    let mut failed = None;
-    for result in done.iter() {
-        if let Err(e) = result {
-            failed.get_or_insert(e);
-        }
-    }
-    let _ = thread.join();
-    match failed {
-        Some(e) => Err(e),
-        None if !sent => Err(gone()),
-        None => Ok(()),
-    }
-}
-
-fn gone() -> std::io::Error {
-    std::io::Error::other("the writing thread stopped")
-}
-
-/// The writer's thread: each job's whole blocks with `O_DIRECT` at its offset, the last job's
-/// partial block through the cache; each buffer handed back, or the first error (then it
-/// stops). At most `[io] max_write_bandwidth`.
-fn write_jobs(direct: File, queue: Receiver<Job>, back: SyncSender<std::io::Result<Aligned>>) {
+/// Waits until `written` bytes since `started` are within `[io] max_write_bandwidth`.
+fn keep_to_bandwidth(started: std::time::Instant, written: u64) {
     let bandwidth = WRITE_BANDWIDTH.load(std::sync::atomic::Ordering::Relaxed);
-    let started = std::time::Instant::now();
-    let mut written = 0u64;
-    for job in queue.iter() {
-        let bytes = job.buffer.filled();
-        let whole = bytes.len() - bytes.len() % ALIGN;
-        let mut result = direct.write_all_at(&bytes[..whole], job.offset);
-        if result.is_ok() && job.last && whole < bytes.len() {
-            result = set_direct(&direct, false)
-                .and_then(|()| direct.write_all_at(&bytes[whole..], job.offset + whole as u64));
-        }
-        written += bytes.len() as u64;
-        if bandwidth > 0 {
-            let due = std::time::Duration::from_secs_f64(written as f64 / bandwidth as f64);
-            if let Some(early) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(early);
-            }
-        }
-        let failed = result.is_err();
-        let _ = back.send(result.map(|()| job.buffer));
-        if failed {
-            return;
-        }
+    if bandwidth == 0 {
+        return;
+    }
+    let due = std::time::Duration::from_secs_f64(written as f64 / bandwidth as f64);
+    if let Some(early) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(early);
     }
 }
 
-/// Turns `O_DIRECT` on or off for `file` (and every descriptor of its open file).
+/// Turns `O_DIRECT` on or off for `file`'s open file (the same file, never the path again:
+/// nothing can be swapped in between).
 fn set_direct(file: &File, on: bool) -> std::io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(file.as_fd(), FcntlArg::F_GETFL)?);
@@ -271,12 +206,15 @@ const _: () = assert!(BUFFER.is_multiple_of(ALIGN));
 mod tests {
     use super::*;
 
-    /// On the test machine's disk (O_DIRECT) and on a tmpfs-like fallback alike, every byte
-    /// lands where it belongs, for lengths around every boundary, fresh and resumed.
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or("/var/tmp".into())).unwrap()
+    }
+
+    /// Every byte lands where it belongs, for lengths around every boundary, fresh and
+    /// resumed (on the test machine's disk: O_DIRECT).
     #[test]
     fn every_byte_lands_fresh_and_resumed() {
-        let dir =
-            tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or("/var/tmp".into())).unwrap();
+        let dir = dir();
         let data: Vec<u8> = (0..(2 * BUFFER + 3 * ALIGN + 17))
             .map(|i| (i * 7 % 251) as u8)
             .collect();
@@ -320,8 +258,7 @@ mod tests {
     /// A transfer cut short: what the writer held is on disk all the same, to resume from.
     #[test]
     fn dropped_unfinished_it_keeps_what_it_held() {
-        let dir =
-            tempfile::tempdir_in(std::env::var("TMPDIR").unwrap_or("/var/tmp".into())).unwrap();
+        let dir = dir();
         let path = dir.path().join("partial");
         let file = crate::files::create_private(&path).unwrap();
         let mut writer = DirectWriter::new(file, 0).unwrap();
