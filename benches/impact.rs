@@ -2,7 +2,8 @@
 //! filesystem as the store takes a steady load of small puts (one client, `BENCH_PUTS_PER_SEC`,
 //! default 100, over etcd's HTTP gateway on a kept-alive connection) the whole time, while the
 //! phases run in turn, in rounds, in alternating order: idle, `backup`, `spray` to a directory
-//! target, `verify --deep`, and the naive way (`etcdctl snapshot save`, `cp` of the snapshot and
+//! target, `spray` to a peer whose receiver (`receive --listen` on 127.0.0.2, mutual TLS, its store
+//! on the same filesystem) writes what it receives, `verify --deep`, and the naive way (`etcdctl snapshot save`, `cp` of the snapshot and
 //! the resources to a directory, `sync`). Per phase: the put latency p99 as the client saw it,
 //! and etcd's own WAL fsync and backend commit p99 (its histograms, the bucket where the 99th
 //! percentile falls, from the counts gained during the phase) — the medians over the rounds,
@@ -209,6 +210,7 @@ fn main() {
     let id = node.backup();
     let set = node.set_dir(&id);
     eprintln!("set {id}: {:.0} MiB", dir_bytes(&set) as f64 / 1048576.0);
+    let (peer, to_peer) = Peer::start(&node);
 
     let stop = Arc::new(AtomicBool::new(false));
     let puts = Arc::new(Mutex::new(Vec::new()));
@@ -222,9 +224,11 @@ fn main() {
         "idle",
         "backup",
         "spray (dir)",
+        "spray (peer)",
         "verify --deep",
         "naive copy",
     ];
+    const NAIVE: usize = 5;
     let mut figures: Vec<Vec<Phase>> = vec![Vec::new(); names.len()];
     let bin = |args: &[&str]| node.cmd(args);
     for round in 0..rounds {
@@ -236,6 +240,12 @@ fn main() {
             // Each phase starts from the same state: one set, an empty target, no naive copy.
             let _ = std::fs::remove_dir_all(&target);
             let _ = std::fs::remove_dir_all(&naive);
+            for set in std::fs::read_dir(peer.store.join("sets"))
+                .into_iter()
+                .flatten()
+            {
+                let _ = std::fs::remove_dir_all(set.unwrap().path());
+            }
             run(Command::new("sync").arg("-f").arg(node.store()), "sync");
             std::thread::sleep(Duration::from_secs(1));
             let (wal, commit) = (
@@ -247,7 +257,15 @@ fn main() {
                 0 => std::thread::sleep(Duration::from_secs(idle)),
                 1 => run(&mut bin(&["backup"]), "backup"),
                 2 => run(&mut bin(&["spray"]), "spray"),
-                3 => run(&mut bin(&["verify", "--deep"]), "verify"),
+                3 => run(
+                    Command::new(BIN)
+                        .arg("--config")
+                        .arg(&to_peer)
+                        .arg("spray")
+                        .env_remove("JOURNAL_STREAM"),
+                    "spray to the peer",
+                ),
+                4 => run(&mut bin(&["verify", "--deep"]), "verify"),
                 _ => {
                     std::fs::create_dir_all(&naive).unwrap();
                     let snapshot = naive.join("snapshot.db");
@@ -322,9 +340,98 @@ fn main() {
             med(phase, 0) / med(0, 0),
             med(phase, 1),
             med(phase, 1) / med(0, 1).max(0.001),
-            med(phase, 0) / med(4, 0),
+            med(phase, 0) / med(NAIVE, 0),
             med(phase, 2),
         );
+    }
+}
+
+/// The peer: a `receive --listen` process on 127.0.0.2 (mutual TLS, certificates from
+/// `tls-issue`), its store beside the node's; killed when dropped. Also returns a config of the
+/// node (same store) that sprays to it and to nothing else.
+struct Peer {
+    store: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Peer {
+    fn start(node: &Node) -> (Peer, std::path::PathBuf) {
+        let dir = node.dir.path();
+        let ca = make_ca(dir, "ca");
+        let issue = |name: &str| {
+            let out = dir.join(format!("tls-{name}"));
+            run(
+                Command::new(BIN)
+                    .args(["--config", "/dev/null", "tls-issue", "--name", name])
+                    .arg("--ca-cert")
+                    .arg(&ca.0)
+                    .arg("--ca-key")
+                    .arg(&ca.1)
+                    .arg("--out")
+                    .arg(&out),
+                "tls-issue",
+            );
+            format!(
+                "[tls]\ncert = \"{0}/tls.crt\"\nkey = \"{0}/tls.key\"\nca = \"{0}/ca.crt\"\n",
+                out.display()
+            )
+        };
+        let port = free_port();
+        let store = dir.join("peer-store");
+        let config = dir.join("peer.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nname = \"master-1\"\n[store]\nroot = \"{}\"\n[retention]\nkeep_last = 1\nmin_free_percent = 0\n{}",
+                store.display(),
+                issue("master-1")
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["receive", "--listen", &format!("127.0.0.2:{port}")])
+            .env_remove("JOURNAL_STREAM")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.2", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the peer did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let etcd_env = dir.join("etcd.env");
+        std::fs::write(
+            &etcd_env,
+            "export NODE_master_0_ETCD_NAME=\"master-0\"\nexport NODE_master_0_IP=\"127.0.0.1\"\n\
+             export NODE_master_1_ETCD_NAME=\"master-1\"\nexport NODE_master_1_IP=\"127.0.0.2\"\n",
+        )
+        .unwrap();
+        let to_peer = dir.join("to-peer.toml");
+        std::fs::write(
+            &to_peer,
+            format!(
+                "[node]\nname = \"master-0\"\n[store]\nroot = \"{}\"\n[retention]\nkeep_last = 1\nmin_free_percent = 0\n\
+                 [spray]\netcd_env = \"{}\"\ntransport = \"tls\"\ntls_port = {port}\n{}",
+                node.store().display(),
+                etcd_env.display(),
+                issue("master-0")
+            ),
+        )
+        .unwrap();
+        (Peer { store, child }, to_peer)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
