@@ -1,5 +1,5 @@
-//! The release binary as it ships in the image (and, when embedded, in the MachineConfig): what
-//! it links, which glibc it needs, and how big the rendered MachineConfigs are.
+//! The release binary as it ships in the image: what it links, which glibc it needs, and how big
+//! the rendered MachineConfig is.
 
 use crate::util::{release_binary, render_release_machineconfig};
 use std::process::Command;
@@ -20,10 +20,6 @@ const RHCOS_LIBRARIES: [&str; 8] = [
 const MAX_GLIBC: (u32, u32) = (2, 34);
 /// The default MachineConfig (binary from a pinned image): `render::IMAGE_MACHINECONFIG_BUDGET_BYTES`.
 const IMAGE_BUDGET_KIB: usize = 48;
-/// With `--embed-binary` render refuses above this (1.2 MiB) without `--force`.
-const EMBEDDED_CEILING_KIB: usize = 1229;
-/// etcd refuses requests over 1.5 MiB.
-const ETCD_REQUEST_LIMIT_KIB: usize = 1536;
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn tool(program: &str, args: &[&str]) -> String {
@@ -86,59 +82,5 @@ fn rendered_machineconfig_sizes() {
     assert!(
         pinned <= IMAGE_BUDGET_KIB,
         "the default MachineConfig grew to {pinned} KiB (budget {IMAGE_BUDGET_KIB} KiB)"
-    );
-    let forced = std::process::Command::new(crate::util::BIN)
-        .args([
-            "render",
-            "machineconfig",
-            "--config",
-            "/dev/null",
-            "--embed-binary",
-            "--force",
-        ])
-        .arg("--node-config")
-        .arg("/dev/null")
-        .arg("--binary")
-        .arg(release_binary())
-        .output()
-        .unwrap();
-    if !forced.status.success() {
-        // Over etcd's limit: refused even forced, with the way out named.
-        let stderr = String::from_utf8_lossy(&forced.stderr);
-        assert!(
-            stderr.contains("etcd refuses any request over 1536 KiB"),
-            "{stderr}"
-        );
-        assert!(stderr.contains("--image"), "{stderr}");
-        eprintln!("embedded: refused ({stderr})");
-        return;
-    }
-    let embedded = forced.stdout.len() >> 10;
-    eprintln!("rendered MachineConfig: {embedded} KiB embedded");
-    // Embedding is refused without --force exactly when it is over the limit.
-    let plain = std::process::Command::new(crate::util::BIN)
-        .args([
-            "render",
-            "machineconfig",
-            "--config",
-            "/dev/null",
-            "--embed-binary",
-        ])
-        .arg("--node-config")
-        .arg("/dev/null")
-        .arg("--binary")
-        .arg(release_binary())
-        .output()
-        .unwrap();
-    if embedded > EMBEDDED_CEILING_KIB {
-        assert_eq!(plain.status.code(), Some(1), "refused over the limit");
-        assert!(String::from_utf8_lossy(&plain.stderr).contains("or pass --force"));
-    } else {
-        assert!(plain.status.success(), "{plain:?}");
-    }
-    // Even forced, one MachineConfig must stay under what etcd accepts at all.
-    assert!(
-        embedded < ETCD_REQUEST_LIMIT_KIB,
-        "the embedded MachineConfig is {embedded} KiB: etcd refuses it"
     );
 }

@@ -64,7 +64,7 @@ fn file<'a>(mc: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Val
 }
 
 #[test]
-fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
+fn the_machineconfig_carries_everything_and_decodes_back() {
     let node = Node::new("");
     let config = node.dir.path().join("cluster-config.toml");
     std::fs::write(
@@ -79,20 +79,13 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
         .status()
         .unwrap();
     assert!(keygen.success());
-    // A stand-in for the release binary (the debug one is tens of MB): any bytes must come back.
-    let binary = node.dir.path().join("etcd-backup");
-    let bytes: Vec<u8> = (0..512u32 << 10)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    std::fs::write(&binary, &bytes).unwrap();
     let rendered = render(
         &config,
         &[
             "--spray-key".as_ref(),
             key.as_os_str(),
-            "--binary".as_ref(),
-            binary.as_os_str(),
-            "--embed-binary".as_ref(),
+            "--image".as_ref(),
+            format!("x@{DIGEST}").as_ref(),
         ],
     );
     let stderr = String::from_utf8_lossy(&rendered.stderr);
@@ -107,13 +100,8 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
     );
     assert_eq!(mc["spec"]["config"]["ignition"]["version"], "3.2.0");
 
-    let installed = file(&mc, "/usr/local/bin/etcd-backup").unwrap();
-    assert_eq!(installed["mode"], 493);
-    assert_eq!(installed["contents"]["compression"], "gzip");
-    assert!(
-        decode(&installed["contents"]) == bytes,
-        "the installed binary is the one given"
-    );
+    // The binary comes from the image, installed by its unit; never inside the MachineConfig.
+    assert!(file(&mc, "/usr/local/bin/etcd-backup").is_none());
 
     let installed_config = file(&mc, "/etc/etcd-backup/config.toml").unwrap();
     assert_eq!(installed_config["mode"], 384);
@@ -161,6 +149,7 @@ fn the_embedded_machineconfig_carries_everything_and_decodes_back() {
     assert_eq!(
         units_of(&mc),
         [
+            "etcd-backup-install.service",
             "etcd-backup-spray.service",
             "etcd-backup-spray.timer",
             "etcd-backup-verify.service",
@@ -267,7 +256,7 @@ fn by_default_the_machineconfig_pins_an_image_and_the_binary_sha256() {
 }
 
 #[test]
-fn an_unpinned_image_or_no_delivery_is_a_usage_error() {
+fn an_unpinned_image_no_image_or_a_removed_option_is_a_usage_error() {
     let node = Node::new("");
     let config = node.dir.path().join("c.toml");
     std::fs::write(&config, "").unwrap();
@@ -280,18 +269,27 @@ fn an_unpinned_image_or_no_delivery_is_a_usage_error() {
             vec!["--image", "quay.io/acme/etcd-backup@sha256:1234"],
             "64 lowercase hex",
         ),
-        (vec![], "--embed-binary"),
+        (vec![], "--image"),
         (
-            vec!["--image", &format!("x@{DIGEST}"), "--embed-binary"],
+            vec![
+                "--image",
+                &format!("x@{DIGEST}"),
+                "--binary",
+                "b",
+                "--binary-sha256",
+                "ab",
+            ],
             "cannot be used with",
         ),
+        // The binary no longer travels inside the MachineConfig: it could not (over a MiB,
+        // more than etcd takes in one request with the pool's other configs).
         (
-            vec!["--embed-binary", "--binary-sha256", "ab"],
-            "cannot be used with",
+            vec!["--image", &format!("x@{DIGEST}"), "--embed-binary"],
+            "unexpected argument '--embed-binary'",
         ),
         (
             vec!["--image", &format!("x@{DIGEST}"), "--force"],
-            "cannot be used with",
+            "unexpected argument '--force'",
         ),
     ] {
         let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
@@ -304,77 +302,20 @@ fn an_unpinned_image_or_no_delivery_is_a_usage_error() {
 }
 
 #[test]
-fn an_embedded_binary_over_the_limit_is_refused_unless_forced() {
-    let node = Node::new("");
-    let config = node.dir.path().join("c.toml");
-    std::fs::write(&config, "").unwrap();
-    // Incompressible: 1000 KiB of it is more than 1.2 MiB of MachineConfig (base64).
-    let binary = node.dir.path().join("big");
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    };
-    let bytes: Vec<u8> = random(1000 << 10);
-    std::fs::write(&binary, &bytes).unwrap();
-    let args = [
-        "--embed-binary".as_ref(),
-        "--binary".as_ref(),
-        binary.as_os_str(),
-    ];
-    let out = render(&config, &args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("over 1229 KiB"), "{stderr}");
-    assert!(stderr.contains("--image"), "names the way out: {stderr}");
-    assert!(out.stdout.is_empty());
-    let mut forced = args.to_vec();
-    forced.push("--force".as_ref());
-    let out = render(&config, &forced);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("over the 768 KiB budget"),
-        "warns: {stderr}"
-    );
-    let mc = parse_yaml(&String::from_utf8(out.stdout).unwrap());
-    assert!(decode(&file(&mc, "/usr/local/bin/etcd-backup").unwrap()["contents"]) == bytes);
-
-    // Over etcd's own request limit nothing helps: refused even forced.
-    std::fs::write(&binary, random(1200 << 10)).unwrap();
-    let out = render(&config, &forced);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("etcd refuses any request over 1536 KiB"),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty());
-}
-
-#[test]
 fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
     let node = Node::new("");
     let config = node.dir.path().join("c.toml");
     std::fs::write(&config, "").unwrap();
     let known = node.dir.path().join("known_hosts");
     std::fs::write(&known, "10.0.0.4 ecdsa-sha2-nistp256 AAAA\n").unwrap();
-    let binary = node.dir.path().join("etcd-backup");
-    std::fs::write(&binary, b"\x7fELF stand-in").unwrap();
+    let image = format!("x@{DIGEST}");
     let rendered = render(
         &config,
         &[
             "--known-hosts".as_ref(),
             known.as_os_str(),
-            "--binary".as_ref(),
-            binary.as_os_str(),
-            "--embed-binary".as_ref(),
+            "--image".as_ref(),
+            image.as_ref(),
         ],
     );
     let stderr = String::from_utf8_lossy(&rendered.stderr);
@@ -395,11 +336,11 @@ fn known_hosts_replace_accept_new_and_a_pinned_node_name_is_refused() {
     );
 
     std::fs::write(&config, "[node]\nname = \"master-0\"\n").unwrap();
-    let out = render(&config, &["--embed-binary".as_ref()]);
+    let out = render(&config, &["--image".as_ref(), image.as_ref()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node.name is set"));
     std::fs::write(&config, "[retention]\nkeep_last = 0\n").unwrap();
-    let out = render(&config, &["--embed-binary".as_ref()]);
+    let out = render(&config, &["--image".as_ref(), image.as_ref()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!(
         "{}:1:1: the retention policy is empty",
@@ -449,9 +390,8 @@ fn the_node_disruption_policy_restarts_timers_and_reboots_nothing() {
     for args in [
         vec!["--image".as_ref(), image.as_ref()],
         vec![
-            "--embed-binary".as_ref(),
-            "--binary".as_ref(),
-            known.as_os_str(),
+            "--image".as_ref(),
+            image.as_ref(),
             "--known-hosts".as_ref(),
             known.as_os_str(),
         ],

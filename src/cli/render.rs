@@ -16,26 +16,19 @@ pub enum RenderCmd {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("delivery").required(true).args(["image", "embed_binary"])))]
 pub struct MachineconfigArgs {
     /// The config.toml every master gets (validated; must not set node.name)
     #[arg(long, value_name = "FILE")]
     node_config: PathBuf,
     /// The image the masters install the binary from, pinned by digest (a tag alone is refused)
     #[arg(long, value_name = "REF@sha256:DIGEST", value_parser = render::image::parse_pinned)]
-    image: Option<render::image::PinnedImage>,
+    image: render::image::PinnedImage,
     /// The sha256 the installed binary must have [default: the sha256 of --binary]
-    #[arg(long, value_name = "HEX", conflicts_with_all = ["binary", "embed_binary"])]
+    #[arg(long, value_name = "HEX", conflicts_with = "binary")]
     binary_sha256: Option<String>,
-    /// The binary the image was built from (--image), or to embed [default: this one]
+    /// The binary the image was built from [default: this one]
     #[arg(long, value_name = "FILE")]
     binary: Option<PathBuf>,
-    /// Carry the binary inside the MachineConfig instead of an image (over 1 MiB: see README)
-    #[arg(long)]
-    embed_binary: bool,
-    /// With --embed-binary: render even when the MachineConfig is over 1.2 MiB
-    #[arg(long, conflicts_with = "image")]
-    force: bool,
     /// The spray private key (ECDSA P-256 recommended) [default: generate a fresh one]
     #[arg(long, value_name = "FILE")]
     spray_key: Option<PathBuf>,
@@ -65,8 +58,6 @@ pub fn cmd_render(what: &RenderCmd) -> Result<u8> {
         image: args.image.clone(),
         binary_sha256: args.binary_sha256.clone(),
         binary: args.binary.clone(),
-        embed_binary: args.embed_binary,
-        force: args.force,
         spray_key: args.spray_key.clone(),
         known_hosts: args.known_hosts.clone(),
         s3_credentials: args.s3_credentials.clone(),

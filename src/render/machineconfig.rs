@@ -14,26 +14,16 @@ pub fn machineconfig(inputs: &Inputs<'_>) -> Result<String> {
         "# Rendered by etcd-backup {} (render machineconfig).",
         crate::VERSION
     );
-    match &inputs.delivery {
-        Delivery::Image {
-            image,
-            binary_sha256,
-        } => {
-            let _ = writeln!(
-                y,
-                "# Installs on every master: etcd-backup-install.service, which installs {BINARY_PATH}\n\
-                 # from {image}\n\
-                 # when the binary there is missing or not sha256 {binary_sha256};"
-            );
-        }
-        Delivery::Embedded { binary } => {
-            let _ = writeln!(
-                y,
-                "# Installs on every master: {BINARY_PATH} (embedded, {} bytes);",
-                binary.len()
-            );
-        }
-    }
+    let Delivery {
+        image,
+        binary_sha256,
+    } = &inputs.delivery;
+    let _ = writeln!(
+        y,
+        "# Installs on every master: etcd-backup-install.service, which installs {BINARY_PATH}\n\
+         # from {image}\n\
+         # when the binary there is missing or not sha256 {binary_sha256};"
+    );
     let _ = writeln!(
         y,
         "# {CONFIG_DIR}/ (config, spray key{}); the units etcd-backup(.service|.timer) and\n\

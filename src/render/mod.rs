@@ -33,14 +33,6 @@ pub const ACCEPT_NEW_WARNING: &str = "no --known-hosts: the masters will pin eac
 /// The default MachineConfig (binary from a pinned image): config, units, keys, the install
 /// unit. A test holds it to this.
 pub const IMAGE_MACHINECONFIG_BUDGET_BYTES: usize = 48 << 10;
-/// etcd refuses requests over 1.5 MiB and the rendered master config holds every
-/// MachineConfig of the pool together: above this, `render` warns.
-pub const MACHINECONFIG_BUDGET_BYTES: usize = 768 << 10;
-/// Above this an embedded-binary MachineConfig is refused unless forced.
-pub const EMBEDDED_REFUSE_BYTES: usize = 1229 << 10;
-/// etcd refuses any request over 1.5 MiB: an object this big could never be applied, forced
-/// or not.
-pub const ETCD_REQUEST_LIMIT_BYTES: usize = 1536 << 10;
 
 /// An Ignition data URL of `bytes`, gzip-compressed (declared with `compression: gzip`).
 fn gzip_data_url(bytes: &[u8]) -> String {
@@ -78,24 +70,6 @@ mod tests {
         let marker = payload::etcd_operator_marker();
         let exe = std::fs::read("/proc/self/exe").unwrap();
         assert!(!exe.windows(marker.len()).any(|w| w == marker.as_slice()));
-        let mut poisoned = b"ELF...".to_vec();
-        poisoned.extend_from_slice(&marker);
-        let inputs = Inputs {
-            name: "x",
-            delivery: Delivery::Embedded { binary: &poisoned },
-            config_toml: "",
-            known_hosts: None,
-            spray_private_key: "",
-            spray_public_key: "",
-            s3_credentials: None,
-            signing_key: None,
-        };
-        assert!(
-            machineconfig(&inputs)
-                .unwrap_err()
-                .to_string()
-                .contains("marker")
-        );
     }
 
     #[test]

@@ -11,16 +11,13 @@ use crate::paths::{
 use anyhow::{Result, anyhow, bail};
 use std::path::Path;
 
-/// How the binary reaches the masters.
-pub enum Delivery<'a> {
-    /// `etcd-backup-install.service` pulls `image` and installs its binary when the binary's
-    /// sha256 is `binary_sha256` (the default: the MachineConfig stays small).
-    Image {
-        image: &'a PinnedImage,
-        binary_sha256: &'a str,
-    },
-    /// The binary itself inside the MachineConfig (about 1.1 MiB of it).
-    Embedded { binary: &'a [u8] },
+/// How the binary reaches the masters: `etcd-backup-install.service` pulls `image` and installs
+/// its binary when the binary's sha256 is `binary_sha256`, so the MachineConfig stays small
+/// (the binary itself would be over a MiB of it, more than etcd takes in one request with the
+/// rest of the pool's configs).
+pub struct Delivery<'a> {
+    pub image: &'a PinnedImage,
+    pub binary_sha256: &'a str,
 }
 
 /// What goes into the MachineConfig.
@@ -216,45 +213,34 @@ pub fn payload(inputs: &Inputs<'_>) -> Result<Payload> {
     };
     let mut files = Vec::new();
     let mut units: Vec<Unit> = Vec::new();
-    match &inputs.delivery {
-        Delivery::Embedded { binary } => {
-            if carries_marker(binary) {
-                bail!(
-                    "the binary contains the cluster-etcd-operator marker string: the etcd pod would delete it from /usr/local/bin"
-                );
-            }
-            files.push(file(BINARY_PATH, 0o755, binary, OnChange::Nothing));
-        }
-        Delivery::Image {
-            image,
-            binary_sha256,
-        } => {
-            if binary_sha256.len() != 64 || !binary_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("the binary's sha256 must be 64 hex digits, not '{binary_sha256}'");
-            }
-            let env = format!(
-                "# Rendered by etcd-backup {} (render machineconfig --image): the image that\n\
-                 # {INSTALL_UNIT} installs {BINARY_PATH} from, and the sha256 the binary must have.\n\
-                 ETCD_BACKUP_IMAGE={image}\nETCD_BACKUP_SHA256={}\n",
-                crate::VERSION,
-                binary_sha256.to_ascii_lowercase()
-            );
-            files.push(file(
-                IMAGE_ENV_PATH,
-                0o600,
-                env.as_bytes(),
-                OnChange::Reinstall,
-            ));
-            debug_assert!(!carries_marker(INSTALL_SCRIPT.as_bytes()));
-            files.push(file(
-                INSTALL_SCRIPT_PATH,
-                0o755,
-                INSTALL_SCRIPT.as_bytes(),
-                OnChange::Reinstall,
-            ));
-            units.push(INSTALL);
-        }
+    let Delivery {
+        image,
+        binary_sha256,
+    } = &inputs.delivery;
+    if binary_sha256.len() != 64 || !binary_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("the binary's sha256 must be 64 hex digits, not '{binary_sha256}'");
     }
+    let env = format!(
+        "# Rendered by etcd-backup {} (render machineconfig --image): the image that\n\
+         # {INSTALL_UNIT} installs {BINARY_PATH} from, and the sha256 the binary must have.\n\
+         ETCD_BACKUP_IMAGE={image}\nETCD_BACKUP_SHA256={}\n",
+        crate::VERSION,
+        binary_sha256.to_ascii_lowercase()
+    );
+    files.push(file(
+        IMAGE_ENV_PATH,
+        0o600,
+        env.as_bytes(),
+        OnChange::Reinstall,
+    ));
+    debug_assert!(!carries_marker(INSTALL_SCRIPT.as_bytes()));
+    files.push(file(
+        INSTALL_SCRIPT_PATH,
+        0o755,
+        INSTALL_SCRIPT.as_bytes(),
+        OnChange::Reinstall,
+    ));
+    units.push(INSTALL);
     files.push(file(
         &format!("{CONFIG_DIR}/config.toml"),
         0o600,
@@ -318,21 +304,16 @@ pub fn everything() -> (Vec<(String, OnChange)>, Vec<Unit>) {
     let zeros = "0".repeat(64);
     let mut paths: Vec<(String, OnChange)> = Vec::new();
     let mut units: Vec<Unit> = Vec::new();
-    for (delivery, known_hosts, s3_credentials, signing_key) in [
-        (
-            Delivery::Image {
+    // With and without known_hosts (without: the accept-new drop-in).
+    for (known_hosts, s3_credentials, signing_key) in
+        [(None, Some(""), Some("")), (Some(""), None, None)]
+    {
+        let payload = payload(&Inputs {
+            name: "",
+            delivery: Delivery {
                 image: &image,
                 binary_sha256: &zeros,
             },
-            None,
-            Some(""),
-            Some(""),
-        ),
-        (Delivery::Embedded { binary: b"" }, Some(""), None, None),
-    ] {
-        let payload = payload(&Inputs {
-            name: "",
-            delivery,
             config_toml: "",
             known_hosts,
             spray_private_key: "",
@@ -429,7 +410,7 @@ mod tests {
         let zeros = "0".repeat(64);
         let made = payload(&Inputs {
             name: "n",
-            delivery: Delivery::Image {
+            delivery: Delivery {
                 image: &image,
                 binary_sha256: &zeros,
             },
@@ -459,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn image_delivery_pins_and_installs_embedded_delivery_carries_the_binary() {
+    fn image_delivery_pins_and_installs() {
         let image =
             super::super::image::parse_pinned(&format!("r/x@sha256:{}", "a".repeat(64))).unwrap();
         let sha = "b".repeat(64);
@@ -473,7 +454,7 @@ mod tests {
             s3_credentials: None,
             signing_key: None,
         };
-        let pinned = payload(&inputs(Delivery::Image {
+        let pinned = payload(&inputs(Delivery {
             image: &image,
             binary_sha256: &sha,
         }))
@@ -504,17 +485,7 @@ mod tests {
             format!("restrict,command=\"{RECEIVE_COMMAND}\" ecdsa-sha2-nistp256 AAAA k")
         );
 
-        let embedded = payload(&inputs(Delivery::Embedded { binary: b"\x7fELF" })).unwrap();
-        let binary = embedded
-            .files
-            .iter()
-            .find(|f| f.path == BINARY_PATH)
-            .unwrap();
-        assert_eq!(binary.contents, b"\x7fELF");
-        assert!(!embedded.units.iter().any(|u| u.name == INSTALL_UNIT));
-        assert!(!embedded.files.iter().any(|f| f.path == IMAGE_ENV_PATH));
-
-        let bad = payload(&inputs(Delivery::Image {
+        let bad = payload(&inputs(Delivery {
             image: &image,
             binary_sha256: "abc",
         }));
@@ -522,9 +493,11 @@ mod tests {
     }
 
     #[test]
-    fn everything_covers_both_deliveries_once() {
+    fn everything_lists_each_path_once_and_not_the_binary() {
         let (paths, units) = everything();
-        for path in [BINARY_PATH, IMAGE_ENV_PATH, INSTALL_SCRIPT_PATH] {
+        // The install unit writes the binary, not the machine-config daemon.
+        assert!(!paths.iter().any(|(p, _)| p == BINARY_PATH));
+        for path in [IMAGE_ENV_PATH, INSTALL_SCRIPT_PATH] {
             assert_eq!(paths.iter().filter(|(p, _)| p == path).count(), 1, "{path}");
         }
         assert!(paths.iter().any(|(p, _)| p.ends_with("/known_hosts")));

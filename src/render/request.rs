@@ -4,18 +4,16 @@
 use super::image::PinnedImage;
 use crate::config::{ConfigError, Settings};
 use crate::verify::hash_file;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// What the admin asked for: paths as given on the command line.
 #[derive(Debug)]
 pub struct Request {
     pub node_config: PathBuf,
-    pub image: Option<PinnedImage>,
+    pub image: PinnedImage,
     pub binary_sha256: Option<String>,
     pub binary: Option<PathBuf>,
-    pub embed_binary: bool,
-    pub force: bool,
     pub spray_key: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
     pub s3_credentials: Option<PathBuf>,
@@ -32,15 +30,13 @@ pub struct Rendered {
 }
 
 /// Reads the files of `request` and renders the MachineConfig; refuses a node config that pins
-/// `node.name` and an embedded binary that etcd could not store.
+/// `node.name`.
 pub fn machineconfig_from(request: &Request) -> Result<Rendered> {
     let Request {
         node_config,
         image,
         binary_sha256,
         binary,
-        embed_binary,
-        force,
         spray_key,
         known_hosts,
         s3_credentials,
@@ -61,30 +57,21 @@ pub fn machineconfig_from(request: &Request) -> Result<Rendered> {
         ))
         .into());
     }
-    let pinned = image.as_ref();
-    let binary_path = match binary {
-        Some(path) => path.clone(),
-        None => std::env::current_exe().context("cannot find this binary's path")?,
+    let sha256 = match binary_sha256 {
+        Some(hex) => hex.to_ascii_lowercase(),
+        None => {
+            let path = match binary {
+                Some(path) => path.clone(),
+                None => std::env::current_exe().context("cannot find this binary's path")?,
+            };
+            hash_file(&path)
+                .with_context(|| format!("cannot hash '{}'", path.display()))?
+                .hex()
+        }
     };
-    let embedded = if *embed_binary {
-        std::fs::read(&binary_path)
-            .with_context(|| format!("cannot read '{}'", binary_path.display()))?
-    } else {
-        Vec::new()
-    };
-    let sha256 = match (pinned, binary_sha256) {
-        (None, _) => String::new(),
-        (Some(_), Some(hex)) => hex.to_ascii_lowercase(),
-        (Some(_), None) => hash_file(&binary_path)
-            .with_context(|| format!("cannot hash '{}'", binary_path.display()))?
-            .hex(),
-    };
-    let delivery = match pinned {
-        Some(image) => super::Delivery::Image {
-            image,
-            binary_sha256: &sha256,
-        },
-        None => super::Delivery::Embedded { binary: &embedded },
+    let delivery = super::Delivery {
+        image,
+        binary_sha256: &sha256,
     };
     let (private, public) = match spray_key {
         Some(path) => (read(path)?, super::public_key_of(path)?),
@@ -121,49 +108,16 @@ pub fn machineconfig_from(request: &Request) -> Result<Rendered> {
         signing_key: signing_key.as_deref(),
     })?;
     let kib = yaml.len() >> 10;
-    let (summary, over_budget) = if *embed_binary {
-        let budget = super::MACHINECONFIG_BUDGET_BYTES;
-        let refuse = super::EMBEDDED_REFUSE_BYTES;
-        let why = "etcd refuses requests over 1.5 MiB, the rendered master config holds every MachineConfig of the pool, and the operator keeps every old rendered config";
-        if yaml.len() >= super::ETCD_REQUEST_LIMIT_BYTES {
-            bail!(
-                "the MachineConfig with the binary embedded is {kib} KiB: etcd refuses any request over {} KiB, so no cluster could take it, forced or not: install from an image (--image REF@sha256:DIGEST)",
-                super::ETCD_REQUEST_LIMIT_BYTES >> 10
-            );
-        }
-        if yaml.len() > refuse && !force {
-            bail!(
-                "the MachineConfig with the binary embedded is {kib} KiB, over {} KiB ({why}): install from an image (--image REF@sha256:DIGEST), or pass --force",
-                refuse >> 10
-            );
-        }
-        (
-            format!(
-                "MachineConfig {name}: {kib} KiB, the binary embedded ({} KiB)",
-                embedded.len() >> 10
-            ),
-            (yaml.len() > budget).then(|| {
-                format!(
-                    "the MachineConfig is {kib} KiB, over the {} KiB budget ({why}); --image keeps it under {} KiB",
-                    budget >> 10,
-                    super::IMAGE_MACHINECONFIG_BUDGET_BYTES >> 10
-                )
-            }),
+    let summary = format!(
+        "MachineConfig {name}: {kib} KiB; the masters install the binary with sha256 {sha256} from {}",
+        image.reference
+    );
+    let over_budget = (yaml.len() > super::IMAGE_MACHINECONFIG_BUDGET_BYTES).then(|| {
+        format!(
+            "the MachineConfig is {kib} KiB, over its {} KiB budget",
+            super::IMAGE_MACHINECONFIG_BUDGET_BYTES >> 10
         )
-    } else {
-        (
-            format!(
-                "MachineConfig {name}: {kib} KiB; the masters install the binary with sha256 {sha256} from {}",
-                pinned.map_or("", |p| p.reference.as_str())
-            ),
-            (yaml.len() > super::IMAGE_MACHINECONFIG_BUDGET_BYTES).then(|| {
-                format!(
-                    "the MachineConfig is {kib} KiB, over its {} KiB budget",
-                    super::IMAGE_MACHINECONFIG_BUDGET_BYTES >> 10
-                )
-            }),
-        )
-    };
+    });
     Ok(Rendered {
         yaml,
         summary,

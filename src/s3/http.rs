@@ -1,8 +1,8 @@
 //! A small blocking HTTP/1.1 client for S3 over the system OpenSSL: one request at a time on a
 //! kept-alive connection, every read and write bounded by a timeout, request bodies from
 //! memory (a part is at most `part_size`), response bodies into memory up to a bound or streamed
-//! into a writer. `ureq` with native TLS would cost 306 KB of binary (142 KB gzip) that the
-//! MachineConfig's `--embed-binary` cannot carry; this is what S3 needs of HTTP and no more.
+//! into a writer. `ureq` with native TLS would cost 306 KB of binary (142 KB gzip) for more than
+//! S3 needs of HTTP; this is what it needs and no more.
 
 use anyhow::{Context, Result, bail};
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVersion};

@@ -50,8 +50,8 @@ pub fn next_release_binary() -> PathBuf {
 }
 
 /// `render machineconfig` for the release binary with `node_config` as every master's
-/// config.toml and `delivery` (`--image REF@sha256:…` or `--embed-binary`; `--binary FILE` or
-/// `--binary-sha256 HEX` to pin another binary than the release one); the YAML.
+/// config.toml and `delivery` (`--image REF@sha256:…`; `--binary FILE` or `--binary-sha256 HEX`
+/// to pin another binary than the release one); the YAML.
 pub fn render_release_machineconfig(node_config: &str, delivery: &[&str]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
