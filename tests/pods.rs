@@ -138,6 +138,25 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
         "--local",
     ])
     .expect_ok("build the image here");
+    // The image ships the man pages and the bash completion the binary generated at build.
+    let shipped = std::process::Command::new("podman")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/sh",
+        ])
+        .args(["localhost/etcd-backup:pod", "-c"])
+        .arg("ls /usr/share/man/man1 && test -s /usr/share/bash-completion/completions/etcd-backup")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&shipped.stdout);
+    assert!(
+        shipped.status.success() && listing.contains("etcd-backup-restore-check.1"),
+        "{shipped:?}"
+    );
     let snapshot_nodes = [
         "--set",
         "snapshotNodes={master-0,master-1,master-2},sync.tls.nodes={master-0,master-1,master-2}",

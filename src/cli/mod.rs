@@ -198,6 +198,11 @@ enum Cmd {
     },
 }
 
+/// The command line as clap knows it: for the docs' tests, man pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// What `main` calls.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

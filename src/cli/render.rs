@@ -2,7 +2,7 @@
 
 use super::EXIT_OK;
 use crate::render;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -13,6 +13,18 @@ pub enum RenderCmd {
     Machineconfig(Box<MachineconfigArgs>),
     /// The OpenShift 4.17+ node disruption policy: timer restarts instead of reboots
     NodeDisruptionPolicy,
+    /// Man pages of etcd-backup and each of its commands into DIR (what the image ships in
+    /// /usr/share/man/man1)
+    Man {
+        /// An existing directory
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// A shell completion script, on stdout
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,11 +60,23 @@ pub struct MachineconfigArgs {
 }
 
 pub fn cmd_render(what: &RenderCmd) -> Result<u8> {
-    let RenderCmd::Machineconfig(args) = what else {
-        print!("{}", render::node_disruption_policy());
-        return Ok(EXIT_OK);
+    let args = match what {
+        RenderCmd::Machineconfig(args) => &**args,
+        RenderCmd::NodeDisruptionPolicy => {
+            print!("{}", render::node_disruption_policy());
+            return Ok(EXIT_OK);
+        }
+        RenderCmd::Man { dir } => {
+            clap_mangen::generate_to(super::command(), dir)
+                .with_context(|| format!("cannot write man pages into '{}'", dir.display()))?;
+            return Ok(EXIT_OK);
+        }
+        RenderCmd::Completions { shell } => {
+            let mut command = super::command();
+            clap_complete::generate(*shell, &mut command, "etcd-backup", &mut std::io::stdout());
+            return Ok(EXIT_OK);
+        }
     };
-    let args = &**args;
     let rendered = render::machineconfig_from(&render::Request {
         node_config: args.node_config.clone(),
         image: args.image.clone(),
