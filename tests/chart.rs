@@ -565,12 +565,72 @@ fn monitoring_adds_a_read_only_exporter_its_service_monitor_and_alerts_only_when
             "{}: only the exporter's series: {expr}",
             r["alert"]
         );
-        assert!(r["labels"]["severity"].is_string());
+        // OpenShift's alerting conventions: a severity, the namespace, a summary, a
+        // description, and a runbook for each alert, which docs/runbooks has.
+        let alert = r["alert"].as_str().unwrap();
+        assert!(
+            ["critical", "warning", "info"].contains(&r["labels"]["severity"].as_str().unwrap()),
+            "{alert}"
+        );
+        assert_eq!(r["labels"]["namespace"], "etcd-backup", "{alert}");
+        for key in ["summary", "description"] {
+            assert!(
+                r["annotations"][key].as_str().is_some_and(|t| t.len() > 20),
+                "{alert}: {key}"
+            );
+        }
+        assert_eq!(
+            r["annotations"]["runbook_url"],
+            format!("https://runbooks.example.com/etcd-backup/{alert}.md"),
+        );
+        let runbook = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs/runbooks")
+            .join(format!("{alert}.md"));
+        let text = std::fs::read_to_string(&runbook)
+            .unwrap_or_else(|e| panic!("{alert}: {}: {e}", runbook.display()));
+        for section in [
+            "# ",
+            "## Meaning",
+            "## Impact",
+            "## Diagnosis",
+            "## Mitigation",
+        ] {
+            assert!(
+                text.contains(section),
+                "{}: no '{section}'",
+                runbook.display()
+            );
+        }
+    }
+    // And every runbook is an alert's.
+    let alerts: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    for entry in
+        std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbooks"))
+            .unwrap()
+    {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let alert = name.strip_suffix(".md").unwrap_or(&name);
+        assert!(
+            alerts.contains(&alert),
+            "docs/runbooks/{name} is no alert's runbook"
+        );
     }
 
     // Alerts without the exporter are refused, with the reason.
     let err = template(&["--set", "monitoring.prometheusRule.enabled=true"]).unwrap_err();
     assert!(err.contains("needs monitoring.enabled"), "{err}");
+    // Alerts without a place for their runbooks too.
+    let err = template(&[
+        "--set",
+        "monitoring.enabled=true",
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("monitoring.prometheusRule.runbookBaseURL"),
+        "{err}"
+    );
 }
 
 #[test]

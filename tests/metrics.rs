@@ -628,23 +628,26 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
                 alert("EtcdBackupNoRecentSet", "60m", serde_json::json!([])),
                 alert("EtcdBackupNoRecentSet", "125m", serde_json::json!([])),
                 alert("EtcdBackupNoRecentSet", "140m", serde_json::json!([{
-                    "exp_labels": {"severity": "critical"},
+                    "exp_labels": {"severity": "critical", "namespace": "etcd-backup"},
                     "exp_annotations": {
+                        "runbook_url": format!("https://runbooks.example.com/etcd-backup/EtcdBackupNoRecentSet.md"),
                         "summary": "No master holds an etcd backup set newer than status.max_age.",
                         "description": "The newest verified etcd backup set on any master is 2h 20m 0s old, older than status.max_age allows. Check the backup jobs: oc get jobs -n etcd-backup.",
                     },
                 }])),
                 alert("EtcdBackupNoSet", "200m", serde_json::json!([])),
                 alert("EtcdBackupNewestSetFailedVerification", "1m", serde_json::json!([{
-                    "exp_labels": labels(&[("origin", "master-0"), ("severity", "critical")]),
+                    "exp_labels": labels(&[("origin", "master-0"), ("severity", "critical"), ("namespace", "etcd-backup")]),
                     "exp_annotations": {
+                        "runbook_url": format!("https://runbooks.example.com/etcd-backup/EtcdBackupNewestSetFailedVerification.md"),
                         "summary": "The newest etcd backup set of an origin failed verification.",
                         "description": "The newest set from master-0 in the store on master-0 is damaged or failed its last verification: etcd-backup list there names the problem.",
                     },
                 }])),
                 alert("EtcdBackupSetsFailedVerification", "15m", serde_json::json!([{
-                    "exp_labels": labels(&[("origin", "master-0"), ("verified", "false"), ("severity", "warning")]),
+                    "exp_labels": labels(&[("origin", "master-0"), ("verified", "false"), ("severity", "warning"), ("namespace", "etcd-backup")]),
                     "exp_annotations": {
+                        "runbook_url": format!("https://runbooks.example.com/etcd-backup/EtcdBackupSetsFailedVerification.md"),
                         "summary": "etcd backup sets failed verification.",
                         "description": "1 set(s) from master-0 in the store on master-0 are damaged or failed their last verification; they are kept, never sent, never counted by retention.",
                     },
@@ -652,16 +655,18 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
                 // Behind for an hour before it is an alert.
                 alert("EtcdBackupTargetBehind", "30m", serde_json::json!([])),
                 alert("EtcdBackupTargetBehind", "70m", serde_json::json!([{
-                    "exp_labels": labels(&[("target", &bad_target), ("severity", "warning")]),
+                    "exp_labels": labels(&[("target", &bad_target), ("severity", "warning"), ("namespace", "etcd-backup")]),
                     "exp_annotations": {
+                        "runbook_url": format!("https://runbooks.example.com/etcd-backup/EtcdBackupTargetBehind.md"),
                         "summary": "An etcd backup spray target is behind.",
                         "description": format!("The spray from master-0 to {bad_target} has failed for 1h: etcd-backup status there says why."),
                     },
                 }])),
                 // The verify failed, the backups did not; the spray is the target's alert.
                 alert("EtcdBackupRunFailing", "10m", serde_json::json!([{
-                    "exp_labels": labels(&[("run", "verify"), ("severity", "warning")]),
+                    "exp_labels": labels(&[("run", "verify"), ("severity", "warning"), ("namespace", "etcd-backup")]),
                     "exp_annotations": {
+                        "runbook_url": format!("https://runbooks.example.com/etcd-backup/EtcdBackupRunFailing.md"),
                         "summary": "An etcd-backup run failed.",
                         "description": "The last verify run on master-0 failed: its pod logs (or journalctl -u etcd-backup) name the cause.",
                     },
@@ -669,8 +674,9 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
                 // A damaged copy on a target, for 10 minutes.
                 alert("EtcdBackupTargetCopyDamaged", "5m", serde_json::json!([])),
                 alert("EtcdBackupTargetCopyDamaged", "15m", serde_json::json!([{
-                    "exp_labels": labels(&[("target", &nfs_target), ("severity", "warning")]),
+                    "exp_labels": labels(&[("target", &nfs_target), ("severity", "warning"), ("namespace", "etcd-backup")]),
                     "exp_annotations": {
+                        "runbook_url": format!("https://runbooks.example.com/etcd-backup/EtcdBackupTargetCopyDamaged.md"),
                         "summary": "A copy of an etcd backup set on a target is damaged.",
                         "description": format!("The last verification of the copies on {nfs_target} from master-0 found 1 damaged: etcd-backup status there names them; the next spray sends them again."),
                     },
@@ -678,8 +684,9 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
                 // Of an earlier etcd cluster for an hour before it is an alert.
                 alert("EtcdBackupNewestSetOfEarlierCluster", "60m", serde_json::json!([])),
                 alert("EtcdBackupNewestSetOfEarlierCluster", "95m", serde_json::json!([{
-                    "exp_labels": labels(&[("severity", "warning")]),
+                    "exp_labels": labels(&[("severity", "warning"), ("namespace", "etcd-backup")]),
                     "exp_annotations": {
+                        "runbook_url": format!("https://runbooks.example.com/etcd-backup/EtcdBackupNewestSetOfEarlierCluster.md"),
                         "summary": "The newest etcd backup set on a master is of an earlier etcd cluster.",
                         "description": "The newest verified set in the store on master-0 was taken from another etcd cluster than the one it runs now (restored since?): its sets are an earlier history and none backs up the cluster as it is. Take a backup: etcd-backup status there says which cluster is live.",
                     },
