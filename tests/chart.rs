@@ -616,6 +616,35 @@ fn monitoring_adds_a_read_only_exporter_its_service_monitor_and_alerts_only_when
         );
     }
 
+    // The console's dashboard: in openshift-config-managed with the console's label, the
+    // chart's Grafana JSON as it is.
+    let dashboard = of_kind(&objects, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "eb-etcd-backup-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(
+        dashboard["metadata"]["namespace"],
+        "openshift-config-managed"
+    );
+    assert_eq!(
+        dashboard["metadata"]["labels"]["console.openshift.io/dashboard"],
+        "true"
+    );
+    let shipped: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("dashboards/etcd-backup.json")).unwrap(),
+    )
+    .unwrap();
+    let rendered: Value =
+        serde_json::from_str(dashboard["data"]["etcd-backup.json"].as_str().unwrap()).unwrap();
+    assert_eq!(rendered, shipped);
+    let (defaults, _) = template(&[]).unwrap();
+    assert!(
+        !of_kind(&defaults, "ConfigMap")
+            .iter()
+            .any(|c| c["metadata"]["name"] == "eb-etcd-backup-dashboard"),
+        "no dashboard unless asked"
+    );
+
     // Alerts without the exporter are refused, with the reason.
     let err = template(&["--set", "monitoring.prometheusRule.enabled=true"]).unwrap_err();
     assert!(err.contains("needs monitoring.enabled"), "{err}");

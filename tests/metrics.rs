@@ -573,6 +573,66 @@ fn the_chart_s_alerts_fire_on_the_metrics_the_tool_writes() {
         }
     }
 
+    // The dashboard (the chart's Grafana JSON, also the console's): every query is PromQL that
+    // promtool parses (as recording rules) and names only metrics the tool writes.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::chart::chart().join("dashboards/etcd-backup.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let queries: Vec<String> = dashboard["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["panels"].as_array().unwrap().iter())
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$job", "eb-etcd-backup-metrics")
+        })
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    let recorded: Vec<serde_json::Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": q }))
+        .collect();
+    let dashboard_rules = dir.path().join("dashboard.yaml");
+    std::fs::write(
+        &dashboard_rules,
+        serde_json::json!({ "groups": [{ "name": "dashboard", "rules": recorded }] }).to_string(),
+    )
+    .unwrap();
+    let check = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&dashboard_rules)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    for query in &queries {
+        for word in query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("etcd_backup_") {
+                assert!(
+                    written.contains(word),
+                    "the dashboard reads {word}, never written"
+                );
+            }
+        }
+    }
+    // What the issue asks the dashboard to show.
+    for needed in [
+        "etcd_backup_newest_set_timestamp_seconds",
+        "etcd_backup_store_sets",
+        "etcd_backup_runs_total",
+        "etcd_backup_target_last_success_timestamp_seconds",
+        "etcd_backup_target_last_sent_bytes",
+        "etcd_backup_run_last_duration_seconds",
+    ] {
+        assert!(queries.iter().any(|q| q.contains(needed)), "{needed}");
+    }
+
     // The series as scraped: job and node from the ServiceMonitor; the newest verified set
     // taken at the test's time 0 (its timestamp is the one value moved onto that clock).
     let job = "eb-etcd-backup-metrics";
