@@ -8,6 +8,7 @@ mod config;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod disk_full;
+mod docs;
 mod drill;
 mod hostile_sender;
 mod hostile_source;
