@@ -139,15 +139,9 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
     ])
     .expect_ok("build the image here");
     // The image ships the man pages and the bash completion the binary generated at build.
-    let shipped = std::process::Command::new("podman")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--entrypoint",
-            "/bin/sh",
-        ])
+    let shipped = podman()
+        .args(["run", "--rm", "--pull=never", "--network", "none"])
+        .args(["--entrypoint", "/bin/sh"])
         .args(["localhost/etcd-backup:pod", "-c"])
         .arg("ls /usr/share/man/man1 && test -s /usr/share/bash-completion/completions/etcd-backup")
         .output()
