@@ -275,7 +275,8 @@ impl Lab {
 
     /// Host `n`'s config: its store, the stand-in script, etcd.env discovery of the other two,
     /// the spray key, plus `spray_extra` keys for `[spray]` (a key given there replaces the
-    /// lab's default for it).
+    /// lab's default for it). The floor is its 5 GiB alone (`min_free_percent = 0`): the lab's stores are on the
+    /// host's disk, whatever it has free (the share is tested on a tmpfs, disk_full).
     pub fn write_config(&self, n: usize, spray_extra: &str) {
         let host = &self.hosts[n];
         let defaults = [
@@ -302,7 +303,8 @@ impl Lab {
             host.config(),
             format!(
                 "[node]\nname = \"lab-master-{n}\"\n[store]\nroot = \"{}\"\nlock_wait = \"20s\"\n\
-                 [backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 10\n[spray]\n{spray}{spray_extra}\n",
+                 [backup]\ncommand = \"{}\"\n[retention]\nkeep_last = 10\nmin_free_percent = 0\n\
+                 [spray]\n{spray}{spray_extra}\n",
                 host.store().display(),
                 standin().display(),
             ),
