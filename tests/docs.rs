@@ -256,16 +256,16 @@ fn every_command_line_in_the_docs_parses() {
     assert!(lines.len() >= 30, "{} command lines found", lines.len());
     let mut wrong = Vec::new();
     for (where_, words) in &lines {
-        if let Err(e) = etcd_backup::cli::command().try_get_matches_from(words) {
-            if !matches!(
+        if let Err(e) = etcd_backup::cli::command().try_get_matches_from(words)
+            && !matches!(
                 e.kind(),
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) {
-                wrong.push(format!(
-                    "{where_}\n  {}",
-                    e.to_string().lines().next().unwrap()
-                ));
-            }
+            )
+        {
+            wrong.push(format!(
+                "{where_}\n  {}",
+                e.to_string().lines().next().unwrap()
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
