@@ -200,7 +200,7 @@ fn hash_snapshot(path: &Path, mut file: impl Read, size: u64) -> Result<(FileDig
 /// by [`SnapshotHasher`] (its trailer too), any other file by its SHA-256.
 pub enum FileCheck {
     Snapshot(SnapshotHasher),
-    Plain(Sha256, u64),
+    Plain(Sha256),
 }
 
 impl FileCheck {
@@ -209,16 +209,15 @@ impl FileCheck {
         Ok(if entry.is_snapshot() {
             FileCheck::Snapshot(SnapshotHasher::new(entry.size)?)
         } else {
-            FileCheck::Plain(Sha256::new(), 0)
+            FileCheck::Plain(Sha256::new())
         })
     }
 
     pub fn update(&mut self, data: &[u8]) -> Result<(), String> {
         match self {
             FileCheck::Snapshot(h) => h.update(data),
-            FileCheck::Plain(h, n) => {
+            FileCheck::Plain(h) => {
                 h.update(data);
-                *n += data.len() as u64;
                 Ok(())
             }
         }
@@ -228,7 +227,7 @@ impl FileCheck {
     pub fn finish(self) -> Result<String, String> {
         match self {
             FileCheck::Snapshot(h) => h.finish().map(|(digest, _)| digest.hex()),
-            FileCheck::Plain(h, _) => Ok(hex(&h.finalize())),
+            FileCheck::Plain(h) => Ok(hex(&h.finalize())),
         }
     }
 }

@@ -107,8 +107,7 @@ pub struct StatusSettings {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IoSettings {
     /// Bytes per second the large files we write (a set received or copied to a directory
-    /// target, a copy staged or fetched from a directory) go to the disk at most; 0: as fast as
-    /// pacing allows.
+    /// target, a copy staged or fetched from a directory) go to the disk at most; 0: no bound.
     pub max_write_bandwidth: u64,
 }
 

@@ -13,7 +13,7 @@
 //! caller fsyncs the file at the end, as any. Where the filesystem takes no `O_DIRECT`
 //! (tmpfs), the file is written [`Paced`] instead.
 
-use super::{Paced, WRITE_BANDWIDTH};
+use super::{Paced, WRITE_BANDWIDTH, keep_to_bandwidth};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -65,7 +65,8 @@ enum Inner {
         buffer: Aligned,
         /// Where `buffer` starts in the file.
         offset: u64,
-        /// For `[io] max_write_bandwidth`: since when, and how much, was written.
+        /// `[io] max_write_bandwidth`, and since when and how much was written against it.
+        bandwidth: u64,
         started: std::time::Instant,
         written: u64,
     },
@@ -92,6 +93,7 @@ impl DirectWriter {
                 inner: Inner::Direct {
                     buffer,
                     offset: start,
+                    bandwidth: WRITE_BANDWIDTH.load(std::sync::atomic::Ordering::Relaxed),
                     started: std::time::Instant::now(),
                     written: 0,
                 },
@@ -123,6 +125,7 @@ impl DirectWriter {
             Inner::Direct {
                 buffer,
                 offset,
+                bandwidth,
                 started,
                 written,
             } => {
@@ -134,7 +137,7 @@ impl DirectWriter {
                         *offset += BUFFER as u64;
                         buffer.len = 0;
                         *written += BUFFER as u64;
-                        keep_to_bandwidth(*started, *written);
+                        keep_to_bandwidth(*bandwidth, *started, *written);
                     }
                 }
                 Ok(())
@@ -171,18 +174,6 @@ impl DirectWriter {
 impl Drop for DirectWriter {
     fn drop(&mut self) {
         let _ = self.write_rest();
-    }
-}
-
-/// Waits until `written` bytes since `started` are within `[io] max_write_bandwidth`.
-fn keep_to_bandwidth(started: std::time::Instant, written: u64) {
-    let bandwidth = WRITE_BANDWIDTH.load(std::sync::atomic::Ordering::Relaxed);
-    if bandwidth == 0 {
-        return;
-    }
-    let due = std::time::Duration::from_secs_f64(written as f64 / bandwidth as f64);
-    if let Some(early) = due.checked_sub(started.elapsed()) {
-        std::thread::sleep(early);
     }
 }
 

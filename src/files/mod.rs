@@ -330,7 +330,8 @@ pub struct Paced {
 /// writer of this process starts with.
 static WRITE_BANDWIDTH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Bounds every [`Paced`] writer made from now on to `bytes_per_second` (0: unbounded).
+/// Bounds every [`Paced`] and [`DirectWriter`] made from now on to `bytes_per_second` (0:
+/// unbounded).
 pub fn set_write_bandwidth(bytes_per_second: u64) {
     WRITE_BANDWIDTH.store(bytes_per_second, std::sync::atomic::Ordering::Relaxed);
 }
@@ -364,17 +365,6 @@ impl Paced {
         Paced {
             bandwidth: bytes_per_second,
             ..self
-        }
-    }
-
-    /// Waits until the bytes settled so far are within the bandwidth.
-    fn keep_to_bandwidth(&self) {
-        if self.bandwidth == 0 {
-            return;
-        }
-        let due = std::time::Duration::from_secs_f64(self.paced as f64 / self.bandwidth as f64);
-        if let Some(early) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(early);
         }
     }
 
@@ -421,9 +411,20 @@ impl Paced {
             }
             self.settled = newer;
             self.paced += PACE_STEP;
-            self.keep_to_bandwidth();
+            keep_to_bandwidth(self.bandwidth, self.started, self.paced);
         }
         Ok(())
+    }
+}
+
+/// Waits until `bytes` written since `started` are within `bytes_per_second` (0: no bound).
+fn keep_to_bandwidth(bytes_per_second: u64, started: std::time::Instant, bytes: u64) {
+    if bytes_per_second == 0 {
+        return;
+    }
+    let due = std::time::Duration::from_secs_f64(bytes as f64 / bytes_per_second as f64);
+    if let Some(early) = due.checked_sub(started.elapsed()) {
+        std::thread::sleep(early);
     }
 }
 

@@ -105,10 +105,11 @@ impl DirStore {
 /// Copies every file of `open` into `staging`: each read once (from the file the set was
 /// opened with, so that a prune meanwhile takes nothing from under it), checked as it is read
 /// (its SHA-256, a snapshot's trailer too) and written past the page cache
-/// ([`DirectWriter`]), neither side left in it; a file that no longer matches its manifest is not sent. No deep check of the copy:
-/// its bytes are, by their hash, those that were deep-checked when the set entered this store
-/// (backup, receive, fetch), and the target's own `verify --deep` reads them back on its
-/// schedule; reading 6 GiB back now, or keeping them cached for it, is what etcd would pay.
+/// ([`DirectWriter`]), neither side left in it; a file that no longer matches its manifest is
+/// not sent. No deep check of the copy: its bytes are, by their hash, those that were
+/// deep-checked when the set entered this store (backup, receive, fetch), and the target's own
+/// `verify --deep` reads them back on its schedule; reading 6 GiB back now, or keeping them
+/// cached for it, is what etcd would pay.
 /// The set's signature goes with it. Returns the bytes written.
 pub(super) fn copy_set(open: &OpenSet, staging: &Path) -> Result<u64> {
     let set = &open.set;

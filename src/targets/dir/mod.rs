@@ -1,7 +1,7 @@
 //! `dir`: a directory store (an NFS mount, a PVC). What it lacks is written straight into the
-//! store at that path (`direct`: each file read once, checked and written paced, no protocol;
-//! or sealed), judged and committed by the same store code as a peer's delivery; and `fetch`
-//! reads a set back from it as from any store.
+//! store at that path (`direct`: each file read once, checked and written past the page cache,
+//! no protocol; or sealed), judged and committed by the same store code as a peer's delivery;
+//! and `fetch` reads a set back from it as from any store.
 
 mod direct;
 mod sealed;

@@ -1,7 +1,7 @@
 //! A directory target that seals: the sets it lacks are sealed straight into a staging
 //! directory of the store there (one read and one hash of each plaintext file, no protocol;
-//! the session is `direct`'s). What it holds is the bucket's shape: `manifest.json` and its signature, the age
-//! files, `seal.json` and its signature.
+//! the session is `direct`'s). What it holds is the bucket's shape: `manifest.json` and its
+//! signature, the age files, `seal.json` and its signature.
 
 use super::DirStore;
 use crate::files::{ReadAt, create_private, write_atomic};
