@@ -30,21 +30,25 @@ fn markdown_files() -> Vec<PathBuf> {
     out
 }
 
-/// The text outside fenced code blocks (links inside them are examples, not links).
-fn prose(text: &str) -> String {
+/// The lines of `text` but the fences, each with whether it is inside a fenced code block.
+fn fenced_or_not(text: &str) -> impl Iterator<Item = (bool, &str)> {
     let mut fenced = false;
-    let mut out = String::new();
-    for line in text.lines() {
+    text.lines().filter_map(move |line| {
         if line.trim_start().starts_with("```") {
             fenced = !fenced;
-            continue;
+            None
+        } else {
+            Some((fenced, line))
         }
-        if !fenced {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
+    })
+}
+
+/// The text outside fenced code blocks (links inside them are examples, not links).
+fn prose(text: &str) -> String {
+    fenced_or_not(text)
+        .filter(|(fenced, _)| !fenced)
+        .map(|(_, line)| format!("{line}\n"))
+        .collect()
 }
 
 /// GitHub's anchor for a heading: lower case, punctuation but '-' and '_' dropped, spaces as '-'.
@@ -219,16 +223,8 @@ fn command_lines() -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let mut fenced = false;
         let mut pending = String::new();
-        for line in text.lines() {
-            if line.trim_start().starts_with("```") {
-                fenced = !fenced;
-                continue;
-            }
-            if !fenced {
-                continue;
-            }
+        for (_, line) in fenced_or_not(&text).filter(|(fenced, _)| *fenced) {
             let joined = pending.clone() + line;
             if let Some(stripped) = joined.strip_suffix('\\') {
                 pending = stripped.to_string();
