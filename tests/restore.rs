@@ -434,6 +434,19 @@ fn restore_check_of_a_targets_copy_before_it_is_fetched() {
     node.run(&args).expect_code(0);
     assert!(node.set_dir(&id).is_dir());
     std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    // A directory this node has not configured (a dead master's disk, an export mounted by
+    // hand): checked the same, and the plan's fetch and `list --from` take its name as printed.
+    node.write_config("");
+    let run = node.run(&["restore-check", "--target", nfs_arg, &id]);
+    run.expect_code(0);
+    assert!(run.stdout.contains(&fetch), "{}", run.stdout);
+    node.run(&["list", "--from", &format!("dir:{nfs_arg}")])
+        .expect_code(0)
+        .expect_stdout(&id);
+    node.run(&args).expect_code(0);
+    assert!(node.set_dir(&id).is_dir());
+    std::fs::remove_dir_all(node.set_dir(&id)).unwrap();
+    node.write_config(&target);
     // The copy there damaged: refused before a byte is fetched.
     damage_snapshot(&nfs.join("sets").join(&id));
     let run = node.run(&["restore-check", "--target", nfs_arg, &id]);

@@ -118,7 +118,8 @@ pub fn configured(settings: &Settings) -> Targets {
 }
 
 /// The configured targets `name` picks: its id, or a bucket's name. `None`: every configured
-/// target. An absolute path is a directory store, configured or not.
+/// target. An absolute path is a directory store, configured or not; so is `dir:PATH` that no
+/// configured target is.
 pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
     let Some(name) = name else {
         return Ok(configured(settings));
@@ -137,16 +138,22 @@ pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
         }
         anyhow::bail!("'{name}' is not a peer of this node (etcd.env's masters and spray.peers)");
     }
-    if name.starts_with('/') {
+    let configured = configured(settings);
+    // A directory by its path, or by the id a directory store is listed and planned under
+    // (`dir:/path`) when no configured target has that id.
+    let path = name
+        .strip_prefix("dir:")
+        .filter(|path| path.starts_with('/') && !configured.iter().any(|t| t.id() == name))
+        .or(Some(name).filter(|path| path.starts_with('/')));
+    if let Some(path) = path {
         let dir = crate::config::DirTarget {
-            path: std::path::PathBuf::from(name),
+            path: std::path::PathBuf::from(path),
             require_mount: false,
             verify_every: std::time::Duration::ZERO,
             seal: Some(false),
         };
         return Ok(vec![Box::new(dir::DirStore::new(dir, settings))]);
     }
-    let configured = configured(settings);
     let ids: Vec<String> = configured.iter().map(|t| t.id()).collect();
     let matching: Targets = configured
         .into_iter()
@@ -158,7 +165,7 @@ pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
         .collect();
     if matching.is_empty() {
         anyhow::bail!(
-            "'{name}' is neither a directory (an absolute path) nor a configured target (ids: {}; or a bucket name)",
+            "'{name}' is neither a directory (an absolute path, or dir:PATH) nor a configured target (ids: {}; or a bucket name)",
             if ids.is_empty() {
                 "none".to_string()
             } else {
