@@ -24,6 +24,41 @@ const POLL: Duration = Duration::from_millis(50);
 /// After the script exits, how long to wait for the rest of its output.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 
+/// The most of one line of the script's output kept (the rest of a longer line is dropped).
+const MAX_OUTPUT_LINE: usize = 16 * 1024;
+
+/// Calls `each` with every line of `reader` (no newline) until it returns false, each line cut
+/// at `max` bytes: a script that writes without newlines never grows our memory.
+fn each_line(
+    reader: impl std::io::Read,
+    max: usize,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> std::io::Result<()> {
+    let mut reader = std::io::BufReader::new(reader);
+    let mut line = Vec::new();
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            if !line.is_empty() {
+                each(&line);
+            }
+            return Ok(());
+        }
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let part = &buf[..newline.unwrap_or(buf.len())];
+        let room = max.saturating_sub(line.len()).min(part.len());
+        line.extend_from_slice(&part[..room]);
+        let used = newline.map_or(buf.len(), |at| at + 1);
+        reader.consume(used);
+        if newline.is_some() {
+            if !each(&line) {
+                return Ok(());
+            }
+            line.clear();
+        }
+    }
+}
+
 /// How one run of the script ended.
 #[derive(Debug)]
 enum ScriptEnd {
@@ -84,15 +119,11 @@ fn run_script(
 
     let (lines_tx, lines) = mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(reader).split(b'\n') {
-            let Ok(line) = line else { break };
-            if lines_tx
-                .send(String::from_utf8_lossy(&line).trim_end().to_string())
-                .is_err()
-            {
-                break;
-            }
-        }
+        let _ = each_line(reader, MAX_OUTPUT_LINE, |line| {
+            lines_tx
+                .send(String::from_utf8_lossy(line).trim_end().to_string())
+                .is_ok()
+        });
     });
     let mut said = Said::default();
     let mut log_line = |line: String| {
@@ -538,4 +569,36 @@ pub fn take_backup(settings: &Settings, store: &Store, sets: &[StoredSet]) -> Re
         manifest.id
     );
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_scripts_lines_are_bounded() {
+        let mut output = vec![b'x'; 1 << 20];
+        output.extend_from_slice(b"\netcdctl version: 3.5.18\r\n\nlast, without newline");
+        let mut lines = Vec::new();
+        super::each_line(&output[..], 100, |l| {
+            lines.push(l.to_vec());
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            lines,
+            [
+                vec![b'x'; 100],
+                b"etcdctl version: 3.5.18\r".to_vec(),
+                Vec::new(),
+                b"last, without newline".to_vec()
+            ]
+        );
+        // Stops when told.
+        let mut seen = 0;
+        super::each_line(&b"a\nb\nc\n"[..], 100, |_| {
+            seen += 1;
+            seen < 2
+        })
+        .unwrap();
+        assert_eq!(seen, 2);
+    }
 }

@@ -267,6 +267,29 @@ mod tests {
             etcd_version_of_line("etcdctl version: 3.5.18; rm -rf"),
             None
         );
+        // A whole run of OpenShift's script as a master prints it (its `found latest` lines,
+        // podman's container id from dl_etcdctl, `etcdctl version`, etcdctl's JSON log lines
+        // and `snapshot status` figures, the success line): one version, the etcdctl's.
+        let run = r#"found latest kube-apiserver: /etc/kubernetes/static-pod-resources/kube-apiserver-pod-9
+found latest kube-controller-manager: /etc/kubernetes/static-pod-resources/kube-controller-manager-pod-7
+found latest kube-scheduler: /etc/kubernetes/static-pod-resources/kube-scheduler-pod-7
+found latest etcd: /etc/kubernetes/static-pod-resources/etcd-pod-4
+Certificate /etc/kubernetes/static-pod-certs/configmaps/etcd-all-bundles/server-ca-bundle.crt is missing. Checking in different directory
+Certificate /etc/kubernetes/static-pod-resources/etcd-certs/configmaps/etcd-all-bundles/server-ca-bundle.crt found!
+3f1b8c1f5e6a0b6dbf7c58e0c1a2bd4a1f0c8cfb8f4b47d1b1c0f2de84a6ab21
+etcdctl version: 3.5.18
+API version: 3.5
+{"level":"info","ts":"2026-12-04T10:00:01.118Z","caller":"snapshot/v3_snapshot.go:65","msg":"created temporary db file","path":"/var/lib/etcd-backup/.staging/snapshot_2026-12-04_100000.db.part"}
+{"level":"info","ts":"2026-12-04T10:00:01.126Z","logger":"client","caller":"v3@v3.5.18/maintenance.go:212","msg":"opened snapshot stream; downloading"}
+{"level":"info","ts":"2026-12-04T10:00:01.126Z","caller":"snapshot/v3_snapshot.go:73","msg":"fetching snapshot","endpoint":"https://10.0.0.5:2379"}
+{"level":"info","ts":"2026-12-04T10:00:02.873Z","caller":"snapshot/v3_snapshot.go:88","msg":"fetched snapshot","endpoint":"https://10.0.0.5:2379","size":"152 MB","took":"1 second ago"}
+Snapshot saved at /var/lib/etcd-backup/.staging/snapshot_2026-12-04_100000.db
+Deprecated: Use `etcdutl snapshot status` instead.
+
+{"hash":3866667823,"revision":431407,"totalKey":12828,"totalSize":152446976}
+snapshot db and kube resources are successfully saved to /var/lib/etcd-backup/.staging"#;
+        let found: Vec<String> = run.lines().filter_map(etcd_version_of_line).collect();
+        assert_eq!(found, ["3.5.18"]);
     }
 
     #[test]
