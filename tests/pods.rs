@@ -252,6 +252,51 @@ fn pod_mode_on_the_lab_masters_keeps_systemd_history_and_sprays_over_tls_to_a_vo
         );
     }
 
+    // The recovery master in Pod Mode has no binary of its own: taken out of the image the
+    // jobs ran, as docs/restore.md says, it checks a set the pods took and plans the restore
+    // for this cluster with nothing but its defaults.
+    let from_image = format!(
+        "/var/lib/etcd-backup-lab/{}/master-1/var/lib/eb-image",
+        lab.name
+    );
+    std::fs::create_dir_all(&from_image).unwrap();
+    std::fs::write(format!("{from_image}/none.toml"), "").unwrap();
+    let created = podman()
+        .args(["create", "--pull=never", "localhost/etcd-backup:pod"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let container = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let copied = podman()
+        .args(["cp", &format!("{container}:/usr/local/bin/etcd-backup")])
+        .arg(format!("{from_image}/etcd-backup"))
+        .output()
+        .unwrap();
+    let _ = podman().args(["rm", &container]).output();
+    assert!(copied.status.success(), "{copied:?}");
+    let report = lab
+        .exec(
+            1,
+            &[
+                "/var/lib/eb-image/etcd-backup",
+                "--config",
+                "/var/lib/eb-image/none.toml",
+                "restore-check",
+                &committed[0],
+            ],
+        )
+        .expect_ok("restore-check with the image's binary");
+    for needle in [
+        "ok       release            the set and this node run 4.18.7",
+        "recovery master: master-1 (this node); other masters: master-0, master-2",
+        &format!(
+            "sudo etcd-backup stage {} /home/core/assets/backup",
+            committed[0]
+        ),
+    ] {
+        assert!(report.contains(needle), "{needle}\n{report}");
+    }
+
     // A spray whose certificate another CA issued (another install of the chart): refused by
     // both receivers, nothing committed or staged.
     lab.script(&["run-pod", sync_path, "eb-etcd-backup-backup-0", "0"])
