@@ -59,11 +59,14 @@ pub struct Set<'a> {
     pub signed: Option<bool>,
     pub signature: Option<String>,
     pub on: Option<&'a str>,
+    /// Its files are in the plan's stage directory already: staging writes nothing more.
+    pub staged: bool,
 }
 
 /// What a restore writes under /var/lib/etcd's filesystem: `cluster-restore.sh` copies the
 /// snapshot to /var/lib/etcd-backup, then the restore writes a database as large and a WAL of
-/// 64 MB; and some room left for etcd itself.
+/// 64 MB; and some room left for etcd itself. (The set staged, and fetched when it is on a
+/// target, come on top: see [`checks`].)
 pub fn space_needed(snapshot: u64) -> u64 {
     snapshot
         .saturating_mul(2)
@@ -230,10 +233,13 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
         .iter()
         .find(|f| f.is_snapshot())
         .map_or(0, |f| f.size);
-    // A set still on a target is fetched into the store first (on a master, the same
-    // filesystem as /var/lib/etcd).
+    // The plan stages the set, and first fetches a set still on a target into the store: on a
+    // master, /home (/var/home), the store and /var/lib/etcd are one filesystem.
+    let staged = if set.staged { 0 } else { m.total_size() };
     let fetched = if set.on.is_some() { m.total_size() } else { 0 };
-    let needed = space_needed(snapshot).saturating_add(fetched);
+    let needed = space_needed(snapshot)
+        .saturating_add(staged)
+        .saturating_add(fetched);
     let human = crate::units::human_size;
     let (outcome, detail) = match &node.etcd_free {
         Ok(free) if *free >= needed => (
@@ -247,10 +253,15 @@ pub fn checks(set: &Set, node: &Node, now: DateTime<Utc>, allow_other_release: b
         Ok(free) => (
             Outcome::Refused,
             format!(
-                "{} free under /var/lib/etcd, the restore needs {} (the snapshot twice, its WAL \
-                 and 1 GiB for etcd{})",
+                "{} free under /var/lib/etcd, the restore needs {} ({}the snapshot copied by \
+                 cluster-restore.sh and restored, its WAL and 1 GiB for etcd{})",
                 human(*free),
                 human(needed),
+                if staged > 0 {
+                    format!("the set staged in {}, ", super::plan::STAGE_DIR)
+                } else {
+                    String::new()
+                },
                 if fetched > 0 {
                     ", and the set fetched"
                 } else {
@@ -357,6 +368,7 @@ mod tests {
             signed: Some(false),
             signature: None,
             on: None,
+            staged: false,
         };
         checks(&set, node, at("2026-06-02T00:00:00Z"), allow)
     }
@@ -405,6 +417,42 @@ mod tests {
             release.detail.contains("before etcd-backup recorded"),
             "{release:?}"
         );
+    }
+
+    #[test]
+    fn the_space_check_counts_what_the_plan_writes() {
+        let m = manifest(Some("4.18.7"));
+        let snapshot = m.files.iter().find(|f| f.is_snapshot()).unwrap().size;
+        let restore = space_needed(snapshot);
+        let set = m.total_size();
+        // (free, already staged, on a target) → outcome
+        let cases = [
+            (restore + set, false, false, Outcome::Ok),
+            (restore + set - 1, false, false, Outcome::Refused),
+            (restore, true, false, Outcome::Ok),
+            (restore - 1, true, false, Outcome::Refused),
+            (restore + 2 * set, false, true, Outcome::Ok),
+            (restore + 2 * set - 1, false, true, Outcome::Refused),
+            (restore + set, true, true, Outcome::Ok),
+        ];
+        for (free, staged, on, expected) in cases {
+            let mut n = node("4.18.7");
+            n.etcd_free = Ok(free);
+            let set = Set {
+                manifest: &m,
+                sound: Ok(()),
+                signed: None,
+                signature: None,
+                on: on.then_some("dir:/mnt/nfs"),
+                staged,
+            };
+            let checks = checks(&set, &n, at("2026-06-02T00:00:00Z"), false);
+            assert_eq!(
+                outcome(&checks, "space"),
+                expected,
+                "{free} {staged} {on}: {checks:#?}"
+            );
+        }
     }
 
     #[test]
@@ -467,6 +515,7 @@ mod tests {
             signed: Some(false),
             signature: Some("unsigned".into()),
             on: None,
+            staged: false,
         };
         let checks = checks(&set, &node("4.18.7"), at("2026-06-02T00:00:00Z"), false);
         assert_eq!(outcome(&checks, "set"), Outcome::Refused);

@@ -48,6 +48,16 @@ fn restore_script(root: &Path) -> Result<(), String> {
     }
 }
 
+/// The set's files are in the plan's stage directory, each a regular file of its manifest's
+/// size, as `stage` leaves them (a partial or other content counts as not staged).
+fn staged(root: &Path, m: &crate::manifest::Manifest) -> bool {
+    let dir = root.join(plan::STAGE_DIR.trim_start_matches('/'));
+    m.files.iter().all(|f| {
+        std::fs::symlink_metadata(dir.join(&f.name))
+            .is_ok_and(|md| md.is_file() && md.len() == f.size)
+    })
+}
+
 /// The masters etcd.env names.
 fn masters(root: &Path) -> Result<Vec<String>, String> {
     let path = root.join(crate::paths::ETCD_ENV.trim_start_matches('/'));
@@ -121,6 +131,7 @@ pub fn run_on_target(
         signed: None,
         signature: None,
         on: Some(&on),
+        staged: staged(settings.node_root(), &listed.manifest),
     };
     Ok(report(
         settings,
@@ -189,6 +200,38 @@ pub fn run(settings: &Settings, id: &str, allow_other_release: bool) -> Result<R
         signed: Some(set.signature.is_some()),
         signature,
         on: None,
+        staged: staged(settings.node_root(), &set.manifest),
     };
     Ok(report(settings, &checked, allow_other_release, None))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn staged_means_every_file_regular_and_whole_in_the_stage_directory() {
+        let m = crate::manifest::tests::sample();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("home/core/assets/backup");
+        std::fs::create_dir_all(&dir).unwrap();
+        let staged = || super::staged(root.path(), &m);
+        assert!(!staged(), "empty");
+        for f in &m.files {
+            std::fs::write(dir.join(&f.name), vec![0u8; f.size as usize]).unwrap();
+        }
+        assert!(staged());
+        let snapshot = dir.join(&m.files.iter().find(|f| f.is_snapshot()).unwrap().name);
+        let size = std::fs::metadata(&snapshot).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&snapshot)
+            .unwrap()
+            .set_len(size - 1)
+            .unwrap();
+        assert!(!staged(), "a partial copy");
+        std::fs::remove_file(&snapshot).unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::write(&elsewhere, vec![0u8; size as usize]).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &snapshot).unwrap();
+        assert!(!staged(), "a link");
+    }
 }
