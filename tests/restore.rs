@@ -310,6 +310,15 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
         serde_json::json!(["master-1", "master-2"])
     );
     assert_eq!(json["plan"]["flow"], "4.18+");
+    // Staged before: `stage` takes only an empty directory, so the plan empties it first.
+    let stage_dir = node.root().join("home/core/assets/backup");
+    node.run(&["stage", &young, stage_dir.to_str().unwrap()])
+        .expect_code(0);
+    node.run(&["restore-check", &young])
+        .expect_code(0)
+        .expect_stdout("holds this set's files from an earlier stage")
+        .expect_stdout("     sudo rm -r /home/core/assets/backup\n     sudo etcd-backup stage");
+    std::fs::remove_dir_all(&stage_dir).unwrap();
 
     // This node was updated since: another z-stream is refused, naming both; allowed on request.
     lay_out(&node, "4.18.9", now() - 3600, now() + 700 * DAY);

@@ -159,6 +159,7 @@ fn report(
             node.release.as_deref().ok(),
             allow_other_release,
             from,
+            set.staged,
         )
     });
     Report {

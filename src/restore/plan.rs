@@ -79,6 +79,7 @@ pub fn plan(
     node_release: Option<&str>,
     allow_other_release: bool,
     from: Option<(&str, bool)>,
+    staged: bool,
 ) -> Plan {
     let set_release = m.cluster.as_ref().and_then(|c| c.release.as_deref());
     let (flow, flow_reason) = flow(node_release, set_release);
@@ -100,19 +101,33 @@ pub fn plan(
     let here = || On::Masters(vec![recovery.to_string()]);
     let mut everyone = vec![recovery.to_string()];
     everyone.extend(every_other.iter().cloned());
-    let stage = Step {
-        on: here(),
-        commands: vec![format!(
-            "sudo etcd-backup stage {}{} {STAGE_DIR}",
-            if allow_other_release {
-                "--allow-other-release "
-            } else {
-                ""
-            },
-            m.id
-        )],
-        why: "copy the set's two files, checked again, where cluster-restore.sh takes them"
-            .to_string(),
+    let stage_command = format!(
+        "sudo etcd-backup stage {}{} {STAGE_DIR}",
+        if allow_other_release {
+            "--allow-other-release "
+        } else {
+            ""
+        },
+        m.id
+    );
+    // Staged before: `stage` takes only an empty directory, and what lies there since is not
+    // what cluster-restore.sh may be given unchecked.
+    let stage = if staged {
+        Step {
+            on: here(),
+            commands: vec![format!("sudo rm -r {STAGE_DIR}"), stage_command],
+            why: format!(
+                "{STAGE_DIR} holds this set's files from an earlier stage: stage them again, \
+                 checked, into the emptied directory"
+            ),
+        }
+    } else {
+        Step {
+            on: here(),
+            commands: vec![stage_command],
+            why: "copy the set's two files, checked again, where cluster-restore.sh takes them"
+                .to_string(),
+        }
     };
     let restore = Step {
         on: here(),
@@ -335,7 +350,15 @@ mod tests {
     fn every_master_is_named_and_the_set_filled_in() {
         let m = set(Some("4.18.7"));
         let masters = vec!["master-0".to_string(), "master-1".into(), "master-2".into()];
-        let p = plan(&m, "master-1", Ok(&masters), Some("4.18.7"), false, None);
+        let p = plan(
+            &m,
+            "master-1",
+            Ok(&masters),
+            Some("4.18.7"),
+            false,
+            None,
+            false,
+        );
         assert_eq!(p.others, ["master-0", "master-2"]);
         let text = p.to_text();
         for needle in [
@@ -355,7 +378,15 @@ mod tests {
                     .find("sudo -E /usr/local/bin/cluster-restore.sh")
                     .unwrap()
         );
-        let old = plan(&m, "master-1", Ok(&masters), Some("4.16.3"), false, None);
+        let old = plan(
+            &m,
+            "master-1",
+            Ok(&masters),
+            Some("4.16.3"),
+            false,
+            None,
+            false,
+        );
         let text = old.to_text();
         assert!(
             text.contains("kube-apiserver-pod.yaml /tmp") && !text.contains("disable-etcd"),
@@ -368,6 +399,39 @@ mod tests {
     }
 
     #[test]
+    fn a_set_staged_before_is_staged_again_into_the_emptied_directory() {
+        let m = set(Some("4.18.7"));
+        let masters = vec!["master-0".to_string(), "master-1".into()];
+        let p = plan(
+            &m,
+            "master-0",
+            Ok(&masters),
+            Some("4.18.7"),
+            false,
+            None,
+            true,
+        );
+        assert_eq!(
+            p.steps[0].commands,
+            [
+                format!("sudo rm -r {STAGE_DIR}"),
+                format!("sudo etcd-backup stage {} {STAGE_DIR}", m.id)
+            ]
+        );
+        let fresh = plan(
+            &m,
+            "master-0",
+            Ok(&masters),
+            Some("4.18.7"),
+            false,
+            None,
+            false,
+        );
+        assert_eq!(fresh.steps[0].commands.len(), 1);
+        assert_eq!(p.steps[1..], fresh.steps[1..]);
+    }
+
+    #[test]
     fn unknown_masters_are_said_not_guessed() {
         let p = plan(
             &set(None),
@@ -376,6 +440,7 @@ mod tests {
             None,
             false,
             Some(("s3:10.0.0.9:8333/backups/c1", true)),
+            false,
         );
         assert!(p.others.is_empty());
         let text = p.to_text();
