@@ -237,7 +237,8 @@ fn a_node_without_the_files_records_what_it_could_not_learn() {
     node.run(&["restore-check", &id])
         .expect_code(0)
         .expect_stdout("UNKNOWN  release")
-        .expect_stdout("UNKNOWN  certificates");
+        .expect_stdout("UNKNOWN  certificates")
+        .expect_stderr("warning: not known, so not checked: release, first 24 hours, certificates");
 }
 
 fn lay_out_script_only(node: &Node) {
@@ -290,6 +291,12 @@ fn restore_check_refuses_what_openshift_would_not_restore() {
     let out = &run.stdout;
     assert!(line_of(out, "release").starts_with("  ok"), "{out}");
     assert!(line_of(out, "first 24 hours").contains("WARNING"), "{out}");
+    assert!(
+        run.stderr
+            .contains("warning: first 24 hours: see WARNING above"),
+        "{}",
+        run.stderr
+    );
     assert!(line_of(out, "encryption").contains("aescbc"), "{out}");
     // The plan: this node's release's flow, every master named, the set filled in.
     for needle in [

@@ -346,6 +346,23 @@ pub fn cmd_restore_check(
             check.detail
         );
     }
+    let named = |outcome| {
+        let names: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| c.outcome == outcome)
+            .map(|c| c.name)
+            .collect();
+        (!names.is_empty()).then(|| names.join(", "))
+    };
+    if let Some(names) = named(crate::restore::check::Outcome::Unknown) {
+        eprintln!(
+            "warning: not known, so not checked: {names}: make sure of them by hand before you restore"
+        );
+    }
+    if let Some(names) = named(crate::restore::check::Outcome::Warning) {
+        eprintln!("warning: {names}: see WARNING above");
+    }
     match &report.plan {
         Some(plan) => print!("\n{}", plan.to_text()),
         None => eprintln!("error: set {id} must not be restored here: see REFUSED above"),
