@@ -314,3 +314,37 @@ fn a_node_certificate_cannot_deliver_sets_of_the_receiver_s_own_origin() {
     assert!(!held.contains(&forged), "{held:?}");
     assert_eq!(held.len(), 1, "master-0's own set only: {held:?}");
 }
+
+#[test]
+fn an_expired_node_certificate_is_named_by_the_node_that_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = make_ca(dir.path(), "ca");
+    let port = free_port();
+    let receiver = master_1(dir.path(), &ca, port);
+    // Issued for 0 days: valid up to the second it was issued, as a node certificate the chart
+    // issued is once nobody ran `helm upgrade` within `sync.tls.days`.
+    let expired = dir.path().join("tls-expired");
+    let out = Command::new(BIN)
+        .args(["--config", "/dev/null", "tls-issue", "--name", "master-0"])
+        .arg("--ca-cert")
+        .arg(&ca.0)
+        .arg("--ca-key")
+        .arg(&ca.1)
+        .arg("--out")
+        .arg(&expired)
+        .args(["--days", "0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (node, _) = sender(dir.path(), port, &expired);
+    node.run(&["spray"])
+        .expect_code(1)
+        .expect_stdout("FAILED  master-1")
+        .expect_stdout(&format!(
+            "this node's TLS certificate '{}' expired",
+            expired.join("tls.crt").display()
+        ))
+        .expect_stdout("helm upgrade --reuse-values");
+    receiver.holds_nothing();
+}

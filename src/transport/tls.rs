@@ -43,9 +43,51 @@ pub fn connector(settings: &TlsSettings) -> Result<SslConnector> {
     Ok(builder.build())
 }
 
+/// The most of a certificate file read to learn when it expires.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// What is wrong with the first certificate of the PEM `pem` at unix time `now`: expired, or
+/// not valid yet. `None`: valid now.
+fn validity_problem(pem: &[u8], now: i64) -> Result<Option<String>> {
+    use openssl::asn1::Asn1Time;
+    let cert = openssl::x509::X509::from_pem(pem).context("not a PEM certificate")?;
+    let now = Asn1Time::from_unix(now)?;
+    Ok(if cert.not_after() < now {
+        Some(format!("expired {}", cert.not_after()))
+    } else if cert.not_before() > now {
+        Some(format!("is not valid before {}", cert.not_before()))
+    } else {
+        None
+    })
+}
+
+/// This node's certificate and the CA are valid now: an expired one would only fail the
+/// handshake with words that do not say which side's certificate it was.
+fn check_valid_now(settings: &TlsSettings) -> Result<()> {
+    let now = chrono::Utc::now().timestamp();
+    for (what, path) in [("certificate", &settings.cert), ("CA", &settings.ca)] {
+        // Kubernetes mounts a Secret's files through links: followed, as OpenSSL does.
+        let mut pem = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_PEM_BYTES).read_to_end(&mut pem))
+            .with_context(|| format!("cannot read the TLS {what} '{}'", path.display()))?;
+        let problem = validity_problem(&pem, now)
+            .with_context(|| format!("the TLS {what} '{}'", path.display()))?;
+        if let Some(problem) = problem {
+            bail!(
+                "this node's TLS {what} '{}' {problem}: renew it (Pod Mode: `helm upgrade \
+                 --reuse-values` issues new node certificates)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// This node's certificate and key, and the CA, into either side's context (TLS 1.2 or later).
 fn load_identity(builder: &mut SslContextBuilder, settings: &TlsSettings) -> Result<()> {
     check_key_private(settings)?;
+    check_valid_now(settings)?;
     builder.set_min_proto_version(Some(SslVersion::TLS1_2))?;
     builder
         .set_certificate_chain_file(&settings.cert)
@@ -261,5 +303,44 @@ mod tests {
         let key = openssl::pkey::PKey::private_key_from_pem(&key).unwrap();
         assert!(cert.public_key().unwrap().public_eq(&key));
         assert!(issue(pem.as_bytes(), pem.as_bytes(), "not a name", 1).is_err());
+    }
+
+    #[test]
+    fn an_expired_certificate_is_named_before_any_handshake() {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "30", "-subj", "/CN=test CA"])
+            .args(["-keyout", "/dev/stdout", "-out", "/dev/stdout"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (cert, _) = issue(&out.stdout, &out.stdout, "master-1", 30).unwrap();
+        let x509 = openssl::x509::X509::from_pem(&cert).unwrap();
+        let epoch = openssl::asn1::Asn1Time::from_unix(0).unwrap();
+        let at = |t: &openssl::asn1::Asn1TimeRef| {
+            let d = epoch.diff(t).unwrap();
+            i64::from(d.days) * 86_400 + i64::from(d.secs)
+        };
+        let (from, until) = (at(x509.not_before()), at(x509.not_after()));
+        assert_eq!(validity_problem(&cert, from).unwrap(), None);
+        assert_eq!(validity_problem(&cert, until).unwrap(), None);
+        assert!(
+            validity_problem(&cert, until + 1)
+                .unwrap()
+                .is_some_and(|p| p.starts_with("expired ")),
+        );
+        assert!(
+            validity_problem(&cert, from - 1)
+                .unwrap()
+                .is_some_and(|p| p.starts_with("is not valid before ")),
+        );
+        assert!(validity_problem(b"not pem", from).is_err());
     }
 }
