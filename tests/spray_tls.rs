@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 /// `etcd-backup tls-issue` for node `name` into `dir/name/`.
 fn issue(dir: &Path, ca: &(PathBuf, PathBuf), name: &str) -> PathBuf {
+    issue_for_days(dir, ca, name, 365)
+}
+
+/// [`issue`], valid for `days`.
+fn issue_for_days(dir: &Path, ca: &(PathBuf, PathBuf), name: &str, days: u32) -> PathBuf {
     let out_dir = dir.join(format!("tls-{name}"));
     let out = Command::new(BIN)
         .args([
@@ -25,6 +30,7 @@ fn issue(dir: &Path, ca: &(PathBuf, PathBuf), name: &str) -> PathBuf {
         .arg(&ca.1)
         .arg("--out")
         .arg(&out_dir)
+        .args(["--days", &days.to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -323,19 +329,7 @@ fn an_expired_node_certificate_is_named_by_the_node_that_holds_it() {
     let receiver = master_1(dir.path(), &ca, port);
     // Issued for 0 days: valid up to the second it was issued, as a node certificate the chart
     // issued is once nobody ran `helm upgrade` within `sync.tls.days`.
-    let expired = dir.path().join("tls-expired");
-    let out = Command::new(BIN)
-        .args(["--config", "/dev/null", "tls-issue", "--name", "master-0"])
-        .arg("--ca-cert")
-        .arg(&ca.0)
-        .arg("--ca-key")
-        .arg(&ca.1)
-        .arg("--out")
-        .arg(&expired)
-        .args(["--days", "0"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let expired = issue_for_days(dir.path(), &ca, "master-0", 0);
     std::thread::sleep(Duration::from_millis(1100));
     let (node, _) = sender(dir.path(), port, &expired);
     node.run(&["spray"])

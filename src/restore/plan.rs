@@ -402,15 +402,18 @@ mod tests {
     fn a_set_staged_before_is_staged_again_into_the_emptied_directory() {
         let m = set(Some("4.18.7"));
         let masters = vec!["master-0".to_string(), "master-1".into()];
-        let p = plan(
-            &m,
-            "master-0",
-            Ok(&masters),
-            Some("4.18.7"),
-            false,
-            None,
-            true,
-        );
+        let plan_for = |staged| {
+            plan(
+                &m,
+                "master-0",
+                Ok(&masters),
+                Some("4.18.7"),
+                false,
+                None,
+                staged,
+            )
+        };
+        let p = plan_for(true);
         assert_eq!(
             p.steps[0].commands,
             [
@@ -418,15 +421,7 @@ mod tests {
                 format!("sudo etcd-backup stage {} {STAGE_DIR}", m.id)
             ]
         );
-        let fresh = plan(
-            &m,
-            "master-0",
-            Ok(&masters),
-            Some("4.18.7"),
-            false,
-            None,
-            false,
-        );
+        let fresh = plan_for(false);
         assert_eq!(fresh.steps[0].commands.len(), 1);
         assert_eq!(p.steps[1..], fresh.steps[1..]);
     }

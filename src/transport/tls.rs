@@ -265,8 +265,8 @@ pub fn issue(
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_issued_certificate_names_the_node_and_verifies_against_the_ca() {
+    /// A CA from the openssl CLI: its certificate and key in one PEM.
+    fn test_ca() -> Vec<u8> {
         let out = std::process::Command::new("openssl")
             .args([
                 "req",
@@ -275,20 +275,18 @@ mod tests {
                 "ec",
                 "-pkeyopt",
                 "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=test CA",
-                "-keyout",
-                "/dev/stdout",
-                "-out",
-                "/dev/stdout",
             ])
+            .args(["-nodes", "-days", "30", "-subj", "/CN=test CA"])
+            .args(["-keyout", "/dev/stdout", "-out", "/dev/stdout"])
             .output()
             .unwrap();
         assert!(out.status.success());
-        let pem = String::from_utf8(out.stdout).unwrap();
+        out.stdout
+    }
+
+    #[test]
+    fn an_issued_certificate_names_the_node_and_verifies_against_the_ca() {
+        let pem = String::from_utf8(test_ca()).unwrap();
         let (cert, key) = issue(pem.as_bytes(), pem.as_bytes(), "master-1", 30).unwrap();
         let cert = openssl::x509::X509::from_pem(&cert).unwrap();
         let names: Vec<String> = cert
@@ -307,21 +305,8 @@ mod tests {
 
     #[test]
     fn an_expired_certificate_is_named_before_any_handshake() {
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "30", "-subj", "/CN=test CA"])
-            .args(["-keyout", "/dev/stdout", "-out", "/dev/stdout"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let (cert, _) = issue(&out.stdout, &out.stdout, "master-1", 30).unwrap();
+        let ca = test_ca();
+        let (cert, _) = issue(&ca, &ca, "master-1", 30).unwrap();
         let x509 = openssl::x509::X509::from_pem(&cert).unwrap();
         let epoch = openssl::asn1::Asn1Time::from_unix(0).unwrap();
         let at = |t: &openssl::asn1::Asn1TimeRef| {
