@@ -498,7 +498,7 @@ impl Settings {
         }
         for target in &self.spray.targets {
             let (configured, id) = match target {
-                TargetConfig::Dir(d) => (d.seal, format!("dir:{}", d.path.display())),
+                TargetConfig::Dir(d) => (d.seal, d.id()),
                 TargetConfig::S3(s) => (s.seal, format!("s3 bucket '{}'", s.bucket)),
             };
             if configured == Some(true) && seal.recipients.is_empty() {

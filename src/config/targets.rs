@@ -26,6 +26,13 @@ pub struct DirTarget {
     pub seal: Option<bool>,
 }
 
+impl DirTarget {
+    /// How lists, plans and `--from` name it: `dir:PATH`.
+    pub fn id(&self) -> String {
+        format!("dir:{}", self.path.display())
+    }
+}
+
 /// An S3-compatible bucket: sets under `<prefix>/sets/<set-id>/`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct S3Target {

@@ -138,13 +138,20 @@ pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
         }
         anyhow::bail!("'{name}' is not a peer of this node (etcd.env's masters and spray.peers)");
     }
-    let configured = configured(settings);
     // A directory by its path, or by the id a directory store is listed and planned under
-    // (`dir:/path`) when no configured target has that id.
-    let path = name
-        .strip_prefix("dir:")
-        .filter(|path| path.starts_with('/') && !configured.iter().any(|t| t.id() == name))
-        .or(Some(name).filter(|path| path.starts_with('/')));
+    // (`dir:/path`) when no configured target has that id: told from the configuration, as
+    // making a directory target measures its filesystem (a dead NFS mount hangs there).
+    let path = match name.strip_prefix("dir:") {
+        Some(path) => Some(path).filter(|path| {
+            path.starts_with('/')
+                && !settings
+                    .spray
+                    .targets
+                    .iter()
+                    .any(|t| matches!(t, TargetConfig::Dir(d) if d.id() == name))
+        }),
+        None => Some(name).filter(|path| path.starts_with('/')),
+    };
     if let Some(path) = path {
         let dir = crate::config::DirTarget {
             path: std::path::PathBuf::from(path),
@@ -154,6 +161,7 @@ pub fn named(settings: &Settings, name: Option<&str>) -> Result<Targets> {
         };
         return Ok(vec![Box::new(dir::DirStore::new(dir, settings))]);
     }
+    let configured = configured(settings);
     let ids: Vec<String> = configured.iter().map(|t| t.id()).collect();
     let matching: Targets = configured
         .into_iter()

@@ -38,7 +38,7 @@ impl DirStore {
         if let Some(floor) = settings.floor_for(&target.path) {
             receiver.retention.min_free_space = floor;
         }
-        receiver.node_name = format!("dir:{}", target.path.display());
+        receiver.node_name = target.id();
         DirStore {
             scratch: (
                 settings.store.root.clone(),
@@ -54,7 +54,7 @@ impl DirStore {
 
 impl Target for DirStore {
     fn id(&self) -> String {
-        format!("dir:{}", self.target.path.display())
+        self.target.id()
     }
 
     fn describe(&self) -> String {
